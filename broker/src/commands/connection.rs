@@ -1,0 +1,542 @@
+//! Connection commands: PING, ECHO, QUIT, RESET, AUTH, HELLO, SELECT, CLIENT.
+
+use super::{int_arg, reply_help, truncate, Command};
+use crate::client::{ClientHandle, KillReason, Session};
+use crate::codec::Proto;
+use crate::server::REDIS_VERSION;
+use bytes::Bytes;
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+
+const CONN: &[&str] = &["@fast", "@connection"];
+
+macro_rules! cmd {
+    ($name:literal, $arity:expr, $flags:expr, $acl:expr, $since:literal, $summary:literal, $run:expr) => {
+        Command {
+            name: $name,
+            arity: $arity,
+            flags: $flags,
+            acl: $acl,
+            group: "connection",
+            since: $since,
+            summary: $summary,
+            first_key: 0,
+            last_key: 0,
+            run: $run,
+            subcommands: &[],
+        }
+    };
+}
+
+pub const PING: Command = cmd!("ping", -1, &["fast"], CONN, "1.0.0", "Returns the server's liveliness response.", ping);
+pub const ECHO: Command = cmd!("echo", 2, &["fast"], CONN, "1.0.0", "Returns the given string.", echo);
+pub const QUIT: Command = cmd!(
+    "quit",
+    -1,
+    &["allow_busy", "noscript", "loading", "stale", "fast", "no_auth"],
+    CONN,
+    "1.0.0",
+    "Closes the connection.",
+    quit
+);
+pub const RESET: Command = cmd!(
+    "reset",
+    1,
+    &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"],
+    CONN,
+    "6.2.0",
+    "Resets the connection.",
+    reset
+);
+pub const AUTH: Command = cmd!(
+    "auth",
+    -2,
+    &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"],
+    CONN,
+    "1.0.0",
+    "Authenticates the connection.",
+    auth
+);
+pub const HELLO: Command = cmd!(
+    "hello",
+    -1,
+    &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"],
+    CONN,
+    "6.0.0",
+    "Handshakes with the Redis server.",
+    hello
+);
+pub const SELECT: Command = cmd!(
+    "select",
+    2,
+    &["loading", "stale", "fast"],
+    CONN,
+    "1.0.0",
+    "Changes the selected database.",
+    select
+);
+pub const CLIENT: Command = Command {
+    subcommands: &[
+        cmd!("client|id", 2, &["noscript", "loading", "stale"], CONN, "5.0.0", "Returns the unique client ID of the connection.", client_id),
+        cmd!("client|getname", 2, &["noscript", "loading", "stale"], CONN, "2.6.9", "Returns the name of the connection.", client_getname),
+        cmd!("client|setname", 3, &["noscript", "loading", "stale"], CONN, "2.6.9", "Sets the connection name.", client_setname),
+        cmd!("client|setinfo", 4, &["noscript", "loading", "stale"], CONN, "7.2.0", "Sets information specific to the client or connection.", client_setinfo),
+        cmd!("client|list", -2, &["admin", "noscript", "loading", "stale"], &["@admin", "@slow", "@dangerous", "@connection"], "2.4.0", "Lists open connections.", client_list),
+        cmd!("client|info", 2, &["noscript", "loading", "stale"], CONN, "6.2.0", "Returns information about the connection.", client_info),
+        cmd!("client|kill", -3, &["admin", "noscript", "loading", "stale"], &["@admin", "@slow", "@dangerous", "@connection"], "2.4.0", "Terminates open connections.", client_kill),
+        cmd!("client|help", 2, &["loading", "stale"], CONN, "5.0.0", "Returns helpful text about the different subcommands.", client_help),
+    ],
+    ..cmd!("client", -2, &[], &[], "2.4.0", "A container for client connection commands.", client_help)
+};
+
+fn ping(s: &mut Session, args: &[Bytes]) -> bool {
+    if args.len() > 2 {
+        s.reply().error("ERR wrong number of arguments for 'ping' command");
+        return true;
+    }
+    let subscribed_resp2 = s.proto == Proto::Resp2 && s.in_pubsub_mode();
+    let mut r = s.reply();
+    if subscribed_resp2 {
+        // A subscribed RESP2 connection only carries arrays.
+        r.array(2);
+        r.bulk(b"pong");
+        r.bulk(args.get(1).map_or(&b""[..], |a| &a[..]));
+    } else {
+        match args.get(1) {
+            Some(msg) => r.bulk(msg),
+            None => r.simple("PONG"),
+        }
+    }
+    true
+}
+
+fn echo(s: &mut Session, args: &[Bytes]) -> bool {
+    s.reply().bulk(&args[1]);
+    true
+}
+
+fn quit(s: &mut Session, _args: &[Bytes]) -> bool {
+    s.reply().simple("OK");
+    s.close_after_reply = true;
+    true
+}
+
+fn reset(s: &mut Session, _args: &[Bytes]) -> bool {
+    s.drop_subscriptions();
+    s.set_proto(Proto::Resp2);
+    {
+        let mut info = s.handle.info.lock();
+        info.name = None;
+        info.db = 0;
+    }
+    if s.broker.config.requirepass.is_some() {
+        s.set_authenticated(false);
+    }
+    s.reply().simple("RESET");
+    true
+}
+
+/// Checks a user/password pair against the single `default` user.
+fn credentials_ok(s: &Session, user: &[u8], pass: &[u8]) -> bool {
+    if user != b"default" {
+        return false;
+    }
+    match &s.broker.config.requirepass {
+        None => true,
+        Some(want) => constant_time_eq(want.as_bytes(), pass),
+    }
+}
+
+/// Compares without leaking where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+fn auth(s: &mut Session, args: &[Bytes]) -> bool {
+    if args.len() > 3 {
+        s.reply().error("ERR syntax error");
+        return true;
+    }
+    if args.len() == 2 && s.broker.config.requirepass.is_none() {
+        s.reply().error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
+        return true;
+    }
+    let (user, pass) = if args.len() == 3 {
+        (&args[1][..], &args[2][..])
+    } else {
+        (&b"default"[..], &args[1][..])
+    };
+    if credentials_ok(s, user, pass) {
+        s.set_authenticated(true);
+        s.reply().simple("OK");
+    } else {
+        tracing::warn!(client = s.handle.id, peer = %s.handle.peer, "AUTH failed");
+        s.reply().error(WRONGPASS);
+    }
+    true
+}
+
+fn hello(s: &mut Session, args: &[Bytes]) -> bool {
+    let mut proto = None;
+    if args.len() >= 2 {
+        match crate::codec::parse_i64(&args[1]) {
+            None => {
+                s.reply().error("ERR Protocol version is not an integer or out of range");
+                return true;
+            }
+            Some(2) => proto = Some(Proto::Resp2),
+            Some(3) => proto = Some(Proto::Resp3),
+            Some(_) => {
+                s.reply().error("NOPROTO unsupported protocol version");
+                return true;
+            }
+        }
+    }
+    let mut creds = None;
+    let mut name = None;
+    let mut j = 2;
+    while j < args.len() {
+        let more = args.len() - 1 - j;
+        let opt = &args[j];
+        if opt.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
+            creds = Some((args[j + 1].clone(), args[j + 2].clone()));
+            j += 3;
+        } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
+            if let Err(e) = validate_name(&args[j + 1], "Client names") {
+                s.reply().error(&e);
+                return true;
+            }
+            name = Some(args[j + 1].clone());
+            j += 2;
+        } else {
+            s.reply()
+                .error(&format!("ERR Syntax error in HELLO option '{}'", truncate(opt, 128)));
+            return true;
+        }
+    }
+    if let Some((user, pass)) = creds {
+        if !credentials_ok(s, &user, &pass) {
+            s.reply().error(WRONGPASS);
+            return true;
+        }
+        s.set_authenticated(true);
+    }
+    if !s.authenticated {
+        s.reply().error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        return true;
+    }
+    if let Some(name) = name {
+        set_name(s, name);
+    }
+    if let Some(proto) = proto {
+        s.set_proto(proto);
+    }
+    let id = s.handle.id as i64;
+    let proto_num = if s.proto == Proto::Resp3 { 3 } else { 2 };
+    let mut r = s.reply();
+    r.map(7);
+    r.bulk(b"server");
+    r.bulk(b"redis");
+    r.bulk(b"version");
+    r.bulk(REDIS_VERSION.as_bytes());
+    r.bulk(b"proto");
+    r.int(proto_num);
+    r.bulk(b"id");
+    r.int(id);
+    r.bulk(b"mode");
+    r.bulk(b"standalone");
+    r.bulk(b"role");
+    r.bulk(b"master");
+    r.bulk(b"modules");
+    r.array(0);
+    true
+}
+
+fn select(s: &mut Session, args: &[Bytes]) -> bool {
+    let Some(db) = int_arg(s, &args[1]) else {
+        return true;
+    };
+    // Pub/sub ignores databases; accept Redis's default 16 so that clients
+    // configured with a database number still connect.
+    if !(0..16).contains(&db) {
+        s.reply().error("ERR DB index is out of range");
+        return true;
+    }
+    s.handle.info.lock().db = db;
+    s.reply().simple("OK");
+    true
+}
+
+/// Names and library attributes must be printable ASCII without spaces,
+/// so that `CLIENT LIST` stays parseable.
+fn validate_name(name: &[u8], what: &str) -> Result<(), String> {
+    if name.iter().all(|&c| (b'!'..=b'~').contains(&c)) {
+        Ok(())
+    } else {
+        Err(format!("ERR {what} cannot contain spaces, newlines or special characters."))
+    }
+}
+
+fn set_name(s: &mut Session, name: Bytes) {
+    s.handle.info.lock().name = (!name.is_empty()).then_some(name);
+}
+
+fn client_id(s: &mut Session, _args: &[Bytes]) -> bool {
+    let id = s.handle.id as i64;
+    s.reply().int(id);
+    true
+}
+
+fn client_getname(s: &mut Session, _args: &[Bytes]) -> bool {
+    let name = s.handle.info.lock().name.clone();
+    match name {
+        Some(name) => s.reply().bulk(&name),
+        None => s.reply().null(),
+    }
+    true
+}
+
+fn client_setname(s: &mut Session, args: &[Bytes]) -> bool {
+    match validate_name(&args[2], "Client names") {
+        Ok(()) => {
+            set_name(s, args[2].clone());
+            s.reply().simple("OK");
+        }
+        Err(e) => s.reply().error(&e),
+    }
+    true
+}
+
+fn client_setinfo(s: &mut Session, args: &[Bytes]) -> bool {
+    let attr = &args[2];
+    let value = args[3].clone();
+    let lib_name = attr.eq_ignore_ascii_case(b"lib-name");
+    if !lib_name && !attr.eq_ignore_ascii_case(b"lib-ver") {
+        s.reply()
+            .error(&format!("ERR Unrecognized option '{}'", truncate(attr, 128)));
+        return true;
+    }
+    if let Err(e) = validate_name(&value, &truncate(attr, 128)) {
+        s.reply().error(&e);
+        return true;
+    }
+    {
+        let mut info = s.handle.info.lock();
+        let slot = if lib_name { &mut info.lib_name } else { &mut info.lib_ver };
+        *slot = (!value.is_empty()).then_some(value);
+    }
+    s.reply().simple("OK");
+    true
+}
+
+/// One `CLIENT LIST` line in Redis's field order. Fields that describe
+/// Redis internals this broker does not have (multi, rbs ...) keep the
+/// values Redis shows for an idle connection so that parsers find them.
+pub fn client_line(c: &ClientHandle, now_ms: u64) -> String {
+    let info = c.info.lock().clone();
+    let age = c.connected.elapsed().as_secs();
+    let idle = now_ms.saturating_sub(c.last_active_ms.load(Relaxed)) / 1000;
+    let pubsub = c.is_pubsub();
+    let omem = c.output_bytes();
+    let mut line = String::with_capacity(320);
+    let show = |b: &Option<Bytes>| b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let _ = write!(
+        line,
+        "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db={} sub={} psub={} ssub={} multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events={} cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
+        c.id,
+        c.peer,
+        c.local,
+        c.fd,
+        show(&info.name),
+        age,
+        idle,
+        if pubsub { "P" } else { "N" },
+        info.db,
+        c.sub_count.load(Relaxed),
+        c.psub_count.load(Relaxed),
+        c.ssub_count.load(Relaxed),
+        omem,
+        omem,
+        if omem > 0 { "rw" } else { "r" },
+        info.last_cmd,
+        if c.proto() == Proto::Resp3 { 3 } else { 2 },
+        show(&info.lib_name),
+        show(&info.lib_ver),
+    );
+    line
+}
+
+fn now_ms(c: &ClientHandle) -> u64 {
+    c.connected.elapsed().as_millis() as u64
+}
+
+fn client_list(s: &mut Session, args: &[Bytes]) -> bool {
+    let mut only_type: Option<bool> = None; // Some(true) = pubsub only
+    let mut ids: Option<Vec<u64>> = None;
+    let mut i = 2;
+    while i < args.len() {
+        if args[i].eq_ignore_ascii_case(b"TYPE") && i + 1 < args.len() {
+            let t = &args[i + 1];
+            only_type = if t.eq_ignore_ascii_case(b"pubsub") {
+                Some(true)
+            } else if t.eq_ignore_ascii_case(b"normal") {
+                Some(false)
+            } else if t.eq_ignore_ascii_case(b"master") || t.eq_ignore_ascii_case(b"replica") || t.eq_ignore_ascii_case(b"slave") {
+                // No replication here: such clients never exist.
+                ids = Some(Vec::new());
+                None
+            } else {
+                s.reply()
+                    .error(&format!("ERR Unknown client type '{}'", truncate(t, 128)));
+                return true;
+            };
+            i += 2;
+        } else if args[i].eq_ignore_ascii_case(b"ID") && i + 1 < args.len() {
+            let mut list = Vec::new();
+            for arg in &args[i + 1..] {
+                match crate::codec::parse_i64(arg).filter(|v| *v > 0) {
+                    Some(v) => list.push(v as u64),
+                    None => {
+                        s.reply().error("ERR Invalid client ID");
+                        return true;
+                    }
+                }
+            }
+            ids = Some(list);
+            i = args.len();
+        } else {
+            s.reply().error("ERR syntax error");
+            return true;
+        }
+    }
+    let mut text = String::new();
+    for c in s.broker.clients() {
+        if only_type.is_some_and(|pubsub| pubsub != c.is_pubsub()) {
+            continue;
+        }
+        if ids.as_ref().is_some_and(|ids| !ids.contains(&c.id)) {
+            continue;
+        }
+        // The caller's own line shows this command, as in Redis.
+        if c.id == s.handle.id {
+            s.handle.info.lock().last_cmd = s.last_cmd;
+        }
+        text.push_str(&client_line(&c, now_ms(&c)));
+    }
+    s.reply().verbatim(text.as_bytes());
+    true
+}
+
+fn client_info(s: &mut Session, _args: &[Bytes]) -> bool {
+    s.handle.info.lock().last_cmd = s.last_cmd;
+    let line = client_line(&s.handle, now_ms(&s.handle));
+    s.reply().verbatim(line.as_bytes());
+    true
+}
+
+fn client_kill(s: &mut Session, args: &[Bytes]) -> bool {
+    let clients = s.broker.clients();
+    if args.len() == 3 {
+        // Old form: CLIENT KILL addr:port
+        let addr = String::from_utf8_lossy(&args[2]);
+        let Some(target) = clients.iter().find(|c| c.peer.to_string() == addr) else {
+            s.reply().error("ERR No such client");
+            return true;
+        };
+        kill(s, target);
+        s.reply().simple("OK");
+        return true;
+    }
+    let mut id = None;
+    let mut addr = None;
+    let mut laddr = None;
+    let mut skipme = true;
+    let mut i = 2;
+    while i + 1 < args.len() {
+        let (opt, val) = (&args[i], &args[i + 1]);
+        if opt.eq_ignore_ascii_case(b"ID") {
+            match crate::codec::parse_i64(val).filter(|v| *v > 0) {
+                Some(v) => id = Some(v as u64),
+                None => {
+                    s.reply().error("ERR client-id should be greater than 0");
+                    return true;
+                }
+            }
+        } else if opt.eq_ignore_ascii_case(b"ADDR") {
+            addr = Some(String::from_utf8_lossy(val).into_owned());
+        } else if opt.eq_ignore_ascii_case(b"LADDR") {
+            laddr = Some(String::from_utf8_lossy(val).into_owned());
+        } else if opt.eq_ignore_ascii_case(b"SKIPME") {
+            if val.eq_ignore_ascii_case(b"yes") {
+                skipme = true;
+            } else if val.eq_ignore_ascii_case(b"no") {
+                skipme = false;
+            } else {
+                s.reply().error("ERR syntax error");
+                return true;
+            }
+        } else {
+            s.reply().error("ERR syntax error");
+            return true;
+        }
+        i += 2;
+    }
+    if i != args.len() {
+        s.reply().error("ERR syntax error");
+        return true;
+    }
+    let mut killed = 0;
+    for c in &clients {
+        let matches = id.is_none_or(|id| c.id == id)
+            && addr.as_ref().is_none_or(|a| c.peer.to_string() == *a)
+            && laddr.as_ref().is_none_or(|a| c.local.to_string() == *a)
+            && !(skipme && c.id == s.handle.id);
+        if matches {
+            kill(s, c);
+            killed += 1;
+        }
+    }
+    s.reply().int(killed);
+    true
+}
+
+fn kill(s: &mut Session, target: &ClientHandle) {
+    tracing::info!(by = s.handle.id, target = target.id, peer = %target.peer, "CLIENT KILL");
+    if target.id == s.handle.id {
+        // Redis answers the killer before closing it.
+        s.close_after_reply = true;
+    } else {
+        target.kill(KillReason::Killed);
+    }
+}
+
+fn client_help(s: &mut Session, _args: &[Bytes]) -> bool {
+    reply_help(
+        s,
+        "CLIENT",
+        &[
+            "GETNAME",
+            "    Return the name of the current connection.",
+            "ID",
+            "    Return the ID of the current connection.",
+            "INFO",
+            "    Return information about the current client connection.",
+            "KILL <ip:port>",
+            "    Kill connection made from <ip:port>.",
+            "KILL <option> <value> [<option> <value> [...]]",
+            "    Kill connections. Options are: ID <client-id>, ADDR <ip:port>, LADDR <ip:port>, SKIPME (YES|NO).",
+            "LIST [TYPE (NORMAL|PUBSUB)] [ID <client-id> [...]]",
+            "    Return information about client connections.",
+            "SETINFO <option> <value>",
+            "    Set client meta attr. Options are: LIB-NAME, LIB-VER.",
+            "SETNAME <name>",
+            "    Assign the name <name> to the current connection.",
+        ],
+    )
+}

@@ -1,0 +1,382 @@
+//! Server introspection: INFO, COMMAND, CONFIG GET.
+//!
+//! Client libraries probe these on connect (ioredis reads `loading:0` from
+//! INFO, redis-cli asks for COMMAND DOCS, redis-benchmark for CONFIG GET
+//! save), so each answers truthfully about this broker: the commands it
+//! really has, the settings that really apply, empty answers otherwise.
+
+use super::{lookup, reply_help, Command, COMMANDS};
+use crate::client::Session;
+use crate::codec::Reply;
+use crate::glob::glob_match;
+use crate::registry::Space;
+use crate::server::REDIS_VERSION;
+use bytes::Bytes;
+use std::fmt::Write;
+
+const ADMIN: &[&str] = &["@admin", "@slow", "@dangerous"];
+
+macro_rules! cmd {
+    ($name:literal, $arity:expr, $flags:expr, $acl:expr, $since:literal, $summary:literal, $run:expr) => {
+        Command {
+            name: $name,
+            arity: $arity,
+            flags: $flags,
+            acl: $acl,
+            group: "server",
+            since: $since,
+            summary: $summary,
+            first_key: 0,
+            last_key: 0,
+            run: $run,
+            subcommands: &[],
+        }
+    };
+}
+
+pub const INFO: Command = cmd!(
+    "info",
+    -1,
+    &["loading", "stale"],
+    &["@slow", "@dangerous"],
+    "1.0.0",
+    "Returns information and statistics about the server.",
+    info
+);
+pub const COMMAND: Command = Command {
+    subcommands: &[
+        cmd!("command|count", 2, &["loading", "stale"], &["@slow", "@connection"], "2.8.13", "Returns a count of commands.", command_count),
+        cmd!("command|docs", -2, &["loading", "stale"], &["@slow", "@connection"], "7.0.0", "Returns documentary information about one, multiple or all commands.", command_docs),
+        cmd!("command|info", -2, &["loading", "stale"], &["@slow", "@connection"], "2.8.13", "Returns information about one, multiple or all commands.", command_info),
+        cmd!("command|list", -2, &["loading", "stale"], &["@slow", "@connection"], "7.0.0", "Returns a list of command names.", command_list),
+        cmd!("command|help", 2, &["loading", "stale"], &["@slow", "@connection"], "5.0.0", "Returns helpful text about the different subcommands.", command_help),
+    ],
+    ..cmd!("command", -1, &["loading", "stale"], &["@slow", "@connection"], "2.8.13", "Returns detailed information about all commands.", command_all)
+};
+pub const CONFIG: Command = Command {
+    subcommands: &[
+        cmd!("config|get", -3, &["admin", "noscript", "loading", "stale"], ADMIN, "2.0.0", "Returns the effective values of configuration parameters.", config_get),
+        cmd!("config|help", 2, &["loading", "stale"], &["@slow"], "5.0.0", "Returns helpful text about the different subcommands.", config_help),
+    ],
+    ..cmd!("config", -2, &[], &[], "2.0.0", "A container for server configuration commands.", config_help)
+};
+
+const DEFAULT_SECTIONS: &[&str] = &["server", "clients", "memory", "persistence", "stats", "replication", "cpu", "keyspace"];
+
+fn info(s: &mut Session, args: &[Bytes]) -> bool {
+    let mut wanted: Vec<String> = args[1..]
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+        .collect();
+    if wanted.is_empty() || wanted.iter().any(|w| matches!(w.as_str(), "all" | "default" | "everything")) {
+        wanted = DEFAULT_SECTIONS.iter().map(|s| s.to_string()).collect();
+    }
+    let text = info_text(s, &wanted);
+    s.reply().verbatim(text.as_bytes());
+    true
+}
+
+fn info_text(s: &Session, wanted: &[String]) -> String {
+    let b = &s.broker;
+    let m = &b.metrics;
+    let mut out = String::new();
+    let uptime = b.started.elapsed().as_secs();
+    let ports: Vec<String> = b.config.bind.iter().map(|a| a.port().to_string()).collect();
+    for section in DEFAULT_SECTIONS.iter().filter(|sec| wanted.iter().any(|w| w == *sec)) {
+        if !out.is_empty() {
+            out.push_str("\r\n");
+        }
+        let mut w = |k: &str, v: &dyn std::fmt::Display| {
+            let _ = write!(out, "{k}:{v}\r\n");
+        };
+        match *section {
+            "server" => {
+                w("# Server", &"");
+                w("redis_version", &REDIS_VERSION);
+                w("limpet_broker_version", &env!("CARGO_PKG_VERSION"));
+                w("redis_mode", &"standalone");
+                w("os", &std::env::consts::OS);
+                w("arch_bits", &(usize::BITS));
+                w("multiplexing_api", &"tokio");
+                w("process_id", &std::process::id());
+                w("run_id", &b.run_id);
+                w("tcp_port", &ports.first().map(String::as_str).unwrap_or("0"));
+                w(
+                    "server_time_usec",
+                    &std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros()),
+                );
+                w("uptime_in_seconds", &uptime);
+                w("uptime_in_days", &(uptime / 86400));
+                w("config_file", &b.config_file.as_deref().unwrap_or(""));
+            }
+            "clients" => {
+                let clients = b.clients();
+                let pubsub = clients.iter().filter(|c| c.is_pubsub()).count();
+                w("# Clients", &"");
+                w("connected_clients", &clients.len());
+                w("maxclients", &b.config.maxclients);
+                w("blocked_clients", &0);
+                w("pubsub_clients", &pubsub);
+            }
+            "memory" => {
+                let rss = resident_bytes();
+                w("# Memory", &"");
+                w("used_memory", &rss);
+                w("used_memory_human", &human(rss));
+                w("used_memory_rss", &rss);
+                w("maxmemory", &0);
+                w("maxmemory_policy", &"noeviction");
+            }
+            "persistence" => {
+                w("# Persistence", &"");
+                w("loading", &0);
+                w("async_loading", &0);
+                w("rdb_bgsave_in_progress", &0);
+                w("aof_enabled", &0);
+            }
+            "stats" => {
+                w("# Stats", &"");
+                w("total_connections_received", &m.connections.get());
+                w("total_commands_processed", &m.commands.get());
+                w("total_net_input_bytes", &m.net_input_bytes.get());
+                w("total_net_output_bytes", &m.net_output_bytes.get());
+                w("rejected_connections", &m.rejected_connections.get());
+                w("pubsub_channels", &b.registry.channel_count(Space::Global));
+                w("pubsub_patterns", &b.registry.pattern_count());
+                w("pubsubshard_channels", &b.registry.channel_count(Space::Shard));
+                w("pubsub_messages_published", &m.published.get());
+                w("pubsub_messages_delivered", &m.delivered.get());
+                let slow = &m.slow_client_disconnects;
+                let cut = slow.with_label_values(&["hard"]).get() + slow.with_label_values(&["soft"]).get();
+                w("client_output_buffer_limit_disconnections", &cut);
+                w("total_error_replies", &0);
+                w("protocol_errors", &m.protocol_errors.get());
+            }
+            "replication" => {
+                w("# Replication", &"");
+                w("role", &"master");
+                w("connected_slaves", &0);
+            }
+            "cpu" => {
+                let (user, sys) = cpu_seconds();
+                w("# CPU", &"");
+                w("used_cpu_sys", &format!("{sys:.6}"));
+                w("used_cpu_user", &format!("{user:.6}"));
+            }
+            _ => w("# Keyspace", &""),
+        }
+    }
+    // `w("# Section", "")` wrote "# Section:"; headers have no colon.
+    out.replace(":\r\n", "\r\n")
+}
+
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn cpu_seconds() -> (f64, f64) {
+    // Fields 14 and 15 of /proc/self/stat, in clock ticks (100 per second on Linux).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    (tick(11), tick(12))
+}
+
+fn human(bytes: u64) -> String {
+    let units = [("G", 1u64 << 30), ("M", 1 << 20), ("K", 1 << 10)];
+    for (unit, size) in units {
+        if bytes >= size {
+            return format!("{:.2}{unit}", bytes as f64 / size as f64);
+        }
+    }
+    format!("{bytes}B")
+}
+
+/// Every command and subcommand, for COMMAND and COMMAND LIST.
+fn all_commands() -> impl Iterator<Item = &'static Command> {
+    COMMANDS.iter()
+}
+
+fn write_command_info(r: &mut Reply<'_>, c: &Command) {
+    r.array(10);
+    r.bulk(c.name.as_bytes());
+    r.int(i64::from(c.arity));
+    r.set(c.flags.len());
+    for f in c.flags {
+        r.simple(f);
+    }
+    r.int(c.first_key);
+    r.int(c.last_key);
+    r.int(i64::from(c.first_key != 0));
+    r.set(c.acl.len());
+    for a in c.acl {
+        r.simple(a);
+    }
+    r.array(0); // tips
+    r.array(0); // key specs
+    r.array(c.subcommands.len());
+    for sub in c.subcommands {
+        write_command_info(r, sub);
+    }
+}
+
+fn write_command_docs(r: &mut Reply<'_>, c: &Command) {
+    let has_subs = !c.subcommands.is_empty();
+    r.map(3 + usize::from(has_subs));
+    r.bulk(b"summary");
+    r.bulk(c.summary.as_bytes());
+    r.bulk(b"since");
+    r.bulk(c.since.as_bytes());
+    r.bulk(b"group");
+    r.bulk(c.group.as_bytes());
+    if has_subs {
+        r.bulk(b"subcommands");
+        r.map(c.subcommands.len());
+        for sub in c.subcommands {
+            r.bulk(sub.name.as_bytes());
+            write_command_docs(r, sub);
+        }
+    }
+}
+
+fn command_all(s: &mut Session, _args: &[Bytes]) -> bool {
+    let mut r = s.reply();
+    r.array(COMMANDS.len());
+    for c in all_commands() {
+        write_command_info(&mut r, c);
+    }
+    true
+}
+
+fn command_count(s: &mut Session, _args: &[Bytes]) -> bool {
+    s.reply().int(COMMANDS.len() as i64);
+    true
+}
+
+/// Finds `client|list`-style or plain names.
+fn find(name: &[u8]) -> Option<&'static Command> {
+    let text = String::from_utf8_lossy(name).to_ascii_lowercase();
+    match text.split_once('|') {
+        Some((parent, sub)) => lookup(COMMANDS, parent.as_bytes()).and_then(|p| lookup(p.subcommands, sub.as_bytes())),
+        None => lookup(COMMANDS, name),
+    }
+}
+
+fn command_info(s: &mut Session, args: &[Bytes]) -> bool {
+    let mut r = s.reply();
+    if args.len() == 2 {
+        r.array(COMMANDS.len());
+        for c in all_commands() {
+            write_command_info(&mut r, c);
+        }
+        return true;
+    }
+    r.array(args.len() - 2);
+    for name in &args[2..] {
+        match find(name) {
+            Some(c) => write_command_info(&mut r, c),
+            None => r.null(),
+        }
+    }
+    true
+}
+
+fn command_docs(s: &mut Session, args: &[Bytes]) -> bool {
+    let found: Vec<&Command> = if args.len() == 2 {
+        all_commands().collect()
+    } else {
+        args[2..].iter().filter_map(|n| find(n)).collect()
+    };
+    let mut r = s.reply();
+    r.map(found.len());
+    for c in found {
+        r.bulk(c.name.as_bytes());
+        write_command_docs(&mut r, c);
+    }
+    true
+}
+
+fn command_list(s: &mut Session, args: &[Bytes]) -> bool {
+    if args.len() > 2 {
+        s.reply().error("ERR syntax error");
+        return true;
+    }
+    let mut r = s.reply();
+    r.array(COMMANDS.len());
+    for c in all_commands() {
+        r.bulk(c.name.as_bytes());
+    }
+    true
+}
+
+fn command_help(s: &mut Session, _args: &[Bytes]) -> bool {
+    reply_help(
+        s,
+        "COMMAND",
+        &[
+            "(no subcommand)",
+            "    Return details about all commands.",
+            "COUNT",
+            "    Return the total number of commands in this server.",
+            "LIST",
+            "    Return a list of all commands in this server.",
+            "INFO [<command-name> ...]",
+            "    Return details about multiple commands.",
+            "DOCS [<command-name> ...]",
+            "    Return documentation details about multiple commands.",
+        ],
+    )
+}
+
+/// The settings CONFIG GET reports, in redis.conf names and format.
+fn config_params(s: &Session) -> Vec<(&'static str, String)> {
+    let c = &s.broker.config;
+    let o = &c.output_limit;
+    let hosts: Vec<String> = c.bind.iter().map(|a| a.ip().to_string()).collect();
+    vec![
+        ("bind", hosts.join(" ")),
+        ("port", c.bind.first().map_or(0, |a| a.port()).to_string()),
+        ("requirepass", c.requirepass.clone().unwrap_or_default()),
+        ("maxclients", c.maxclients.to_string()),
+        ("timeout", c.timeout.to_string()),
+        ("databases", "16".to_string()),
+        ("proto-max-bulk-len", c.limits.max_bulk_len.to_string()),
+        ("client-query-buffer-limit", c.limits.query_buffer_limit.to_string()),
+        (
+            "client-output-buffer-limit",
+            format!("normal 0 0 0 slave 0 0 0 pubsub {} {} {}", o.hard, o.soft, o.soft_seconds),
+        ),
+    ]
+}
+
+fn config_get(s: &mut Session, args: &[Bytes]) -> bool {
+    let params = config_params(s);
+    let matched: Vec<&(&str, String)> = params
+        .iter()
+        .filter(|(name, _)| args[2..].iter().any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes())))
+        .collect();
+    let mut r = s.reply();
+    r.map(matched.len());
+    for (name, value) in matched {
+        r.bulk(name.as_bytes());
+        r.bulk(value.as_bytes());
+    }
+    true
+}
+
+fn config_help(s: &mut Session, _args: &[Bytes]) -> bool {
+    reply_help(
+        s,
+        "CONFIG",
+        &[
+            "GET <pattern>",
+            "    Return parameters matching the glob-like <pattern> and their values.",
+        ],
+    )
+}

@@ -1,0 +1,273 @@
+//! Pub/sub commands: (P|S)SUBSCRIBE, (P|S)UNSUBSCRIBE, (S)PUBLISH, PUBSUB.
+//!
+//! Reply shapes follow Redis 7: one confirmation per channel, as a push
+//! under RESP3 and an array under RESP2, carrying the client's subscription
+//! count (channels + patterns for the classic commands, shard channels
+//! alone for the sharded ones).
+
+use super::{reply_help, Command};
+use crate::client::Session;
+use crate::registry::Space;
+use bytes::Bytes;
+
+const PUBSUB_ACL: &[&str] = &["@pubsub", "@slow"];
+const SUB_FLAGS: &[&str] = &["pubsub", "noscript", "loading", "stale"];
+
+macro_rules! cmd {
+    ($name:literal, $arity:expr, $flags:expr, $since:literal, $summary:literal, $run:expr) => {
+        cmd!($name, $arity, $flags, $since, $summary, $run, 0, 0)
+    };
+    ($name:literal, $arity:expr, $flags:expr, $since:literal, $summary:literal, $run:expr, $first:expr, $last:expr) => {
+        Command {
+            name: $name,
+            arity: $arity,
+            flags: $flags,
+            acl: PUBSUB_ACL,
+            group: "pubsub",
+            since: $since,
+            summary: $summary,
+            first_key: $first,
+            last_key: $last,
+            run: $run,
+            subcommands: &[],
+        }
+    };
+}
+
+pub const PUBLISH: Command = cmd!(
+    "publish",
+    3,
+    &["pubsub", "loading", "stale", "fast", "may_replicate"],
+    "2.0.0",
+    "Posts a message to a channel.",
+    publish
+);
+pub const SUBSCRIBE: Command = cmd!("subscribe", -2, SUB_FLAGS, "2.0.0", "Listens for messages published to channels.", subscribe);
+pub const UNSUBSCRIBE: Command = cmd!("unsubscribe", -1, SUB_FLAGS, "2.0.0", "Stops listening to messages posted to channels.", unsubscribe);
+pub const PSUBSCRIBE: Command = cmd!("psubscribe", -2, SUB_FLAGS, "2.0.0", "Listens for messages published to channels that match one or more patterns.", psubscribe);
+pub const PUNSUBSCRIBE: Command = cmd!("punsubscribe", -1, SUB_FLAGS, "2.0.0", "Stops listening to messages published to channels that match one or more patterns.", punsubscribe);
+pub const SPUBLISH: Command = cmd!(
+    "spublish",
+    3,
+    &["pubsub", "loading", "stale", "fast", "may_replicate"],
+    "7.0.0",
+    "Post a message to a shard channel",
+    spublish,
+    1,
+    1
+);
+pub const SSUBSCRIBE: Command = cmd!("ssubscribe", -2, SUB_FLAGS, "7.0.0", "Listens for messages published to shard channels.", ssubscribe, 1, -1);
+pub const SUNSUBSCRIBE: Command = cmd!("sunsubscribe", -1, SUB_FLAGS, "7.0.0", "Stops listening to messages posted to shard channels.", sunsubscribe, 1, -1);
+pub const PUBSUB: Command = Command {
+    subcommands: &[
+        cmd!("pubsub|channels", -2, &["pubsub", "loading", "stale"], "2.8.0", "Returns the active channels.", pubsub_channels),
+        cmd!("pubsub|numsub", -2, &["pubsub", "loading", "stale"], "2.8.0", "Returns a count of subscribers to channels.", pubsub_numsub),
+        cmd!("pubsub|numpat", 2, &["pubsub", "loading", "stale"], "2.8.0", "Returns a count of unique pattern subscriptions.", pubsub_numpat),
+        cmd!("pubsub|shardchannels", -2, &["pubsub", "loading", "stale"], "7.0.0", "Returns the active shard channels.", pubsub_shardchannels),
+        cmd!("pubsub|shardnumsub", -2, &["pubsub", "loading", "stale"], "7.0.0", "Returns the count of subscribers of shard channels.", pubsub_shardnumsub),
+        cmd!("pubsub|help", 2, &["loading", "stale"], "6.2.0", "Returns helpful text about the different subcommands.", pubsub_help),
+    ],
+    ..cmd!("pubsub", -2, &[], "2.8.0", "A container for Pub/Sub commands.", pubsub_help)
+};
+
+/// Which subscription set a (un)subscribe command works on.
+#[derive(Clone, Copy)]
+enum Kind {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+impl Kind {
+    fn set(self, s: &mut Session) -> &mut ahash::AHashSet<Bytes> {
+        match self {
+            Kind::Channel => &mut s.subs.channels,
+            Kind::Pattern => &mut s.subs.patterns,
+            Kind::Shard => &mut s.subs.shards,
+        }
+    }
+
+    fn count(self, s: &Session) -> usize {
+        match self {
+            Kind::Shard => s.subs.shards.len(),
+            _ => s.subscription_count(),
+        }
+    }
+
+    fn add(self, s: &Session, name: &Bytes) {
+        let reg = &s.broker.registry;
+        match self {
+            Kind::Channel => reg.subscribe(Space::Global, name, &s.handle),
+            Kind::Pattern => reg.psubscribe(name, &s.handle),
+            Kind::Shard => reg.subscribe(Space::Shard, name, &s.handle),
+        };
+    }
+
+    fn remove(self, s: &Session, name: &[u8]) {
+        let reg = &s.broker.registry;
+        let id = s.handle.id;
+        match self {
+            Kind::Channel => reg.unsubscribe(Space::Global, name, id),
+            Kind::Pattern => reg.punsubscribe(name, id),
+            Kind::Shard => reg.unsubscribe(Space::Shard, name, id),
+        };
+    }
+}
+
+fn confirm(s: &mut Session, what: &[u8], name: Option<&[u8]>, count: usize) {
+    let mut r = s.reply();
+    r.push(3);
+    r.bulk(what);
+    match name {
+        Some(name) => r.bulk(name),
+        None => r.null(),
+    }
+    r.int(count as i64);
+}
+
+fn add_all(s: &mut Session, args: &[Bytes], kind: Kind, what: &[u8]) -> bool {
+    for name in &args[1..] {
+        if kind.set(s).insert(name.clone()) {
+            kind.add(s, name);
+        }
+        let count = kind.count(s);
+        confirm(s, what, Some(name), count);
+    }
+    s.sync_sub_counts();
+    s.broker.update_channel_gauges();
+    true
+}
+
+fn remove_all(s: &mut Session, args: &[Bytes], kind: Kind, what: &[u8]) -> bool {
+    let names: Vec<Bytes> = if args.len() > 1 {
+        args[1..].to_vec()
+    } else {
+        kind.set(s).iter().cloned().collect()
+    };
+    if names.is_empty() {
+        let count = kind.count(s);
+        confirm(s, what, None, count);
+    }
+    for name in &names {
+        if kind.set(s).remove(name) {
+            kind.remove(s, name);
+            // Messages queued before the removal go out before its confirmation.
+            s.drain_pushes();
+        }
+        let count = kind.count(s);
+        confirm(s, what, Some(name), count);
+    }
+    s.sync_sub_counts();
+    s.broker.update_channel_gauges();
+    true
+}
+
+fn subscribe(s: &mut Session, args: &[Bytes]) -> bool {
+    add_all(s, args, Kind::Channel, b"subscribe")
+}
+
+fn psubscribe(s: &mut Session, args: &[Bytes]) -> bool {
+    add_all(s, args, Kind::Pattern, b"psubscribe")
+}
+
+fn ssubscribe(s: &mut Session, args: &[Bytes]) -> bool {
+    add_all(s, args, Kind::Shard, b"ssubscribe")
+}
+
+fn unsubscribe(s: &mut Session, args: &[Bytes]) -> bool {
+    remove_all(s, args, Kind::Channel, b"unsubscribe")
+}
+
+fn punsubscribe(s: &mut Session, args: &[Bytes]) -> bool {
+    remove_all(s, args, Kind::Pattern, b"punsubscribe")
+}
+
+fn sunsubscribe(s: &mut Session, args: &[Bytes]) -> bool {
+    remove_all(s, args, Kind::Shard, b"sunsubscribe")
+}
+
+fn publish_in(s: &mut Session, args: &[Bytes], space: Space) -> bool {
+    let done = s
+        .broker
+        .registry
+        .publish(space, &args[1], &args[2], &s.broker.output_policy);
+    s.stats.published += 1;
+    s.stats.delivered += done.receivers as u64;
+    s.stats.delivered_bytes += done.bytes as u64;
+    s.reply().int(done.receivers as i64);
+    true
+}
+
+fn publish(s: &mut Session, args: &[Bytes]) -> bool {
+    publish_in(s, args, Space::Global)
+}
+
+fn spublish(s: &mut Session, args: &[Bytes]) -> bool {
+    publish_in(s, args, Space::Shard)
+}
+
+fn channel_list(s: &mut Session, args: &[Bytes], space: Space) -> bool {
+    let names = s.broker.registry.channel_names(space, args.get(2).map(|p| &p[..]));
+    let mut r = s.reply();
+    r.array(names.len());
+    for name in &names {
+        r.bulk(name);
+    }
+    true
+}
+
+fn numsub(s: &mut Session, args: &[Bytes], space: Space) -> bool {
+    let counts: Vec<usize> = args[2..]
+        .iter()
+        .map(|ch| s.broker.registry.subscriber_count(space, ch))
+        .collect();
+    let mut r = s.reply();
+    r.array(counts.len() * 2);
+    for (ch, n) in args[2..].iter().zip(counts) {
+        r.bulk(ch);
+        r.int(n as i64);
+    }
+    true
+}
+
+fn pubsub_channels(s: &mut Session, args: &[Bytes]) -> bool {
+    channel_list(s, args, Space::Global)
+}
+
+fn pubsub_shardchannels(s: &mut Session, args: &[Bytes]) -> bool {
+    channel_list(s, args, Space::Shard)
+}
+
+fn pubsub_numsub(s: &mut Session, args: &[Bytes]) -> bool {
+    numsub(s, args, Space::Global)
+}
+
+fn pubsub_shardnumsub(s: &mut Session, args: &[Bytes]) -> bool {
+    numsub(s, args, Space::Shard)
+}
+
+fn pubsub_numpat(s: &mut Session, _args: &[Bytes]) -> bool {
+    let n = s.broker.registry.pattern_count();
+    s.reply().int(n as i64);
+    true
+}
+
+fn pubsub_help(s: &mut Session, _args: &[Bytes]) -> bool {
+    reply_help(
+        s,
+        "PUBSUB",
+        &[
+            "CHANNELS [<pattern>]",
+            "    Return the currently active channels matching a <pattern> (default: '*').",
+            "NUMPAT",
+            "    Return number of subscriptions to patterns.",
+            "NUMSUB [<channel> ...]",
+            "    Return the number of subscribers for the specified channels, excluding",
+            "    pattern subscriptions(default: no channels).",
+            "SHARDCHANNELS [<pattern>]",
+            "    Return the currently active shard level channels matching a <pattern> (default: '*').",
+            "SHARDNUMSUB [<shardchannel> ...]",
+            "    Return the number of subscribers for the specified shard level channel(s)",
+        ],
+    )
+}

@@ -1,0 +1,253 @@
+//! `limpet-broker` settings.
+//!
+//! Names follow `redis.conf` where Redis has the same knob (`requirepass`,
+//! `maxclients`, `timeout`, `proto-max-bulk-len`,
+//! `client-output-buffer-limit pubsub`) so that a Redis user recognises them.
+
+use crate::{ByteSize, FieldError, Validate};
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Addresses to accept Redis-protocol clients on (IPv4 or `[::1]:6379`).
+    pub bind: Vec<SocketAddr>,
+    /// When set, clients must `AUTH` (or `HELLO ... AUTH`) before anything else.
+    pub requirepass: Option<String>,
+    /// Connections beyond this get `-ERR max number of clients reached`.
+    pub maxclients: usize,
+    /// Close a client idle for this many seconds (0 = never). Like Redis,
+    /// clients with subscriptions are never closed for idling.
+    pub timeout: u64,
+    pub limits: ProtocolLimits,
+    /// `client-output-buffer-limit pubsub`: how far a subscriber may fall behind.
+    pub output_limit: OutputLimit,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtocolLimits {
+    /// Largest bulk string a client may send (`proto-max-bulk-len`).
+    pub max_bulk_len: ByteSize,
+    /// Most arguments in one command.
+    pub max_multibulk_len: u64,
+    /// Longest inline (telnet-style) command line.
+    pub max_inline_len: ByteSize,
+    /// Most bytes buffered for one client's unparsed input
+    /// (`client-query-buffer-limit`).
+    pub query_buffer_limit: ByteSize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputLimit {
+    /// Unsent bytes at which a client is disconnected at once (0 = no limit).
+    pub hard: ByteSize,
+    /// Unsent bytes a client may hold for at most `soft_seconds` (0 = no limit).
+    pub soft: ByteSize,
+    pub soft_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// HTTP address serving Prometheus `/metrics`.
+    pub bind: SocketAddr,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            bind: vec![SocketAddr::from(([127, 0, 0, 1], 6379))],
+            requirepass: None,
+            maxclients: 10_000,
+            timeout: 0,
+            limits: ProtocolLimits::default(),
+            output_limit: OutputLimit::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for ProtocolLimits {
+    fn default() -> Self {
+        ProtocolLimits {
+            max_bulk_len: ByteSize(512 * 1024 * 1024),
+            max_multibulk_len: 1024 * 1024,
+            max_inline_len: ByteSize(64 * 1024),
+            query_buffer_limit: ByteSize(1024 * 1024 * 1024),
+        }
+    }
+}
+
+impl Default for OutputLimit {
+    fn default() -> Self {
+        OutputLimit {
+            hard: ByteSize(32 * 1024 * 1024),
+            soft: ByteSize(8 * 1024 * 1024),
+            soft_seconds: 60,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            bind: SocketAddr::from(([127, 0, 0, 1], 9121)),
+        }
+    }
+}
+
+impl Validate for BrokerConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.bind.is_empty() {
+            return Err(FieldError::new("bind", "at least one listen address is required"));
+        }
+        for (i, addr) in self.bind.iter().enumerate() {
+            if self.bind[..i].contains(addr) {
+                return Err(FieldError::new(format!("bind.{i}"), format!("{addr} is listed twice")));
+            }
+            if self.metrics.enabled && *addr == self.metrics.bind && addr.port() != 0 {
+                return Err(FieldError::new(
+                    "metrics.bind",
+                    format!("{addr} is also a Redis-protocol listen address"),
+                ));
+            }
+        }
+        if let Some(pass) = &self.requirepass {
+            if pass.is_empty() {
+                return Err(FieldError::new(
+                    "requirepass",
+                    "an empty password would lock every client out; remove the line to disable AUTH",
+                ));
+            }
+        }
+        if self.maxclients == 0 {
+            return Err(FieldError::new("maxclients", "must be at least 1"));
+        }
+        let l = &self.limits;
+        if l.max_bulk_len.bytes() < 1024 {
+            return Err(FieldError::new("limits.max_bulk_len", "must be at least 1kb"));
+        }
+        if l.max_multibulk_len == 0 || l.max_multibulk_len > i32::MAX as u64 {
+            return Err(FieldError::new(
+                "limits.max_multibulk_len",
+                format!("must be between 1 and {}", i32::MAX),
+            ));
+        }
+        if l.max_inline_len.bytes() < 64 {
+            return Err(FieldError::new("limits.max_inline_len", "must be at least 64 bytes"));
+        }
+        if l.query_buffer_limit.bytes() < l.max_inline_len.bytes() {
+            return Err(FieldError::new(
+                "limits.query_buffer_limit",
+                "must be at least limits.max_inline_len",
+            ));
+        }
+        let o = &self.output_limit;
+        if o.hard.bytes() != 0 && o.soft.bytes() > o.hard.bytes() {
+            return Err(FieldError::new(
+                "output_limit.soft",
+                format!("{} is above the hard limit {}", o.soft, o.hard),
+            ));
+        }
+        if o.soft.bytes() != 0 && o.soft_seconds == 0 {
+            return Err(FieldError::new(
+                "output_limit.soft_seconds",
+                "must be at least 1 when a soft limit is set (use hard for an immediate cut)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{parse_str, ConfigError};
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<BrokerConfig, ConfigError> {
+        parse_str(text, Path::new("broker.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_loopback_defaults() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg, BrokerConfig::default());
+        assert_eq!(cfg.bind[0].to_string(), "127.0.0.1:6379");
+        assert_eq!(cfg.output_limit.hard.bytes(), 32 << 20);
+        assert_eq!(cfg.output_limit.soft.bytes(), 8 << 20);
+        assert_eq!(cfg.output_limit.soft_seconds, 60);
+    }
+
+    #[test]
+    fn reads_every_section() {
+        let cfg = parse(
+            r#"
+bind = ["127.0.0.1:7000", "[::1]:7000"]
+requirepass = "s3cret"
+maxclients = 50
+timeout = 30
+[limits]
+max_bulk_len = "1mb"
+max_multibulk_len = 100
+[output_limit]
+hard = "4mb"
+soft = 1048576
+soft_seconds = 5
+[metrics]
+bind = "127.0.0.1:9999"
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.bind.len(), 2);
+        assert!(cfg.bind[1].is_ipv6());
+        assert_eq!(cfg.requirepass.as_deref(), Some("s3cret"));
+        assert_eq!(cfg.limits.max_bulk_len.bytes(), 1 << 20);
+        assert_eq!(cfg.output_limit.soft.bytes(), 1 << 20);
+        assert_eq!(cfg.metrics.bind.port(), 9999);
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_column() {
+        let err = parse("maxclients = 5\n[limits]\nmax_bulk = 3\n").unwrap_err().to_string();
+        assert!(err.starts_with("broker.toml:3:1: "), "{err}");
+        assert!(err.contains("unknown field `max_bulk`"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_its_position() {
+        let err = parse("bind = [\"127.0.0.1:6379\", \"nonsense\"]\n").unwrap_err().to_string();
+        assert!(err.starts_with("broker.toml:1:"), "{err}");
+        let err = parse("[output_limit]\nhard = \"12 parsecs\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("broker.toml:2:8: "), "{err}");
+        assert!(err.contains("unknown size unit"), "{err}");
+    }
+
+    #[test]
+    fn validation_error_points_at_the_field() {
+        let err = parse("[output_limit]\nhard = \"1mb\"\nsoft = \"2mb\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "broker.toml:3:8: output_limit.soft: 2097152 is above the hard limit 1048576"
+        );
+        let err = parse("maxclients = 0\n").unwrap_err();
+        assert_eq!(err.to_string(), "broker.toml:1:14: maxclients: must be at least 1");
+        let err = parse("bind = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n").unwrap_err();
+        assert!(err.to_string().starts_with("broker.toml:1:24: bind.1: "), "{err}");
+    }
+
+    #[test]
+    fn validation_error_on_a_default_names_file_and_field() {
+        let err = parse("[output_limit]\nhard = \"1mb\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "broker.toml: output_limit.soft: 8388608 is above the hard limit 1048576"
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! Typed TOML configuration for the Limpet binaries.
+//!
+//! Every binary reads one TOML file into a plain struct from this crate. The
+//! structs deny unknown fields (a typo is an error, not a silently ignored
+//! setting), every field has a default that runs on loopback, and semantic
+//! checks run after parsing. Whatever goes wrong, the error names the file,
+//! the line and column, and the dotted field path, the way `nginx -t` does.
+
+mod broker;
+mod error;
+mod load;
+mod units;
+
+pub use broker::{BrokerConfig, MetricsConfig, OutputLimit, ProtocolLimits};
+pub use error::{ConfigError, FieldError};
+pub use load::{load_file, parse_str, Validate};
+pub use units::ByteSize;

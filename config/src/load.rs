@@ -1,0 +1,90 @@
+//! Reading a config file: parse, deserialize, validate, locate errors.
+
+use crate::error::{ConfigError, FieldError, Location};
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+/// Semantic checks that run after a config has been deserialized.
+pub trait Validate {
+    fn validate(&self) -> Result<(), FieldError>;
+}
+
+/// Reads and checks the config file at `path`.
+pub fn load_file<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_str(&text, path)
+}
+
+/// Parses `text` as if read from `path` (the path only labels errors).
+pub fn parse_str<T: DeserializeOwned + Validate>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    let value: T = toml::from_str(text).map_err(|e| {
+        let location = e.span().map(|span| locate(text, span.start));
+        ConfigError::Parse {
+            file: path.to_path_buf(),
+            location,
+            field: None,
+            message: e.message().trim_end().to_string(),
+        }
+    })?;
+    value.validate().map_err(|FieldError { field, message }| {
+        let location = field_span(text, &field).map(|offset| locate(text, offset));
+        ConfigError::Invalid {
+            file: path.to_path_buf(),
+            location,
+            field,
+            message,
+        }
+    })?;
+    Ok(value)
+}
+
+/// Byte offset of the value of a dotted field, if the file sets it. A field
+/// left at its default has no position; the error then names only the field.
+fn field_span(text: &str, field: &str) -> Option<usize> {
+    let doc = toml_edit::Document::parse(text).ok()?;
+    let mut item = doc.as_item();
+    for part in field.split('.') {
+        if let (Ok(index), Some(array)) = (part.parse::<usize>(), item.as_array()) {
+            // Array elements are values, not items; no config nests below one.
+            return array.get(index)?.span().map(|s| s.start);
+        }
+        item = item.get(part)?;
+    }
+    item.span().map(|s| s.start)
+}
+
+fn locate(text: &str, offset: usize) -> Location {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Location {
+        line,
+        column: before[line_start..].chars().count() + 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_counts_lines_and_columns_from_one() {
+        let text = "a = 1\nbb = 2\n";
+        let loc = locate(text, 11);
+        assert_eq!((loc.line, loc.column), (2, 6));
+        let loc = locate(text, 0);
+        assert_eq!((loc.line, loc.column), (1, 1));
+    }
+
+    #[test]
+    fn field_span_finds_nested_values_and_array_items() {
+        let text = "bind = [\"a\", \"b\"]\n[limits]\nmax = 3\n";
+        assert_eq!(field_span(text, "limits.max"), Some(text.find('3').unwrap()));
+        assert_eq!(field_span(text, "bind.1"), Some(text.find("\"b\"").unwrap()));
+        assert_eq!(field_span(text, "limits.nothing"), None);
+    }
+}

@@ -135,9 +135,9 @@ impl RequestParser {
                 };
                 if buf.len() < len + 2 {
                     self.bulk_len = Some(len);
-                    if buf.capacity() < len + 2 {
-                        buf.reserve(len + 2 - buf.len());
-                    }
+                    // Grow toward the declared size as bytes arrive, not up
+                    // front: a declared length costs nothing until it is sent.
+                    buf.reserve((len + 2 - buf.len()).min(1 << 20));
                     return Ok(None);
                 }
                 self.bulk_len = None;
@@ -262,11 +262,13 @@ pub fn parse_i64(s: &[u8]) -> Option<i64> {
 /// quote must be followed by whitespace or the end. `None` on unbalanced
 /// quotes.
 pub fn split_args(line: &[u8]) -> Option<Vec<Bytes>> {
+    // Redis works on a C string here: a NUL byte ends the line.
+    let line = &line[..memchr::memchr(0, line).unwrap_or(line.len())];
     let mut args = Vec::new();
     let mut i = 0;
     let n = line.len();
     loop {
-        while i < n && line[i].is_ascii_whitespace() {
+        while i < n && is_space(line[i]) {
             i += 1;
         }
         if i >= n {
@@ -299,7 +301,7 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Bytes>> {
                     });
                     i += 2;
                 } else if c == b'"' {
-                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                    if i + 1 < n && !is_space(line[i + 1]) {
                         return None;
                     }
                     i += 1;
@@ -317,7 +319,7 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Bytes>> {
                     cur.push(b'\'');
                     i += 2;
                 } else if c == b'\'' {
-                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                    if i + 1 < n && !is_space(line[i + 1]) {
                         return None;
                     }
                     i += 1;
@@ -331,7 +333,7 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Bytes>> {
                     break;
                 }
                 match line[i] {
-                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b' ' | b'\n' | b'\r' | b'\t' => break,
                     b'"' => in_dq = true,
                     b'\'' => in_sq = true,
                     c => cur.push(c),
@@ -341,6 +343,12 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Bytes>> {
         }
         args.push(Bytes::from(cur));
     }
+}
+
+/// C's `isspace`, which Redis uses between arguments (Rust's ASCII
+/// whitespace lacks the vertical tab).
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }
 
 fn hex(c: u8) -> Option<u8> {
@@ -536,6 +544,14 @@ mod tests {
         for got in parse_split(input) {
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn inline_stops_at_nul_like_redis() {
+        assert_eq!(split_args(b"PING\0junk"), Some(args(&["PING"])));
+        assert_eq!(split_args(b"\0\x01\xfe"), Some(vec![]));
+        assert_eq!(split_args(b"\x01\xfe a"), Some(vec![Bytes::from_static(b"\x01\xfe"), Bytes::from_static(b"a")]));
+        assert_eq!(split_args(b" \t\x0b\x0c "), Some(vec![]));
     }
 
     #[test]

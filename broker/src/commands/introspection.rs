@@ -346,6 +346,9 @@ fn config_params(s: &Session) -> Vec<(&'static str, String)> {
         ("maxclients", c.maxclients.to_string()),
         ("timeout", c.timeout.to_string()),
         ("databases", "16".to_string()),
+        // The broker keeps nothing on disk; benchmark tools ask for these.
+        ("save", String::new()),
+        ("appendonly", "no".to_string()),
         ("proto-max-bulk-len", c.limits.max_bulk_len.to_string()),
         ("client-query-buffer-limit", c.limits.query_buffer_limit.to_string()),
         (

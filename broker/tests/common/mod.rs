@@ -1,0 +1,253 @@
+//! Test harness: an in-process broker on a free loopback port, and a raw
+//! TCP client that reads whole RESP frames so tests can compare exact bytes.
+#![allow(dead_code)]
+
+use limpet_broker::server::{Broker, Server};
+use limpet_config::BrokerConfig;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Generous: tests run on a loaded 2-core machine. Only a hang hits it.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub broker: Arc<Broker>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub fn loopback_config() -> BrokerConfig {
+    BrokerConfig {
+        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        ..BrokerConfig::default()
+    }
+}
+
+impl TestBroker {
+    pub async fn start(config: BrokerConfig) -> TestBroker {
+        let broker = Arc::new(Broker::new(config, None));
+        let server = Server::bind(broker.clone()).await.expect("bind a free port");
+        let addr = server.local_addrs()[0];
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(server.run(rx));
+        TestBroker {
+            addr,
+            broker,
+            stop,
+            task,
+        }
+    }
+
+    pub async fn default() -> TestBroker {
+        Self::start(loopback_config()).await
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("broker stops within the deadline")
+            .expect("server task does not panic");
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = tokio::time::timeout(DEADLINE, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write to broker");
+    }
+
+    /// Sends a command as a multibulk request.
+    pub async fn cmd(&mut self, args: &[&str]) {
+        let bytes = encode(args);
+        self.send(&bytes).await;
+    }
+
+    /// Reads exactly `n` complete frames and returns their raw bytes.
+    pub async fn frames(&mut self, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.extend(self.frame().await);
+        }
+        out
+    }
+
+    pub async fn frame(&mut self) -> Vec<u8> {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Some(len) = frame_len(&self.buf, 0) {
+                    return self.buf.drain(..len).collect();
+                }
+                self.buf.reserve(16 * 1024);
+                let n = self.stream.read_buf(&mut self.buf).await.expect("read from broker");
+                assert!(n > 0, "broker closed the connection; unread: {:?}", String::from_utf8_lossy(&self.buf));
+            }
+        })
+        .await
+        .expect("a reply frame within the deadline")
+    }
+
+    /// Sends `args` and returns the reply as text, for readable assertions.
+    pub async fn call(&mut self, args: &[&str]) -> String {
+        self.cmd(args).await;
+        String::from_utf8_lossy(&self.frame().await).into_owned()
+    }
+
+    /// The first frame, or whatever arrived before the broker closed.
+    pub async fn read_to_close_or_frame(&mut self) -> Vec<u8> {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Some(len) = frame_len(&self.buf, 0) {
+                    return self.buf.drain(..len).collect();
+                }
+                self.buf.reserve(16 * 1024);
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return std::mem::take(&mut self.buf),
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("a frame or a close within the deadline")
+    }
+
+    /// Waits for the broker to close the connection; returns what came first.
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                self.buf.reserve(16 * 1024);
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return std::mem::take(&mut self.buf),
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("broker closes the connection within the deadline")
+    }
+}
+
+pub fn encode(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n", a.len()).into_bytes());
+        out.extend(a.as_bytes());
+        out.extend(b"\r\n");
+    }
+    out
+}
+
+/// Length of the complete RESP2/RESP3 frame starting at `at`, if it is all there.
+pub fn frame_len(buf: &[u8], at: usize) -> Option<usize> {
+    let line_end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+    let head = buf[at];
+    let header = std::str::from_utf8(&buf[at + 1..line_end]).ok()?;
+    let after = line_end + 2;
+    match head {
+        b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => Some(after - at),
+        b'$' | b'=' | b'!' => {
+            let n: i64 = header.parse().ok()?;
+            if n < 0 {
+                return Some(after - at);
+            }
+            let end = after + n as usize + 2;
+            (buf.len() >= end).then_some(end - at)
+        }
+        b'*' | b'>' | b'~' | b'%' | b'|' => {
+            let n: i64 = header.parse().ok()?;
+            let items = if head == b'%' || head == b'|' { n * 2 } else { n };
+            let mut pos = after;
+            for _ in 0..items.max(0) {
+                pos += frame_len(buf, pos)?;
+            }
+            Some(pos - at)
+        }
+        _ => panic!("not a RESP frame: {:?}", String::from_utf8_lossy(&buf[at..])),
+    }
+}
+
+/// Path of redis-server, which `make test` installs; a clear failure otherwise.
+pub fn redis_server_path() -> std::path::PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let p = std::path::Path::new(dir).join("redis-server");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("redis-server is not installed: run `make test` (it installs it) or `apt-get install redis-server`");
+}
+
+/// A real redis-server on a free port, stopped on drop.
+pub struct RealRedis {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl RealRedis {
+    pub async fn start() -> RealRedis {
+        let bin = redis_server_path();
+        let port = free_port();
+        let child = std::process::Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Ok(mut s) = TcpStream::connect(addr).await {
+                // Ready when it answers, not just when it accepts.
+                if s.write_all(b"PING\r\n").await.is_ok() {
+                    let mut b = [0u8; 7];
+                    if s.read_exact(&mut b).await.is_ok() && &b == b"+PONG\r\n" {
+                        break;
+                    }
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        RealRedis { addr, child }
+    }
+}
+
+impl Drop for RealRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago (for programs that need a number up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free port")
+}

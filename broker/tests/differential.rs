@@ -1,0 +1,279 @@
+//! The same scripted sessions against a real redis-server 7 and against
+//! limpet-broker; every reply byte must match.
+//!
+//! Script lines: `N> ARGS...` sends a multibulk command from client N
+//! (arguments split on spaces), `N! TEXT` sends raw bytes (`\r\n`, `\xHH`
+//! escapes), `N? K` reads K frames from client N, `N.` reads client N until
+//! the server closes it. A `>`/`!` line may end with `| N:K ...` to read
+//! frames right after sending. Only values that legitimately differ are
+//! masked: the server version and connection ids in HELLO.
+
+mod common;
+use common::*;
+use std::net::SocketAddr;
+
+const SESSIONS: &[(&str, &str)] = &[
+    (
+        "connection commands",
+        r"0> PING | 0:1
+0> PING hello | 0:1
+0> PING a b | 0:1
+0> ECHO | 0:1
+0> ECHO x y | 0:1
+0> ECHO binary\x00zero | 0:1
+0> FOO a b c | 0:1
+0> SELECT 0 | 0:1
+0> SELECT 16 | 0:1
+0> SELECT -1 | 0:1
+0> SELECT x | 0:1
+0> AUTH pass | 0:1
+0> AUTH default pass | 0:1
+0> AUTH someone pass | 0:1
+0> AUTH a b c | 0:1
+0> CLIENT FOO | 0:1
+0> CLIENT | 0:1
+0> CLIENT GETNAME | 0:1
+0! CLIENT SETNAME 'a b'\r\n | 0:1
+0> CLIENT SETNAME app | 0:1
+0> CLIENT GETNAME | 0:1
+0> CLIENT SETNAME | 0:1
+0> PUBSUB FOO | 0:1
+0> PUBSUB | 0:1
+0> HELLO 4 | 0:1
+0> HELLO x | 0:1
+0> HELLO 3 FOO | 0:1
+0> HELLO 2 AUTH default | 0:1
+0> CONFIG GET maxclients | 0:1
+0> CONFIG GET no-such-thing | 0:1
+0> CONFIG | 0:1
+0> RESET | 0:1
+0> QUIT | 0:1
+0.",
+    ),
+    (
+        "pub/sub across clients in RESP2",
+        r"0> SUBSCRIBE news sport | 0:2
+1> PSUBSCRIBE n* | 1:1
+2> PUBLISH news hello | 2:1 0:1 1:1
+2> PUBLISH sport goal | 2:1 0:1
+2> PUBLISH nope x | 2:1 1:1
+2> PUBLISH other x | 2:1
+2> PUBSUB NUMSUB news sport nope | 2:1
+2> PUBSUB NUMPAT | 2:1
+2> PUBSUB CHANNELS s* | 2:1
+0> ECHO x | 0:1
+0> PING | 0:1
+0> PING hi | 0:1
+1> PUBLISH news from-subscriber | 1:1
+0> UNSUBSCRIBE news | 0:1
+2> PUBLISH news again | 2:1 1:1
+0> SUBSCRIBE news news | 0:2
+1> PUNSUBSCRIBE | 1:1
+1> PUNSUBSCRIBE | 1:1
+1> UNSUBSCRIBE | 1:1
+1> PING | 1:1
+0> UNSUBSCRIBE sport | 0:1
+0> UNSUBSCRIBE | 0:1
+0> UNSUBSCRIBE | 0:1
+0> PSUBSCRIBE | 0:1
+0> SUBSCRIBE | 0:1
+2> PUBLISH a | 2:1
+2> PUBSUB CHANNELS | 2:1",
+    ),
+    (
+        "RESP3 pushes and types",
+        r"0> HELLO 3 | 0:1
+0> SUBSCRIBE room | 0:1
+1> PUBLISH room hi | 1:1 0:1
+0> PING | 0:1
+0> ECHO usable | 0:1
+0> CLIENT GETNAME | 0:1
+0> CONFIG GET maxclients | 0:1
+0> PSUBSCRIBE r?om | 0:1
+1> PUBLISH room two | 1:1 0:2
+0> UNSUBSCRIBE | 0:1
+0> UNSUBSCRIBE | 0:1
+0> PUNSUBSCRIBE r?om | 0:1
+0> PUBSUB NUMSUB room | 0:1
+0> HELLO 2 | 0:1
+0> PING | 0:1",
+    ),
+    (
+        "sharded pub/sub",
+        r"0> SSUBSCRIBE s1 s2 | 0:2
+0> SUBSCRIBE c1 | 0:1
+1> SPUBLISH s1 m | 1:1 0:1
+1> PUBLISH s1 m | 1:1
+1> SPUBLISH c1 m | 1:1
+1> PUBSUB SHARDCHANNELS s1 | 1:1
+1> PUBSUB SHARDNUMSUB s1 s2 s3 | 1:1
+1> PUBSUB NUMSUB s1 | 1:1
+0> SUNSUBSCRIBE s1 | 0:1
+0> SUNSUBSCRIBE | 0:1
+0> SUNSUBSCRIBE | 0:1
+0> ECHO x | 0:1
+0> UNSUBSCRIBE | 0:1
+0> ECHO x | 0:1",
+    ),
+    (
+        "glob patterns",
+        r"0> PSUBSCRIBE h[ae]llo | 0:1
+1> PSUBSCRIBE h\*llo | 1:1
+2> PSUBSCRIBE [^a]x | 2:1
+3> PSUBSCRIBE room:*:chat | 3:1
+4> PUBLISH hello m | 4:1 0:1
+4> PUBLISH hallo m | 4:1 0:1
+4> PUBLISH hillo m | 4:1
+4> PUBLISH h*llo m | 4:1 1:1
+4> PUBLISH bx m | 4:1 2:1
+4> PUBLISH ax m | 4:1
+4> PUBLISH room:42:chat m | 4:1 3:1
+4> PUBLISH room:42:chatx m | 4:1
+4> PUBSUB NUMPAT | 4:1",
+    ),
+    (
+        "pipelines and inline commands",
+        r"0! PING\r\nECHO a\r\n*2\r\n$4\r\nECHO\r\n$1\r\nb\r\nPING x\r\n\r\nECHO \x22quoted \x5cx41\x22\r\nECHO 'it\x5c's'\r\n | 0:5
+0! *0\r\n*-1\r\nPING\r\n | 0:1
+1! SUBSCRIBE p\r\nPING\r\nUNSUBSCRIBE p\r\nPING\r\n | 1:4
+0! ECHO \x22bad\r\n | 0:1
+0.",
+    ),
+    ("invalid multibulk length", r"0! *abc\r\n | 0:1
+0."),
+    ("expected dollar", r"0! *1\r\n:1\r\n | 0:1
+0."),
+    ("negative bulk length", r"0! *1\r\n$-1\r\n | 0:1
+0."),
+    ("bulk length not a number", r"0! *1\r\n$x\r\n | 0:1
+0."),
+    ("huge bulk length", r"0! *1\r\n$99999999999\r\n | 0:1
+0."),
+    ("huge multibulk length", r"0! *99999999999\r\n | 0:1
+0."),
+];
+
+fn unescape(text: &str) -> Vec<u8> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            match b[i + 1] {
+                b'r' => out.push(b'\r'),
+                b'n' => out.push(b'\n'),
+                b'x' if i + 3 < b.len() => {
+                    out.push(u8::from_str_radix(&text[i + 2..i + 4], 16).expect("hex escape"));
+                    i += 2;
+                }
+                other => {
+                    out.push(b'\\');
+                    out.push(other);
+                }
+            }
+            i += 2;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Runs one script; returns a readable transcript of everything received.
+async fn run_script(addr: SocketAddr, script: &str) -> Vec<String> {
+    let mut clients: Vec<Option<Client>> = Vec::new();
+    let mut transcript = Vec::new();
+    for line in script.lines() {
+        let line = line.trim();
+        let who: usize = line[..1].parse().expect("client index");
+        while clients.len() <= who {
+            clients.push(None);
+        }
+        if clients[who].is_none() {
+            clients[who] = Some(Client::connect(addr).await);
+        }
+        let (action, rest) = (line.as_bytes()[1], line[2..].trim());
+        let (body, reads) = rest.split_once(" | ").unwrap_or((rest, ""));
+        match action {
+            b'>' => {
+                let args: Vec<String> = body
+                    .split(' ')
+                    .map(|a| String::from_utf8_lossy(&unescape(a)).into_owned())
+                    .collect();
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                clients[who].as_mut().unwrap().send(&encode(&args)).await;
+            }
+            b'!' => clients[who].as_mut().unwrap().send(&unescape(body)).await,
+            b'?' => {
+                let n: usize = body.parse().unwrap();
+                let got = clients[who].as_mut().unwrap().frames(n).await;
+                transcript.push(format!("{who} <- {}", mask(&got)));
+            }
+            b'.' => {
+                let got = clients[who].as_mut().unwrap().read_to_close().await;
+                transcript.push(format!("{who} closed after {:?}", mask(&got)));
+                continue;
+            }
+            _ => panic!("bad script line {line}"),
+        }
+        transcript.push(format!("{line}"));
+        for read in reads.split_whitespace() {
+            let (c, n) = read.split_once(':').expect("N:K");
+            let (c, n): (usize, usize) = (c.parse().unwrap(), n.parse().unwrap());
+            let got = clients[c].as_mut().expect("client exists").frames(n).await;
+            transcript.push(format!("  {c} <- {}", mask(&got)));
+        }
+    }
+    transcript
+}
+
+/// Masks the fields that differ between any two servers: version and ids.
+fn mask(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(pos) = rest.find("$7\r\nversion\r\n") {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + "$7\r\nversion\r\n".len()..];
+        // skip the bulk string that follows
+        let hdr_end = after.find("\r\n").unwrap();
+        let len: usize = after[1..hdr_end].parse().unwrap();
+        out.push_str("$7\r\nversion\r\n<VERSION>");
+        rest = &after[hdr_end + 2 + len + 2..];
+        if let Some(id_pos) = rest.find("$2\r\nid\r\n:") {
+            out.push_str(&rest[..id_pos + "$2\r\nid\r\n:".len()]);
+            let after_id = &rest[id_pos + "$2\r\nid\r\n:".len()..];
+            let end = after_id.find("\r\n").unwrap();
+            out.push_str("<ID>");
+            rest = &after_id[end..];
+        }
+    }
+    out.push_str(rest);
+    out.replace("\r\n", "\\r\\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_bytes_as_redis_server() {
+    let redis = RealRedis::start().await;
+    let limpet = TestBroker::default().await;
+    let mut failures = Vec::new();
+    for (name, script) in SESSIONS {
+        let want = run_script(redis.addr, script).await;
+        let got = run_script(limpet.addr, script).await;
+        if want != got {
+            let mut report = format!("session '{name}' differs:\n");
+            for (i, (w, g)) in want.iter().zip(got.iter()).enumerate() {
+                if w != g {
+                    report.push_str(&format!("  line {i}\n    redis : {w}\n    limpet: {g}\n"));
+                }
+            }
+            if want.len() != got.len() {
+                report.push_str(&format!("  lengths {} vs {}\n", want.len(), got.len()));
+            }
+            failures.push(report);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    limpet.stop().await;
+}

@@ -170,7 +170,8 @@ impl ClientHandle {
     }
 
     pub fn is_pubsub(&self) -> bool {
-        self.sub_count.load(Relaxed) + self.psub_count.load(Relaxed) + self.ssub_count.load(Relaxed) > 0
+        self.sub_count.load(Relaxed) + self.psub_count.load(Relaxed) + self.ssub_count.load(Relaxed)
+            > 0
     }
 }
 
@@ -249,9 +250,15 @@ impl Session {
     }
 
     pub fn sync_sub_counts(&self) {
-        self.handle.sub_count.store(self.subs.channels.len(), Relaxed);
-        self.handle.psub_count.store(self.subs.patterns.len(), Relaxed);
-        self.handle.ssub_count.store(self.subs.shards.len(), Relaxed);
+        self.handle
+            .sub_count
+            .store(self.subs.channels.len(), Relaxed);
+        self.handle
+            .psub_count
+            .store(self.subs.patterns.len(), Relaxed);
+        self.handle
+            .ssub_count
+            .store(self.subs.shards.len(), Relaxed);
     }
 
     /// Parses and runs every complete request in `input`. Returns false when
@@ -302,7 +309,11 @@ impl Session {
         let replies = (self.out.len() - start_len) - self.drained.wrapping_sub(start_drained);
         let used = self.handle.obuf.fetch_add(replies as u64, Relaxed) + replies as u64;
         if self.in_pubsub_mode() {
-            if let Some(reason) = self.broker.output_policy.exceeded(used, &self.handle.soft_since) {
+            if let Some(reason) = self
+                .broker
+                .output_policy
+                .exceeded(used, &self.handle.soft_since)
+            {
                 self.handle.kill(reason);
             }
         }
@@ -347,7 +358,13 @@ impl Session {
 }
 
 /// Creates the handle and session for a freshly accepted connection.
-pub fn new_session(broker: Arc<Broker>, id: u64, peer: SocketAddr, local: SocketAddr, fd: i32) -> Session {
+pub fn new_session(
+    broker: Arc<Broker>,
+    id: u64,
+    peer: SocketAddr,
+    local: SocketAddr,
+    fd: i32,
+) -> Session {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = Arc::new(ClientHandle {
         id,
@@ -473,8 +490,16 @@ fn finish(mut s: Session, reason: &str) {
     let handle = s.handle.clone();
     match handle.kill_reason() {
         KillReason::HardLimit | KillReason::SoftLimit => {
-            let which = if handle.kill_reason() == KillReason::HardLimit { "hard" } else { "soft" };
-            s.broker.metrics.slow_client_disconnects.with_label_values(&[which]).inc();
+            let which = if handle.kill_reason() == KillReason::HardLimit {
+                "hard"
+            } else {
+                "soft"
+            };
+            s.broker
+                .metrics
+                .slow_client_disconnects
+                .with_label_values(&[which])
+                .inc();
             tracing::warn!(
                 client = handle.id,
                 peer = %handle.peer,
@@ -482,8 +507,12 @@ fn finish(mut s: Session, reason: &str) {
                 "disconnecting slow subscriber: output {which} limit exceeded"
             );
         }
-        KillReason::Killed => tracing::info!(client = handle.id, peer = %handle.peer, "client killed"),
-        KillReason::None => tracing::debug!(client = handle.id, peer = %handle.peer, reason, "client disconnected"),
+        KillReason::Killed => {
+            tracing::info!(client = handle.id, peer = %handle.peer, "client killed")
+        }
+        KillReason::None => {
+            tracing::debug!(client = handle.id, peer = %handle.peer, reason, "client disconnected")
+        }
     }
     s.drop_subscriptions();
     s.broker.unregister(handle.id);

@@ -474,8 +474,16 @@ fn put_bulk(buf: &mut BytesMut, b: &[u8]) {
 
 /// Encodes one pushed message, `[kind, extra?, channel, payload]`, once, so
 /// the same bytes can be queued to every subscriber of that dialect.
-pub fn encode_message(proto: Proto, kind: &[u8], pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(48 + kind.len() + pattern.map_or(0, <[u8]>::len) + channel.len() + payload.len());
+pub fn encode_message(
+    proto: Proto,
+    kind: &[u8],
+    pattern: Option<&[u8]>,
+    channel: &[u8],
+    payload: &[u8],
+) -> Bytes {
+    let mut buf = BytesMut::with_capacity(
+        48 + kind.len() + pattern.map_or(0, <[u8]>::len) + channel.len() + payload.len(),
+    );
     put_push_header(&mut buf, proto, if pattern.is_some() { 4 } else { 3 });
     put_bulk(&mut buf, kind);
     if let Some(p) = pattern {
@@ -529,7 +537,9 @@ mod tests {
     }
 
     fn args(list: &[&str]) -> Vec<Bytes> {
-        list.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect()
+        list.iter()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect()
     }
 
     #[test]
@@ -550,7 +560,13 @@ mod tests {
     fn inline_stops_at_nul_like_redis() {
         assert_eq!(split_args(b"PING\0junk"), Some(args(&["PING"])));
         assert_eq!(split_args(b"\0\x01\xfe"), Some(vec![]));
-        assert_eq!(split_args(b"\x01\xfe a"), Some(vec![Bytes::from_static(b"\x01\xfe"), Bytes::from_static(b"a")]));
+        assert_eq!(
+            split_args(b"\x01\xfe a"),
+            Some(vec![
+                Bytes::from_static(b"\x01\xfe"),
+                Bytes::from_static(b"a")
+            ])
+        );
         assert_eq!(split_args(b" \t\x0b\x0c "), Some(vec![]));
     }
 
@@ -561,7 +577,13 @@ mod tests {
         input.extend_from_slice(&payload);
         input.extend_from_slice(b"\r\n");
         for got in parse_split(&input) {
-            assert_eq!(got, vec![vec![Bytes::from_static(b"ECHO"), Bytes::from(payload.clone())]]);
+            assert_eq!(
+                got,
+                vec![vec![
+                    Bytes::from_static(b"ECHO"),
+                    Bytes::from(payload.clone())
+                ]]
+            );
         }
     }
 
@@ -573,13 +595,27 @@ mod tests {
             (b"*1\r\n$-1\r\n", "Protocol error: invalid bulk length"),
             (b"*1\r\n$abc\r\n", "Protocol error: invalid bulk length"),
             (b"*1\r\n$+1\r\n", "Protocol error: invalid bulk length"),
-            (b"*99999999999\r\n", "Protocol error: invalid multibulk length"),
-            (b"*1\r\n$999999999999\r\n", "Protocol error: invalid bulk length"),
-            (b"\"unbalanced\r\n", "Protocol error: unbalanced quotes in request"),
+            (
+                b"*99999999999\r\n",
+                "Protocol error: invalid multibulk length",
+            ),
+            (
+                b"*1\r\n$999999999999\r\n",
+                "Protocol error: invalid bulk length",
+            ),
+            (
+                b"\"unbalanced\r\n",
+                "Protocol error: unbalanced quotes in request",
+            ),
             (b"'a'b\r\n", "Protocol error: unbalanced quotes in request"),
         ];
         for (input, want) in cases {
-            assert_eq!(parse_all(input).unwrap_err().to_string(), *want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                parse_all(input).unwrap_err().to_string(),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
@@ -619,7 +655,16 @@ mod tests {
         assert_eq!(parse_i64(b"-12"), Some(-12));
         assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
         assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
-        for bad in [&b""[..], b"-", b"+1", b"01", b"-0", b"1 ", b"9223372036854775808", b"1a"] {
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+1",
+            b"01",
+            b"-0",
+            b"1 ",
+            b"9223372036854775808",
+            b"1a",
+        ] {
             assert_eq!(parse_i64(bad), None, "{:?}", bad);
         }
     }
@@ -627,22 +672,34 @@ mod tests {
     #[test]
     fn replies_in_both_dialects() {
         let mut buf = BytesMut::new();
-        let mut r = Reply { buf: &mut buf, proto: Proto::Resp2 };
+        let mut r = Reply {
+            buf: &mut buf,
+            proto: Proto::Resp2,
+        };
         r.map(1);
         r.bulk(b"k");
         r.null();
         r.verbatim(b"x");
         r.error("ERR a\r\nb");
-        assert_eq!(&buf[..], b"*2\r\n$1\r\nk\r\n$-1\r\n$1\r\nx\r\n-ERR a  b\r\n");
+        assert_eq!(
+            &buf[..],
+            b"*2\r\n$1\r\nk\r\n$-1\r\n$1\r\nx\r\n-ERR a  b\r\n"
+        );
         let mut buf = BytesMut::new();
-        let mut r = Reply { buf: &mut buf, proto: Proto::Resp3 };
+        let mut r = Reply {
+            buf: &mut buf,
+            proto: Proto::Resp3,
+        };
         r.map(1);
         r.bulk(b"k");
         r.null();
         r.verbatim(b"x");
         r.set(0);
         r.push(0);
-        assert_eq!(&buf[..], b"%1\r\n$1\r\nk\r\n_\r\n=5\r\ntxt:x\r\n~0\r\n>0\r\n");
+        assert_eq!(
+            &buf[..],
+            b"%1\r\n$1\r\nk\r\n_\r\n=5\r\ntxt:x\r\n~0\r\n>0\r\n"
+        );
     }
 
     #[test]

@@ -150,7 +150,11 @@ mod tests {
             ("[abc", "b", true), // unterminated class closes at the end
             ("a*b*c", "aXbYc", true),
             ("a*b*c", "aXbY", false),
-            ("*a*a*a*a*a*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", false),
+            (
+                "*a*a*a*a*a*a*a*a*b",
+                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                false,
+            ),
             ("room:*:chat", "room:42:chat", true),
             ("room:*:chat", "room:42:chat:x", false),
             ("CASE", "case", false),
@@ -161,7 +165,11 @@ mod tests {
             ("??", "abc", false),
         ];
         for &(pattern, s, want) in table {
-            assert_eq!(glob_match(pattern.as_bytes(), s.as_bytes()), want, "{pattern:?} vs {s:?}");
+            assert_eq!(
+                glob_match(pattern.as_bytes(), s.as_bytes()),
+                want,
+                "{pattern:?} vs {s:?}"
+            );
         }
     }
 }

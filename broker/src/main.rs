@@ -34,7 +34,10 @@ fn main() -> std::process::ExitCode {
         None => BrokerConfig::default(),
     };
     if args.check {
-        let name = args.config.as_ref().map_or("(defaults)".into(), |p| p.display().to_string());
+        let name = args
+            .config
+            .as_ref()
+            .map_or("(defaults)".into(), |p| p.display().to_string());
         println!("limpet-broker: configuration {name} is ok");
         return std::process::ExitCode::SUCCESS;
     }
@@ -44,8 +47,12 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("limpet-broker: cannot start the runtime: {e}");
@@ -75,7 +82,11 @@ async fn serve(config: BrokerConfig, file: Option<String>) -> anyhow::Result<()>
             .with_context(|| format!("cannot listen for metrics on {}", metrics_cfg.bind))?;
         tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
         let b = broker.clone();
-        tokio::spawn(metrics::serve(listener, Arc::new(move || b.metrics.render()), stop_rx.clone()));
+        tokio::spawn(metrics::serve(
+            listener,
+            Arc::new(move || b.metrics.render()),
+            stop_rx.clone(),
+        ));
     }
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;

@@ -44,11 +44,19 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
-            r.register(Box::new(c.clone())).expect("metric names are unique");
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
             c
         }
-        let gauge = |name: &str, help: &str| reg(&registry, IntGauge::new(name, help).expect("valid metric"));
-        let counter = |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).expect("valid metric"));
+        let gauge = |name: &str, help: &str| {
+            reg(&registry, IntGauge::new(name, help).expect("valid metric"))
+        };
+        let counter = |name: &str, help: &str| {
+            reg(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
+        };
         Metrics {
             clients: gauge("limpet_broker_connected_clients", "Clients connected now"),
             connections: counter("limpet_broker_connections_total", "Connections accepted"),
@@ -57,17 +65,38 @@ impl Metrics {
                 "Connections refused because maxclients was reached",
             ),
             commands: counter("limpet_broker_commands_total", "Commands processed"),
-            channels: gauge("limpet_broker_channels", "Channels with at least one subscriber"),
-            shard_channels: gauge("limpet_broker_shard_channels", "Shard channels with at least one subscriber"),
-            patterns: gauge("limpet_broker_patterns", "Patterns with at least one subscriber"),
-            published: counter("limpet_broker_messages_published_total", "PUBLISH and SPUBLISH calls"),
-            delivered: counter("limpet_broker_messages_delivered_total", "Messages queued to subscribers"),
+            channels: gauge(
+                "limpet_broker_channels",
+                "Channels with at least one subscriber",
+            ),
+            shard_channels: gauge(
+                "limpet_broker_shard_channels",
+                "Shard channels with at least one subscriber",
+            ),
+            patterns: gauge(
+                "limpet_broker_patterns",
+                "Patterns with at least one subscriber",
+            ),
+            published: counter(
+                "limpet_broker_messages_published_total",
+                "PUBLISH and SPUBLISH calls",
+            ),
+            delivered: counter(
+                "limpet_broker_messages_delivered_total",
+                "Messages queued to subscribers",
+            ),
             delivered_bytes: counter(
                 "limpet_broker_delivered_bytes_total",
                 "Bytes of messages queued to subscribers",
             ),
-            net_input_bytes: counter("limpet_broker_net_input_bytes_total", "Bytes read from clients"),
-            net_output_bytes: counter("limpet_broker_net_output_bytes_total", "Bytes written to clients"),
+            net_input_bytes: counter(
+                "limpet_broker_net_input_bytes_total",
+                "Bytes read from clients",
+            ),
+            net_output_bytes: counter(
+                "limpet_broker_net_output_bytes_total",
+                "Bytes written to clients",
+            ),
             slow_client_disconnects: reg(
                 &registry,
                 IntCounterVec::new(
@@ -93,7 +122,11 @@ impl Metrics {
 }
 
 /// Serves `/metrics` on `listener` until shutdown.
-pub async fn serve(listener: TcpListener, metrics: Arc<dyn Fn() -> String + Send + Sync>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.changed() => return,
@@ -121,12 +154,23 @@ pub async fn serve(listener: TcpListener, metrics: Arc<dyn Fn() -> String + Send
     }
 }
 
-fn respond(req: &Request<hyper::body::Incoming>, metrics: &(dyn Fn() -> String + Send + Sync)) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<hyper::body::Incoming>,
+    metrics: &(dyn Fn() -> String + Send + Sync),
+) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", metrics()),
         (&Method::GET, "/health") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        (_, "/metrics" | "/health") => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics\n".into()),
+        (_, "/metrics" | "/health") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n".into(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics\n".into(),
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;

@@ -66,7 +66,12 @@ struct Encoded<'a> {
 }
 
 impl<'a> Encoded<'a> {
-    fn new(kind: &'static [u8], pattern: Option<&'a [u8]>, channel: &'a [u8], payload: &'a [u8]) -> Self {
+    fn new(
+        kind: &'static [u8],
+        pattern: Option<&'a [u8]>,
+        channel: &'a [u8],
+        payload: &'a [u8],
+    ) -> Self {
         Encoded {
             kind,
             pattern,
@@ -82,7 +87,9 @@ impl<'a> Encoded<'a> {
             Proto::Resp2 => &mut self.resp2,
             Proto::Resp3 => &mut self.resp3,
         };
-        slot.get_or_insert_with(|| encode_message(proto, self.kind, self.pattern, self.channel, self.payload))
+        slot.get_or_insert_with(|| {
+            encode_message(proto, self.kind, self.pattern, self.channel, self.payload)
+        })
     }
 
     fn send_all(&mut self, subscribers: &Subscribers, policy: &OutputPolicy, done: &mut Published) {
@@ -151,7 +158,13 @@ impl Registry {
 
     /// `PUBLISH` (channel subscribers, then every matching pattern) or
     /// `SPUBLISH` (shard channel subscribers only).
-    pub fn publish(&self, space: Space, channel: &[u8], payload: &[u8], policy: &OutputPolicy) -> Published {
+    pub fn publish(
+        &self,
+        space: Space,
+        channel: &[u8],
+        payload: &[u8],
+        policy: &OutputPolicy,
+    ) -> Published {
         let mut done = Published::default();
         let kind: &'static [u8] = match space {
             Space::Global => b"message",

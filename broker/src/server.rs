@@ -88,8 +88,10 @@ impl Broker {
 
     pub fn update_channel_gauges(&self) {
         let m = &self.metrics;
-        m.channels.set(self.registry.channel_count(Space::Global) as i64);
-        m.shard_channels.set(self.registry.channel_count(Space::Shard) as i64);
+        m.channels
+            .set(self.registry.channel_count(Space::Global) as i64);
+        m.shard_channels
+            .set(self.registry.channel_count(Space::Shard) as i64);
         m.patterns.set(self.registry.pattern_count() as i64);
     }
 
@@ -110,7 +112,12 @@ impl Broker {
 fn make_run_id() -> String {
     let state = ahash::RandomState::new();
     (0..5)
-        .map(|i| format!("{:08x}", state.hash_one((i, std::process::id(), Instant::now())) as u32))
+        .map(|i| {
+            format!(
+                "{:08x}",
+                state.hash_one((i, std::process::id(), Instant::now())) as u32
+            )
+        })
         .collect()
 }
 
@@ -133,7 +140,10 @@ impl Server {
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     pub fn broker(&self) -> Arc<Broker> {
@@ -160,7 +170,11 @@ impl Server {
     }
 }
 
-async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {

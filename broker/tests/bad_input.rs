@@ -35,16 +35,43 @@ async fn malformed_frames_get_redis_errors_and_lose_only_their_connection() {
     let b = TestBroker::start(config).await;
     let mut calm = bystander(&b).await;
     let cases: &[(&[u8], &[u8])] = &[
-        (b"*abc\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
-        (b"*-5\r\n*1\r\nx\r\n", b"-ERR Protocol error: expected '$', got 'x'\r\n"),
-        (b"*1\r\n$-5\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
-        (b"*1\r\n$99999999999999999999\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
-        (b"*1\r\n$4097\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
-        (b"*101\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
-        (b"*9223372036854775807\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
-        (b"ECHO \"open\r\n", b"-ERR Protocol error: unbalanced quotes in request\r\n"),
+        (
+            b"*abc\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*-5\r\n*1\r\nx\r\n",
+            b"-ERR Protocol error: expected '$', got 'x'\r\n",
+        ),
+        (
+            b"*1\r\n$-5\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*1\r\n$99999999999999999999\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*1\r\n$4097\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*101\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*9223372036854775807\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"ECHO \"open\r\n",
+            b"-ERR Protocol error: unbalanced quotes in request\r\n",
+        ),
         // A valid command first: it is answered before the error.
-        (b"PING\r\n*1\r\n:1\r\n", b"+PONG\r\n-ERR Protocol error: expected '$', got ':'\r\n"),
+        (
+            b"PING\r\n*1\r\n:1\r\n",
+            b"+PONG\r\n-ERR Protocol error: expected '$', got ':'\r\n",
+        ),
     ];
     for (input, want) in cases {
         let mut c = b.client().await;
@@ -71,21 +98,32 @@ async fn oversized_lines_and_non_resp_streams() {
     // 70 KB with no newline: Redis's inline limit is 64 KB.
     let mut c = b.client().await;
     c.send(&vec![b'x'; 70 * 1024]).await;
-    assert_eq!(c.read_to_close().await, b"-ERR Protocol error: too big inline request\r\n");
+    assert_eq!(
+        c.read_to_close().await,
+        b"-ERR Protocol error: too big inline request\r\n"
+    );
 
     let mut c = b.client().await;
     let mut big_count = b"*".to_vec();
     big_count.extend(vec![b'1'; 70 * 1024]);
     c.send(&big_count).await;
-    assert_eq!(c.read_to_close().await, b"-ERR Protocol error: too big mbulk count string\r\n");
+    assert_eq!(
+        c.read_to_close().await,
+        b"-ERR Protocol error: too big mbulk count string\r\n"
+    );
 
     // Binary noise with line breaks reads as unknown inline commands and the
     // connection survives. (A NUL ends an inline line here; Redis, reading a
     // C string, stalls on it until the 64 KB limit instead.)
     let mut c = b.client().await;
-    c.send(b"\x01\xfe\xff\x00zz\r\n\x00ignored\r\nPING\r\n").await;
+    c.send(b"\x01\xfe\xff\x00zz\r\n\x00ignored\r\nPING\r\n")
+        .await;
     let first = c.frame().await;
-    assert!(first.starts_with(b"-ERR unknown command '"), "{:?}", String::from_utf8_lossy(&first));
+    assert!(
+        first.starts_with(b"-ERR unknown command '"),
+        "{:?}",
+        String::from_utf8_lossy(&first)
+    );
     assert_eq!(c.frame().await, b"+PONG\r\n");
 
     // An HTTP request is cut off without a reply (cross-protocol guard).
@@ -167,7 +205,10 @@ async fn silent_clients_time_out_but_subscribers_do_not() {
     let mut silent = b.client().await;
     let started = std::time::Instant::now();
     assert_eq!(silent.read_to_close().await, b"");
-    assert!(started.elapsed() >= Duration::from_millis(900), "closed too early");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed too early"
+    );
     // The subscriber was idle just as long and is still served.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     still_serving(&b, &mut calm).await;
@@ -186,7 +227,10 @@ async fn maxclients_refuses_with_the_redis_error() {
     assert_eq!(one.call(&["PING"]).await, "+PONG\r\n");
     assert_eq!(two.call(&["PING"]).await, "+PONG\r\n");
     let mut three = b.client().await;
-    assert_eq!(three.read_to_close().await, b"-ERR max number of clients reached\r\n");
+    assert_eq!(
+        three.read_to_close().await,
+        b"-ERR max number of clients reached\r\n"
+    );
     assert_eq!(b.broker.metrics.rejected_connections.get(), 1);
     // A freed slot is usable again (the broker notices the close asynchronously).
     drop(two);

@@ -139,18 +139,36 @@ const SESSIONS: &[(&str, &str)] = &[
 0! ECHO \x22bad\r\n | 0:1
 0.",
     ),
-    ("invalid multibulk length", r"0! *abc\r\n | 0:1
-0."),
-    ("expected dollar", r"0! *1\r\n:1\r\n | 0:1
-0."),
-    ("negative bulk length", r"0! *1\r\n$-1\r\n | 0:1
-0."),
-    ("bulk length not a number", r"0! *1\r\n$x\r\n | 0:1
-0."),
-    ("huge bulk length", r"0! *1\r\n$99999999999\r\n | 0:1
-0."),
-    ("huge multibulk length", r"0! *99999999999\r\n | 0:1
-0."),
+    (
+        "invalid multibulk length",
+        r"0! *abc\r\n | 0:1
+0.",
+    ),
+    (
+        "expected dollar",
+        r"0! *1\r\n:1\r\n | 0:1
+0.",
+    ),
+    (
+        "negative bulk length",
+        r"0! *1\r\n$-1\r\n | 0:1
+0.",
+    ),
+    (
+        "bulk length not a number",
+        r"0! *1\r\n$x\r\n | 0:1
+0.",
+    ),
+    (
+        "huge bulk length",
+        r"0! *1\r\n$99999999999\r\n | 0:1
+0.",
+    ),
+    (
+        "huge multibulk length",
+        r"0! *99999999999\r\n | 0:1
+0.",
+    ),
 ];
 
 fn unescape(text: &str) -> Vec<u8> {
@@ -217,7 +235,7 @@ async fn run_script(addr: SocketAddr, script: &str) -> Vec<String> {
             }
             _ => panic!("bad script line {line}"),
         }
-        transcript.push(format!("{line}"));
+        transcript.push(line.to_string());
         for read in reads.split_whitespace() {
             let (c, n) = read.split_once(':').expect("N:K");
             let (c, n): (usize, usize) = (c.parse().unwrap(), n.parse().unwrap());

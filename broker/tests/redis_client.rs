@@ -5,8 +5,18 @@ use common::*;
 use futures_util::StreamExt;
 use redis::{AsyncConnectionConfig, PushKind, Value};
 
-async fn publish(con: &mut redis::aio::MultiplexedConnection, cmd: &str, ch: &str, msg: &str) -> i64 {
-    redis::cmd(cmd).arg(ch).arg(msg).query_async(con).await.expect("publish")
+async fn publish(
+    con: &mut redis::aio::MultiplexedConnection,
+    cmd: &str,
+    ch: &str,
+    msg: &str,
+) -> i64 {
+    redis::cmd(cmd)
+        .arg(ch)
+        .arg(msg)
+        .query_async(con)
+        .await
+        .expect("publish")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,9 +36,16 @@ async fn resp2_pubsub_with_the_redis_crate() {
     let mut stream = pubsub.on_message();
     let mut got = Vec::new();
     for _ in 0..3 {
-        let msg = tokio::time::timeout(DEADLINE, stream.next()).await.unwrap().unwrap();
+        let msg = tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .unwrap()
+            .unwrap();
         let pattern: Option<String> = msg.get_pattern().ok();
-        got.push((msg.get_channel_name().to_string(), msg.get_payload::<String>().unwrap(), pattern));
+        got.push((
+            msg.get_channel_name().to_string(),
+            msg.get_payload::<String>().unwrap(),
+            pattern,
+        ));
     }
     got.sort();
     assert_eq!(
@@ -39,7 +56,11 @@ async fn resp2_pubsub_with_the_redis_crate() {
             ("nothing".into(), "x".into(), Some("n*".into())),
         ]
     );
-    let info: String = redis::cmd("INFO").arg("stats").query_async(&mut con).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
     assert!(info.contains("pubsub_patterns:1"), "{info}");
     b.stop().await;
 }
@@ -57,9 +78,17 @@ async fn resp3_push_messages_with_the_redis_crate() {
         .expect("RESP3 connection (HELLO 3)");
     sub.subscribe("room:1").await.unwrap();
     // No ssubscribe helper on this connection type: send the command itself.
-    let _: () = redis::cmd("SSUBSCRIBE").arg("shard:1").query_async(&mut sub).await.unwrap();
+    let _: () = redis::cmd("SSUBSCRIBE")
+        .arg("shard:1")
+        .query_async(&mut sub)
+        .await
+        .unwrap();
     // The same connection keeps answering ordinary commands while subscribed.
-    let echo: String = redis::cmd("ECHO").arg("still usable").query_async(&mut sub).await.unwrap();
+    let echo: String = redis::cmd("ECHO")
+        .arg("still usable")
+        .query_async(&mut sub)
+        .await
+        .unwrap();
     assert_eq!(echo, "still usable");
 
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
@@ -68,14 +97,23 @@ async fn resp3_push_messages_with_the_redis_crate() {
 
     let mut messages = Vec::new();
     while messages.len() < 2 {
-        let push = tokio::time::timeout(DEADLINE, rx.recv()).await.unwrap().unwrap();
+        let push = tokio::time::timeout(DEADLINE, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         match push.kind {
             PushKind::Subscribe | PushKind::SSubscribe => continue,
             kind => messages.push((kind, push.data)),
         }
     }
     let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-    assert_eq!(messages[0], (PushKind::Message, vec![bulk("room:1"), bulk("offer")]));
-    assert_eq!(messages[1], (PushKind::SMessage, vec![bulk("shard:1"), bulk("answer")]));
+    assert_eq!(
+        messages[0],
+        (PushKind::Message, vec![bulk("room:1"), bulk("offer")])
+    );
+    assert_eq!(
+        messages[1],
+        (PushKind::SMessage, vec![bulk("shard:1"), bulk("answer")])
+    );
     b.stop().await;
 }

@@ -79,11 +79,20 @@ async fn hard_limit_cuts_off_a_stalled_subscriber_only() {
         for c in b.broker.clients() {
             peak_owed = peak_owed.max(c.output_bytes());
         }
-        if b.broker.metrics.slow_client_disconnects.with_label_values(&["hard"]).get() == 1 {
+        if b.broker
+            .metrics
+            .slow_client_disconnects
+            .with_label_values(&["hard"])
+            .get()
+            == 1
+        {
             break;
         }
         assert!(published < 500_000, "stalled subscriber never cut off");
-        assert!(tokio::time::Instant::now() < deadline, "publisher was slowed down");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publisher was slowed down"
+        );
     }
     // A few more after the cut: three receivers now.
     for _ in 0..10 {
@@ -93,16 +102,32 @@ async fn hard_limit_cuts_off_a_stalled_subscriber_only() {
     let last = p.call(&["PUBLISH", "feed", &format!("{END}:end")]).await;
     assert_eq!(last, ":3\r\n", "the stalled subscriber left the channel");
     for t in reader_tasks {
-        assert_eq!(t.await.unwrap(), published, "every reader got every message");
+        assert_eq!(
+            t.await.unwrap(),
+            published,
+            "every reader got every message"
+        );
     }
     assert_eq!(receivers_seen[0], ":4\r\n");
     // The stalled client's connection is closed: after the bytes the kernel
     // already held, EOF; it did not receive everything.
     let held = stalled.read_to_close().await;
-    assert!(held.len() < published * (MSG_LEN + 40), "got {} bytes", held.len());
-    assert!(peak_owed <= (1 << 20) + MSG_LEN as u64 + 64, "held {peak_owed} bytes for one client");
+    assert!(
+        held.len() < published * (MSG_LEN + 40),
+        "got {} bytes",
+        held.len()
+    );
+    assert!(
+        peak_owed <= (1 << 20) + MSG_LEN as u64 + 64,
+        "held {peak_owed} bytes for one client"
+    );
     assert!(peak_owed > 0);
-    let peak = b.broker.metrics.slow_client_disconnects.with_label_values(&["hard"]).get();
+    let peak = b
+        .broker
+        .metrics
+        .slow_client_disconnects
+        .with_label_values(&["hard"])
+        .get();
     assert_eq!(peak, 1, "only the stalled subscriber was cut off");
     b.stop().await;
 }
@@ -124,17 +149,30 @@ async fn soft_limit_cuts_off_after_its_grace_period() {
     let mut p = b.client().await;
     let started = std::time::Instant::now();
     let mut published = 0usize;
-    while b.broker.metrics.slow_client_disconnects.with_label_values(&["soft"]).get() == 0 {
+    while b
+        .broker
+        .metrics
+        .slow_client_disconnects
+        .with_label_values(&["soft"])
+        .get()
+        == 0
+    {
         p.call(&["PUBLISH", "feed", &payload(published)]).await;
         published += 1;
-        if published % 1000 == 0 {
+        if published.is_multiple_of(1000) {
             // Slow down once well past the limit, so the grace period is what ends it.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(started.elapsed() < DEADLINE, "soft limit never enforced");
     }
-    assert!(started.elapsed() >= Duration::from_secs(1), "cut before the grace period");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "cut before the grace period"
+    );
     stalled.read_to_close().await;
-    assert_eq!(p.call(&["PUBSUB", "NUMSUB", "feed"]).await, "*2\r\n$4\r\nfeed\r\n:0\r\n");
+    assert_eq!(
+        p.call(&["PUBSUB", "NUMSUB", "feed"]).await,
+        "*2\r\n$4\r\nfeed\r\n:0\r\n"
+    );
     b.stop().await;
 }

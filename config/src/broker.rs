@@ -105,11 +105,17 @@ impl Default for MetricsConfig {
 impl Validate for BrokerConfig {
     fn validate(&self) -> Result<(), FieldError> {
         if self.bind.is_empty() {
-            return Err(FieldError::new("bind", "at least one listen address is required"));
+            return Err(FieldError::new(
+                "bind",
+                "at least one listen address is required",
+            ));
         }
         for (i, addr) in self.bind.iter().enumerate() {
             if self.bind[..i].contains(addr) {
-                return Err(FieldError::new(format!("bind.{i}"), format!("{addr} is listed twice")));
+                return Err(FieldError::new(
+                    format!("bind.{i}"),
+                    format!("{addr} is listed twice"),
+                ));
             }
             if self.metrics.enabled && *addr == self.metrics.bind && addr.port() != 0 {
                 return Err(FieldError::new(
@@ -131,7 +137,10 @@ impl Validate for BrokerConfig {
         }
         let l = &self.limits;
         if l.max_bulk_len.bytes() < 1024 {
-            return Err(FieldError::new("limits.max_bulk_len", "must be at least 1kb"));
+            return Err(FieldError::new(
+                "limits.max_bulk_len",
+                "must be at least 1kb",
+            ));
         }
         if l.max_multibulk_len == 0 || l.max_multibulk_len > i32::MAX as u64 {
             return Err(FieldError::new(
@@ -140,7 +149,10 @@ impl Validate for BrokerConfig {
             ));
         }
         if l.max_inline_len.bytes() < 64 {
-            return Err(FieldError::new("limits.max_inline_len", "must be at least 64 bytes"));
+            return Err(FieldError::new(
+                "limits.max_inline_len",
+                "must be at least 64 bytes",
+            ));
         }
         if l.query_buffer_limit.bytes() < l.max_inline_len.bytes() {
             return Err(FieldError::new(
@@ -215,16 +227,22 @@ bind = "127.0.0.1:9999"
 
     #[test]
     fn unknown_field_names_file_line_and_column() {
-        let err = parse("maxclients = 5\n[limits]\nmax_bulk = 3\n").unwrap_err().to_string();
+        let err = parse("maxclients = 5\n[limits]\nmax_bulk = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("broker.toml:3:1: "), "{err}");
         assert!(err.contains("unknown field `max_bulk`"), "{err}");
     }
 
     #[test]
     fn bad_value_names_its_position() {
-        let err = parse("bind = [\"127.0.0.1:6379\", \"nonsense\"]\n").unwrap_err().to_string();
+        let err = parse("bind = [\"127.0.0.1:6379\", \"nonsense\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("broker.toml:1:"), "{err}");
-        let err = parse("[output_limit]\nhard = \"12 parsecs\"\n").unwrap_err().to_string();
+        let err = parse("[output_limit]\nhard = \"12 parsecs\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("broker.toml:2:8: "), "{err}");
         assert!(err.contains("unknown size unit"), "{err}");
     }
@@ -237,9 +255,15 @@ bind = "127.0.0.1:9999"
             "broker.toml:3:8: output_limit.soft: 2097152 is above the hard limit 1048576"
         );
         let err = parse("maxclients = 0\n").unwrap_err();
-        assert_eq!(err.to_string(), "broker.toml:1:14: maxclients: must be at least 1");
+        assert_eq!(
+            err.to_string(),
+            "broker.toml:1:14: maxclients: must be at least 1"
+        );
         let err = parse("bind = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n").unwrap_err();
-        assert!(err.to_string().starts_with("broker.toml:1:24: bind.1: "), "{err}");
+        assert!(
+            err.to_string().starts_with("broker.toml:1:24: bind.1: "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -249,5 +273,17 @@ bind = "127.0.0.1:9999"
             err.to_string(),
             "broker.toml: output_limit.soft: 8388608 is above the hard limit 1048576"
         );
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_is_valid_and_documents_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/broker.toml");
+        let cfg: BrokerConfig = crate::load_file(&path).unwrap();
+        assert_eq!(cfg, BrokerConfig::default());
     }
 }

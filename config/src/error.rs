@@ -56,7 +56,11 @@ pub enum ConfigError {
     },
 }
 
-fn fmt_location(file: &std::path::Path, location: Option<&Location>, field: Option<&str>) -> String {
+fn fmt_location(
+    file: &std::path::Path,
+    location: Option<&Location>,
+    field: Option<&str>,
+) -> String {
     let mut out = file.display().to_string();
     if let Some(loc) = location {
         out.push_str(&format!(":{}:{}", loc.line, loc.column));

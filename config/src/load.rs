@@ -19,7 +19,10 @@ pub fn load_file<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, Confi
 }
 
 /// Parses `text` as if read from `path` (the path only labels errors).
-pub fn parse_str<T: DeserializeOwned + Validate>(text: &str, path: &Path) -> Result<T, ConfigError> {
+pub fn parse_str<T: DeserializeOwned + Validate>(
+    text: &str,
+    path: &Path,
+) -> Result<T, ConfigError> {
     let value: T = toml::from_str(text).map_err(|e| {
         let location = e.span().map(|span| locate(text, span.start));
         ConfigError::Parse {
@@ -83,8 +86,14 @@ mod tests {
     #[test]
     fn field_span_finds_nested_values_and_array_items() {
         let text = "bind = [\"a\", \"b\"]\n[limits]\nmax = 3\n";
-        assert_eq!(field_span(text, "limits.max"), Some(text.find('3').unwrap()));
-        assert_eq!(field_span(text, "bind.1"), Some(text.find("\"b\"").unwrap()));
+        assert_eq!(
+            field_span(text, "limits.max"),
+            Some(text.find('3').unwrap())
+        );
+        assert_eq!(
+            field_span(text, "bind.1"),
+            Some(text.find("\"b\"").unwrap())
+        );
         assert_eq!(field_span(text, "limits.nothing"), None);
     }
 }

@@ -20,12 +20,12 @@ impl ByteSize {
     /// Parses `"32mb"`-style strings; the error text is shown to the user.
     pub fn parse(text: &str) -> Result<ByteSize, String> {
         let t = text.trim();
-        let split = t
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
         if digits.is_empty() {
-            return Err(format!("`{text}` is not a size (expected e.g. 1024, 64kb, 32mb)"));
+            return Err(format!(
+                "`{text}` is not a size (expected e.g. 1024, 64kb, 32mb)"
+            ));
         }
         let n: u64 = digits
             .parse()
@@ -104,7 +104,14 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        for text in ["", "mb", "12xb", "-1", "99999999999999999999", "18446744073709551615gb"] {
+        for text in [
+            "",
+            "mb",
+            "12xb",
+            "-1",
+            "99999999999999999999",
+            "18446744073709551615gb",
+        ] {
             assert!(ByteSize::parse(text).is_err(), "{text} should fail");
         }
     }

@@ -28,12 +28,35 @@ macro_rules! cmd {
     };
 }
 
-pub const PING: Command = cmd!("ping", -1, &["fast"], CONN, "1.0.0", "Returns the server's liveliness response.", ping);
-pub const ECHO: Command = cmd!("echo", 2, &["fast"], CONN, "1.0.0", "Returns the given string.", echo);
+pub const PING: Command = cmd!(
+    "ping",
+    -1,
+    &["fast"],
+    CONN,
+    "1.0.0",
+    "Returns the server's liveliness response.",
+    ping
+);
+pub const ECHO: Command = cmd!(
+    "echo",
+    2,
+    &["fast"],
+    CONN,
+    "1.0.0",
+    "Returns the given string.",
+    echo
+);
 pub const QUIT: Command = cmd!(
     "quit",
     -1,
-    &["allow_busy", "noscript", "loading", "stale", "fast", "no_auth"],
+    &[
+        "allow_busy",
+        "noscript",
+        "loading",
+        "stale",
+        "fast",
+        "no_auth"
+    ],
     CONN,
     "1.0.0",
     "Closes the connection.",
@@ -42,7 +65,14 @@ pub const QUIT: Command = cmd!(
 pub const RESET: Command = cmd!(
     "reset",
     1,
-    &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"],
+    &[
+        "noscript",
+        "loading",
+        "stale",
+        "fast",
+        "no_auth",
+        "allow_busy"
+    ],
     CONN,
     "6.2.0",
     "Resets the connection.",
@@ -51,7 +81,14 @@ pub const RESET: Command = cmd!(
 pub const AUTH: Command = cmd!(
     "auth",
     -2,
-    &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"],
+    &[
+        "noscript",
+        "loading",
+        "stale",
+        "fast",
+        "no_auth",
+        "allow_busy"
+    ],
     CONN,
     "1.0.0",
     "Authenticates the connection.",
@@ -60,7 +97,14 @@ pub const AUTH: Command = cmd!(
 pub const HELLO: Command = cmd!(
     "hello",
     -1,
-    &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"],
+    &[
+        "noscript",
+        "loading",
+        "stale",
+        "fast",
+        "no_auth",
+        "allow_busy"
+    ],
     CONN,
     "6.0.0",
     "Handshakes with the Redis server.",
@@ -77,21 +121,94 @@ pub const SELECT: Command = cmd!(
 );
 pub const CLIENT: Command = Command {
     subcommands: &[
-        cmd!("client|id", 2, &["noscript", "loading", "stale"], CONN, "5.0.0", "Returns the unique client ID of the connection.", client_id),
-        cmd!("client|getname", 2, &["noscript", "loading", "stale"], CONN, "2.6.9", "Returns the name of the connection.", client_getname),
-        cmd!("client|setname", 3, &["noscript", "loading", "stale"], CONN, "2.6.9", "Sets the connection name.", client_setname),
-        cmd!("client|setinfo", 4, &["noscript", "loading", "stale"], CONN, "7.2.0", "Sets information specific to the client or connection.", client_setinfo),
-        cmd!("client|list", -2, &["admin", "noscript", "loading", "stale"], &["@admin", "@slow", "@dangerous", "@connection"], "2.4.0", "Lists open connections.", client_list),
-        cmd!("client|info", 2, &["noscript", "loading", "stale"], CONN, "6.2.0", "Returns information about the connection.", client_info),
-        cmd!("client|kill", -3, &["admin", "noscript", "loading", "stale"], &["@admin", "@slow", "@dangerous", "@connection"], "2.4.0", "Terminates open connections.", client_kill),
-        cmd!("client|help", 2, &["loading", "stale"], CONN, "5.0.0", "Returns helpful text about the different subcommands.", client_help),
+        cmd!(
+            "client|id",
+            2,
+            &["noscript", "loading", "stale"],
+            CONN,
+            "5.0.0",
+            "Returns the unique client ID of the connection.",
+            client_id
+        ),
+        cmd!(
+            "client|getname",
+            2,
+            &["noscript", "loading", "stale"],
+            CONN,
+            "2.6.9",
+            "Returns the name of the connection.",
+            client_getname
+        ),
+        cmd!(
+            "client|setname",
+            3,
+            &["noscript", "loading", "stale"],
+            CONN,
+            "2.6.9",
+            "Sets the connection name.",
+            client_setname
+        ),
+        cmd!(
+            "client|setinfo",
+            4,
+            &["noscript", "loading", "stale"],
+            CONN,
+            "7.2.0",
+            "Sets information specific to the client or connection.",
+            client_setinfo
+        ),
+        cmd!(
+            "client|list",
+            -2,
+            &["admin", "noscript", "loading", "stale"],
+            &["@admin", "@slow", "@dangerous", "@connection"],
+            "2.4.0",
+            "Lists open connections.",
+            client_list
+        ),
+        cmd!(
+            "client|info",
+            2,
+            &["noscript", "loading", "stale"],
+            CONN,
+            "6.2.0",
+            "Returns information about the connection.",
+            client_info
+        ),
+        cmd!(
+            "client|kill",
+            -3,
+            &["admin", "noscript", "loading", "stale"],
+            &["@admin", "@slow", "@dangerous", "@connection"],
+            "2.4.0",
+            "Terminates open connections.",
+            client_kill
+        ),
+        cmd!(
+            "client|help",
+            2,
+            &["loading", "stale"],
+            CONN,
+            "5.0.0",
+            "Returns helpful text about the different subcommands.",
+            client_help
+        ),
     ],
-    ..cmd!("client", -2, &[], &[], "2.4.0", "A container for client connection commands.", client_help)
+    ..cmd!(
+        "client",
+        -2,
+        &[],
+        &[],
+        "2.4.0",
+        "A container for client connection commands.",
+        client_help
+    )
 };
 
 fn ping(s: &mut Session, args: &[Bytes]) -> bool {
     if args.len() > 2 {
-        s.reply().error("ERR wrong number of arguments for 'ping' command");
+        s.reply()
+            .error("ERR wrong number of arguments for 'ping' command");
         return true;
     }
     let subscribed_resp2 = s.proto == Proto::Resp2 && s.in_pubsub_mode();
@@ -187,7 +304,8 @@ fn hello(s: &mut Session, args: &[Bytes]) -> bool {
     if args.len() >= 2 {
         match crate::codec::parse_i64(&args[1]) {
             None => {
-                s.reply().error("ERR Protocol version is not an integer or out of range");
+                s.reply()
+                    .error("ERR Protocol version is not an integer or out of range");
                 return true;
             }
             Some(2) => proto = Some(Proto::Resp2),
@@ -215,8 +333,10 @@ fn hello(s: &mut Session, args: &[Bytes]) -> bool {
             name = Some(args[j + 1].clone());
             j += 2;
         } else {
-            s.reply()
-                .error(&format!("ERR Syntax error in HELLO option '{}'", truncate(opt, 128)));
+            s.reply().error(&format!(
+                "ERR Syntax error in HELLO option '{}'",
+                truncate(opt, 128)
+            ));
             return true;
         }
     }
@@ -279,7 +399,9 @@ fn validate_name(name: &[u8], what: &str) -> Result<(), String> {
     if name.iter().all(|&c| (b'!'..=b'~').contains(&c)) {
         Ok(())
     } else {
-        Err(format!("ERR {what} cannot contain spaces, newlines or special characters."))
+        Err(format!(
+            "ERR {what} cannot contain spaces, newlines or special characters."
+        ))
     }
 }
 
@@ -318,8 +440,10 @@ fn client_setinfo(s: &mut Session, args: &[Bytes]) -> bool {
     let value = args[3].clone();
     let lib_name = attr.eq_ignore_ascii_case(b"lib-name");
     if !lib_name && !attr.eq_ignore_ascii_case(b"lib-ver") {
-        s.reply()
-            .error(&format!("ERR Unrecognized option '{}'", truncate(attr, 128)));
+        s.reply().error(&format!(
+            "ERR Unrecognized option '{}'",
+            truncate(attr, 128)
+        ));
         return true;
     }
     if let Err(e) = validate_name(&value, &truncate(attr, 128)) {
@@ -328,7 +452,11 @@ fn client_setinfo(s: &mut Session, args: &[Bytes]) -> bool {
     }
     {
         let mut info = s.handle.info.lock();
-        let slot = if lib_name { &mut info.lib_name } else { &mut info.lib_ver };
+        let slot = if lib_name {
+            &mut info.lib_name
+        } else {
+            &mut info.lib_ver
+        };
         *slot = (!value.is_empty()).then_some(value);
     }
     s.reply().simple("OK");
@@ -345,10 +473,14 @@ pub fn client_line(c: &ClientHandle, now_ms: u64) -> String {
     let pubsub = c.is_pubsub();
     let omem = c.output_bytes();
     let mut line = String::with_capacity(320);
-    let show = |b: &Option<Bytes>| b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-    let _ = write!(
+    let show = |b: &Option<Bytes>| {
+        b.as_ref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    let _ = writeln!(
         line,
-        "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db={} sub={} psub={} ssub={} multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events={} cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
+        "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db={} sub={} psub={} ssub={} multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events={} cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
         c.id,
         c.peer,
         c.local,
@@ -387,7 +519,10 @@ fn client_list(s: &mut Session, args: &[Bytes]) -> bool {
                 Some(true)
             } else if t.eq_ignore_ascii_case(b"normal") {
                 Some(false)
-            } else if t.eq_ignore_ascii_case(b"master") || t.eq_ignore_ascii_case(b"replica") || t.eq_ignore_ascii_case(b"slave") {
+            } else if t.eq_ignore_ascii_case(b"master")
+                || t.eq_ignore_ascii_case(b"replica")
+                || t.eq_ignore_ascii_case(b"slave")
+            {
                 // No replication here: such clients never exist.
                 ids = Some(Vec::new());
                 None

@@ -45,30 +45,115 @@ pub const INFO: Command = cmd!(
 );
 pub const COMMAND: Command = Command {
     subcommands: &[
-        cmd!("command|count", 2, &["loading", "stale"], &["@slow", "@connection"], "2.8.13", "Returns a count of commands.", command_count),
-        cmd!("command|docs", -2, &["loading", "stale"], &["@slow", "@connection"], "7.0.0", "Returns documentary information about one, multiple or all commands.", command_docs),
-        cmd!("command|info", -2, &["loading", "stale"], &["@slow", "@connection"], "2.8.13", "Returns information about one, multiple or all commands.", command_info),
-        cmd!("command|list", -2, &["loading", "stale"], &["@slow", "@connection"], "7.0.0", "Returns a list of command names.", command_list),
-        cmd!("command|help", 2, &["loading", "stale"], &["@slow", "@connection"], "5.0.0", "Returns helpful text about the different subcommands.", command_help),
+        cmd!(
+            "command|count",
+            2,
+            &["loading", "stale"],
+            &["@slow", "@connection"],
+            "2.8.13",
+            "Returns a count of commands.",
+            command_count
+        ),
+        cmd!(
+            "command|docs",
+            -2,
+            &["loading", "stale"],
+            &["@slow", "@connection"],
+            "7.0.0",
+            "Returns documentary information about one, multiple or all commands.",
+            command_docs
+        ),
+        cmd!(
+            "command|info",
+            -2,
+            &["loading", "stale"],
+            &["@slow", "@connection"],
+            "2.8.13",
+            "Returns information about one, multiple or all commands.",
+            command_info
+        ),
+        cmd!(
+            "command|list",
+            -2,
+            &["loading", "stale"],
+            &["@slow", "@connection"],
+            "7.0.0",
+            "Returns a list of command names.",
+            command_list
+        ),
+        cmd!(
+            "command|help",
+            2,
+            &["loading", "stale"],
+            &["@slow", "@connection"],
+            "5.0.0",
+            "Returns helpful text about the different subcommands.",
+            command_help
+        ),
     ],
-    ..cmd!("command", -1, &["loading", "stale"], &["@slow", "@connection"], "2.8.13", "Returns detailed information about all commands.", command_all)
+    ..cmd!(
+        "command",
+        -1,
+        &["loading", "stale"],
+        &["@slow", "@connection"],
+        "2.8.13",
+        "Returns detailed information about all commands.",
+        command_all
+    )
 };
 pub const CONFIG: Command = Command {
     subcommands: &[
-        cmd!("config|get", -3, &["admin", "noscript", "loading", "stale"], ADMIN, "2.0.0", "Returns the effective values of configuration parameters.", config_get),
-        cmd!("config|help", 2, &["loading", "stale"], &["@slow"], "5.0.0", "Returns helpful text about the different subcommands.", config_help),
+        cmd!(
+            "config|get",
+            -3,
+            &["admin", "noscript", "loading", "stale"],
+            ADMIN,
+            "2.0.0",
+            "Returns the effective values of configuration parameters.",
+            config_get
+        ),
+        cmd!(
+            "config|help",
+            2,
+            &["loading", "stale"],
+            &["@slow"],
+            "5.0.0",
+            "Returns helpful text about the different subcommands.",
+            config_help
+        ),
     ],
-    ..cmd!("config", -2, &[], &[], "2.0.0", "A container for server configuration commands.", config_help)
+    ..cmd!(
+        "config",
+        -2,
+        &[],
+        &[],
+        "2.0.0",
+        "A container for server configuration commands.",
+        config_help
+    )
 };
 
-const DEFAULT_SECTIONS: &[&str] = &["server", "clients", "memory", "persistence", "stats", "replication", "cpu", "keyspace"];
+const DEFAULT_SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "keyspace",
+];
 
 fn info(s: &mut Session, args: &[Bytes]) -> bool {
     let mut wanted: Vec<String> = args[1..]
         .iter()
         .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
         .collect();
-    if wanted.is_empty() || wanted.iter().any(|w| matches!(w.as_str(), "all" | "default" | "everything")) {
+    if wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|w| matches!(w.as_str(), "all" | "default" | "everything"))
+    {
         wanted = DEFAULT_SECTIONS.iter().map(|s| s.to_string()).collect();
     }
     let text = info_text(s, &wanted);
@@ -82,7 +167,10 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
     let mut out = String::new();
     let uptime = b.started.elapsed().as_secs();
     let ports: Vec<String> = b.config.bind.iter().map(|a| a.port().to_string()).collect();
-    for section in DEFAULT_SECTIONS.iter().filter(|sec| wanted.iter().any(|w| w == *sec)) {
+    for section in DEFAULT_SECTIONS
+        .iter()
+        .filter(|sec| wanted.iter().any(|w| w == *sec))
+    {
         if !out.is_empty() {
             out.push_str("\r\n");
         }
@@ -100,7 +188,10 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
                 w("multiplexing_api", &"tokio");
                 w("process_id", &std::process::id());
                 w("run_id", &b.run_id);
-                w("tcp_port", &ports.first().map(String::as_str).unwrap_or("0"));
+                w(
+                    "tcp_port",
+                    &ports.first().map(String::as_str).unwrap_or("0"),
+                );
                 w(
                     "server_time_usec",
                     &std::time::SystemTime::now()
@@ -145,11 +236,15 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
                 w("rejected_connections", &m.rejected_connections.get());
                 w("pubsub_channels", &b.registry.channel_count(Space::Global));
                 w("pubsub_patterns", &b.registry.pattern_count());
-                w("pubsubshard_channels", &b.registry.channel_count(Space::Shard));
+                w(
+                    "pubsubshard_channels",
+                    &b.registry.channel_count(Space::Shard),
+                );
                 w("pubsub_messages_published", &m.published.get());
                 w("pubsub_messages_delivered", &m.delivered.get());
                 let slow = &m.slow_client_disconnects;
-                let cut = slow.with_label_values(&["hard"]).get() + slow.with_label_values(&["soft"]).get();
+                let cut = slow.with_label_values(&["hard"]).get()
+                    + slow.with_label_values(&["soft"]).get();
                 w("client_output_buffer_limit_disconnections", &cut);
                 w("total_error_replies", &0);
                 w("protocol_errors", &m.protocol_errors.get());
@@ -184,7 +279,13 @@ fn cpu_seconds() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 100.0
+    };
     (tick(11), tick(12))
 }
 
@@ -263,7 +364,9 @@ fn command_count(s: &mut Session, _args: &[Bytes]) -> bool {
 fn find(name: &[u8]) -> Option<&'static Command> {
     let text = String::from_utf8_lossy(name).to_ascii_lowercase();
     match text.split_once('|') {
-        Some((parent, sub)) => lookup(COMMANDS, parent.as_bytes()).and_then(|p| lookup(p.subcommands, sub.as_bytes())),
+        Some((parent, sub)) => {
+            lookup(COMMANDS, parent.as_bytes()).and_then(|p| lookup(p.subcommands, sub.as_bytes()))
+        }
         None => lookup(COMMANDS, name),
     }
 }
@@ -350,10 +453,16 @@ fn config_params(s: &Session) -> Vec<(&'static str, String)> {
         ("save", String::new()),
         ("appendonly", "no".to_string()),
         ("proto-max-bulk-len", c.limits.max_bulk_len.to_string()),
-        ("client-query-buffer-limit", c.limits.query_buffer_limit.to_string()),
+        (
+            "client-query-buffer-limit",
+            c.limits.query_buffer_limit.to_string(),
+        ),
         (
             "client-output-buffer-limit",
-            format!("normal 0 0 0 slave 0 0 0 pubsub {} {} {}", o.hard, o.soft, o.soft_seconds),
+            format!(
+                "normal 0 0 0 slave 0 0 0 pubsub {} {} {}",
+                o.hard, o.soft, o.soft_seconds
+            ),
         ),
     ]
 }
@@ -362,7 +471,11 @@ fn config_get(s: &mut Session, args: &[Bytes]) -> bool {
     let params = config_params(s);
     let matched: Vec<&(&str, String)> = params
         .iter()
-        .filter(|(name, _)| args[2..].iter().any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes())))
+        .filter(|(name, _)| {
+            args[2..]
+                .iter()
+                .any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
+        })
         .collect();
     let mut r = s.reply();
     r.map(matched.len());

@@ -132,8 +132,10 @@ pub fn dispatch(s: &mut Session, args: &[Bytes]) -> bool {
     s.last_cmd = cmd.name;
     let argc = args.len() as i32;
     if (cmd.arity > 0 && argc != cmd.arity) || argc < -cmd.arity {
-        s.reply()
-            .error(&format!("ERR wrong number of arguments for '{}' command", cmd.name));
+        s.reply().error(&format!(
+            "ERR wrong number of arguments for '{}' command",
+            cmd.name
+        ));
         return true;
     }
     if !s.authenticated && !cmd.has_flag("no_auth") {
@@ -177,7 +179,8 @@ fn reply_help(s: &mut Session, command: &str, lines: &[&str]) -> bool {
 fn int_arg(s: &mut Session, arg: &[u8]) -> Option<i64> {
     let v = crate::codec::parse_i64(arg);
     if v.is_none() {
-        s.reply().error("ERR value is not an integer or out of range");
+        s.reply()
+            .error("ERR value is not an integer or out of range");
     }
     v
 }

@@ -42,10 +42,38 @@ pub const PUBLISH: Command = cmd!(
     "Posts a message to a channel.",
     publish
 );
-pub const SUBSCRIBE: Command = cmd!("subscribe", -2, SUB_FLAGS, "2.0.0", "Listens for messages published to channels.", subscribe);
-pub const UNSUBSCRIBE: Command = cmd!("unsubscribe", -1, SUB_FLAGS, "2.0.0", "Stops listening to messages posted to channels.", unsubscribe);
-pub const PSUBSCRIBE: Command = cmd!("psubscribe", -2, SUB_FLAGS, "2.0.0", "Listens for messages published to channels that match one or more patterns.", psubscribe);
-pub const PUNSUBSCRIBE: Command = cmd!("punsubscribe", -1, SUB_FLAGS, "2.0.0", "Stops listening to messages published to channels that match one or more patterns.", punsubscribe);
+pub const SUBSCRIBE: Command = cmd!(
+    "subscribe",
+    -2,
+    SUB_FLAGS,
+    "2.0.0",
+    "Listens for messages published to channels.",
+    subscribe
+);
+pub const UNSUBSCRIBE: Command = cmd!(
+    "unsubscribe",
+    -1,
+    SUB_FLAGS,
+    "2.0.0",
+    "Stops listening to messages posted to channels.",
+    unsubscribe
+);
+pub const PSUBSCRIBE: Command = cmd!(
+    "psubscribe",
+    -2,
+    SUB_FLAGS,
+    "2.0.0",
+    "Listens for messages published to channels that match one or more patterns.",
+    psubscribe
+);
+pub const PUNSUBSCRIBE: Command = cmd!(
+    "punsubscribe",
+    -1,
+    SUB_FLAGS,
+    "2.0.0",
+    "Stops listening to messages published to channels that match one or more patterns.",
+    punsubscribe
+);
 pub const SPUBLISH: Command = cmd!(
     "spublish",
     3,
@@ -56,18 +84,85 @@ pub const SPUBLISH: Command = cmd!(
     1,
     1
 );
-pub const SSUBSCRIBE: Command = cmd!("ssubscribe", -2, SUB_FLAGS, "7.0.0", "Listens for messages published to shard channels.", ssubscribe, 1, -1);
-pub const SUNSUBSCRIBE: Command = cmd!("sunsubscribe", -1, SUB_FLAGS, "7.0.0", "Stops listening to messages posted to shard channels.", sunsubscribe, 1, -1);
+pub const SSUBSCRIBE: Command = cmd!(
+    "ssubscribe",
+    -2,
+    SUB_FLAGS,
+    "7.0.0",
+    "Listens for messages published to shard channels.",
+    ssubscribe,
+    1,
+    -1
+);
+pub const SUNSUBSCRIBE: Command = cmd!(
+    "sunsubscribe",
+    -1,
+    SUB_FLAGS,
+    "7.0.0",
+    "Stops listening to messages posted to shard channels.",
+    sunsubscribe,
+    1,
+    -1
+);
 pub const PUBSUB: Command = Command {
     subcommands: &[
-        cmd!("pubsub|channels", -2, &["pubsub", "loading", "stale"], "2.8.0", "Returns the active channels.", pubsub_channels),
-        cmd!("pubsub|numsub", -2, &["pubsub", "loading", "stale"], "2.8.0", "Returns a count of subscribers to channels.", pubsub_numsub),
-        cmd!("pubsub|numpat", 2, &["pubsub", "loading", "stale"], "2.8.0", "Returns a count of unique pattern subscriptions.", pubsub_numpat),
-        cmd!("pubsub|shardchannels", -2, &["pubsub", "loading", "stale"], "7.0.0", "Returns the active shard channels.", pubsub_shardchannels),
-        cmd!("pubsub|shardnumsub", -2, &["pubsub", "loading", "stale"], "7.0.0", "Returns the count of subscribers of shard channels.", pubsub_shardnumsub),
-        cmd!("pubsub|help", 2, &["loading", "stale"], "6.2.0", "Returns helpful text about the different subcommands.", pubsub_help),
+        cmd!(
+            "pubsub|channels",
+            -2,
+            &["pubsub", "loading", "stale"],
+            "2.8.0",
+            "Returns the active channels.",
+            pubsub_channels
+        ),
+        cmd!(
+            "pubsub|numsub",
+            -2,
+            &["pubsub", "loading", "stale"],
+            "2.8.0",
+            "Returns a count of subscribers to channels.",
+            pubsub_numsub
+        ),
+        cmd!(
+            "pubsub|numpat",
+            2,
+            &["pubsub", "loading", "stale"],
+            "2.8.0",
+            "Returns a count of unique pattern subscriptions.",
+            pubsub_numpat
+        ),
+        cmd!(
+            "pubsub|shardchannels",
+            -2,
+            &["pubsub", "loading", "stale"],
+            "7.0.0",
+            "Returns the active shard channels.",
+            pubsub_shardchannels
+        ),
+        cmd!(
+            "pubsub|shardnumsub",
+            -2,
+            &["pubsub", "loading", "stale"],
+            "7.0.0",
+            "Returns the count of subscribers of shard channels.",
+            pubsub_shardnumsub
+        ),
+        cmd!(
+            "pubsub|help",
+            2,
+            &["loading", "stale"],
+            "6.2.0",
+            "Returns helpful text about the different subcommands.",
+            pubsub_help
+        ),
     ],
-    ..cmd!("pubsub", -2, &[], "2.8.0", "A container for Pub/Sub commands.", pubsub_help)
+    ..cmd!(
+        "pubsub",
+        -2,
+        &[],
+        "2.8.0",
+        "A container for Pub/Sub commands.",
+        pubsub_help
+    )
 };
 
 /// Which subscription set a (un)subscribe command works on.
@@ -207,7 +302,10 @@ fn spublish(s: &mut Session, args: &[Bytes]) -> bool {
 }
 
 fn channel_list(s: &mut Session, args: &[Bytes], space: Space) -> bool {
-    let names = s.broker.registry.channel_names(space, args.get(2).map(|p| &p[..]));
+    let names = s
+        .broker
+        .registry
+        .channel_names(space, args.get(2).map(|p| &p[..]));
     let mut r = s.reply();
     r.array(names.len());
     for name in &names {

@@ -31,7 +31,9 @@ pub fn loopback_config() -> BrokerConfig {
 impl TestBroker {
     pub async fn start(config: BrokerConfig) -> TestBroker {
         let broker = Arc::new(Broker::new(config, None));
-        let server = Server::bind(broker.clone()).await.expect("bind a free port");
+        let server = Server::bind(broker.clone())
+            .await
+            .expect("bind a free port");
         let addr = server.local_addrs()[0];
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(server.run(rx));
@@ -104,8 +106,16 @@ impl Client {
                     return self.buf.drain(..len).collect();
                 }
                 self.buf.reserve(16 * 1024);
-                let n = self.stream.read_buf(&mut self.buf).await.expect("read from broker");
-                assert!(n > 0, "broker closed the connection; unread: {:?}", String::from_utf8_lossy(&self.buf));
+                let n = self
+                    .stream
+                    .read_buf(&mut self.buf)
+                    .await
+                    .expect("read from broker");
+                assert!(
+                    n > 0,
+                    "broker closed the connection; unread: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
             }
         })
         .await
@@ -180,14 +190,21 @@ pub fn frame_len(buf: &[u8], at: usize) -> Option<usize> {
         }
         b'*' | b'>' | b'~' | b'%' | b'|' => {
             let n: i64 = header.parse().ok()?;
-            let items = if head == b'%' || head == b'|' { n * 2 } else { n };
+            let items = if head == b'%' || head == b'|' {
+                n * 2
+            } else {
+                n
+            };
             let mut pos = after;
             for _ in 0..items.max(0) {
                 pos += frame_len(buf, pos)?;
             }
             Some(pos - at)
         }
-        _ => panic!("not a RESP frame: {:?}", String::from_utf8_lossy(&buf[at..])),
+        _ => panic!(
+            "not a RESP frame: {:?}",
+            String::from_utf8_lossy(&buf[at..])
+        ),
     }
 }
 
@@ -213,7 +230,16 @@ impl RealRedis {
         let bin = redis_server_path();
         let port = free_port();
         let child = std::process::Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--daemonize", "no", "--loglevel", "warning"])
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -230,7 +256,10 @@ impl RealRedis {
                     }
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "redis-server did not start");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         RealRedis { addr, child }
@@ -250,4 +279,121 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("find a free port")
+}
+
+/// The real `limpet-broker` binary, started with a config file; its log is
+/// collected so tests can learn the ports it bound (port 0 in the config).
+pub struct BrokerProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+pub fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("limpet-broker-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl BrokerProcess {
+    pub fn start(config_text: &str) -> BrokerProcess {
+        use std::io::BufRead;
+        let path = write_temp(&format!("broker-{}.toml", free_port()), config_text);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_limpet-broker"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start limpet-broker");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line.clone());
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let find = |line: &str, marker: &str| -> Option<SocketAddr> {
+            line.contains(marker)
+                .then(|| line.rsplit("addr=").next()?.trim().parse().ok())?
+        };
+        let (mut addr, mut metrics) = (None, None);
+        let metrics_wanted = !config_text.contains("enabled = false");
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while addr.is_none() || (metrics_wanted && metrics.is_none()) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "broker did not report its ports; log:\n{}",
+                    log.lock().unwrap()
+                )
+            });
+            addr = addr.or_else(|| find(&line, "listening for Redis-protocol clients"));
+            metrics = metrics.or_else(|| find(&line, "serving Prometheus metrics"));
+        }
+        BrokerProcess {
+            child,
+            addr: addr.unwrap(),
+            metrics,
+            log,
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "broker did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET over a raw socket; returns (status line, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .expect("connect to HTTP port");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
 }

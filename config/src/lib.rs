@@ -9,9 +9,14 @@
 mod broker;
 mod error;
 mod load;
+mod proxy;
 mod units;
 
 pub use broker::{BrokerConfig, MetricsConfig, OutputLimit, ProtocolLimits};
 pub use error::{ConfigError, FieldError};
 pub use load::{load_file, parse_str, Validate};
-pub use units::ByteSize;
+pub use proxy::{
+    AdminConfig, Affinity, BackendConfig, Balancer, CookieConfig, HealthConfig, ListenConfig, PassiveConfig, PoolConfig,
+    ProxyConfig, ProxyLimits, RouteConfig, SameSite, Timeouts,
+};
+pub use units::{ByteSize, Cidr, Duration};

@@ -47,16 +47,33 @@ pub fn parse_str<T: DeserializeOwned + Validate>(
 /// Byte offset of the value of a dotted field, if the file sets it. A field
 /// left at its default has no position; the error then names only the field.
 fn field_span(text: &str, field: &str) -> Option<usize> {
-    let doc = toml_edit::Document::parse(text).ok()?;
-    let mut item = doc.as_item();
-    for part in field.split('.') {
-        if let (Ok(index), Some(array)) = (part.parse::<usize>(), item.as_array()) {
-            // Array elements are values, not items; no config nests below one.
-            return array.get(index)?.span().map(|s| s.start);
-        }
-        item = item.get(part)?;
+    enum Node<'a> {
+        Item(&'a toml_edit::Item),
+        Table(&'a toml_edit::Table),
     }
-    item.span().map(|s| s.start)
+    let doc = toml_edit::Document::parse(text).ok()?;
+    let mut node = Node::Table(doc.as_table());
+    for part in field.split('.') {
+        node = match node {
+            Node::Table(t) => Node::Item(t.get(part)?),
+            Node::Item(item) => match part.parse::<usize>() {
+                Ok(index) => {
+                    if let Some(tables) = item.as_array_of_tables() {
+                        Node::Table(tables.get(index)?)
+                    } else {
+                        // Array elements are values, not items; no config nests below one.
+                        return item.as_array()?.get(index)?.span().map(|s| s.start);
+                    }
+                }
+                Err(_) => Node::Item(item.get(part)?),
+            },
+        };
+    }
+    let span = match node {
+        Node::Item(item) => item.span(),
+        Node::Table(table) => table.span(),
+    };
+    span.map(|s| s.start)
 }
 
 fn locate(text: &str, offset: usize) -> Location {
@@ -95,5 +112,7 @@ mod tests {
             Some(text.find("\"b\"").unwrap())
         );
         assert_eq!(field_span(text, "limits.nothing"), None);
+        let text = "[[pool]]\nname = \"a\"\n[[pool]]\nname = \"b\"\n";
+        assert_eq!(field_span(text, "pool.1.name"), Some(text.find("\"b\"").unwrap()));
     }
 }

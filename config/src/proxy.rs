@@ -1,0 +1,456 @@
+//! `limpet-proxy` settings: listeners, upstream pools, routes, timeouts.
+//!
+//! The shape mirrors an nginx config: `[[pool]]` is an `upstream` block
+//! (with its affinity, balancer and health checks), `[[route]]` is a
+//! `location` (path prefix, optionally a Host) pointing at a pool.
+
+use crate::{ByteSize, Cidr, Duration, FieldError, Validate};
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub listen: Vec<ListenConfig>,
+    pub admin: AdminConfig,
+    pub timeouts: Timeouts,
+    pub limits: ProxyLimits,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers in front).
+    pub trusted_proxies: Vec<Cidr>,
+    #[serde(rename = "pool")]
+    pub pools: Vec<PoolConfig>,
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// Serves `/metrics`; keep it on loopback or a private network.
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP connect to a backend.
+    pub connect: Duration,
+    /// Whole request head from a client (slowloris guard).
+    pub header_read: Duration,
+    /// From sending a request upstream to receiving its response head.
+    pub response: Duration,
+    /// Close an upgraded (WebSocket) tunnel after this long without a byte
+    /// in either direction; 0 = never. nginx's 60 s default cuts quiet
+    /// sockets, so the default here is one hour.
+    pub tunnel_idle: Duration,
+    /// Keep idle pooled upstream connections this long.
+    pub upstream_idle: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyLimits {
+    /// Request head larger than this gets 431.
+    pub max_header_bytes: ByteSize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Affinity {
+    /// Every request is balanced on its own.
+    None,
+    /// The proxy issues a sealed cookie naming the backend.
+    Cookie,
+    /// Consistent hash of the client address.
+    IpHash,
+    /// Consistent hash of a request header (`affinity_key` names it).
+    Header,
+    /// Consistent hash of a query parameter (`affinity_key` names it).
+    Query,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balancer {
+    /// Fewest open requests and tunnels relative to weight.
+    LeastConn,
+    RoundRobin,
+    /// Smooth weighted round robin, as nginx does it.
+    Weighted,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    #[serde(default = "default_affinity")]
+    pub affinity: Affinity,
+    /// Header or query parameter name for `header` / `query` affinity.
+    #[serde(default)]
+    pub affinity_key: Option<String>,
+    #[serde(default = "default_balancer")]
+    pub balancer: Balancer,
+    /// Seed of the consistent hash; every proxy instance must use the same.
+    #[serde(default = "default_hash_seed")]
+    pub hash_seed: u64,
+    #[serde(default)]
+    pub cookie: CookieConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub passive: PassiveConfig,
+    /// Add `X-Limpet-Backend: <id>` to responses, to check stickiness.
+    #[serde(default)]
+    pub backend_header: bool,
+    #[serde(rename = "backend")]
+    pub backends: Vec<BackendConfig>,
+}
+
+fn default_affinity() -> Affinity {
+    Affinity::Cookie
+}
+
+fn default_balancer() -> Balancer {
+    Balancer::LeastConn
+}
+
+fn default_hash_seed() -> u64 {
+    0x6c69_6d70_6574_2121
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Stable name; cookies carry it (sealed), so keep it across restarts.
+    pub id: String,
+    /// `host:port` of the backend.
+    pub address: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CookieConfig {
+    pub name: String,
+    pub path: String,
+    pub domain: Option<String>,
+    /// Unset: a session cookie.
+    pub max_age: Option<Duration>,
+    pub secure: bool,
+    pub http_only: bool,
+    pub same_site: SameSite,
+    /// Key that seals cookie values. Proxies sharing it read each other's
+    /// cookies. Unset: a random key per process (cookies die with it).
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// HTTP path to probe; unset disables active checks.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes to mark a down backend up.
+    pub rise: u32,
+    /// Consecutive failures to mark an up backend down.
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveConfig {
+    /// Connect failures or 5xx answers within `fail_timeout` that take a
+    /// backend out (nginx `max_fails`); 0 disables passive checks.
+    pub max_fails: u32,
+    /// The window for counting failures, and how long the backend then
+    /// stays out (nginx `fail_timeout`).
+    pub fail_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default = "root")]
+    pub path_prefix: String,
+    /// Match only this Host (without port); unset matches any.
+    #[serde(default)]
+    pub host: Option<String>,
+    pub pool: String,
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: vec![ListenConfig {
+                bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            }],
+            admin: AdminConfig::default(),
+            timeouts: Timeouts::default(),
+            limits: ProxyLimits::default(),
+            trusted_proxies: Vec::new(),
+            pools: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            bind: SocketAddr::from(([127, 0, 0, 1], 9180)),
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::secs(5),
+            header_read: Duration::secs(10),
+            response: Duration::secs(60),
+            tunnel_idle: Duration::secs(3600),
+            upstream_idle: Duration::secs(60),
+        }
+    }
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        ProxyLimits {
+            max_header_bytes: ByteSize(16 * 1024),
+        }
+    }
+}
+
+impl Default for CookieConfig {
+    fn default() -> Self {
+        CookieConfig {
+            name: "limpet_sticky".into(),
+            path: "/".into(),
+            domain: None,
+            max_age: None,
+            secure: false,
+            http_only: true,
+            same_site: SameSite::Lax,
+            secret: None,
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: None,
+            interval: Duration::secs(2),
+            timeout: Duration::secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            max_fails: 1,
+            fail_timeout: Duration::secs(10),
+        }
+    }
+}
+
+/// `host:port` with a non-empty host and a numeric port.
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl Validate for ProxyConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.listen.is_empty() {
+            return Err(FieldError::new("listen", "at least one [[listen]] is required"));
+        }
+        for (i, l) in self.listen.iter().enumerate() {
+            if self.listen[..i].iter().any(|o| o.bind == l.bind) && l.bind.port() != 0 {
+                return Err(FieldError::new(format!("listen.{i}.bind"), format!("{} is listed twice", l.bind)));
+            }
+        }
+        let t = &self.timeouts;
+        for (name, d) in [("connect", t.connect), ("header_read", t.header_read), ("response", t.response)] {
+            if d.is_zero() {
+                return Err(FieldError::new(format!("timeouts.{name}"), "must be above 0"));
+            }
+        }
+        if self.limits.max_header_bytes.bytes() < 8192 {
+            return Err(FieldError::new("limits.max_header_bytes", "must be at least 8kb"));
+        }
+        for (i, pool) in self.pools.iter().enumerate() {
+            let at = |f: &str| format!("pool.{i}.{f}");
+            if pool.name.is_empty() {
+                return Err(FieldError::new(at("name"), "must not be empty"));
+            }
+            if self.pools[..i].iter().any(|p| p.name == pool.name) {
+                return Err(FieldError::new(at("name"), format!("pool `{}` is defined twice", pool.name)));
+            }
+            if pool.backends.is_empty() {
+                return Err(FieldError::new(at("name"), format!("pool `{}` has no [[pool.backend]]", pool.name)));
+            }
+            if matches!(pool.affinity, Affinity::Header | Affinity::Query) && pool.affinity_key.as_deref().is_none_or(str::is_empty) {
+                return Err(FieldError::new(at("affinity"), "header and query affinity need affinity_key"));
+            }
+            for (j, b) in pool.backends.iter().enumerate() {
+                let at = |f: &str| format!("pool.{i}.backend.{j}.{f}");
+                if b.id.is_empty() || !b.id.bytes().all(|c| c.is_ascii_graphic()) {
+                    return Err(FieldError::new(at("id"), "must be printable ASCII without spaces"));
+                }
+                if pool.backends[..j].iter().any(|o| o.id == b.id) {
+                    return Err(FieldError::new(at("id"), format!("backend id `{}` is used twice in pool `{}`", b.id, pool.name)));
+                }
+                if !valid_host_port(&b.address) {
+                    return Err(FieldError::new(at("address"), format!("`{}` is not host:port", b.address)));
+                }
+                if b.weight == 0 || b.weight > 1000 {
+                    return Err(FieldError::new(at("weight"), "must be between 1 and 1000"));
+                }
+            }
+            let c = &pool.cookie;
+            if !is_token(&c.name) {
+                return Err(FieldError::new(at("cookie.name"), format!("`{}` is not a valid cookie name", c.name)));
+            }
+            if !c.path.starts_with('/') {
+                return Err(FieldError::new(at("cookie.path"), "must start with /"));
+            }
+            if c.secret.as_ref().is_some_and(|s| s.len() < 16) {
+                return Err(FieldError::new(at("cookie.secret"), "must be at least 16 characters"));
+            }
+            if c.same_site == SameSite::None && !c.secure {
+                return Err(FieldError::new(at("cookie.same_site"), "browsers drop SameSite=None cookies without secure = true"));
+            }
+            let h = &pool.health;
+            if let Some(path) = &h.path {
+                if !path.starts_with('/') {
+                    return Err(FieldError::new(at("health.path"), "must start with /"));
+                }
+                if h.interval.is_zero() || h.timeout.is_zero() {
+                    return Err(FieldError::new(at("health.interval"), "interval and timeout must be above 0"));
+                }
+                if h.rise == 0 || h.fall == 0 {
+                    return Err(FieldError::new(at("health.rise"), "rise and fall must be at least 1"));
+                }
+            }
+            if pool.passive.max_fails > 0 && pool.passive.fail_timeout.is_zero() {
+                return Err(FieldError::new(at("passive.fail_timeout"), "must be above 0 when max_fails is set"));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if !r.path_prefix.starts_with('/') {
+                return Err(FieldError::new(format!("route.{i}.path_prefix"), "must start with /"));
+            }
+            if !self.pools.iter().any(|p| p.name == r.pool) {
+                return Err(FieldError::new(format!("route.{i}.pool"), format!("no pool named `{}`", r.pool)));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_str;
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<ProxyConfig, crate::ConfigError> {
+        parse_str(text, Path::new("proxy.toml"))
+    }
+
+    const POOL: &str = r#"
+[[pool]]
+name = "nodes"
+affinity = "cookie"
+[pool.cookie]
+secret = "0123456789abcdef0123"
+[[pool.backend]]
+id = "a"
+address = "127.0.0.1:9001"
+[[pool.backend]]
+id = "b"
+address = "localhost:9002"
+weight = 3
+
+[[route]]
+pool = "nodes"
+"#;
+
+    #[test]
+    fn empty_file_runs_on_loopback() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg, ProxyConfig::default());
+        assert_eq!(cfg.listen[0].bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.timeouts.tunnel_idle.get().as_secs(), 3600);
+    }
+
+    #[test]
+    fn pools_and_routes() {
+        let cfg = parse(POOL).unwrap();
+        assert_eq!(cfg.pools[0].backends[1].weight, 3);
+        assert_eq!(cfg.pools[0].balancer, Balancer::LeastConn);
+        assert_eq!(cfg.routes[0].path_prefix, "/");
+    }
+
+    #[test]
+    fn errors_point_at_the_field() {
+        let err = parse(&POOL.replace("pool = \"nodes\"", "pool = \"nodez\"")).unwrap_err().to_string();
+        assert!(err.starts_with("proxy.toml:16:8: route.0.pool: no pool named `nodez`"), "{err}");
+        let err = parse(&POOL.replace("localhost:9002", "localhost")).unwrap_err().to_string();
+        assert!(err.contains("pool.0.backend.1.address: `localhost` is not host:port"), "{err}");
+        let err = parse(&POOL.replace("affinity = \"cookie\"", "affinity = \"sticky\"")).unwrap_err().to_string();
+        assert!(err.starts_with("proxy.toml:4:12: unknown variant `sticky`"), "{err}");
+        let err = parse(&POOL.replace("affinity = \"cookie\"", "affinity = \"query\"")).unwrap_err().to_string();
+        assert!(err.contains("pool.0.affinity: header and query affinity need affinity_key"), "{err}");
+        let err = parse("trusted_proxies = [\"10.0.0.0/99\"]").unwrap_err().to_string();
+        assert!(err.starts_with("proxy.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        for name in ["proxy.toml", "cluster/proxy.toml"] {
+            let path = dir.join(name);
+            if let Err(e) = crate::load_file::<ProxyConfig>(&path) {
+                panic!("{e}");
+            }
+        }
+    }
+}

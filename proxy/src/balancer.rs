@@ -1,0 +1,135 @@
+//! Picking a backend for a new session: least connections, round robin,
+//! smooth weighted round robin. Only backends that are available and not
+//! already tried for this request are candidates.
+
+use crate::pool::Pool;
+use limpet_config::Balancer;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+/// Indexes of the backends that may take a new session.
+pub fn candidates(pool: &Pool, tried: &[usize], now: Instant) -> Vec<usize> {
+    (0..pool.backends.len())
+        .filter(|i| !tried.contains(i) && pool.backends[*i].is_available(now))
+        .collect()
+}
+
+pub fn pick(pool: &Pool, candidates: &[usize]) -> Option<usize> {
+    if candidates.is_empty() {
+        return None;
+    }
+    match pool.config.balancer {
+        Balancer::RoundRobin => {
+            let n = pool.next.fetch_add(1, Relaxed);
+            Some(candidates[n % candidates.len()])
+        }
+        Balancer::LeastConn => {
+            // Fewest active relative to weight; ties broken round-robin so an
+            // idle pool still spreads new sessions.
+            let start = pool.next.fetch_add(1, Relaxed);
+            let mut best: Option<(u64, usize)> = None;
+            for k in 0..candidates.len() {
+                let i = candidates[(start + k) % candidates.len()];
+                let b = &pool.backends[i];
+                // active/weight compared without division: scale by the product of weights.
+                let load = (b.active.load(Relaxed) as u64 * 1000) / u64::from(b.weight);
+                if best.is_none_or(|(l, _)| load < l) {
+                    best = Some((load, i));
+                }
+            }
+            best.map(|(_, i)| i)
+        }
+        Balancer::Weighted => {
+            // nginx's smooth weighted round robin: add each weight to its
+            // current value, pick the largest, subtract the total from it.
+            let mut current = pool.current_weights.lock();
+            let total: i64 = candidates.iter().map(|&i| i64::from(pool.backends[i].weight)).sum();
+            let mut best: Option<usize> = None;
+            for &i in candidates {
+                current[i] += i64::from(pool.backends[i].weight);
+                if best.is_none_or(|b| current[i] > current[b]) {
+                    best = Some(i);
+                }
+            }
+            let chosen = best?;
+            current[chosen] -= total;
+            Some(chosen)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use limpet_config::PoolConfig;
+
+    fn pool(balancer: Balancer, weights: &[u32]) -> Pool {
+        let text = format!(
+            "[[pool]]\nname = \"p\"\nbalancer = \"{}\"\n{}",
+            match balancer {
+                Balancer::RoundRobin => "round_robin",
+                Balancer::LeastConn => "least_conn",
+                Balancer::Weighted => "weighted",
+            },
+            weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| format!("[[pool.backend]]\nid = \"b{i}\"\naddress = \"127.0.0.1:{}\"\nweight = {w}\n", 1000 + i))
+                .collect::<String>()
+        );
+        let cfg: limpet_config::ProxyConfig = limpet_config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
+        let pc: PoolConfig = cfg.pools[0].clone();
+        Pool::new(pc)
+    }
+
+    fn run(p: &Pool, n: usize) -> Vec<usize> {
+        let now = Instant::now();
+        (0..n).map(|_| pick(p, &candidates(p, &[], now)).unwrap()).collect()
+    }
+
+    #[test]
+    fn round_robin_cycles() {
+        let p = pool(Balancer::RoundRobin, &[1, 1, 1]);
+        assert_eq!(run(&p, 6), vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn smooth_weighted_matches_nginx() {
+        // nginx's documented sequence for weights 5,1,1: a a b a c a a.
+        let p = pool(Balancer::Weighted, &[5, 1, 1]);
+        assert_eq!(run(&p, 7), vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn least_conn_prefers_the_idle_backend() {
+        let p = pool(Balancer::LeastConn, &[1, 1, 1]);
+        p.backends[0].active.store(5, Relaxed);
+        p.backends[2].active.store(1, Relaxed);
+        assert_eq!(run(&p, 3), vec![1, 1, 1]);
+        // Weight counts: 4 active on weight 4 beats 2 active on weight 1.
+        let p = pool(Balancer::LeastConn, &[4, 1]);
+        p.backends[0].active.store(4, Relaxed);
+        p.backends[1].active.store(2, Relaxed);
+        assert_eq!(run(&p, 1), vec![0]);
+    }
+
+    #[test]
+    fn tried_and_unavailable_backends_are_skipped() {
+        let p = pool(Balancer::RoundRobin, &[1, 1, 1]);
+        let now = Instant::now();
+        p.backends[1].set_healthy(false);
+        assert_eq!(candidates(&p, &[0], now), vec![2]);
+        assert_eq!(candidates(&p, &[0, 2], now), Vec::<usize>::new());
+        assert_eq!(pick(&p, &[]), None);
+    }
+
+    #[test]
+    fn passive_failures_take_a_backend_out_for_fail_timeout() {
+        let p = pool(Balancer::RoundRobin, &[1]);
+        let b = &p.backends[0];
+        let now = Instant::now();
+        assert!(b.record_failure(&p.config, now), "max_fails = 1 by default");
+        assert!(!b.is_available(now));
+        assert!(b.is_available(now + std::time::Duration::from_secs(11)));
+    }
+}

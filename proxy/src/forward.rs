@@ -1,0 +1,381 @@
+//! The request path: route, pick a backend (affinity first, then the
+//! balancer), forward, relay the answer, and on `101` hand both sockets to
+//! the tunnel. A backend that refuses the connection is skipped and
+//! another tried before any byte reached the client; the client is then
+//! re-pinned with a fresh cookie.
+
+use crate::affinity::{self, client_ip};
+use crate::balancer;
+use crate::headers;
+use crate::metrics::class;
+use crate::pool::{ActiveGuard, Backend, Pool};
+use crate::server::Proxy;
+use crate::tunnel;
+use crate::upstream::{self, Body, BoxError, SendError};
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, COOKIE, HOST, SET_COOKIE};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use limpet_config::Affinity;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// How the backend was chosen, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Valid cookie, pinned backend available.
+    Hit,
+    /// No cookie: new session.
+    New,
+    /// Cookie forged, stale or naming an unknown backend.
+    Invalid,
+    /// Pinned backend down or unreachable: re-pinned.
+    Down,
+    /// Consistent hash on address, header or query.
+    Hashed,
+    /// No affinity (or no key to hash): balancer.
+    Balanced,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::New => "new",
+            Outcome::Invalid => "invalid",
+            Outcome::Down => "down",
+            Outcome::Hashed => "hashed",
+            Outcome::Balanced => "balanced",
+        }
+    }
+}
+
+pub struct Choice {
+    pub index: usize,
+    pub outcome: Outcome,
+    /// `Set-Cookie` value to send with the response.
+    pub set_cookie: Option<String>,
+}
+
+/// What a request says about where it wants to go.
+struct Wish<'a> {
+    cookie_backend: Option<Option<usize>>, // None: no cookie; Some(None): unreadable
+    hash_key: Option<Vec<u8>>,
+    pool: &'a Pool,
+}
+
+fn read_wish<'a>(pool: &'a Pool, headers: &HeaderMap, uri: &Uri, client: IpAddr) -> Wish<'a> {
+    let cfg = &pool.config;
+    let mut wish = Wish {
+        cookie_backend: None,
+        hash_key: None,
+        pool,
+    };
+    match cfg.affinity {
+        Affinity::Cookie => {
+            let cookies = headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok());
+            if let Some(value) = affinity::find_cookie(cookies, &cfg.cookie.name) {
+                wish.cookie_backend = Some(pool.sealer.open(value).and_then(|id| pool.index_of(&id)));
+            }
+        }
+        Affinity::IpHash => {
+            wish.hash_key = Some(match client {
+                IpAddr::V4(v4) => v4.octets().to_vec(),
+                IpAddr::V6(v6) => v6.octets().to_vec(),
+            })
+        }
+        Affinity::Header => {
+            let name = cfg.affinity_key.as_deref().unwrap_or_default();
+            wish.hash_key = headers.get(name).map(|v| v.as_bytes().to_vec()).filter(|v| !v.is_empty());
+        }
+        Affinity::Query => {
+            let name = cfg.affinity_key.as_deref().unwrap_or_default();
+            wish.hash_key = affinity::query_param(uri.query(), name).map(|v| v.as_bytes().to_vec());
+        }
+        Affinity::None => {}
+    }
+    wish
+}
+
+fn choose(wish: &Wish<'_>, tried: &[usize]) -> Option<Choice> {
+    let pool = wish.pool;
+    let now = Instant::now();
+    let candidates = balancer::candidates(pool, tried, now);
+    if let Some(key) = &wish.hash_key {
+        let seed = pool.config.hash_seed;
+        let ranked = candidates
+            .iter()
+            .map(|&i| (i, pool.backends[i].id.as_str(), pool.backends[i].weight));
+        return affinity::rendezvous(seed, key, ranked).map(|index| Choice {
+            index,
+            outcome: Outcome::Hashed,
+            set_cookie: None,
+        });
+    }
+    let outcome = match wish.cookie_backend {
+        Some(Some(i)) if candidates.contains(&i) => {
+            return Some(Choice {
+                index: i,
+                outcome: Outcome::Hit,
+                set_cookie: None,
+            })
+        }
+        Some(Some(_)) => Outcome::Down,
+        Some(None) => Outcome::Invalid,
+        None if pool.config.affinity == Affinity::Cookie => Outcome::New,
+        None => Outcome::Balanced,
+    };
+    let index = balancer::pick(pool, &candidates)?;
+    let set_cookie = (pool.config.affinity == Affinity::Cookie)
+        .then(|| affinity::set_cookie(&pool.config.cookie, &pool.sealer.seal(&pool.backends[index].id)));
+    Some(Choice {
+        index,
+        outcome,
+        set_cookie,
+    })
+}
+
+pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{text}\n"))).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// Serves one client request.
+pub async fn handle(proxy: Arc<Proxy>, mut req: Request<Incoming>, peer: SocketAddr, scheme: &'static str) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(req.uri().host())
+        .map(crate::router::host_only)
+        .map(str::to_string);
+    let Some(pool_index) = proxy.router.find(host.as_deref(), req.uri().path()) else {
+        proxy.metrics.requests.with_label_values(&["", "", "4xx"]).inc();
+        return plain(StatusCode::NOT_FOUND, "404 not found: no route for this request");
+    };
+    let pool = proxy.pools[pool_index].clone();
+    let cfg = &proxy.config;
+    let trusted = &cfg.trusted_proxies;
+    let peer_ip = affinity::canonical(peer.ip());
+    let peer_trusted = trusted.iter().any(|c| c.contains(peer_ip));
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let client = client_ip(peer, req.headers().get_all(&xff).iter().filter_map(|v| v.to_str().ok()), trusted);
+    let upgrade = headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let (parts, body) = req.into_parts();
+    let mut up_headers = parts.headers.clone();
+    headers::strip_hop_by_hop(&mut up_headers, upgrade);
+    headers::add_forwarded(&mut up_headers, peer_ip, client, scheme, peer_trusted);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let mut body: Option<Body> = Some(body.map_err(BoxError::from).boxed());
+    let wish = read_wish(&pool, &parts.headers, &parts.uri, client);
+
+    let mut tried: Vec<usize> = Vec::new();
+    let mut repinned = false;
+    loop {
+        let Some(mut choice) = choose(&wish, &tried) else {
+            let reached_none = !tried.is_empty();
+            proxy.metrics.requests.with_label_values(&[pool.name(), "", "5xx"]).inc();
+            return if reached_none {
+                plain(StatusCode::BAD_GATEWAY, "502 bad gateway: no backend could be reached")
+            } else {
+                plain(StatusCode::SERVICE_UNAVAILABLE, "503 service unavailable: no backend is up")
+            };
+        };
+        if repinned && choice.outcome == Outcome::Hit {
+            choice.outcome = Outcome::Down;
+        }
+        if repinned && choice.set_cookie.is_none() && pool.config.affinity == Affinity::Cookie {
+            let id = &pool.backends[choice.index].id;
+            choice.set_cookie = Some(affinity::set_cookie(&pool.config.cookie, &pool.sealer.seal(id)));
+        }
+        let backend = pool.backends[choice.index].clone();
+        let conn = match upstream::obtain(&backend.idle, &backend.address, upgrade, cfg.timeouts.connect.get(), cfg.timeouts.upstream_idle.get()).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(pool = %pool.name(), backend = %backend.id, "{e}; trying another backend");
+                proxy.metrics.connect_errors.with_label_values(&[pool.name(), &backend.id]).inc();
+                if backend.record_failure(&pool.config, Instant::now()) {
+                    tracing::warn!(pool = %pool.name(), backend = %backend.id, "backend taken out for {} after failures", pool.config.passive.fail_timeout);
+                }
+                tried.push(choice.index);
+                repinned = true;
+                continue;
+            }
+        };
+        proxy.metrics.affinity.with_label_values(&[pool.name(), choice.outcome.label()]).inc();
+        let mut up_req = Request::new(body.take().expect("the body is sent once, after connecting"));
+        *up_req.method_mut() = parts.method.clone();
+        *up_req.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        *up_req.version_mut() = Version::HTTP_11;
+        *up_req.headers_mut() = up_headers.clone();
+        let guard = ActiveGuard::new(backend.clone());
+        let started = Instant::now();
+        let sent = upstream::send(conn, up_req, &backend.address, cfg.timeouts.connect.get(), cfg.timeouts.response.get()).await;
+        let labels = [pool.name(), backend.id.as_str()];
+        let (mut resp, sender) = match sent {
+            Ok(ok) => ok,
+            Err(e) => {
+                backend.record_failure(&pool.config, Instant::now());
+                tracing::warn!(pool = %pool.name(), backend = %backend.id, client = %client, "upstream request failed: {e}");
+                proxy.metrics.requests.with_label_values(&[labels[0], labels[1], "5xx"]).inc();
+                return match e {
+                    SendError::Timeout(_) => plain(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout: the backend did not answer in time"),
+                    _ => plain(StatusCode::BAD_GATEWAY, "502 bad gateway: the backend connection failed"),
+                };
+            }
+        };
+        proxy.metrics.response_seconds.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+        let status = resp.status();
+        if status.is_server_error() {
+            backend.record_failure(&pool.config, Instant::now());
+        } else {
+            backend.record_success();
+        }
+        proxy.metrics.requests.with_label_values(&[labels[0], labels[1], class(status.as_u16())]).inc();
+
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+        headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
+        if let Some(cookie) = &choice.set_cookie {
+            if let Ok(v) = HeaderValue::from_str(cookie) {
+                resp.headers_mut().append(SET_COOKIE, v);
+            }
+        }
+        if pool.config.backend_header {
+            if let Ok(v) = HeaderValue::from_str(&backend.id) {
+                resp.headers_mut().insert(HeaderName::from_static("x-limpet-backend"), v);
+            }
+        }
+        if switching {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                proxy.metrics.upgrades.with_label_values(&labels).inc();
+                tokio::spawn(run_tunnel(proxy.clone(), pool.clone(), backend.clone(), client, guard.into_tunnel(), client_upgrade, upstream_upgrade, sender));
+                let (parts, _) = resp.into_parts();
+                return Response::from_parts(parts, http_body_util::Empty::new().map_err(|never| match never {}).boxed());
+            }
+        }
+        // A non-101 answer to an upgrade request is relayed as is; that
+        // connection is not reused, since it was asked to switch protocols.
+        let reuse = (!upgrade).then_some((sender, backend.clone()));
+        let (parts, incoming) = resp.into_parts();
+        let tracked = Tracked {
+            inner: incoming,
+            guard: Some(guard),
+            conn: reuse,
+        };
+        return Response::from_parts(parts, BodyExt::boxed(tracked));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_tunnel(
+    proxy: Arc<Proxy>,
+    pool: Arc<Pool>,
+    backend: Arc<Backend>,
+    client: IpAddr,
+    guard: ActiveGuard,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    upstream_upgrade: hyper::upgrade::OnUpgrade,
+    sender: SendRequest<Body>,
+) {
+    let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(pool = %pool.name(), backend = %backend.id, %client, "upgrade failed: {e}");
+            return;
+        }
+    };
+    drop(sender);
+    let started = Instant::now();
+    tracing::info!(pool = %pool.name(), backend = %backend.id, %client, "tunnel open");
+    let metrics = &proxy.metrics;
+    let to_backend = metrics.tunnel_bytes.with_label_values(&["to_backend"]);
+    let to_client = metrics.tunnel_bytes.with_label_values(&["to_client"]);
+    let idle = proxy.config.timeouts.tunnel_idle.get();
+    let out = tunnel::run(TokioIo::new(client_io), TokioIo::new(upstream_io), idle, |up, n| {
+        if up {
+            to_backend.inc_by(n)
+        } else {
+            to_client.inc_by(n)
+        }
+    })
+    .await;
+    drop(guard);
+    tracing::info!(
+        pool = %pool.name(),
+        backend = %backend.id,
+        %client,
+        duration_ms = started.elapsed().as_millis() as u64,
+        bytes_to_backend = out.to_upstream,
+        bytes_to_client = out.to_client,
+        end = ?out.end,
+        "tunnel closed"
+    );
+}
+
+/// A backend response body that, when fully read, returns its connection
+/// to the pool and releases the backend's in-flight count.
+struct Tracked {
+    inner: Incoming,
+    guard: Option<ActiveGuard>,
+    conn: Option<(SendRequest<Body>, Arc<Backend>)>,
+}
+
+impl Tracked {
+    fn finish(&mut self, reusable: bool) {
+        if let Some((sender, backend)) = self.conn.take() {
+            if reusable {
+                backend.idle.checkin(sender);
+            }
+        }
+        self.guard.take();
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.finish(true);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(false);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // hyper may skip the final poll of a body it knows is empty.
+        let done = hyper::body::Body::is_end_stream(&self.inner);
+        self.finish(done);
+    }
+}

@@ -1,0 +1,75 @@
+//! Active health checks: each backend of a pool with `health.path` is
+//! probed every `interval` with `GET path`; 2xx and 3xx count as success.
+//! `fall` consecutive failures take an up backend out, `rise` consecutive
+//! successes bring a down one back (HAProxy's `rise`/`fall`).
+
+use crate::metrics::Metrics;
+use crate::pool::{Backend, Pool};
+use crate::upstream;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub fn spawn(pool: Arc<Pool>, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) {
+    let Some(path) = pool.config.health.path.clone() else {
+        return;
+    };
+    for backend in pool.backends.clone() {
+        tokio::spawn(check_loop(pool.clone(), backend, path.clone(), metrics.clone(), shutdown.clone()));
+    }
+}
+
+async fn check_loop(pool: Arc<Pool>, backend: Arc<Backend>, path: String, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+    let h = pool.config.health.clone();
+    let (mut ok_run, mut fail_run) = (0u32, 0u32);
+    let mut ticker = tokio::time::interval(h.interval.get());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        let result = probe(&backend.address, &path, h.timeout.get()).await;
+        let label = if result.is_ok() { "success" } else { "failure" };
+        metrics.health_checks.with_label_values(&[pool.name(), &backend.id, label]).inc();
+        match result {
+            Ok(()) => {
+                ok_run += 1;
+                fail_run = 0;
+                if !backend.healthy() && ok_run >= h.rise && backend.set_healthy(true) {
+                    tracing::info!(pool = %pool.name(), backend = %backend.id, address = %backend.address, "backend is up ({} passed checks)", ok_run);
+                }
+            }
+            Err(reason) => {
+                fail_run += 1;
+                ok_run = 0;
+                if backend.healthy() && fail_run >= h.fall && backend.set_healthy(false) {
+                    tracing::warn!(pool = %pool.name(), backend = %backend.id, address = %backend.address, "backend is down after {} failed checks: {reason}", fail_run);
+                }
+            }
+        }
+    }
+}
+
+async fn probe(address: &str, path: &str, timeout: std::time::Duration) -> Result<(), String> {
+    let attempt = async {
+        let mut sender = upstream::connect(address, timeout).await.map_err(|e| e.to_string())?;
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, address)
+            .header(hyper::header::USER_AGENT, "limpet-proxy health check")
+            .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if status.is_success() || status.is_redirection() {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}

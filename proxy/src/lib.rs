@@ -1,0 +1,22 @@
+//! limpet-proxy: a sticky HTTP/WebSocket reverse proxy.
+//!
+//! Module map: [`server`] listeners and shared state; [`forward`] the
+//! request path; [`router`] routes to pools; [`affinity`] sealed cookies,
+//! client addresses and consistent hashing; [`balancer`] least-conn, round
+//! robin, weighted; [`pool`] backends and their health state; [`health`]
+//! active checks; [`upstream`] backend connections and pooling;
+//! [`tunnel`] upgraded byte copying; [`headers`] forwarding headers;
+//! [`metrics`] and [`admin`] the Prometheus endpoint.
+
+pub mod admin;
+pub mod affinity;
+pub mod balancer;
+pub mod forward;
+pub mod headers;
+pub mod health;
+pub mod metrics;
+pub mod pool;
+pub mod router;
+pub mod server;
+pub mod tunnel;
+pub mod upstream;

@@ -1,0 +1,169 @@
+//! Upstream pools and their backends: live state and health verdicts.
+//!
+//! A backend is available when its active health check says up and
+//! passive checks have not taken it out (nginx's `max_fails` within
+//! `fail_timeout`, then out for `fail_timeout`). The counters here feed
+//! least-connections balancing and the metrics.
+
+use crate::affinity::Sealer;
+use crate::upstream::IdleConns;
+use limpet_config::{BackendConfig, PoolConfig};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Default)]
+struct Passive {
+    fails: u32,
+    window_start: Option<Instant>,
+    down_until: Option<Instant>,
+}
+
+pub struct Backend {
+    pub id: String,
+    pub address: String,
+    pub weight: u32,
+    /// Requests in flight plus open tunnels.
+    pub active: AtomicUsize,
+    pub tunnels: AtomicUsize,
+    healthy: AtomicBool,
+    passive: Mutex<Passive>,
+    pub idle: IdleConns,
+}
+
+impl Backend {
+    pub fn new(cfg: &BackendConfig) -> Backend {
+        Backend {
+            id: cfg.id.clone(),
+            address: cfg.address.clone(),
+            weight: cfg.weight,
+            active: AtomicUsize::new(0),
+            tunnels: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            passive: Mutex::new(Passive::default()),
+            idle: IdleConns::default(),
+        }
+    }
+
+    pub fn is_available(&self, now: Instant) -> bool {
+        self.healthy.load(Relaxed) && self.passive.lock().down_until.is_none_or(|t| now >= t)
+    }
+
+    /// Active health check verdict; returns true when it changed.
+    pub fn set_healthy(&self, up: bool) -> bool {
+        let was = self.healthy.swap(up, Relaxed);
+        if up && !was {
+            // A backend that passes its checks again starts with a clean slate.
+            *self.passive.lock() = Passive::default();
+        }
+        was != up
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+
+    /// Records a connect failure or 5xx. Returns true when this takes the
+    /// backend out.
+    pub fn record_failure(&self, cfg: &PoolConfig, now: Instant) -> bool {
+        let max = cfg.passive.max_fails;
+        if max == 0 {
+            return false;
+        }
+        let window = cfg.passive.fail_timeout.get();
+        let mut p = self.passive.lock();
+        if p.window_start.is_none_or(|s| now.duration_since(s) > window) {
+            p.window_start = Some(now);
+            p.fails = 0;
+        }
+        p.fails += 1;
+        if p.fails >= max && p.down_until.is_none_or(|t| now >= t) {
+            p.down_until = Some(now + window);
+            p.fails = 0;
+            p.window_start = None;
+            return true;
+        }
+        false
+    }
+
+    pub fn record_success(&self) {
+        let mut p = self.passive.lock();
+        if p.fails > 0 {
+            p.fails = 0;
+            p.window_start = None;
+        }
+    }
+}
+
+/// Counts one request or tunnel against a backend until dropped.
+pub struct ActiveGuard {
+    backend: Arc<Backend>,
+    tunnel: bool,
+}
+
+impl ActiveGuard {
+    pub fn new(backend: Arc<Backend>) -> ActiveGuard {
+        backend.active.fetch_add(1, Relaxed);
+        ActiveGuard {
+            backend,
+            tunnel: false,
+        }
+    }
+
+    pub fn into_tunnel(mut self) -> ActiveGuard {
+        self.backend.tunnels.fetch_add(1, Relaxed);
+        self.tunnel = true;
+        self
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Relaxed);
+        if self.tunnel {
+            self.backend.tunnels.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+pub struct Pool {
+    pub config: PoolConfig,
+    pub backends: Vec<Arc<Backend>>,
+    pub sealer: Sealer,
+    /// Round-robin position.
+    pub(crate) next: AtomicUsize,
+    /// Smooth weighted round-robin current weights, one per backend.
+    pub(crate) current_weights: Mutex<Vec<i64>>,
+}
+
+impl Pool {
+    pub fn new(config: PoolConfig) -> Pool {
+        let sealer = match &config.cookie.secret {
+            Some(secret) => Sealer::new(secret.as_bytes()),
+            None => {
+                if config.affinity == limpet_config::Affinity::Cookie {
+                    tracing::warn!(pool = %config.name, "no cookie.secret configured: using a random one, so cookies do not survive a restart and other proxy instances cannot read them");
+                }
+                Sealer::random()
+            }
+        };
+        let backends: Vec<_> = config.backends.iter().map(|b| Arc::new(Backend::new(b))).collect();
+        let n = backends.len();
+        Pool {
+            config,
+            backends,
+            sealer,
+            next: AtomicUsize::new(0),
+            current_weights: Mutex::new(vec![0; n]),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.id == id)
+    }
+}

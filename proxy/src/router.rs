@@ -1,0 +1,65 @@
+//! Routes: which pool serves a request, by path prefix and optional Host,
+//! like nginx `location` blocks. The longest matching prefix wins; a route
+//! with a Host beats one without at the same length.
+
+use limpet_config::RouteConfig;
+
+pub struct Router {
+    /// (host, prefix, pool index), most specific first.
+    routes: Vec<(Option<String>, String, usize)>,
+}
+
+impl Router {
+    pub fn new(routes: &[RouteConfig], pool_index: impl Fn(&str) -> Option<usize>) -> Router {
+        let mut list: Vec<_> = routes
+            .iter()
+            .filter_map(|r| Some((r.host.as_ref().map(|h| h.to_ascii_lowercase()), r.path_prefix.clone(), pool_index(&r.pool)?)))
+            .collect();
+        list.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(b.0.is_some().cmp(&a.0.is_some())));
+        Router { routes: list }
+    }
+
+    /// `host` is the Host header without port.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .find(|(h, prefix, _)| {
+                path.starts_with(prefix.as_str()) && h.as_deref().is_none_or(|h| host.is_some_and(|x| x.eq_ignore_ascii_case(h)))
+            })
+            .map(|(_, _, i)| *i)
+    }
+}
+
+/// The host part of a Host header (`example.com:8080` → `example.com`).
+pub fn host_only(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split(']').next().map_or(host, |h| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_and_host() {
+        let route = |prefix: &str, host: Option<&str>, pool: &str| RouteConfig {
+            path_prefix: prefix.into(),
+            host: host.map(String::from),
+            pool: pool.into(),
+        };
+        let routes = [route("/", None, "web"), route("/socket.io/", None, "io"), route("/", Some("api.example.com"), "api")];
+        let names = ["web", "io", "api"];
+        let r = Router::new(&routes, |n| names.iter().position(|x| *x == n));
+        assert_eq!(r.find(Some("example.com"), "/index.html"), Some(0));
+        assert_eq!(r.find(Some("example.com"), "/socket.io/?EIO=4"), Some(1));
+        assert_eq!(r.find(Some("API.example.com"), "/x"), Some(2));
+        assert_eq!(r.find(None, "/x"), Some(0));
+        let only_io = Router::new(&routes[1..2], |n| names.iter().position(|x| *x == n));
+        assert_eq!(only_io.find(None, "/other"), None);
+        assert_eq!(host_only("example.com:8080"), "example.com");
+        assert_eq!(host_only("[::1]:8080"), "[::1]");
+        assert_eq!(host_only("example.com"), "example.com");
+    }
+}

@@ -1,0 +1,144 @@
+//! Connections to backends: connect with a deadline, keep-alive pooling,
+//! and sending a request without losing it to a stale pooled connection.
+//!
+//! Plain requests reuse idle HTTP/1.1 connections. A pooled connection the
+//! backend has just closed is the classic proxy failure; hyper's
+//! `try_send_request` hands the request back when it was never written,
+//! and we resend it on a fresh connection. Upgrade requests always get a
+//! fresh connection, which then becomes the tunnel.
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Most idle connections kept per backend.
+const MAX_IDLE: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {0} timed out")]
+    Timeout(String),
+    #[error("connect to {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("HTTP handshake with {0}: {1}")]
+    Handshake(String, hyper::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("no response head within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Idle keep-alive connections to one backend.
+#[derive(Default)]
+pub struct IdleConns {
+    list: Mutex<Vec<(SendRequest<Body>, Instant)>>,
+}
+
+impl IdleConns {
+    fn checkout(&self, max_idle: Duration) -> Option<SendRequest<Body>> {
+        let mut list = self.list.lock();
+        while let Some((sender, since)) = list.pop() {
+            if !sender.is_closed() && sender.is_ready() && since.elapsed() < max_idle {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose response has been fully read.
+    pub fn checkin(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut list = self.list.lock();
+        if list.len() >= MAX_IDLE {
+            list.remove(0);
+        }
+        list.push((sender, Instant::now()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Opens a TCP connection and an HTTP/1.1 client over it.
+pub async fn connect(address: &str, timeout: Duration) -> Result<SendRequest<Body>, ConnectError> {
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Err(_) => return Err(ConnectError::Timeout(address.to_string())),
+        Ok(Err(e)) => return Err(ConnectError::Io(address.to_string(), e)),
+        Ok(Ok(tcp)) => tcp,
+    };
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| ConnectError::Handshake(address.to_string(), e))?;
+    let address = address.to_string();
+    tokio::spawn(async move {
+        // `with_upgrades` lets a 101 response hand the socket to the tunnel.
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(backend = %address, "upstream connection ended: {e}");
+        }
+    });
+    Ok(sender)
+}
+
+/// A connection ready to carry one request.
+pub struct Conn {
+    sender: SendRequest<Body>,
+    pooled: bool,
+}
+
+/// A pooled connection when one is idle (never for upgrades), else a new one.
+pub async fn obtain(idle: &IdleConns, address: &str, upgrade: bool, connect_timeout: Duration, max_idle: Duration) -> Result<Conn, ConnectError> {
+    if !upgrade {
+        if let Some(sender) = idle.checkout(max_idle) {
+            return Ok(Conn { sender, pooled: true });
+        }
+    }
+    let sender = connect(address, connect_timeout).await?;
+    Ok(Conn { sender, pooled: false })
+}
+
+/// Sends `req` and waits for the response head. Returns the connection for
+/// reuse once the body has been read.
+pub async fn send(conn: Conn, req: Request<Body>, address: &str, connect_timeout: Duration, response_timeout: Duration) -> Result<(Response<hyper::body::Incoming>, SendRequest<Body>), SendError> {
+    let Conn { mut sender, pooled } = conn;
+    let attempt = async {
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                // Never written: the pooled connection was stale. Resend fresh.
+                Some(req) if pooled => {
+                    tracing::debug!(backend = %address, "stale pooled connection; resending on a new one");
+                    sender = connect(address, connect_timeout).await?;
+                    Ok(sender.send_request(req).await?)
+                }
+                _ => Err(SendError::Hyper(e.into_error())),
+            },
+        }
+    };
+    let resp = tokio::time::timeout(response_timeout, attempt)
+        .await
+        .map_err(|_| SendError::Timeout(response_timeout))??;
+    Ok((resp, sender))
+}

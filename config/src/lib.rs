@@ -16,7 +16,7 @@ pub use broker::{BrokerConfig, MetricsConfig, OutputLimit, ProtocolLimits};
 pub use error::{ConfigError, FieldError};
 pub use load::{load_file, parse_str, Validate};
 pub use proxy::{
-    AdminConfig, Affinity, BackendConfig, Balancer, CookieConfig, HealthConfig, ListenConfig, PassiveConfig, PoolConfig,
-    ProxyConfig, ProxyLimits, RouteConfig, SameSite, Timeouts,
+    AdminConfig, Affinity, BackendConfig, Balancer, CookieConfig, HealthConfig, ListenConfig,
+    PassiveConfig, PoolConfig, ProxyConfig, ProxyLimits, RouteConfig, SameSite, Timeouts,
 };
 pub use units::{ByteSize, Cidr, Duration};

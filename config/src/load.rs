@@ -113,6 +113,9 @@ mod tests {
         );
         assert_eq!(field_span(text, "limits.nothing"), None);
         let text = "[[pool]]\nname = \"a\"\n[[pool]]\nname = \"b\"\n";
-        assert_eq!(field_span(text, "pool.1.name"), Some(text.find("\"b\"").unwrap()));
+        assert_eq!(
+            field_span(text, "pool.1.name"),
+            Some(text.find("\"b\"").unwrap())
+        );
     }
 }

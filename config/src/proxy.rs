@@ -293,27 +293,44 @@ fn valid_host_port(s: &str) -> bool {
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl Validate for ProxyConfig {
     fn validate(&self) -> Result<(), FieldError> {
         if self.listen.is_empty() {
-            return Err(FieldError::new("listen", "at least one [[listen]] is required"));
+            return Err(FieldError::new(
+                "listen",
+                "at least one [[listen]] is required",
+            ));
         }
         for (i, l) in self.listen.iter().enumerate() {
             if self.listen[..i].iter().any(|o| o.bind == l.bind) && l.bind.port() != 0 {
-                return Err(FieldError::new(format!("listen.{i}.bind"), format!("{} is listed twice", l.bind)));
+                return Err(FieldError::new(
+                    format!("listen.{i}.bind"),
+                    format!("{} is listed twice", l.bind),
+                ));
             }
         }
         let t = &self.timeouts;
-        for (name, d) in [("connect", t.connect), ("header_read", t.header_read), ("response", t.response)] {
+        for (name, d) in [
+            ("connect", t.connect),
+            ("header_read", t.header_read),
+            ("response", t.response),
+        ] {
             if d.is_zero() {
-                return Err(FieldError::new(format!("timeouts.{name}"), "must be above 0"));
+                return Err(FieldError::new(
+                    format!("timeouts.{name}"),
+                    "must be above 0",
+                ));
             }
         }
         if self.limits.max_header_bytes.bytes() < 8192 {
-            return Err(FieldError::new("limits.max_header_bytes", "must be at least 8kb"));
+            return Err(FieldError::new(
+                "limits.max_header_bytes",
+                "must be at least 8kb",
+            ));
         }
         for (i, pool) in self.pools.iter().enumerate() {
             let at = |f: &str| format!("pool.{i}.{f}");
@@ -321,24 +338,47 @@ impl Validate for ProxyConfig {
                 return Err(FieldError::new(at("name"), "must not be empty"));
             }
             if self.pools[..i].iter().any(|p| p.name == pool.name) {
-                return Err(FieldError::new(at("name"), format!("pool `{}` is defined twice", pool.name)));
+                return Err(FieldError::new(
+                    at("name"),
+                    format!("pool `{}` is defined twice", pool.name),
+                ));
             }
             if pool.backends.is_empty() {
-                return Err(FieldError::new(at("name"), format!("pool `{}` has no [[pool.backend]]", pool.name)));
+                return Err(FieldError::new(
+                    at("name"),
+                    format!("pool `{}` has no [[pool.backend]]", pool.name),
+                ));
             }
-            if matches!(pool.affinity, Affinity::Header | Affinity::Query) && pool.affinity_key.as_deref().is_none_or(str::is_empty) {
-                return Err(FieldError::new(at("affinity"), "header and query affinity need affinity_key"));
+            if matches!(pool.affinity, Affinity::Header | Affinity::Query)
+                && pool.affinity_key.as_deref().is_none_or(str::is_empty)
+            {
+                return Err(FieldError::new(
+                    at("affinity"),
+                    "header and query affinity need affinity_key",
+                ));
             }
             for (j, b) in pool.backends.iter().enumerate() {
                 let at = |f: &str| format!("pool.{i}.backend.{j}.{f}");
                 if b.id.is_empty() || !b.id.bytes().all(|c| c.is_ascii_graphic()) {
-                    return Err(FieldError::new(at("id"), "must be printable ASCII without spaces"));
+                    return Err(FieldError::new(
+                        at("id"),
+                        "must be printable ASCII without spaces",
+                    ));
                 }
                 if pool.backends[..j].iter().any(|o| o.id == b.id) {
-                    return Err(FieldError::new(at("id"), format!("backend id `{}` is used twice in pool `{}`", b.id, pool.name)));
+                    return Err(FieldError::new(
+                        at("id"),
+                        format!(
+                            "backend id `{}` is used twice in pool `{}`",
+                            b.id, pool.name
+                        ),
+                    ));
                 }
                 if !valid_host_port(&b.address) {
-                    return Err(FieldError::new(at("address"), format!("`{}` is not host:port", b.address)));
+                    return Err(FieldError::new(
+                        at("address"),
+                        format!("`{}` is not host:port", b.address),
+                    ));
                 }
                 if b.weight == 0 || b.weight > 1000 {
                     return Err(FieldError::new(at("weight"), "must be between 1 and 1000"));
@@ -346,16 +386,25 @@ impl Validate for ProxyConfig {
             }
             let c = &pool.cookie;
             if !is_token(&c.name) {
-                return Err(FieldError::new(at("cookie.name"), format!("`{}` is not a valid cookie name", c.name)));
+                return Err(FieldError::new(
+                    at("cookie.name"),
+                    format!("`{}` is not a valid cookie name", c.name),
+                ));
             }
             if !c.path.starts_with('/') {
                 return Err(FieldError::new(at("cookie.path"), "must start with /"));
             }
             if c.secret.as_ref().is_some_and(|s| s.len() < 16) {
-                return Err(FieldError::new(at("cookie.secret"), "must be at least 16 characters"));
+                return Err(FieldError::new(
+                    at("cookie.secret"),
+                    "must be at least 16 characters",
+                ));
             }
             if c.same_site == SameSite::None && !c.secure {
-                return Err(FieldError::new(at("cookie.same_site"), "browsers drop SameSite=None cookies without secure = true"));
+                return Err(FieldError::new(
+                    at("cookie.same_site"),
+                    "browsers drop SameSite=None cookies without secure = true",
+                ));
             }
             let h = &pool.health;
             if let Some(path) = &h.path {
@@ -363,22 +412,37 @@ impl Validate for ProxyConfig {
                     return Err(FieldError::new(at("health.path"), "must start with /"));
                 }
                 if h.interval.is_zero() || h.timeout.is_zero() {
-                    return Err(FieldError::new(at("health.interval"), "interval and timeout must be above 0"));
+                    return Err(FieldError::new(
+                        at("health.interval"),
+                        "interval and timeout must be above 0",
+                    ));
                 }
                 if h.rise == 0 || h.fall == 0 {
-                    return Err(FieldError::new(at("health.rise"), "rise and fall must be at least 1"));
+                    return Err(FieldError::new(
+                        at("health.rise"),
+                        "rise and fall must be at least 1",
+                    ));
                 }
             }
             if pool.passive.max_fails > 0 && pool.passive.fail_timeout.is_zero() {
-                return Err(FieldError::new(at("passive.fail_timeout"), "must be above 0 when max_fails is set"));
+                return Err(FieldError::new(
+                    at("passive.fail_timeout"),
+                    "must be above 0 when max_fails is set",
+                ));
             }
         }
         for (i, r) in self.routes.iter().enumerate() {
             if !r.path_prefix.starts_with('/') {
-                return Err(FieldError::new(format!("route.{i}.path_prefix"), "must start with /"));
+                return Err(FieldError::new(
+                    format!("route.{i}.path_prefix"),
+                    "must start with /",
+                ));
             }
             if !self.pools.iter().any(|p| p.name == r.pool) {
-                return Err(FieldError::new(format!("route.{i}.pool"), format!("no pool named `{}`", r.pool)));
+                return Err(FieldError::new(
+                    format!("route.{i}.pool"),
+                    format!("no pool named `{}`", r.pool),
+                ));
             }
         }
         Ok(())
@@ -431,15 +495,37 @@ pool = "nodes"
 
     #[test]
     fn errors_point_at_the_field() {
-        let err = parse(&POOL.replace("pool = \"nodes\"", "pool = \"nodez\"")).unwrap_err().to_string();
-        assert!(err.starts_with("proxy.toml:16:8: route.0.pool: no pool named `nodez`"), "{err}");
-        let err = parse(&POOL.replace("localhost:9002", "localhost")).unwrap_err().to_string();
-        assert!(err.contains("pool.0.backend.1.address: `localhost` is not host:port"), "{err}");
-        let err = parse(&POOL.replace("affinity = \"cookie\"", "affinity = \"sticky\"")).unwrap_err().to_string();
-        assert!(err.starts_with("proxy.toml:4:12: unknown variant `sticky`"), "{err}");
-        let err = parse(&POOL.replace("affinity = \"cookie\"", "affinity = \"query\"")).unwrap_err().to_string();
-        assert!(err.contains("pool.0.affinity: header and query affinity need affinity_key"), "{err}");
-        let err = parse("trusted_proxies = [\"10.0.0.0/99\"]").unwrap_err().to_string();
+        let err = parse(&POOL.replace("pool = \"nodes\"", "pool = \"nodez\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("proxy.toml:16:8: route.0.pool: no pool named `nodez`"),
+            "{err}"
+        );
+        let err = parse(&POOL.replace("localhost:9002", "localhost"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pool.0.backend.1.address: `localhost` is not host:port"),
+            "{err}"
+        );
+        let err = parse(&POOL.replace("affinity = \"cookie\"", "affinity = \"sticky\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("proxy.toml:4:12: unknown variant `sticky`"),
+            "{err}"
+        );
+        let err = parse(&POOL.replace("affinity = \"cookie\"", "affinity = \"query\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pool.0.affinity: header and query affinity need affinity_key"),
+            "{err}"
+        );
+        let err = parse("trusted_proxies = [\"10.0.0.0/99\"]")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("proxy.toml:1:"), "{err}");
     }
 

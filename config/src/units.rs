@@ -152,7 +152,11 @@ impl Duration {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            other => return Err(format!("unknown duration unit `{other}` in `{text}` (use ms, s, m, h, d)")),
+            other => {
+                return Err(format!(
+                    "unknown duration unit `{other}` in `{text}` (use ms, s, m, h, d)"
+                ))
+            }
         };
         n.checked_mul(ms)
             .map(|ms| Duration(std::time::Duration::from_millis(ms)))
@@ -177,7 +181,9 @@ impl<'de> Deserialize<'de> for Duration {
         impl Visitor<'_> for V {
             type Value = Duration;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration: seconds as an integer, or a string like \"250ms\", \"5s\", \"1h\"")
+                f.write_str(
+                    "a duration: seconds as an integer, or a string like \"250ms\", \"5s\", \"1h\"",
+                )
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
                 u64::try_from(v)
@@ -208,10 +214,9 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
         };
-        let addr: std::net::IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{text}` is not an IP network (expected e.g. 10.0.0.0/8 or ::1)"))?;
+        let addr: std::net::IpAddr = addr.trim().parse().map_err(|_| {
+            format!("`{text}` is not an IP network (expected e.g. 10.0.0.0/8 or ::1)")
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -233,8 +238,12 @@ impl Cidr {
             v4 => v4,
         };
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.prefix),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.prefix),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
             _ => false,
         }
     }
@@ -288,7 +297,10 @@ mod more_tests {
         let net = Cidr::parse("10.1.0.0/16").unwrap();
         assert!(net.contains("10.1.200.3".parse().unwrap()));
         assert!(!net.contains("10.2.0.1".parse().unwrap()));
-        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()), "v4-mapped v6");
+        assert!(
+            net.contains("::ffff:10.1.0.9".parse().unwrap()),
+            "v4-mapped v6"
+        );
         let one = Cidr::parse("127.0.0.1").unwrap();
         assert_eq!(one.prefix, 32);
         assert!(one.contains("127.0.0.1".parse().unwrap()));
@@ -296,7 +308,9 @@ mod more_tests {
         let v6 = Cidr::parse("fd00::/8").unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!(!v6.contains("fe80::1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
         let odd = Cidr::parse("192.168.1.128/25").unwrap();
         assert!(odd.contains("192.168.1.200".parse().unwrap()));
         assert!(!odd.contains("192.168.1.100".parse().unwrap()));

@@ -45,7 +45,10 @@ fn respond(proxy: &Proxy, req: &Request<hyper::body::Incoming>) -> Response<Full
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (StatusCode::OK, proxy.metrics.render(&proxy.pools)),
         (&Method::GET, "/health") => (StatusCode::OK, "ok\n".to_string()),
-        (_, "/metrics" | "/health") => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into()),
+        (_, "/metrics" | "/health") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        ),
         _ => (StatusCode::NOT_FOUND, "not found; try /metrics\n".into()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -32,7 +32,8 @@ impl Sealer {
         hasher.update(b"limpet-proxy cookie v1\0");
         hasher.update(secret);
         let key = hasher.finalize();
-        let cipher = XChaCha20Poly1305::new_from_slice(&key).expect("SHA-256 output is a 32-byte key");
+        let cipher =
+            XChaCha20Poly1305::new_from_slice(&key).expect("SHA-256 output is a 32-byte key");
         Sealer { cipher }
     }
 
@@ -103,7 +104,11 @@ pub fn set_cookie(cfg: &CookieConfig, sealed: &str) -> String {
 
 /// The client's address: the peer, or, when the peer is a trusted proxy,
 /// the rightmost `X-Forwarded-For` hop that is not itself trusted.
-pub fn client_ip<'a>(peer: SocketAddr, forwarded_for: impl Iterator<Item = &'a str>, trusted: &[Cidr]) -> IpAddr {
+pub fn client_ip<'a>(
+    peer: SocketAddr,
+    forwarded_for: impl Iterator<Item = &'a str>,
+    trusted: &[Cidr],
+) -> IpAddr {
     let peer_ip = canonical(peer.ip());
     let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
     if !is_trusted(peer_ip) {
@@ -162,7 +167,11 @@ pub fn stable_hash(seed: u64, parts: &[&[u8]]) -> u64 {
 
 /// Weighted rendezvous hashing: the candidate with the highest
 /// `-weight / ln(u)` for `u` uniform in (0,1) derived from (seed, id, key).
-pub fn rendezvous<'a>(seed: u64, key: &[u8], candidates: impl Iterator<Item = (usize, &'a str, u32)>) -> Option<usize> {
+pub fn rendezvous<'a>(
+    seed: u64,
+    key: &[u8],
+    candidates: impl Iterator<Item = (usize, &'a str, u32)>,
+) -> Option<usize> {
     let mut best: Option<(f64, usize)> = None;
     for (index, id, weight) in candidates {
         let h = stable_hash(seed, &[id.as_bytes(), key]);
@@ -198,8 +207,16 @@ mod tests {
         assert_eq!(sealer.open(&value).as_deref(), Some("node-a"));
         assert_ne!(sealer.seal("node-a"), value, "a fresh nonce each time");
         // Another instance with the same secret reads it; a different secret does not.
-        assert_eq!(Sealer::new(b"a shared secret of some length").open(&value).as_deref(), Some("node-a"));
-        assert_eq!(Sealer::new(b"another secret entirely......").open(&value), None);
+        assert_eq!(
+            Sealer::new(b"a shared secret of some length")
+                .open(&value)
+                .as_deref(),
+            Some("node-a")
+        );
+        assert_eq!(
+            Sealer::new(b"another secret entirely......").open(&value),
+            None
+        );
         // Flip one character anywhere: rejected.
         for i in 0..value.len() {
             let mut bytes = value.clone().into_bytes();
@@ -217,7 +234,10 @@ mod tests {
     #[test]
     fn cookie_lookup_and_header() {
         let headers = ["a=1; limpet_sticky=xyz", "b=2"];
-        assert_eq!(find_cookie(headers.iter().copied(), "limpet_sticky"), Some("xyz"));
+        assert_eq!(
+            find_cookie(headers.iter().copied(), "limpet_sticky"),
+            Some("xyz")
+        );
         assert_eq!(find_cookie(headers.iter().copied(), "b"), Some("2"));
         assert_eq!(find_cookie(headers.iter().copied(), "c"), None);
         let cfg = CookieConfig {
@@ -237,25 +257,45 @@ mod tests {
         let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
         let peer: SocketAddr = "10.0.0.5:1234".parse().unwrap();
         let xff = ["203.0.113.7, 10.0.0.9"];
-        assert_eq!(client_ip(peer, xff.iter().copied(), &trusted), "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer, xff.iter().copied(), &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
         // A spoofed leftmost entry does not win over the rightmost untrusted hop.
         let xff = ["1.1.1.1, 203.0.113.7"];
-        assert_eq!(client_ip(peer, xff.iter().copied(), &trusted), "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer, xff.iter().copied(), &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
         let stranger: SocketAddr = "198.51.100.1:1".parse().unwrap();
-        assert_eq!(client_ip(stranger, xff.iter().copied(), &trusted), "198.51.100.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(stranger, xff.iter().copied(), &trusted),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
         let v6: SocketAddr = "[::ffff:10.0.0.5]:1".parse().unwrap();
         let xff = ["[2001:db8::1]:443"];
-        assert_eq!(client_ip(v6, xff.iter().copied(), &trusted), "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(v6, xff.iter().copied(), &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
         // All hops trusted: the leftmost one is the best we know.
         let xff = ["10.1.1.1"];
-        assert_eq!(client_ip(peer, xff.iter().copied(), &trusted), "10.1.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer, xff.iter().copied(), &trusted),
+            "10.1.1.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     fn owners(ids: &[&str], keys: usize) -> Vec<String> {
         (0..keys)
             .map(|k| {
                 let key = format!("198.18.{}.{}", k / 256, k % 256);
-                let i = rendezvous(7, key.as_bytes(), ids.iter().enumerate().map(|(i, id)| (i, *id, 1))).unwrap();
+                let i = rendezvous(
+                    7,
+                    key.as_bytes(),
+                    ids.iter().enumerate().map(|(i, id)| (i, *id, 1)),
+                )
+                .unwrap();
                 ids[i].to_string()
             })
             .collect()
@@ -287,7 +327,10 @@ mod tests {
                 rendezvous(1, key.as_bytes(), [(0, "a", 3), (1, "b", 1)].into_iter()) == Some(0)
             })
             .count();
-        assert!((2050..=2450).contains(&heavy), "weight 3 of 4 should own ~75%: {heavy}");
+        assert!(
+            (2050..=2450).contains(&heavy),
+            "weight 3 of 4 should own ~75%: {heavy}"
+        );
     }
 
     #[test]

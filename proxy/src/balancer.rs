@@ -43,7 +43,10 @@ pub fn pick(pool: &Pool, candidates: &[usize]) -> Option<usize> {
             // nginx's smooth weighted round robin: add each weight to its
             // current value, pick the largest, subtract the total from it.
             let mut current = pool.current_weights.lock();
-            let total: i64 = candidates.iter().map(|&i| i64::from(pool.backends[i].weight)).sum();
+            let total: i64 = candidates
+                .iter()
+                .map(|&i| i64::from(pool.backends[i].weight))
+                .sum();
             let mut best: Option<usize> = None;
             for &i in candidates {
                 current[i] += i64::from(pool.backends[i].weight);
@@ -74,17 +77,23 @@ mod tests {
             weights
                 .iter()
                 .enumerate()
-                .map(|(i, w)| format!("[[pool.backend]]\nid = \"b{i}\"\naddress = \"127.0.0.1:{}\"\nweight = {w}\n", 1000 + i))
+                .map(|(i, w)| format!(
+                    "[[pool.backend]]\nid = \"b{i}\"\naddress = \"127.0.0.1:{}\"\nweight = {w}\n",
+                    1000 + i
+                ))
                 .collect::<String>()
         );
-        let cfg: limpet_config::ProxyConfig = limpet_config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
+        let cfg: limpet_config::ProxyConfig =
+            limpet_config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
         let pc: PoolConfig = cfg.pools[0].clone();
         Pool::new(pc)
     }
 
     fn run(p: &Pool, n: usize) -> Vec<usize> {
         let now = Instant::now();
-        (0..n).map(|_| pick(p, &candidates(p, &[], now)).unwrap()).collect()
+        (0..n)
+            .map(|_| pick(p, &candidates(p, &[], now)).unwrap())
+            .collect()
     }
 
     #[test]

@@ -79,9 +79,13 @@ fn read_wish<'a>(pool: &'a Pool, headers: &HeaderMap, uri: &Uri, client: IpAddr)
     };
     match cfg.affinity {
         Affinity::Cookie => {
-            let cookies = headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok());
+            let cookies = headers
+                .get_all(COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
             if let Some(value) = affinity::find_cookie(cookies, &cfg.cookie.name) {
-                wish.cookie_backend = Some(pool.sealer.open(value).and_then(|id| pool.index_of(&id)));
+                wish.cookie_backend =
+                    Some(pool.sealer.open(value).and_then(|id| pool.index_of(&id)));
             }
         }
         Affinity::IpHash => {
@@ -92,7 +96,10 @@ fn read_wish<'a>(pool: &'a Pool, headers: &HeaderMap, uri: &Uri, client: IpAddr)
         }
         Affinity::Header => {
             let name = cfg.affinity_key.as_deref().unwrap_or_default();
-            wish.hash_key = headers.get(name).map(|v| v.as_bytes().to_vec()).filter(|v| !v.is_empty());
+            wish.hash_key = headers
+                .get(name)
+                .map(|v| v.as_bytes().to_vec())
+                .filter(|v| !v.is_empty());
         }
         Affinity::Query => {
             let name = cfg.affinity_key.as_deref().unwrap_or_default();
@@ -132,8 +139,12 @@ fn choose(wish: &Wish<'_>, tried: &[usize]) -> Option<Choice> {
         None => Outcome::Balanced,
     };
     let index = balancer::pick(pool, &candidates)?;
-    let set_cookie = (pool.config.affinity == Affinity::Cookie)
-        .then(|| affinity::set_cookie(&pool.config.cookie, &pool.sealer.seal(&pool.backends[index].id)));
+    let set_cookie = (pool.config.affinity == Affinity::Cookie).then(|| {
+        affinity::set_cookie(
+            &pool.config.cookie,
+            &pool.sealer.seal(&pool.backends[index].id),
+        )
+    });
     Some(Choice {
         index,
         outcome,
@@ -142,15 +153,26 @@ fn choose(wish: &Wish<'_>, tried: &[usize]) -> Option<Choice> {
 }
 
 pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(format!("{text}\n"))).map_err(|never| match never {}).boxed());
+    let mut resp = Response::new(
+        Full::new(Bytes::from(format!("{text}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
 /// Serves one client request.
-pub async fn handle(proxy: Arc<Proxy>, mut req: Request<Incoming>, peer: SocketAddr, scheme: &'static str) -> Response<Body> {
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    scheme: &'static str,
+) -> Response<Body> {
     let host = req
         .headers()
         .get(HOST)
@@ -159,8 +181,15 @@ pub async fn handle(proxy: Arc<Proxy>, mut req: Request<Incoming>, peer: SocketA
         .map(crate::router::host_only)
         .map(str::to_string);
     let Some(pool_index) = proxy.router.find(host.as_deref(), req.uri().path()) else {
-        proxy.metrics.requests.with_label_values(&["", "", "4xx"]).inc();
-        return plain(StatusCode::NOT_FOUND, "404 not found: no route for this request");
+        proxy
+            .metrics
+            .requests
+            .with_label_values(&["", "", "4xx"])
+            .inc();
+        return plain(
+            StatusCode::NOT_FOUND,
+            "404 not found: no route for this request",
+        );
     };
     let pool = proxy.pools[pool_index].clone();
     let cfg = &proxy.config;
@@ -168,7 +197,14 @@ pub async fn handle(proxy: Arc<Proxy>, mut req: Request<Incoming>, peer: SocketA
     let peer_ip = affinity::canonical(peer.ip());
     let peer_trusted = trusted.iter().any(|c| c.contains(peer_ip));
     let xff = HeaderName::from_static("x-forwarded-for");
-    let client = client_ip(peer, req.headers().get_all(&xff).iter().filter_map(|v| v.to_str().ok()), trusted);
+    let client = client_ip(
+        peer,
+        req.headers()
+            .get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        trusted,
+    );
     let upgrade = headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
@@ -176,7 +212,11 @@ pub async fn handle(proxy: Arc<Proxy>, mut req: Request<Incoming>, peer: SocketA
     let mut up_headers = parts.headers.clone();
     headers::strip_hop_by_hop(&mut up_headers, upgrade);
     headers::add_forwarded(&mut up_headers, peer_ip, client, scheme, peer_trusted);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     let mut body: Option<Body> = Some(body.map_err(BoxError::from).boxed());
     let wish = read_wish(&pool, &parts.headers, &parts.uri, client);
 
@@ -185,11 +225,21 @@ pub async fn handle(proxy: Arc<Proxy>, mut req: Request<Incoming>, peer: SocketA
     loop {
         let Some(mut choice) = choose(&wish, &tried) else {
             let reached_none = !tried.is_empty();
-            proxy.metrics.requests.with_label_values(&[pool.name(), "", "5xx"]).inc();
+            proxy
+                .metrics
+                .requests
+                .with_label_values(&[pool.name(), "", "5xx"])
+                .inc();
             return if reached_none {
-                plain(StatusCode::BAD_GATEWAY, "502 bad gateway: no backend could be reached")
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    "502 bad gateway: no backend could be reached",
+                )
             } else {
-                plain(StatusCode::SERVICE_UNAVAILABLE, "503 service unavailable: no backend is up")
+                plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "503 service unavailable: no backend is up",
+                )
             };
         };
         if repinned && choice.outcome == Outcome::Hit {
@@ -197,14 +247,29 @@ pub async fn handle(proxy: Arc<Proxy>, mut req: Request<Incoming>, peer: SocketA
         }
         if repinned && choice.set_cookie.is_none() && pool.config.affinity == Affinity::Cookie {
             let id = &pool.backends[choice.index].id;
-            choice.set_cookie = Some(affinity::set_cookie(&pool.config.cookie, &pool.sealer.seal(id)));
+            choice.set_cookie = Some(affinity::set_cookie(
+                &pool.config.cookie,
+                &pool.sealer.seal(id),
+            ));
         }
         let backend = pool.backends[choice.index].clone();
-        let conn = match upstream::obtain(&backend.idle, &backend.address, upgrade, cfg.timeouts.connect.get(), cfg.timeouts.upstream_idle.get()).await {
+        let conn = match upstream::obtain(
+            &backend.idle,
+            &backend.address,
+            upgrade,
+            cfg.timeouts.connect.get(),
+            cfg.timeouts.upstream_idle.get(),
+        )
+        .await
+        {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(pool = %pool.name(), backend = %backend.id, "{e}; trying another backend");
-                proxy.metrics.connect_errors.with_label_values(&[pool.name(), &backend.id]).inc();
+                proxy
+                    .metrics
+                    .connect_errors
+                    .with_label_values(&[pool.name(), &backend.id])
+                    .inc();
                 if backend.record_failure(&pool.config, Instant::now()) {
                     tracing::warn!(pool = %pool.name(), backend = %backend.id, "backend taken out for {} after failures", pool.config.passive.fail_timeout);
                 }
@@ -213,36 +278,68 @@ pub async fn handle(proxy: Arc<Proxy>, mut req: Request<Incoming>, peer: SocketA
                 continue;
             }
         };
-        proxy.metrics.affinity.with_label_values(&[pool.name(), choice.outcome.label()]).inc();
-        let mut up_req = Request::new(body.take().expect("the body is sent once, after connecting"));
+        proxy
+            .metrics
+            .affinity
+            .with_label_values(&[pool.name(), choice.outcome.label()])
+            .inc();
+        let mut up_req = Request::new(
+            body.take()
+                .expect("the body is sent once, after connecting"),
+        );
         *up_req.method_mut() = parts.method.clone();
         *up_req.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
         *up_req.version_mut() = Version::HTTP_11;
         *up_req.headers_mut() = up_headers.clone();
         let guard = ActiveGuard::new(backend.clone());
         let started = Instant::now();
-        let sent = upstream::send(conn, up_req, &backend.address, cfg.timeouts.connect.get(), cfg.timeouts.response.get()).await;
+        let sent = upstream::send(
+            conn,
+            up_req,
+            &backend.address,
+            cfg.timeouts.connect.get(),
+            cfg.timeouts.response.get(),
+        )
+        .await;
         let labels = [pool.name(), backend.id.as_str()];
         let (mut resp, sender) = match sent {
             Ok(ok) => ok,
             Err(e) => {
                 backend.record_failure(&pool.config, Instant::now());
                 tracing::warn!(pool = %pool.name(), backend = %backend.id, client = %client, "upstream request failed: {e}");
-                proxy.metrics.requests.with_label_values(&[labels[0], labels[1], "5xx"]).inc();
+                proxy
+                    .metrics
+                    .requests
+                    .with_label_values(&[labels[0], labels[1], "5xx"])
+                    .inc();
                 return match e {
-                    SendError::Timeout(_) => plain(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout: the backend did not answer in time"),
-                    _ => plain(StatusCode::BAD_GATEWAY, "502 bad gateway: the backend connection failed"),
+                    SendError::Timeout(_) => plain(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "504 gateway timeout: the backend did not answer in time",
+                    ),
+                    _ => plain(
+                        StatusCode::BAD_GATEWAY,
+                        "502 bad gateway: the backend connection failed",
+                    ),
                 };
             }
         };
-        proxy.metrics.response_seconds.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+        proxy
+            .metrics
+            .response_seconds
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
         let status = resp.status();
         if status.is_server_error() {
             backend.record_failure(&pool.config, Instant::now());
         } else {
             backend.record_success();
         }
-        proxy.metrics.requests.with_label_values(&[labels[0], labels[1], class(status.as_u16())]).inc();
+        proxy
+            .metrics
+            .requests
+            .with_label_values(&[labels[0], labels[1], class(status.as_u16())])
+            .inc();
 
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
@@ -253,16 +350,31 @@ pub async fn handle(proxy: Arc<Proxy>, mut req: Request<Incoming>, peer: SocketA
         }
         if pool.config.backend_header {
             if let Ok(v) = HeaderValue::from_str(&backend.id) {
-                resp.headers_mut().insert(HeaderName::from_static("x-limpet-backend"), v);
+                resp.headers_mut()
+                    .insert(HeaderName::from_static("x-limpet-backend"), v);
             }
         }
         if switching {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 proxy.metrics.upgrades.with_label_values(&labels).inc();
-                tokio::spawn(run_tunnel(proxy.clone(), pool.clone(), backend.clone(), client, guard.into_tunnel(), client_upgrade, upstream_upgrade, sender));
+                tokio::spawn(run_tunnel(
+                    proxy.clone(),
+                    pool.clone(),
+                    backend.clone(),
+                    client,
+                    guard.into_tunnel(),
+                    client_upgrade,
+                    upstream_upgrade,
+                    sender,
+                ));
                 let (parts, _) = resp.into_parts();
-                return Response::from_parts(parts, http_body_util::Empty::new().map_err(|never| match never {}).boxed());
+                return Response::from_parts(
+                    parts,
+                    http_body_util::Empty::new()
+                        .map_err(|never| match never {})
+                        .boxed(),
+                );
             }
         }
         // A non-101 answer to an upgrade request is relayed as is; that
@@ -303,13 +415,18 @@ async fn run_tunnel(
     let to_backend = metrics.tunnel_bytes.with_label_values(&["to_backend"]);
     let to_client = metrics.tunnel_bytes.with_label_values(&["to_client"]);
     let idle = proxy.config.timeouts.tunnel_idle.get();
-    let out = tunnel::run(TokioIo::new(client_io), TokioIo::new(upstream_io), idle, |up, n| {
-        if up {
-            to_backend.inc_by(n)
-        } else {
-            to_client.inc_by(n)
-        }
-    })
+    let out = tunnel::run(
+        TokioIo::new(client_io),
+        TokioIo::new(upstream_io),
+        idle,
+        |up, n| {
+            if up {
+                to_backend.inc_by(n)
+            } else {
+                to_client.inc_by(n)
+            }
+        },
+    )
     .await;
     drop(guard);
     tracing::info!(
@@ -347,7 +464,10 @@ impl hyper::body::Body for Tracked {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {

@@ -57,7 +57,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Adds the forwarding headers toward the backend.
 /// `peer` is the address that connected to us; `client` is the address
 /// we believe is the real client (they differ behind trusted proxies).
-pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, client: IpAddr, proto: &str, peer_trusted: bool) {
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    client: IpAddr,
+    proto: &str,
+    peer_trusted: bool,
+) {
     let xff = HeaderName::from_static("x-forwarded-for");
     // Appended whatever the peer, as nginx's $proxy_add_x_forwarded_for
     // does; X-Real-IP carries the address we actually believe.
@@ -81,7 +87,10 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, client: IpAddr, prot
     }
     let xfp = HeaderName::from_static("x-forwarded-proto");
     if !(peer_trusted && headers.contains_key(&xfp)) {
-        headers.insert(xfp, HeaderValue::from_static(if proto == "https" { "https" } else { "http" }));
+        headers.insert(
+            xfp,
+            HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
+        );
     }
     let xfh = HeaderName::from_static("x-forwarded-host");
     if !(peer_trusted && headers.contains_key(&xfh)) {
@@ -98,15 +107,24 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
 
     #[test]
     fn upgrade_detection() {
-        assert!(is_upgrade(&map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
-        assert!(!is_upgrade(&map(&[("connection", "keep-alive"), ("upgrade", "websocket")])));
+        assert!(is_upgrade(&map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket")
+        ])));
+        assert!(!is_upgrade(&map(&[
+            ("connection", "keep-alive"),
+            ("upgrade", "websocket")
+        ])));
         assert!(!is_upgrade(&map(&[("connection", "upgrade")])));
     }
 
@@ -123,7 +141,9 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get("connection").unwrap(), "upgrade");
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
-        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get("te").is_none());
+        assert!(
+            h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get("te").is_none()
+        );
         assert_eq!(h.get("sec-websocket-key").unwrap(), "abc");
         let mut h = map(&[("connection", "close"), ("upgrade", "websocket")]);
         strip_hop_by_hop(&mut h, false);
@@ -142,7 +162,11 @@ mod tests {
         assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
         // From an untrusted peer the chain is still appended to, but the
         // real IP is the peer and its claimed proto is replaced.
-        let mut h = map(&[("host", "example.com"), ("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")]);
+        let mut h = map(&[
+            ("host", "example.com"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ]);
         add_forwarded(&mut h, peer, peer, "http", false);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "6.6.6.6, 10.0.0.2");
         assert_eq!(h.get("x-real-ip").unwrap(), "10.0.0.2");

@@ -16,11 +16,23 @@ pub fn spawn(pool: Arc<Pool>, metrics: Arc<Metrics>, shutdown: watch::Receiver<b
         return;
     };
     for backend in pool.backends.clone() {
-        tokio::spawn(check_loop(pool.clone(), backend, path.clone(), metrics.clone(), shutdown.clone()));
+        tokio::spawn(check_loop(
+            pool.clone(),
+            backend,
+            path.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
     }
 }
 
-async fn check_loop(pool: Arc<Pool>, backend: Arc<Backend>, path: String, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+async fn check_loop(
+    pool: Arc<Pool>,
+    backend: Arc<Backend>,
+    path: String,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let h = pool.config.health.clone();
     let (mut ok_run, mut fail_run) = (0u32, 0u32);
     let mut ticker = tokio::time::interval(h.interval.get());
@@ -32,7 +44,10 @@ async fn check_loop(pool: Arc<Pool>, backend: Arc<Backend>, path: String, metric
         }
         let result = probe(&backend.address, &path, h.timeout.get()).await;
         let label = if result.is_ok() { "success" } else { "failure" };
-        metrics.health_checks.with_label_values(&[pool.name(), &backend.id, label]).inc();
+        metrics
+            .health_checks
+            .with_label_values(&[pool.name(), &backend.id, label])
+            .inc();
         match result {
             Ok(()) => {
                 ok_run += 1;
@@ -54,11 +69,17 @@ async fn check_loop(pool: Arc<Pool>, backend: Arc<Backend>, path: String, metric
 
 async fn probe(address: &str, path: &str, timeout: std::time::Duration) -> Result<(), String> {
     let attempt = async {
-        let mut sender = upstream::connect(address, timeout).await.map_err(|e| e.to_string())?;
+        let mut sender = upstream::connect(address, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
         let req = hyper::Request::get(path)
             .header(hyper::header::HOST, address)
             .header(hyper::header::USER_AGENT, "limpet-proxy health check")
-            .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed())
+            .body(
+                Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
             .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();

@@ -34,7 +34,10 @@ fn main() -> std::process::ExitCode {
         None => ProxyConfig::default(),
     };
     if args.check {
-        let name = args.config.as_ref().map_or("(defaults)".into(), |p| p.display().to_string());
+        let name = args
+            .config
+            .as_ref()
+            .map_or("(defaults)".into(), |p| p.display().to_string());
         println!("limpet-proxy: configuration {name} is ok");
         return std::process::ExitCode::SUCCESS;
     }
@@ -46,7 +49,10 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("limpet-proxy: cannot start the runtime: {e}");

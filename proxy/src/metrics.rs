@@ -3,7 +3,10 @@
 //! the live pool state when `/metrics` is scraped, so they are never stale.
 
 use crate::pool::Pool;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -30,7 +33,8 @@ impl Default for Metrics {
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
-    r.register(Box::new(c.clone())).expect("metric names are unique");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
@@ -38,35 +42,87 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let gauge_vec = |name: &str, help: &str| {
-            reg(&r, IntGaugeVec::new(Opts::new(name, help), &["pool", "backend"]).expect("valid metric"))
+            reg(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), &["pool", "backend"])
+                    .expect("valid metric"),
+            )
         };
         Metrics {
-            connections: reg(&r, IntCounter::new("limpet_proxy_connections_total", "Client connections accepted").expect("valid")),
-            open_connections: reg(&r, IntGauge::new("limpet_proxy_client_connections", "Client connections open now").expect("valid")),
-            requests: counter_vec("limpet_proxy_requests_total", "Requests answered, by status class", &["pool", "backend", "class"]),
-            upgrades: counter_vec("limpet_proxy_upgrades_total", "Connections upgraded (101) and tunnelled", &["pool", "backend"]),
-            tunnel_bytes: counter_vec("limpet_proxy_tunnel_bytes_total", "Bytes copied through tunnels", &["direction"]),
+            connections: reg(
+                &r,
+                IntCounter::new(
+                    "limpet_proxy_connections_total",
+                    "Client connections accepted",
+                )
+                .expect("valid"),
+            ),
+            open_connections: reg(
+                &r,
+                IntGauge::new(
+                    "limpet_proxy_client_connections",
+                    "Client connections open now",
+                )
+                .expect("valid"),
+            ),
+            requests: counter_vec(
+                "limpet_proxy_requests_total",
+                "Requests answered, by status class",
+                &["pool", "backend", "class"],
+            ),
+            upgrades: counter_vec(
+                "limpet_proxy_upgrades_total",
+                "Connections upgraded (101) and tunnelled",
+                &["pool", "backend"],
+            ),
+            tunnel_bytes: counter_vec(
+                "limpet_proxy_tunnel_bytes_total",
+                "Bytes copied through tunnels",
+                &["direction"],
+            ),
             affinity: counter_vec(
                 "limpet_proxy_affinity_total",
                 "Backend choices by affinity outcome (hit, new, invalid, down, hashed, balanced)",
                 &["pool", "outcome"],
             ),
-            connect_errors: counter_vec("limpet_proxy_upstream_connect_errors_total", "Failed connects to a backend", &["pool", "backend"]),
+            connect_errors: counter_vec(
+                "limpet_proxy_upstream_connect_errors_total",
+                "Failed connects to a backend",
+                &["pool", "backend"],
+            ),
             response_seconds: reg(
                 &r,
                 HistogramVec::new(
-                    HistogramOpts::new("limpet_proxy_upstream_response_seconds", "Time to the backend's response head")
-                        .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                    HistogramOpts::new(
+                        "limpet_proxy_upstream_response_seconds",
+                        "Time to the backend's response head",
+                    )
+                    .buckets(vec![
+                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
                     &["pool", "backend"],
                 )
                 .expect("valid metric"),
             ),
-            health_checks: counter_vec("limpet_proxy_health_checks_total", "Active health probes by result", &["pool", "backend", "result"]),
-            backend_up: gauge_vec("limpet_proxy_backend_up", "1 when the backend takes new sessions"),
-            backend_active: gauge_vec("limpet_proxy_backend_active", "Requests in flight plus open tunnels"),
+            health_checks: counter_vec(
+                "limpet_proxy_health_checks_total",
+                "Active health probes by result",
+                &["pool", "backend", "result"],
+            ),
+            backend_up: gauge_vec(
+                "limpet_proxy_backend_up",
+                "1 when the backend takes new sessions",
+            ),
+            backend_active: gauge_vec(
+                "limpet_proxy_backend_active",
+                "Requests in flight plus open tunnels",
+            ),
             backend_tunnels: gauge_vec("limpet_proxy_backend_tunnels", "Open upgraded tunnels"),
             registry: r,
         }
@@ -78,12 +134,20 @@ impl Metrics {
         for pool in pools {
             for b in &pool.backends {
                 let labels = [pool.name(), b.id.as_str()];
-                self.backend_up.with_label_values(&labels).set(i64::from(b.is_available(now)));
-                self.backend_active.with_label_values(&labels).set(b.active.load(Relaxed) as i64);
-                self.backend_tunnels.with_label_values(&labels).set(b.tunnels.load(Relaxed) as i64);
+                self.backend_up
+                    .with_label_values(&labels)
+                    .set(i64::from(b.is_available(now)));
+                self.backend_active
+                    .with_label_values(&labels)
+                    .set(b.active.load(Relaxed) as i64);
+                self.backend_tunnels
+                    .with_label_values(&labels)
+                    .set(b.tunnels.load(Relaxed) as i64);
             }
         }
-        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
     }
 }
 

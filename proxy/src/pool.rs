@@ -73,7 +73,9 @@ impl Backend {
         }
         let window = cfg.passive.fail_timeout.get();
         let mut p = self.passive.lock();
-        if p.window_start.is_none_or(|s| now.duration_since(s) > window) {
+        if p.window_start
+            .is_none_or(|s| now.duration_since(s) > window)
+        {
             p.window_start = Some(now);
             p.fails = 0;
         }
@@ -148,7 +150,11 @@ impl Pool {
                 Sealer::random()
             }
         };
-        let backends: Vec<_> = config.backends.iter().map(|b| Arc::new(Backend::new(b))).collect();
+        let backends: Vec<_> = config
+            .backends
+            .iter()
+            .map(|b| Arc::new(Backend::new(b)))
+            .collect();
         let n = backends.len();
         Pool {
             config,

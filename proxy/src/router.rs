@@ -13,9 +13,19 @@ impl Router {
     pub fn new(routes: &[RouteConfig], pool_index: impl Fn(&str) -> Option<usize>) -> Router {
         let mut list: Vec<_> = routes
             .iter()
-            .filter_map(|r| Some((r.host.as_ref().map(|h| h.to_ascii_lowercase()), r.path_prefix.clone(), pool_index(&r.pool)?)))
+            .filter_map(|r| {
+                Some((
+                    r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                    r.path_prefix.clone(),
+                    pool_index(&r.pool)?,
+                ))
+            })
             .collect();
-        list.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(b.0.is_some().cmp(&a.0.is_some())));
+        list.sort_by(|a, b| {
+            b.1.len()
+                .cmp(&a.1.len())
+                .then(b.0.is_some().cmp(&a.0.is_some()))
+        });
         Router { routes: list }
     }
 
@@ -24,7 +34,9 @@ impl Router {
         self.routes
             .iter()
             .find(|(h, prefix, _)| {
-                path.starts_with(prefix.as_str()) && h.as_deref().is_none_or(|h| host.is_some_and(|x| x.eq_ignore_ascii_case(h)))
+                path.starts_with(prefix.as_str())
+                    && h.as_deref()
+                        .is_none_or(|h| host.is_some_and(|x| x.eq_ignore_ascii_case(h)))
             })
             .map(|(_, _, i)| *i)
     }
@@ -33,7 +45,10 @@ impl Router {
 /// The host part of a Host header (`example.com:8080` → `example.com`).
 pub fn host_only(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split(']').next().map_or(host, |h| &host[..h.len() + 1]);
+        return host
+            .split(']')
+            .next()
+            .map_or(host, |h| &host[..h.len() + 1]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -49,7 +64,11 @@ mod tests {
             host: host.map(String::from),
             pool: pool.into(),
         };
-        let routes = [route("/", None, "web"), route("/socket.io/", None, "io"), route("/", Some("api.example.com"), "api")];
+        let routes = [
+            route("/", None, "web"),
+            route("/socket.io/", None, "io"),
+            route("/", Some("api.example.com"), "api"),
+        ];
         let names = ["web", "io", "api"];
         let r = Router::new(&routes, |n| names.iter().position(|x| *x == n));
         assert_eq!(r.find(Some("example.com"), "/index.html"), Some(0));

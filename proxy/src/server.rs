@@ -29,8 +29,14 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(config: ProxyConfig) -> Proxy {
-        let pools: Vec<Arc<Pool>> = config.pools.iter().map(|p| Arc::new(Pool::new(p.clone()))).collect();
-        let router = Router::new(&config.routes, |name| pools.iter().position(|p| p.name() == name));
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|p| Arc::new(Pool::new(p.clone())))
+            .collect();
+        let router = Router::new(&config.routes, |name| {
+            pools.iter().position(|p| p.name() == name)
+        });
         Proxy {
             config,
             pools,
@@ -48,16 +54,19 @@ impl Listeners {
     pub async fn bind(config: &ProxyConfig) -> io::Result<Listeners> {
         let mut listeners = Vec::new();
         for l in &config.listen {
-            let listener = TcpListener::bind(l.bind)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind)))?;
+            let listener = TcpListener::bind(l.bind).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
+            })?;
             listeners.push(listener);
         }
         Ok(Listeners { listeners })
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Serves until `shutdown` turns true.
@@ -73,7 +82,11 @@ impl Listeners {
     }
 }
 
-async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.changed() => return,
@@ -92,7 +105,12 @@ async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, mut shutdown: wat
     }
 }
 
-async fn serve_connection(proxy: Arc<Proxy>, tcp: tokio::net::TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+async fn serve_connection(
+    proxy: Arc<Proxy>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
     proxy.metrics.open_connections.inc();
     let cfg = &proxy.config;
     let service = {

@@ -9,8 +9,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 const BUF: usize = 8 * 1024;
 
@@ -29,7 +29,12 @@ pub struct Outcome {
 }
 
 /// Copies until done; `on_bytes(to_upstream, n)` reports progress for metrics.
-pub async fn run<C, U>(client: C, upstream: U, idle: Duration, on_bytes: impl Fn(bool, u64) + Sync) -> Outcome
+pub async fn run<C, U>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    on_bytes: impl Fn(bool, u64) + Sync,
+) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -72,7 +77,13 @@ where
     }
 }
 
-async fn pump<R, W>(mut r: R, mut w: W, total: &AtomicU64, touch: &impl Fn(), report: impl Fn(u64)) -> std::io::Result<()>
+async fn pump<R, W>(
+    mut r: R,
+    mut w: W,
+    total: &AtomicU64,
+    touch: &impl Fn(),
+    report: impl Fn(u64),
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

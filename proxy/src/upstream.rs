@@ -109,19 +109,37 @@ pub struct Conn {
 }
 
 /// A pooled connection when one is idle (never for upgrades), else a new one.
-pub async fn obtain(idle: &IdleConns, address: &str, upgrade: bool, connect_timeout: Duration, max_idle: Duration) -> Result<Conn, ConnectError> {
+pub async fn obtain(
+    idle: &IdleConns,
+    address: &str,
+    upgrade: bool,
+    connect_timeout: Duration,
+    max_idle: Duration,
+) -> Result<Conn, ConnectError> {
     if !upgrade {
         if let Some(sender) = idle.checkout(max_idle) {
-            return Ok(Conn { sender, pooled: true });
+            return Ok(Conn {
+                sender,
+                pooled: true,
+            });
         }
     }
     let sender = connect(address, connect_timeout).await?;
-    Ok(Conn { sender, pooled: false })
+    Ok(Conn {
+        sender,
+        pooled: false,
+    })
 }
 
 /// Sends `req` and waits for the response head. Returns the connection for
 /// reuse once the body has been read.
-pub async fn send(conn: Conn, req: Request<Body>, address: &str, connect_timeout: Duration, response_timeout: Duration) -> Result<(Response<hyper::body::Incoming>, SendRequest<Body>), SendError> {
+pub async fn send(
+    conn: Conn,
+    req: Request<Body>,
+    address: &str,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<(Response<hyper::body::Incoming>, SendRequest<Body>), SendError> {
     let Conn { mut sender, pooled } = conn;
     let attempt = async {
         match sender.try_send_request(req).await {

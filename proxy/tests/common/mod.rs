@@ -1,0 +1,430 @@
+//! Test harness: WebSocket/HTTP backends that say who they are, the real
+//! `limpet-proxy` binary on port 0, and small raw clients.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A backend: `GET /health` (200, or 503 when told to fail), WebSocket echo
+/// that prefixes each message with its id, and any other request answered
+/// with its id and the request headers it received.
+pub struct TestBackend {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub unhealthy: Arc<AtomicBool>,
+    pub requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestBackend {
+    pub async fn start(id: &str) -> TestBackend {
+        Self::start_on(id, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(id: &str, addr: SocketAddr) -> TestBackend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let unhealthy = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (id2, unhealthy2, requests2) = (id.to_string(), unhealthy.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (id, unhealthy, requests) =
+                    (id2.clone(), unhealthy2.clone(), requests2.clone());
+                conns.spawn(async move {
+                    let service = service_fn(move |req| {
+                        let (id, unhealthy, requests) =
+                            (id.clone(), unhealthy.clone(), requests.clone());
+                        async move {
+                            Ok::<_, Infallible>(backend_respond(&id, &unhealthy, &requests, req))
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        TestBackend {
+            id: id.to_string(),
+            addr,
+            unhealthy,
+            requests,
+            task,
+        }
+    }
+
+    /// Stops accepting and drops every connection: the port refuses.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn backend_respond(
+    id: &str,
+    unhealthy: &AtomicBool,
+    requests: &AtomicUsize,
+    mut req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r
+    };
+    if req.uri().path() == "/health" {
+        return if unhealthy.load(Relaxed) {
+            text(StatusCode::SERVICE_UNAVAILABLE, "sick\n".into())
+        } else {
+            text(StatusCode::OK, "ok\n".into())
+        };
+    }
+    requests.fetch_add(1, Relaxed);
+    if let Some(key) = req.headers().get("sec-websocket-key").cloned() {
+        if req.uri().path() == "/refuse-upgrade" {
+            return text(StatusCode::FORBIDDEN, format!("{id} refuses\n"));
+        }
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(msg)) = ws.next().await {
+                match msg {
+                    Message::Text(t) => {
+                        if ws.send(Message::text(format!("{id}:{t}"))).await.is_err() {
+                            break;
+                        }
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+        });
+        let mut r = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+        let h = r.headers_mut();
+        h.insert("connection", "upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("sec-websocket-accept", accept.parse().unwrap());
+        return r;
+    }
+    let mut body = format!("backend={id}\n");
+    for (k, v) in req.headers() {
+        body.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+    }
+    text(StatusCode::OK, body)
+}
+
+/// The real proxy binary with a config file; learns its ports from the log.
+pub struct ProxyProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+pub fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("limpet-proxy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+static CONFIG_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl ProxyProcess {
+    pub fn start(config_text: &str) -> ProxyProcess {
+        use std::io::BufRead;
+        let path = write_temp(
+            &format!("proxy-{}.toml", CONFIG_SEQ.fetch_add(1, Relaxed)),
+            config_text,
+        );
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_limpet-proxy"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start limpet-proxy");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line.clone());
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let find = |line: &str, marker: &str| -> Option<SocketAddr> {
+            line.contains(marker)
+                .then(|| line.rsplit("addr=").next()?.trim().parse().ok())?
+        };
+        let (mut addr, mut admin) = (None, None);
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while addr.is_none() || admin.is_none() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                panic!(
+                    "proxy did not report its ports; log:\n{}",
+                    log.lock().unwrap()
+                );
+            };
+            addr = addr.or_else(|| find(&line, "listening for HTTP and WebSocket clients"));
+            admin = admin.or_else(|| find(&line, "admin listener"));
+        }
+        ProxyProcess {
+            child,
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub async fn metrics(&self) -> String {
+        http(self.admin, "GET", "/metrics", &[]).await.body
+    }
+
+    /// A metric line's value, 0 when absent.
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Config text for a pool of `backends` behind one route, listener and
+/// admin on port 0. `pool_extra` lands inside `[[pool]]`.
+pub fn config(backends: &[&TestBackend], top_extra: &str, pool_extra: &str) -> String {
+    let mut text = format!(
+        "{top_extra}\n[[listen]]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n[[pool]]\nname = \"nodes\"\nbackend_header = true\n{pool_extra}\n"
+    );
+    for b in backends {
+        text.push_str(&format!(
+            "[[pool.backend]]\nid = \"{}\"\naddress = \"{}\"\n",
+            b.id, b.addr
+        ));
+    }
+    text.push_str("[[route]]\npool = \"nodes\"\n");
+    text
+}
+
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+
+    /// The backend id a test backend wrote in the body.
+    pub fn backend(&self) -> Option<&str> {
+        self.body.lines().find_map(|l| l.strip_prefix("backend="))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection, `Connection: close`.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpReply {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
+        .await
+        .expect("reply in time")
+        .expect("read reply");
+    parse_reply(&raw)
+}
+
+pub fn parse_reply(raw: &[u8]) -> HttpReply {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            headers
+                .entry(k.trim().to_ascii_lowercase())
+                .or_default()
+                .push(v.trim().to_string());
+        }
+    }
+    // Bodies here are small; undo chunked encoding if used.
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.iter().any(|x| x == "chunked"))
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    HttpReply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// Opens a WebSocket through the proxy; returns the socket and the 101's headers.
+pub async fn ws_connect(
+    addr: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+) -> Result<(Ws, BTreeMap<String, Vec<String>>), tungstenite::Error> {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}{path}").into_client_request()?;
+    if let Some(c) = cookie {
+        req.headers_mut().insert("cookie", c.parse().unwrap());
+    }
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(tungstenite::Error::Io)?;
+    let (ws, resp) = tokio::time::timeout(DEADLINE, tokio_tungstenite::client_async(req, tcp))
+        .await
+        .expect("handshake in time")?;
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in resp.headers() {
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(v.to_str().unwrap_or("").to_string());
+    }
+    Ok((ws, headers))
+}
+
+/// Sends `text` and returns the echo, e.g. `b2:text`.
+pub async fn echo(ws: &mut Ws, text: &str) -> String {
+    ws.send(Message::text(text)).await.expect("send");
+    loop {
+        let msg = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("echo in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = msg {
+            return t.to_string();
+        }
+    }
+}
+
+/// `name=value` of the cookie a response set.
+pub fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Polls `check` until true or the deadline.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

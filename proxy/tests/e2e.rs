@@ -1,0 +1,454 @@
+//! limpet-proxy end to end: the real binary between real clients and
+//! backends on loopback.
+
+mod common;
+use common::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const COOKIE: &str = "affinity = \"cookie\"\n[pool.cookie]\nsecret = \"test-secret-0123456789\"";
+
+async fn three() -> (TestBackend, TestBackend, TestBackend) {
+    (
+        TestBackend::start("b1").await,
+        TestBackend::start("b2").await,
+        TestBackend::start("b3").await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_and_cookie_stickiness() {
+    let (b1, b2, b3) = three().await;
+    let proxy = ProxyProcess::start(&config(&[&b1, &b2, &b3], "", COOKIE));
+
+    let (mut ws, headers) = ws_connect(proxy.addr, "/chat", None)
+        .await
+        .expect("upgrade through the proxy");
+    let set = headers
+        .get("set-cookie")
+        .expect("the 101 carries the affinity cookie")[0]
+        .clone();
+    assert!(
+        set.starts_with("limpet_sticky=")
+            && set.contains("HttpOnly")
+            && set.contains("SameSite=Lax"),
+        "{set}"
+    );
+    let first = echo(&mut ws, "hello").await;
+    let (backend, text) = first.split_once(':').unwrap();
+    assert_eq!(text, "hello");
+    assert_eq!(headers["x-limpet-backend"][0], backend);
+    ws.close(None).await.ok();
+
+    // 100 reconnects with the cookie all reach the same backend, and no new cookie is issued.
+    let cookie = cookie_pair(&set);
+    for i in 0..100 {
+        let (mut ws, headers) = ws_connect(proxy.addr, "/chat", Some(&cookie))
+            .await
+            .unwrap();
+        assert!(
+            headers.get("set-cookie").is_none(),
+            "reconnect {i} got a new cookie"
+        );
+        assert_eq!(
+            echo(&mut ws, "x").await,
+            format!("{backend}:x"),
+            "reconnect {i}"
+        );
+        ws.close(None).await.ok();
+    }
+    // Plain HTTP with the same cookie goes there too (polling transports).
+    let reply = http(proxy.addr, "GET", "/poll", &[("cookie", &cookie)]).await;
+    assert_eq!(reply.backend(), Some(backend));
+    assert!(
+        proxy
+            .metric("limpet_proxy_affinity_total{outcome=\"hit\",pool=\"nodes\"}")
+            .await
+            >= 101.0
+    );
+    let upgrades = proxy
+        .metric(&format!(
+            "limpet_proxy_upgrades_total{{backend=\"{backend}\",pool=\"nodes\"}}"
+        ))
+        .await;
+    assert_eq!(upgrades, 101.0);
+    let log = proxy.log_text();
+    assert!(
+        log.contains("tunnel open") && log.contains("tunnel closed"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sessions_spread_and_forged_cookies_are_replaced() {
+    let (b1, b2, b3) = three().await;
+    let proxy = ProxyProcess::start(&config(&[&b1, &b2, &b3], "", COOKIE));
+    let mut seen = HashMap::new();
+    for _ in 0..9 {
+        let reply = http(proxy.addr, "GET", "/", &[]).await;
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply.header("set-cookie").is_some(),
+            "a new session gets a cookie"
+        );
+        *seen
+            .entry(reply.backend().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "least_conn spreads new sessions over idle backends: {seen:?}"
+    );
+
+    for forged in [
+        "limpet_sticky=b1",
+        "limpet_sticky=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "limpet_sticky=",
+    ] {
+        let reply = http(proxy.addr, "GET", "/", &[("cookie", forged)]).await;
+        assert_eq!(reply.status, 200);
+        let set = reply
+            .header("set-cookie")
+            .expect("a forged cookie is replaced");
+        assert_ne!(cookie_pair(set), forged);
+    }
+    assert_eq!(
+        proxy
+            .metric("limpet_proxy_affinity_total{outcome=\"invalid\",pool=\"nodes\"}")
+            .await,
+        3.0
+    );
+
+    // A cookie sealed by another proxy with the same secret is honoured.
+    let twin = ProxyProcess::start(&config(&[&b1, &b2, &b3], "", COOKIE));
+    let reply = http(twin.addr, "GET", "/", &[]).await;
+    let cookie = cookie_pair(reply.header("set-cookie").unwrap());
+    let again = http(proxy.addr, "GET", "/", &[("cookie", &cookie)]).await;
+    assert!(again.header("set-cookie").is_none());
+    assert_eq!(again.backend(), reply.backend());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_backend_repins_cookie_holders_and_comes_back_after_rise() {
+    let (b1, b2, b3) = three().await;
+    let health = "[pool.health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2";
+    let proxy = ProxyProcess::start(&config(
+        &[&b1, &b2, &b3],
+        "",
+        &format!("{COOKIE}\n{health}"),
+    ));
+    // Find a cookie for b2.
+    let mut cookie = None;
+    for _ in 0..30 {
+        let reply = http(proxy.addr, "GET", "/", &[]).await;
+        if reply.backend() == Some("b2") {
+            cookie = Some(cookie_pair(reply.header("set-cookie").unwrap()));
+            break;
+        }
+    }
+    let cookie = cookie.expect("some new session lands on b2");
+    let b2_addr = b2.addr;
+    b2.kill();
+    drop(b2);
+
+    // The pinned backend refuses: the request still succeeds elsewhere, with a new cookie.
+    let (mut ws, headers) = ws_connect(proxy.addr, "/", Some(&cookie))
+        .await
+        .expect("failover before any byte reached the client");
+    let reply_backend = echo(&mut ws, "x").await;
+    assert!(!reply_backend.starts_with("b2"), "{reply_backend}");
+    let new_cookie = cookie_pair(
+        &headers
+            .get("set-cookie")
+            .expect("re-pinned with a fresh cookie")[0],
+    );
+    assert_ne!(new_cookie, cookie);
+    let follow = http(proxy.addr, "GET", "/", &[("cookie", &new_cookie)]).await;
+    assert_eq!(Some(&reply_backend[..2]), follow.backend());
+
+    eventually("health checks mark b2 down", || async {
+        proxy.log_text().contains("backend is down")
+    })
+    .await;
+    assert_eq!(
+        proxy
+            .metric("limpet_proxy_backend_up{backend=\"b2\",pool=\"nodes\"}")
+            .await,
+        0.0
+    );
+    assert!(
+        proxy
+            .metric("limpet_proxy_upstream_connect_errors_total{backend=\"b2\",pool=\"nodes\"}")
+            .await
+            >= 1.0
+    );
+
+    // b2 comes back on the same port; after `rise` passed checks it takes sessions again.
+    let _b2 = TestBackend::start_on("b2", b2_addr).await;
+    eventually("b2 is up again", || async {
+        proxy
+            .metric("limpet_proxy_backend_up{backend=\"b2\",pool=\"nodes\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    let back = http(proxy.addr, "GET", "/", &[("cookie", &cookie)]).await;
+    assert_eq!(back.backend(), Some("b2"), "the old cookie works again");
+    assert!(proxy.log_text().contains("backend is up"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_backend_is_skipped_without_failing_requests() {
+    let (b1, b2, b3) = three().await;
+    let health = "[pool.health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1";
+    let proxy = ProxyProcess::start(&config(
+        &[&b1, &b2, &b3],
+        "",
+        &format!("affinity = \"none\"\nbalancer = \"round_robin\"\n{health}"),
+    ));
+    b3.unhealthy
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    eventually("b3 marked down", || async {
+        proxy
+            .metric("limpet_proxy_backend_up{backend=\"b3\",pool=\"nodes\"}")
+            .await
+            == 0.0
+    })
+    .await;
+    for _ in 0..12 {
+        let reply = http(proxy.addr, "GET", "/", &[]).await;
+        assert_eq!(reply.status, 200);
+        assert_ne!(reply.backend(), Some("b3"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_hash_is_stable_and_a_fourth_backend_moves_about_a_quarter() {
+    let (b1, b2, b3) = three().await;
+    let b4 = TestBackend::start("b4").await;
+    let top = "trusted_proxies = [\"127.0.0.1/32\"]";
+    let ip_hash = "affinity = \"ip_hash\"";
+    let three_proxy = ProxyProcess::start(&config(&[&b1, &b2, &b3], top, ip_hash));
+    let four_proxy = ProxyProcess::start(&config(&[&b1, &b2, &b3, &b4], top, ip_hash));
+    let client = |i: usize| {
+        if i % 2 == 0 {
+            format!("198.18.{}.{}", i / 256, i % 256)
+        } else {
+            format!("2001:db8::{:x}", i)
+        }
+    };
+    let mut moved = 0;
+    for i in 0..1000 {
+        let xff = client(i);
+        let a = http(three_proxy.addr, "GET", "/", &[("x-forwarded-for", &xff)]).await;
+        let b = http(four_proxy.addr, "GET", "/", &[("x-forwarded-for", &xff)]).await;
+        let (a, b) = (
+            a.backend().unwrap().to_string(),
+            b.backend().unwrap().to_string(),
+        );
+        if a != b {
+            assert_eq!(b, "b4", "keys only move to the new backend");
+            moved += 1;
+        }
+        if i % 100 == 0 {
+            let again = http(three_proxy.addr, "GET", "/", &[("x-forwarded-for", &xff)]).await;
+            assert_eq!(again.backend(), Some(a.as_str()), "stable per client");
+        }
+    }
+    assert!(
+        (170..=330).contains(&moved),
+        "adding 1 of 4 backends moved {moved} of 1000 clients"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_affinity_puts_a_room_on_one_backend() {
+    let (b1, b2, b3) = three().await;
+    let proxy = ProxyProcess::start(&config(
+        &[&b1, &b2, &b3],
+        "",
+        "affinity = \"query\"\naffinity_key = \"room\"",
+    ));
+    let mut owners = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let (mut ws, _) = ws_connect(proxy.addr, "/ws?room=lobby", None)
+            .await
+            .unwrap();
+        owners.insert(echo(&mut ws, "x").await);
+    }
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    let mut rooms = std::collections::HashSet::new();
+    for r in 0..30 {
+        rooms.insert(
+            http(proxy.addr, "GET", &format!("/?room=r{r}"), &[])
+                .await
+                .backend()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(rooms.len(), 3, "different rooms spread");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_with_and_without_a_trusted_peer() {
+    let b1 = TestBackend::start("b1").await;
+    let untrusting = ProxyProcess::start(&config(&[&b1], "", ""));
+    let reply = http(
+        untrusting.addr,
+        "GET",
+        "/",
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("connection", "close, x-hop"),
+            ("x-hop", "secret"),
+        ],
+    )
+    .await;
+    assert!(
+        reply.body.contains("x-forwarded-for: 6.6.6.6, 127.0.0.1\n"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("x-real-ip: 127.0.0.1\n"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("x-forwarded-proto: http\n"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("x-forwarded-host: test.local\n"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("host: test.local\n"),
+        "Host preserved: {}",
+        reply.body
+    );
+    assert!(
+        !reply.body.contains("x-hop"),
+        "headers named in Connection are hop-by-hop: {}",
+        reply.body
+    );
+
+    let trusting = ProxyProcess::start(&config(&[&b1], "trusted_proxies = [\"127.0.0.0/8\"]", ""));
+    let reply = http(
+        trusting.addr,
+        "GET",
+        "/",
+        &[("x-forwarded-for", "1.1.1.1, 203.0.113.5")],
+    )
+    .await;
+    assert!(
+        reply
+            .body
+            .contains("x-forwarded-for: 1.1.1.1, 203.0.113.5, 127.0.0.1\n"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("x-real-ip: 203.0.113.5\n"),
+        "the rightmost untrusted hop: {}",
+        reply.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_oversized_headers_and_no_backend() {
+    let b1 = TestBackend::start("b1").await;
+    let proxy = ProxyProcess::start(&config(
+        &[&b1],
+        "[timeouts]\nheader_read = \"1s\"\ntunnel_idle = \"1s\"",
+        "",
+    ));
+
+    // A client that dribbles its headers is cut off; others are served meanwhile.
+    let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert_eq!(http(proxy.addr, "GET", "/", &[]).await.status, 200);
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, slow.read_to_end(&mut buf))
+        .await
+        .expect("slow client closed in time");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Oversized request head: 431.
+    let big = "x".repeat(20 * 1024);
+    let reply = http(proxy.addr, "GET", "/", &[("x-big", &big)]).await;
+    assert_eq!(reply.status, 431);
+
+    // Idle tunnel closed after tunnel_idle.
+    let (mut ws, _) = ws_connect(proxy.addr, "/", None).await.unwrap();
+    echo(&mut ws, "x").await;
+    let quiet_from = std::time::Instant::now();
+    let next = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut ws))
+        .await
+        .expect("idle tunnel closed");
+    use tokio_tungstenite::tungstenite::Message;
+    match next {
+        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {}
+        Some(Ok(other)) => panic!("expected the tunnel to close, got {other:?}"),
+    }
+    assert!(
+        quiet_from.elapsed() >= Duration::from_millis(900),
+        "closed before tunnel_idle"
+    );
+    eventually("the tunnel close is logged", || async {
+        proxy.log_text().contains("IdleTimeout")
+    })
+    .await;
+
+    // Upgrade refused by the backend: its answer is relayed as is.
+    let err = ws_connect(proxy.addr, "/refuse-upgrade", None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+
+    // Nothing up at all: 502 when the connects failed.
+    b1.kill();
+    let reply = http(proxy.addr, "GET", "/", &[]).await;
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    let reply = http(proxy.addr, "GET", "/", &[]).await;
+    assert_eq!(reply.status, 503, "passively marked down: {}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_flag_reports_broken_configs() {
+    let bad = write_temp(
+        "bad-proxy.toml",
+        "[[pool]]\nname = \"p\"\n[[pool.backend]]\nid = \"a\"\naddress = \"nowhere\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_limpet-proxy"))
+        .arg("--check")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:5:11: pool.0.backend.0.address: `nowhere` is not host:port",
+            bad.display()
+        )),
+        "{err}"
+    );
+    let good = write_temp("good-proxy.toml", "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_limpet-proxy"))
+        .arg("--check")
+        .arg("--config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}

@@ -1,30 +1,40 @@
 #!/usr/bin/env bash
-# Installs the third-party programs the test suite talks to, on Debian.
-# Idempotent: does nothing when everything is already there.
+# Installs the third-party programs the test suite talks to, on Debian:
+# redis-server (differential tests), Node.js with socket.io from npm
+# (socket.io behind limpet-proxy). Idempotent and quiet when all is there.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
-if [ ${#missing[@]} -eq 0 ]; then
-    exit 0
-fi
-
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        sudo="sudo"
-    else
-        echo "install-test-deps: need root (or sudo) to install: ${missing[*]}" >&2
-        exit 1
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo="sudo"
+        else
+            echo "install-test-deps: need root (or sudo) to install: ${missing[*]}" >&2
+            exit 1
+        fi
+    fi
+    echo "install-test-deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts a system redis on 6379 after install; the tests run their own.
+    if command -v systemctl >/dev/null 2>&1; then
+        $sudo systemctl stop redis-server >/dev/null 2>&1 || true
     fi
 fi
-echo "install-test-deps: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Debian starts a system redis on 6379 after install; the tests use their own.
-if command -v systemctl >/dev/null 2>&1; then
-    $sudo systemctl stop redis-server >/dev/null 2>&1 || true
+
+# npm packages for the socket.io fixtures, into an ignored folder.
+fixtures=tests/socketio
+if [ ! -d "$fixtures/node_modules/socket.io" ] || [ "$fixtures/package-lock.json" -nt "$fixtures/node_modules" ]; then
+    echo "install-test-deps: npm ci in $fixtures" >&2
+    (cd "$fixtures" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    touch "$fixtures/node_modules"
 fi

@@ -47,7 +47,7 @@ async fn websocket_echo_and_cookie_stickiness() {
             .await
             .unwrap();
         assert!(
-            headers.get("set-cookie").is_none(),
+            !headers.contains_key("set-cookie"),
             "reconnect {i} got a new cookie"
         );
         assert_eq!(
@@ -149,7 +149,7 @@ async fn dead_backend_repins_cookie_holders_and_comes_back_after_rise() {
     }
     let cookie = cookie.expect("some new session lands on b2");
     let b2_addr = b2.addr;
-    b2.kill();
+    b2.kill().await;
     drop(b2);
 
     // The pinned backend refuses: the request still succeeds elsewhere, with a new cookie.
@@ -232,7 +232,7 @@ async fn ip_hash_is_stable_and_a_fourth_backend_moves_about_a_quarter() {
     let three_proxy = ProxyProcess::start(&config(&[&b1, &b2, &b3], top, ip_hash));
     let four_proxy = ProxyProcess::start(&config(&[&b1, &b2, &b3, &b4], top, ip_hash));
     let client = |i: usize| {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             format!("198.18.{}.{}", i / 256, i % 256)
         } else {
             format!("2001:db8::{:x}", i)
@@ -364,8 +364,8 @@ async fn slowloris_oversized_headers_and_no_backend() {
     let b1 = TestBackend::start("b1").await;
     let proxy = ProxyProcess::start(&config(
         &[&b1],
-        "[timeouts]\nheader_read = \"1s\"\ntunnel_idle = \"1s\"",
-        "",
+        "[timeouts]\nheader_read = \"1s\"\ntunnel_idle = \"1s\"\nresponse = \"1s\"",
+        "[pool.passive]\nmax_fails = 2",
     ));
 
     // A client that dribbles its headers is cut off; others are served meanwhile.
@@ -414,8 +414,17 @@ async fn slowloris_oversized_headers_and_no_backend() {
         .unwrap_err();
     assert!(err.to_string().contains("403"), "{err}");
 
+    // A backend slower than the response timeout: 504 with a short text.
+    let reply = http(proxy.addr, "GET", "/slow", &[]).await;
+    assert_eq!(reply.status, 504);
+    assert!(
+        reply.body.starts_with("504 gateway timeout"),
+        "{}",
+        reply.body
+    );
+
     // Nothing up at all: 502 when the connects failed.
-    b1.kill();
+    b1.kill().await;
     let reply = http(proxy.addr, "GET", "/", &[]).await;
     assert_eq!(reply.status, 502, "{}", reply.body);
     let reply = http(proxy.addr, "GET", "/", &[]).await;

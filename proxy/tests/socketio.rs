@@ -8,7 +8,7 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 fn fixtures() -> PathBuf {
@@ -30,10 +30,14 @@ impl Drop for Node {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-async fn start_nodes(dir: &PathBuf) -> (Vec<Node>, Vec<(String, u16)>) {
+async fn start_nodes(dir: &Path) -> (Vec<Node>, Vec<(String, u16)>) {
     let mut nodes = Vec::new();
     let mut addrs = Vec::new();
     for id in ["io1", "io2", "io3"] {
@@ -50,7 +54,9 @@ async fn start_nodes(dir: &PathBuf) -> (Vec<Node>, Vec<(String, u16)>) {
     for (_, port) in &addrs {
         let port = *port;
         eventually("socket.io server listens", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
         })
         .await;
     }
@@ -60,15 +66,17 @@ async fn start_nodes(dir: &PathBuf) -> (Vec<Node>, Vec<(String, u16)>) {
 fn proxy_config(addrs: &[(String, u16)], pool: &str) -> String {
     let mut text = format!("[[listen]]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n[[pool]]\nname = \"io\"\n{pool}\n");
     for (id, port) in addrs {
-        text.push_str(&format!("[[pool.backend]]\nid = \"{id}\"\naddress = \"127.0.0.1:{port}\"\n"));
+        text.push_str(&format!(
+            "[[pool.backend]]\nid = \"{id}\"\naddress = \"127.0.0.1:{port}\"\n"
+        ));
     }
     text.push_str("[[route]]\npool = \"io\"\n");
     text
 }
 
 /// Runs the npm client against `url`; returns its JSON summary line.
-async fn run_clients(dir: &PathBuf, url: &str, count: usize) -> String {
-    let dir = dir.clone();
+async fn run_clients(dir: &Path, url: &str, count: usize) -> String {
+    let dir = dir.to_path_buf();
     let url = url.to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
@@ -79,7 +87,11 @@ async fn run_clients(dir: &PathBuf, url: &str, count: usize) -> String {
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -99,18 +111,38 @@ async fn socketio_needs_stickiness_and_gets_it() {
     let (_nodes, addrs) = start_nodes(&dir).await;
     let clients = 30;
 
-    let sticky = ProxyProcess::start(&proxy_config(&addrs, "affinity = \"cookie\"\n[pool.cookie]\nsecret = \"socket.io test secret\""));
+    let sticky = ProxyProcess::start(&proxy_config(
+        &addrs,
+        "affinity = \"cookie\"\n[pool.cookie]\nsecret = \"socket.io test secret\"",
+    ));
     let summary = run_clients(&dir, &format!("http://{}", sticky.addr), clients).await;
-    assert_eq!(field(&summary, "ok"), clients, "every client works behind cookie affinity: {summary}");
+    assert_eq!(
+        field(&summary, "ok"),
+        clients,
+        "every client works behind cookie affinity: {summary}"
+    );
     assert_eq!(field(&summary, "failed"), 0, "{summary}");
-    assert_eq!(field(&summary, "websocket"), clients, "every client upgraded to a websocket: {summary}");
+    assert_eq!(
+        field(&summary, "websocket"),
+        clients,
+        "every client upgraded to a websocket: {summary}"
+    );
     for (id, _) in &addrs {
-        assert!(summary.contains(&format!("\"{id}\":")), "sessions spread over all nodes: {summary}");
+        assert!(
+            summary.contains(&format!("\"{id}\":")),
+            "sessions spread over all nodes: {summary}"
+        );
     }
 
-    let loose = ProxyProcess::start(&proxy_config(&addrs, "affinity = \"none\"\nbalancer = \"round_robin\""));
+    let loose = ProxyProcess::start(&proxy_config(
+        &addrs,
+        "affinity = \"none\"\nbalancer = \"round_robin\"",
+    ));
     let summary = run_clients(&dir, &format!("http://{}", loose.addr), clients).await;
     let failed = field(&summary, "failed");
-    assert!(failed > clients / 2, "without affinity most sessions should break: {summary}");
+    assert!(
+        failed > clients / 2,
+        "without affinity most sessions should break: {summary}"
+    );
     eprintln!("without affinity: {summary}");
 }

@@ -21,7 +21,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A backend: `GET /health` (200, or 503 when told to fail), WebSocket echo
+/// A backend: `GET /health` (200, or 503 when told to fail), `/slow` (answers
+/// after 3 s), WebSocket echo
 /// that prefixes each message with its id, and any other request answered
 /// with its id and the request headers it received.
 pub struct TestBackend {
@@ -56,6 +57,9 @@ impl TestBackend {
                         let (id, unhealthy, requests) =
                             (id.clone(), unhealthy.clone(), requests.clone());
                         async move {
+                            if req.uri().path() == "/slow" {
+                                tokio::time::sleep(Duration::from_secs(3)).await;
+                            }
                             Ok::<_, Infallible>(backend_respond(&id, &unhealthy, &requests, req))
                         }
                     });
@@ -75,9 +79,15 @@ impl TestBackend {
         }
     }
 
-    /// Stops accepting and drops every connection: the port refuses.
-    pub fn kill(&self) {
+    /// Stops accepting and drops every connection; returns once the port
+    /// refuses connections (until then the kernel may still accept them).
+    pub async fn kill(&self) {
         self.task.abort();
+        let addr = self.addr;
+        eventually("the killed backend's port refuses", || async move {
+            TcpStream::connect(addr).await.is_err()
+        })
+        .await;
     }
 }
 
@@ -125,11 +135,12 @@ fn backend_respond(
             .await;
             while let Some(Ok(msg)) = ws.next().await {
                 match msg {
-                    Message::Text(t) => {
-                        if ws.send(Message::text(format!("{id}:{t}"))).await.is_err() {
-                            break;
-                        }
+                    Message::Text(t)
+                        if ws.send(Message::text(format!("{id}:{t}"))).await.is_err() =>
+                    {
+                        break
                     }
+                    Message::Text(_) => {}
                     Message::Close(_) => break,
                     _ => {}
                 }
@@ -346,7 +357,7 @@ pub fn parse_reply(raw: &[u8]) -> HttpReply {
                 break;
             }
             out.push_str(&after[..n]);
-            rest = &after[n..].trim_start_matches("\r\n");
+            rest = after[n..].trim_start_matches("\r\n");
         }
         out
     } else {

@@ -9,12 +9,14 @@
 mod broker;
 mod error;
 mod load;
+mod node;
 mod proxy;
 mod units;
 
 pub use broker::{BrokerConfig, MetricsConfig, OutputLimit, ProtocolLimits};
 pub use error::{ConfigError, FieldError};
 pub use load::{load_file, parse_str, Validate};
+pub use node::{Heartbeat, NodeConfig, NodeLimits, Shutdown};
 pub use proxy::{
     AdminConfig, Affinity, BackendConfig, Balancer, CookieConfig, HealthConfig, ListenConfig,
     PassiveConfig, PoolConfig, ProxyConfig, ProxyLimits, RouteConfig, SameSite, Timeouts,

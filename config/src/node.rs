@@ -1,0 +1,259 @@
+//! `limpet-node` settings: where it listens, which broker it uses, the
+//! limits each client connection lives under, heartbeats and shutdown.
+
+use crate::{ByteSize, Duration, FieldError, Validate};
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Unique in the cluster; socket ids start with it. Letters, digits, `-`, `_`.
+    /// Unset: `node-<port>`.
+    pub id: Option<String>,
+    /// WebSocket and HTTP (health, metrics, publish API) on one port.
+    pub bind: SocketAddr,
+    /// Path that accepts WebSocket upgrades.
+    pub ws_path: String,
+    /// `redis://host:port/` of limpet-broker or Redis. Several URLs of a Redis
+    /// Cluster's nodes plus `cluster = true` use sharded pub/sub instead.
+    pub broker: Vec<String>,
+    pub cluster: bool,
+    /// Browser `Origin`s allowed to connect; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Bearer token required by `POST /api/publish`; unset: no token needed
+    /// (keep the port private then).
+    pub api_token: Option<String>,
+    /// Serve files from this folder at `/` (the demo page).
+    pub static_dir: Option<String>,
+    pub limits: NodeLimits,
+    pub heartbeat: Heartbeat,
+    pub shutdown: Shutdown,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeLimits {
+    pub max_connections: usize,
+    /// Largest client message; bigger ones get a `message_too_large` error.
+    pub max_message_bytes: ByteSize,
+    pub max_rooms_per_socket: usize,
+    pub max_room_name_bytes: usize,
+    /// Messages waiting for one client; a client that lets it fill is closed.
+    pub outbound_queue: usize,
+    /// Client messages per second (token bucket) and the burst allowed.
+    pub rate_per_second: u32,
+    pub rate_burst: u32,
+    /// Errors (bad frames, rate limit hits) per minute before the
+    /// connection is closed.
+    pub max_errors_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Heartbeat {
+    /// WebSocket ping to each client; no pong by the next ping closes it.
+    pub ping_interval: Duration,
+    /// Node-to-node heartbeat over the broker.
+    pub node_interval: Duration,
+    /// A node silent this long is dead: its members are reported as left.
+    pub node_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shutdown {
+    /// After SIGTERM, how long clients get before a 1001 close.
+    pub grace: Duration,
+    /// Reconnect delay suggested to clients in the `shutdown` message.
+    pub reconnect_hint: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: None,
+            bind: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            ws_path: "/ws".into(),
+            broker: vec!["redis://127.0.0.1:6379/".into()],
+            cluster: false,
+            allowed_origins: Vec::new(),
+            api_token: None,
+            static_dir: None,
+            limits: NodeLimits::default(),
+            heartbeat: Heartbeat::default(),
+            shutdown: Shutdown::default(),
+        }
+    }
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        NodeLimits {
+            max_connections: 10_000,
+            max_message_bytes: ByteSize(64 * 1024),
+            max_rooms_per_socket: 100,
+            max_room_name_bytes: 128,
+            outbound_queue: 1024,
+            rate_per_second: 100,
+            rate_burst: 200,
+            max_errors_per_minute: 30,
+        }
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            ping_interval: Duration::secs(25),
+            node_interval: Duration::secs(1),
+            node_timeout: Duration::secs(5),
+        }
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            grace: Duration::secs(5),
+            reconnect_hint: Duration::secs(1),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The configured id, or `node-<port>`.
+    pub fn node_id(&self) -> String {
+        self.id
+            .clone()
+            .unwrap_or_else(|| format!("node-{}", self.bind.port()))
+    }
+}
+
+impl Validate for NodeConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        if let Some(id) = &self.id {
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(FieldError::new(
+                    "id",
+                    "use 1 to 64 letters, digits, `-` or `_`",
+                ));
+            }
+        }
+        if !self.ws_path.starts_with('/') {
+            return Err(FieldError::new("ws_path", "must start with /"));
+        }
+        if self.broker.is_empty() {
+            return Err(FieldError::new(
+                "broker",
+                "at least one redis:// URL is required",
+            ));
+        }
+        for (i, url) in self.broker.iter().enumerate() {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(FieldError::new(
+                    format!("broker.{i}"),
+                    format!("`{url}` is not a redis:// URL"),
+                ));
+            }
+        }
+        if self.broker.len() > 1 && !self.cluster {
+            return Err(FieldError::new(
+                "broker",
+                "several URLs need cluster = true",
+            ));
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err(FieldError::new(
+                "limits.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if l.max_message_bytes.bytes() < 256 || l.max_message_bytes.bytes() > 64 * 1024 * 1024 {
+            return Err(FieldError::new(
+                "limits.max_message_bytes",
+                "must be between 256 bytes and 64mb",
+            ));
+        }
+        if l.max_room_name_bytes == 0 || l.max_room_name_bytes > 4096 {
+            return Err(FieldError::new(
+                "limits.max_room_name_bytes",
+                "must be between 1 and 4096",
+            ));
+        }
+        if l.outbound_queue < 8 {
+            return Err(FieldError::new(
+                "limits.outbound_queue",
+                "must be at least 8",
+            ));
+        }
+        if l.rate_per_second == 0 || l.rate_burst == 0 {
+            return Err(FieldError::new(
+                "limits.rate_per_second",
+                "rate_per_second and rate_burst must be at least 1",
+            ));
+        }
+        let h = &self.heartbeat;
+        if h.ping_interval.is_zero() || h.node_interval.is_zero() {
+            return Err(FieldError::new(
+                "heartbeat.ping_interval",
+                "intervals must be above 0",
+            ));
+        }
+        if h.node_timeout.get() < h.node_interval.get() * 2 {
+            return Err(FieldError::new(
+                "heartbeat.node_timeout",
+                "must be at least twice heartbeat.node_interval",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_str;
+    use std::path::Path;
+
+    #[test]
+    fn defaults_and_example() {
+        let cfg: NodeConfig = parse_str("", Path::new("node.toml")).unwrap();
+        assert_eq!(cfg.node_id(), "node-9001");
+        assert_eq!(cfg.limits.max_message_bytes.bytes(), 64 * 1024);
+        assert_eq!(cfg.heartbeat.ping_interval.get().as_secs(), 25);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        for name in [
+            "node.toml",
+            "cluster/node-a.toml",
+            "cluster/node-b.toml",
+            "cluster/node-c.toml",
+        ] {
+            if let Err(e) = crate::load_file::<NodeConfig>(&dir.join(name)) {
+                panic!("{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn errors() {
+        let err = parse_str::<NodeConfig>("id = \"a.b\"\n", Path::new("node.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "node.toml:1:6: id: use 1 to 64 letters, digits, `-` or `_`"
+        );
+        let err = parse_str::<NodeConfig>("broker = [\"http://x\"]\n", Path::new("node.toml"))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("broker.0: `http://x` is not a redis:// URL"),
+            "{err}"
+        );
+    }
+}

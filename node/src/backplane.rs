@@ -1,0 +1,351 @@
+//! The cross-node backplane: one Redis-protocol connection set per node,
+//! to limpet-broker, a Redis server, or a Redis Cluster (sharded pub/sub).
+//!
+//! A single task owns the connections. Callers queue commands without
+//! waiting: subscribe, unsubscribe, publish. Commands run in the order they
+//! were queued (a join's subscribe completes before the join is announced),
+//! and consecutive publishes go out as one pipeline. When the broker goes
+//! away the task reconnects with exponential backoff and resubscribes
+//! every channel; publishes queued meanwhile are dropped and counted, and
+//! the node is told (`Inbound::Reconnected`) so it can resynchronise.
+//! Local delivery never waits for any of this.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The channel names every node agrees on.
+pub fn room_channel(room: &str) -> String {
+    format!("limpet:room:{room}")
+}
+
+pub fn node_channel(node: &str) -> String {
+    format!("limpet:node:{node}")
+}
+
+pub const NODES_CHANNEL: &str = "limpet:nodes";
+
+enum Cmd {
+    Subscribe(String),
+    Unsubscribe(String),
+    Publish(String, Bytes),
+}
+
+/// What the backplane hands to the node.
+pub enum Inbound {
+    Message { channel: String, payload: Bytes },
+    Reconnected,
+}
+
+/// Counters the backplane updates.
+pub struct Counters {
+    pub published: prometheus::IntCounter,
+    pub received: prometheus::IntCounter,
+    pub lost: prometheus::IntCounter,
+    pub reconnects: prometheus::IntCounter,
+}
+
+#[derive(Clone)]
+pub struct Backplane {
+    tx: mpsc::UnboundedSender<Cmd>,
+    connected: Arc<AtomicBool>,
+    /// When the current broker connection came up.
+    since: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
+}
+
+impl Backplane {
+    pub fn spawn(
+        urls: Vec<String>,
+        cluster: bool,
+        inbound: mpsc::UnboundedSender<Inbound>,
+        counters: Arc<Counters>,
+    ) -> Backplane {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let connected = Arc::new(AtomicBool::new(false));
+        let since = Arc::new(parking_lot::Mutex::new(None));
+        tokio::spawn(run(
+            urls,
+            cluster,
+            rx,
+            inbound,
+            connected.clone(),
+            since.clone(),
+            counters,
+        ));
+        Backplane {
+            tx,
+            connected,
+            since,
+        }
+    }
+
+    pub fn subscribe(&self, channel: String) {
+        let _ = self.tx.send(Cmd::Subscribe(channel));
+    }
+
+    pub fn unsubscribe(&self, channel: String) {
+        let _ = self.tx.send(Cmd::Unsubscribe(channel));
+    }
+
+    pub fn publish(&self, channel: String, payload: Bytes) {
+        let _ = self.tx.send(Cmd::Publish(channel, payload));
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Relaxed)
+    }
+
+    /// When the current connection came up; `None` while disconnected.
+    pub fn connected_since(&self) -> Option<std::time::Instant> {
+        *self.since.lock()
+    }
+}
+
+/// An open connection set, standalone or cluster.
+enum Link {
+    Standalone {
+        publisher: redis::aio::MultiplexedConnection,
+        sink: redis::aio::PubSubSink,
+        stream: redis::aio::PubSubStream,
+    },
+    Cluster {
+        conn: redis::cluster_async::ClusterConnection,
+        pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+    },
+}
+
+async fn open(urls: &[String], cluster: bool) -> redis::RedisResult<Link> {
+    if cluster {
+        let (tx, pushes) = mpsc::unbounded_channel();
+        let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(tx)
+            .build()?;
+        let conn = client.get_async_connection().await?;
+        return Ok(Link::Cluster { conn, pushes });
+    }
+    let client = redis::Client::open(urls[0].as_str())?;
+    let publisher = client.get_multiplexed_async_connection().await?;
+    let (sink, stream) = client.get_async_pubsub().await?.split();
+    Ok(Link::Standalone {
+        publisher,
+        sink,
+        stream,
+    })
+}
+
+impl Link {
+    async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Link::Standalone { sink, .. } => sink.subscribe(channel).await,
+            Link::Cluster { conn, .. } => conn.ssubscribe(channel).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Link::Standalone { sink, .. } => sink.unsubscribe(channel).await,
+            Link::Cluster { conn, .. } => conn.sunsubscribe(channel).await,
+        }
+    }
+
+    async fn publish(&mut self, batch: &[(String, Bytes)]) -> redis::RedisResult<()> {
+        match self {
+            Link::Standalone { publisher, .. } => {
+                let mut pipe = redis::pipe();
+                for (ch, msg) in batch {
+                    pipe.cmd("PUBLISH").arg(ch).arg(&msg[..]).ignore();
+                }
+                pipe.query_async(publisher).await
+            }
+            Link::Cluster { conn, .. } => {
+                // Shard channels live on different nodes: one command each.
+                for (ch, msg) in batch {
+                    let _: i64 = redis::cmd("SPUBLISH")
+                        .arg(ch)
+                        .arg(&msg[..])
+                        .query_async(conn)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The next message, or `None` when the connection is gone.
+    async fn next(&mut self) -> Option<(String, Bytes)> {
+        match self {
+            Link::Standalone { stream, .. } => {
+                let msg = stream.next().await?;
+                Some((
+                    msg.get_channel_name().to_string(),
+                    Bytes::copy_from_slice(msg.get_payload_bytes()),
+                ))
+            }
+            Link::Cluster { pushes, .. } => loop {
+                let push = pushes.recv().await?;
+                match push.kind {
+                    redis::PushKind::Disconnection => return None,
+                    redis::PushKind::SMessage | redis::PushKind::Message => {
+                        let msg = redis::Msg::from_push_info(push)?;
+                        return Some((
+                            msg.get_channel_name().to_string(),
+                            Bytes::copy_from_slice(msg.get_payload_bytes()),
+                        ));
+                    }
+                    _ => continue,
+                }
+            },
+        }
+    }
+}
+
+async fn run(
+    urls: Vec<String>,
+    cluster: bool,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    inbound: mpsc::UnboundedSender<Inbound>,
+    connected: Arc<AtomicBool>,
+    since: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
+    counters: Arc<Counters>,
+) {
+    let mut desired: HashSet<String> = HashSet::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut ever_connected = false;
+    let mut pending: Option<Cmd> = None;
+    let target = urls.join(",");
+    loop {
+        let link = tokio::select! {
+            r = open(&urls, cluster) => r,
+            // Keep the wish list current while connecting.
+            cmd = rx.recv() => {
+                match cmd {
+                    None => return,
+                    Some(cmd) => apply_offline(cmd, &mut desired, &counters),
+                }
+                continue;
+            }
+        };
+        let mut link = match link {
+            Ok(link) => link,
+            Err(e) => {
+                tracing::warn!(broker = %target, "broker unreachable: {e}; retrying in {backoff:?}");
+                let deadline = tokio::time::Instant::now() + backoff;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => break,
+                        cmd = rx.recv() => match cmd {
+                            None => return,
+                            Some(cmd) => apply_offline(cmd, &mut desired, &counters),
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let mut healthy = true;
+        for ch in &desired {
+            if let Err(e) = link.subscribe(ch).await {
+                tracing::warn!(broker = %target, "resubscribe failed: {e}");
+                healthy = false;
+                break;
+            }
+        }
+        if !healthy {
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        *since.lock() = Some(std::time::Instant::now());
+        connected.store(true, Relaxed);
+        if ever_connected {
+            counters.reconnects.inc();
+            tracing::info!(broker = %target, channels = desired.len(), "broker connection restored; resubscribed");
+            let _ = inbound.send(Inbound::Reconnected);
+        } else {
+            tracing::info!(broker = %target, "connected to broker");
+        }
+        ever_connected = true;
+
+        loop {
+            let cmd = match pending.take() {
+                Some(cmd) => Some(cmd),
+                None => tokio::select! {
+                    cmd = rx.recv() => match cmd {
+                        None => return,
+                        Some(cmd) => Some(cmd),
+                    },
+                    msg = link.next() => match msg {
+                        Some((channel, payload)) => {
+                            counters.received.inc();
+                            let _ = inbound.send(Inbound::Message { channel, payload });
+                            None
+                        }
+                        None => break,
+                    },
+                },
+            };
+            let Some(cmd) = cmd else { continue };
+            let result = match cmd {
+                Cmd::Subscribe(ch) => {
+                    if desired.insert(ch.clone()) {
+                        link.subscribe(&ch).await
+                    } else {
+                        Ok(())
+                    }
+                }
+                Cmd::Unsubscribe(ch) => {
+                    if desired.remove(&ch) {
+                        link.unsubscribe(&ch).await
+                    } else {
+                        Ok(())
+                    }
+                }
+                Cmd::Publish(ch, msg) => {
+                    let mut batch = vec![(ch, msg)];
+                    while batch.len() < 512 {
+                        match rx.try_recv() {
+                            Ok(Cmd::Publish(ch, msg)) => batch.push((ch, msg)),
+                            Ok(other) => {
+                                pending = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let n = batch.len() as u64;
+                    let r = link.publish(&batch).await;
+                    if r.is_ok() {
+                        counters.published.inc_by(n);
+                    } else {
+                        counters.lost.inc_by(n);
+                    }
+                    r
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(broker = %target, "broker command failed: {e}");
+                break;
+            }
+        }
+        connected.store(false, Relaxed);
+        *since.lock() = None;
+        tracing::warn!(broker = %target, "lost the broker connection; local delivery continues, cross-node messages are dropped until it is back");
+    }
+}
+
+fn apply_offline(cmd: Cmd, desired: &mut HashSet<String>, counters: &Counters) {
+    match cmd {
+        Cmd::Subscribe(ch) => {
+            desired.insert(ch);
+        }
+        Cmd::Unsubscribe(ch) => {
+            desired.remove(&ch);
+        }
+        Cmd::Publish(..) => counters.lost.inc(),
+    }
+}

@@ -1,0 +1,328 @@
+//! One WebSocket client: reads requests, writes queued frames, pings.
+//!
+//! The writer drains the socket's bounded queue; everything addressed to
+//! the client goes through that queue, so a client that stops reading
+//! fills only its own queue and is then closed (code 4002) without slowing
+//! anyone. The reader enforces the message size, a token-bucket rate
+//! limit and an error budget; a client past the budget is closed (4003).
+//! A client that misses a pong by the next ping is closed (4001).
+
+use crate::protocol::{self, Code, Failure, Request};
+use crate::rooms::{close, Frame, Node};
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Token bucket for client messages.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Errors allowed per minute before the client counts as misbehaving.
+struct ErrorBudget {
+    count: u32,
+    window: Instant,
+    max: u32,
+}
+
+impl ErrorBudget {
+    fn spend(&mut self) -> bool {
+        if self.window.elapsed() > Duration::from_secs(60) {
+            self.window = Instant::now();
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count <= self.max
+    }
+}
+
+pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, client: String) {
+    let id = node.next_socket_id();
+    let limits = node.config.limits.clone();
+    let (tx, mut rx) = mpsc::channel::<Message>(limits.outbound_queue);
+    let (closer, mut close_rx) = watch::channel::<Option<u16>>(None);
+    node.add_socket(&id, tx, closer.clone());
+    tracing::info!(node = %node.id, socket = %id, %client, "client connected");
+    let ping_every = node.config.heartbeat.ping_interval.get();
+    node.reply(
+        &id,
+        protocol::welcome(&id, &node.id, ping_every.as_millis() as u64),
+    );
+
+    let (mut sink, mut stream) = ws.split();
+    let mut writer_close = close_rx.clone();
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = writer_close.changed() => break,
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    tokio::select! {
+                        r = sink.send(msg) => if r.is_err() { return },
+                        // A client that stopped reading blocks this send: give up on it.
+                        _ = writer_close.changed() => break,
+                    }
+                }
+            }
+        }
+        let code = writer_close.borrow().unwrap_or(close::GOING_AWAY);
+        let reason = match code {
+            close::SLOW_CONSUMER => "slow consumer: outbound queue full",
+            close::HEARTBEAT => "no pong to the last ping",
+            close::MISBEHAVING => "too many errors",
+            _ => "server going away",
+        };
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    });
+
+    let mut bucket = Bucket {
+        tokens: f64::from(limits.rate_burst),
+        rate: f64::from(limits.rate_per_second),
+        burst: f64::from(limits.rate_burst),
+        last: Instant::now(),
+    };
+    let mut budget = ErrorBudget {
+        count: 0,
+        window: Instant::now(),
+        max: limits.max_errors_per_minute,
+    };
+    let max_bytes = limits.max_message_bytes.bytes() as usize;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut awaiting_pong = false;
+    let started = Instant::now();
+    let end = loop {
+        tokio::select! {
+            _ = close_rx.changed() => break "closed by the server",
+            _ = ping.tick() => {
+                if awaiting_pong {
+                    node.metrics.closes.with_label_values(&["heartbeat"]).inc();
+                    let _ = closer.send(Some(close::HEARTBEAT));
+                    break "missed pong";
+                }
+                awaiting_pong = true;
+                node.reply_message(&id, Message::Ping(Vec::new().into()));
+            }
+            frame = stream.next() => {
+                let msg = match frame {
+                    None => break "client closed",
+                    Some(Err(e)) => {
+                        tracing::debug!(socket = %id, "websocket error: {e}");
+                        break "protocol error";
+                    }
+                    Some(Ok(msg)) => msg,
+                };
+                let failure = match msg {
+                    Message::Pong(_) => { awaiting_pong = false; None }
+                    Message::Ping(_) | Message::Frame(_) => None,
+                    Message::Close(_) => break "client closed",
+                    Message::Text(text) => {
+                        node.metrics.messages_in.inc();
+                        if text.len() > max_bytes {
+                            Some((None, Failure::new(Code::MessageTooLarge, format!("messages are at most {max_bytes} bytes"))))
+                        } else if !bucket.take() {
+                            Some((None, Failure::new(Code::RateLimited, format!("at most {} messages per second", limits.rate_per_second))))
+                        } else {
+                            handle_text(&node, &id, text.as_str()).await
+                        }
+                    }
+                    Message::Binary(bytes) => {
+                        node.metrics.messages_in.inc();
+                        if bytes.len() > max_bytes {
+                            Some((None, Failure::new(Code::MessageTooLarge, format!("messages are at most {max_bytes} bytes"))))
+                        } else if !bucket.take() {
+                            Some((None, Failure::new(Code::RateLimited, format!("at most {} messages per second", limits.rate_per_second))))
+                        } else {
+                            handle_binary(&node, &id, &bytes)
+                        }
+                    }
+                };
+                if let Some((ack_id, failure)) = failure {
+                    node.metrics.errors.with_label_values(&[failure.code.as_str()]).inc();
+                    node.reply(&id, protocol::error(ack_id.as_ref(), &failure));
+                    if !budget.spend() {
+                        node.metrics.closes.with_label_values(&["misbehaving"]).inc();
+                        let _ = closer.send(Some(close::MISBEHAVING));
+                        break "too many errors";
+                    }
+                }
+            }
+        }
+    };
+    if *closer.borrow() == Some(close::SLOW_CONSUMER) {
+        node.metrics
+            .closes
+            .with_label_values(&["slow_consumer"])
+            .inc();
+    }
+    node.remove_socket(&id);
+    // Let the writer send the close frame (or give up on a stuck client).
+    // (Never hold a borrow of the watch while sending on it: that deadlocks.)
+    closer.send_modify(|code| {
+        code.get_or_insert(close::GOING_AWAY);
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
+    tracing::info!(node = %node.id, socket = %id, %client, seconds = started.elapsed().as_secs(), reason = end, "client disconnected");
+}
+
+type Outcome = Option<(Option<serde_json::Value>, Failure)>;
+
+async fn handle_text(node: &Arc<Node>, id: &str, text: &str) -> Outcome {
+    let req = match protocol::parse(text) {
+        Ok(r) => r,
+        Err(f) => return Some((None, f)),
+    };
+    let ack_id = req.id.clone();
+    match run(node, id, &req).await {
+        Ok(result) => {
+            if let Some(ack_id) = &ack_id {
+                node.reply(id, protocol::ack(ack_id, result));
+            }
+            None
+        }
+        Err(f) => Some((ack_id, f)),
+    }
+}
+
+async fn run(node: &Arc<Node>, id: &str, req: &Request<'_>) -> Result<serde_json::Value, Failure> {
+    let event = || {
+        req.event
+            .as_deref()
+            .ok_or_else(|| Failure::new(Code::BadRequest, "`event` is required"))
+    };
+    match req.op {
+        Some("join") => {
+            let room = node.validate_room(req.room.as_deref())?;
+            let members = node.join(id, &room)?;
+            Ok(json!({"room": room, "members": members_json(&members)}))
+        }
+        Some("leave") => {
+            let room = node.validate_room(req.room.as_deref())?;
+            node.leave(id, &room, "leave")?;
+            Ok(json!({"room": room}))
+        }
+        Some("emit") => {
+            let room = node.validate_room(req.room.as_deref())?;
+            let frame = Node::event_frame(&room, event()?, id, req.data);
+            node.emit(Some(id), &room, frame, req.include_self)?;
+            Ok(json!({"room": room}))
+        }
+        Some("send") => {
+            let to = req
+                .to
+                .as_deref()
+                .ok_or_else(|| Failure::new(Code::BadRequest, "`to` is required"))?;
+            node.send_to(to, Frame::Text(protocol::direct(event()?, id, req.data)))?;
+            Ok(json!({"to": to}))
+        }
+        Some("presence") => {
+            let room = node.validate_room(req.room.as_deref())?;
+            let (members, complete) = node.presence(&room).await;
+            Ok(json!({"room": room, "members": members_json(&members), "complete": complete}))
+        }
+        Some("ping") => Ok(json!({"pong": true})),
+        Some(other) => Err(Failure::new(
+            Code::UnknownOp,
+            format!("unknown op `{other}` (join, leave, emit, send, presence, ping)"),
+        )),
+        None => Err(Failure::new(Code::BadRequest, "`op` is required")),
+    }
+}
+
+fn members_json(members: &[(String, String)]) -> serde_json::Value {
+    members
+        .iter()
+        .map(|(s, n)| json!({"socket": s, "node": n}))
+        .collect()
+}
+
+/// A binary frame is `<JSON request>\n<payload>`; `emit` and `send` only.
+/// Recipients get `<JSON event header>\n<payload>` as a binary frame.
+fn handle_binary(node: &Arc<Node>, id: &str, bytes: &[u8]) -> Outcome {
+    let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
+        return Some((
+            None,
+            Failure::new(
+                Code::BadRequest,
+                "a binary frame starts with a JSON request line",
+            ),
+        ));
+    };
+    let Ok(head) = std::str::from_utf8(&bytes[..nl]) else {
+        return Some((
+            None,
+            Failure::new(Code::BadJson, "the request line is not UTF-8"),
+        ));
+    };
+    let req = match protocol::parse(head) {
+        Ok(r) => r,
+        Err(f) => return Some((None, f)),
+    };
+    let payload = &bytes[nl + 1..];
+    let event = req.event.as_deref().unwrap_or("binary");
+    let result = match req.op {
+        Some("emit") => node.validate_room(req.room.as_deref()).and_then(|room| {
+            let mut out = protocol::event(&room, event, id, None).into_bytes();
+            out.push(b'\n');
+            out.extend_from_slice(payload);
+            node.emit(Some(id), &room, Frame::Binary(out.into()), req.include_self)
+        }),
+        Some("send") => match req.to.as_deref() {
+            Some(to) => {
+                let mut out = protocol::direct(event, id, None).into_bytes();
+                out.push(b'\n');
+                out.extend_from_slice(payload);
+                node.send_to(to, Frame::Binary(out.into()))
+            }
+            None => Err(Failure::new(Code::BadRequest, "`to` is required")),
+        },
+        _ => Err(Failure::new(
+            Code::BinaryNotSupported,
+            "binary frames carry emit or send only",
+        )),
+    };
+    match result {
+        Ok(()) => {
+            if let Some(ack_id) = &req.id {
+                node.reply(id, protocol::ack(ack_id, json!({"bytes": payload.len()})));
+            }
+            None
+        }
+        Err(f) => Some((req.id.clone(), f)),
+    }
+}

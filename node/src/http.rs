@@ -1,0 +1,325 @@
+//! HTTP on the node's port: the WebSocket upgrade, `/health`, `/metrics`,
+//! the server-side publish API, and (optionally) static files.
+//!
+//! `POST /api/publish` lets an application backend push to a room or to
+//! one socket without a WebSocket, like Centrifugo's HTTP API:
+//! `{"room": "r", "event": "e", "data": ...}` or `{"socket": "id", ...}`.
+
+use crate::connection;
+use crate::protocol;
+use crate::rooms::{Frame, Node};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, value::RawValue};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+type Resp = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+fn json_reply(status: StatusCode, v: serde_json::Value) -> Resp {
+    respond(status, "application/json", v.to_string())
+}
+
+pub async fn handle(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    let path = req.uri().path().to_string();
+    if path == node.config.ws_path {
+        return upgrade(node, req, peer);
+    }
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/health") => health(&node),
+        (&Method::GET, "/metrics") => {
+            node.metrics
+                .broker_connected
+                .set(i64::from(node.backplane.is_connected()));
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                node.metrics.render(),
+            )
+        }
+        (&Method::POST, "/api/publish") => publish_api(&node, req).await,
+        (&Method::GET, _) => static_file(&node, &path).await,
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+fn health(node: &Node) -> Resp {
+    let draining = node.draining.load(Relaxed);
+    let body = json!({
+        "node": node.id,
+        "status": if draining { "draining" } else { "serving" },
+        "broker": if node.backplane.is_connected() { "connected" } else { "disconnected" },
+        "connections": node.socket_count(),
+        "rooms": node.room_count(),
+        "peers": node.peer_count(),
+    });
+    json_reply(
+        if draining {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        },
+        body,
+    )
+}
+
+fn reject(node: &Node, status: StatusCode, reason: &'static str, text: &'static str) -> Resp {
+    node.metrics.rejected.with_label_values(&[reason]).inc();
+    respond(status, "text/plain", text)
+}
+
+fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    let headers = req.headers();
+    let Some(key) = headers.get("sec-websocket-key").cloned() else {
+        return reject(
+            &node,
+            StatusCode::BAD_REQUEST,
+            "not_websocket",
+            "expected a WebSocket upgrade\n",
+        );
+    };
+    if headers
+        .get("sec-websocket-version")
+        .is_none_or(|v| v != "13")
+    {
+        return reject(
+            &node,
+            StatusCode::BAD_REQUEST,
+            "bad_version",
+            "WebSocket version 13 required\n",
+        );
+    }
+    if node.draining.load(Relaxed) {
+        return reject(
+            &node,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is shutting down\n",
+        );
+    }
+    let allowed = &node.config.allowed_origins;
+    if !allowed.is_empty() {
+        if let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) {
+            if !allowed.iter().any(|a| a == origin) {
+                tracing::warn!(node = %node.id, %origin, %peer, "refused WebSocket from a foreign origin");
+                return reject(
+                    &node,
+                    StatusCode::FORBIDDEN,
+                    "origin",
+                    "origin not allowed\n",
+                );
+            }
+        }
+    }
+    if node.socket_count() >= node.config.limits.max_connections {
+        return reject(
+            &node,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "max_connections",
+            "too many connections\n",
+        );
+    }
+    // The proxy tells us who the client is; show that in logs.
+    let client = headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| peer.to_string(), |ip| format!("{ip} (via {peer})"));
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    // Messages over our limit get an error frame; far over it, the frame is
+    // refused by the WebSocket layer and the connection closes (1009).
+    let hard = (node.config.limits.max_message_bytes.bytes() as usize)
+        .saturating_mul(4)
+        .max(1 << 20);
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(hard))
+        .max_frame_size(Some(hard));
+    let node2 = node.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config),
+                )
+                .await;
+                connection::serve(node2, ws, client).await;
+            }
+            Err(e) => tracing::debug!("upgrade failed: {e}"),
+        }
+    });
+    let mut r = respond(StatusCode::SWITCHING_PROTOCOLS, "text/plain", Bytes::new());
+    r.headers_mut().remove(CONTENT_TYPE);
+    let h = r.headers_mut();
+    h.insert("connection", HeaderValue::from_static("upgrade"));
+    h.insert("upgrade", HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
+}
+
+#[derive(serde::Deserialize)]
+struct PublishBody<'a> {
+    room: Option<String>,
+    socket: Option<String>,
+    event: Option<String>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+async fn publish_api(node: &Node, req: Request<Incoming>) -> Resp {
+    if let Some(token) = &node.config.api_token {
+        let ok = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.strip_prefix("Bearer ") == Some(token.as_str()));
+        if !ok {
+            return json_reply(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "missing or wrong bearer token"}),
+            );
+        }
+    }
+    let max = node.config.limits.max_message_bytes.bytes() as usize;
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": format!("body over {max} bytes")}),
+            )
+        }
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return json_reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "body is not UTF-8"}),
+        );
+    };
+    let p: PublishBody = match serde_json::from_str(text) {
+        Ok(p) => p,
+        Err(e) => {
+            return json_reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("not JSON: {e}")}),
+            )
+        }
+    };
+    let Some(event) = p.event.as_deref() else {
+        return json_reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "`event` is required"}),
+        );
+    };
+    let result = match (p.room, p.socket) {
+        (Some(room), None) => node.validate_room(Some(&room)).and_then(|room| {
+            node.emit(
+                None,
+                &room,
+                Node::event_frame(&room, event, "server", p.data),
+                true,
+            )
+        }),
+        (None, Some(socket)) => node.send_to(
+            &socket,
+            Frame::Text(protocol::direct(event, "server", p.data)),
+        ),
+        _ => {
+            return json_reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "give exactly one of `room` or `socket`"}),
+            )
+        }
+    };
+    match result {
+        Ok(()) => json_reply(StatusCode::OK, json!({"ok": true})),
+        Err(f) => json_reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": f.message, "code": f.code.as_str()}),
+        ),
+    }
+}
+
+async fn static_file(node: &Node, path: &str) -> Resp {
+    let Some(dir) = &node.config.static_dir else {
+        return respond(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+    };
+    let rel = path.trim_start_matches('/');
+    let rel = if rel.is_empty() { "index.html" } else { rel };
+    if rel
+        .split('/')
+        .any(|part| part == ".." || part.starts_with('.'))
+    {
+        return respond(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+    }
+    let file = std::path::Path::new(dir).join(rel);
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => {
+            let ctype = match file.extension().and_then(|e| e.to_str()) {
+                Some("html") => "text/html; charset=utf-8",
+                Some("css") => "text/css; charset=utf-8",
+                Some("js") => "text/javascript; charset=utf-8",
+                Some("svg") => "image/svg+xml",
+                Some("png") => "image/png",
+                Some("ico") => "image/x-icon",
+                _ => "application/octet-stream",
+            };
+            respond(StatusCode::OK, ctype, bytes)
+        }
+        Err(_) => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// Serves HTTP connections on `listener` until shutdown.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Arc<Node>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::error!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let node = node.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(node, req, peer).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}

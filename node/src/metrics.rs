@@ -1,0 +1,90 @@
+//! Prometheus metrics for a node, served at `/metrics` on the node's port.
+
+use crate::backplane::Counters;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub connections_total: IntCounter,
+    pub rejected: IntCounterVec,
+    pub rooms: IntGauge,
+    pub messages_in: IntCounter,
+    pub messages_out: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub closes: IntCounterVec,
+    pub node_down: IntCounter,
+    pub broker_connected: IntGauge,
+    pub backplane: Arc<Counters>,
+}
+
+fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let counter =
+            |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid metric"));
+        let gauge =
+            |name: &str, help: &str| reg(&r, IntGauge::new(name, help).expect("valid metric"));
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
+            )
+        };
+        let backplane = Arc::new(Counters {
+            published: counter(
+                "limpet_node_cross_node_published_total",
+                "Messages published to other nodes",
+            ),
+            received: counter(
+                "limpet_node_cross_node_received_total",
+                "Messages received from the broker",
+            ),
+            lost: counter(
+                "limpet_node_cross_node_lost_total",
+                "Cross-node messages dropped while the broker was away",
+            ),
+            reconnects: counter(
+                "limpet_node_broker_reconnects_total",
+                "Broker connections restored",
+            ),
+        });
+        Metrics {
+            connections: gauge("limpet_node_connections", "WebSocket clients connected now"),
+            connections_total: counter("limpet_node_connections_total", "WebSocket clients accepted"),
+            rejected: counter_vec("limpet_node_rejected_connections_total", "Upgrades refused", "reason"),
+            rooms: gauge("limpet_node_rooms", "Rooms with members on this node"),
+            messages_in: counter("limpet_node_messages_in_total", "Client messages received"),
+            messages_out: counter_vec("limpet_node_messages_out_total", "Messages queued to local clients, by origin", "scope"),
+            errors: counter_vec("limpet_node_errors_total", "Error frames sent to clients", "code"),
+            closes: counter_vec(
+                "limpet_node_closes_total",
+                "Connections closed by the server (slow_consumer, heartbeat, misbehaving, shutdown)",
+                "reason",
+            ),
+            node_down: counter("limpet_node_peer_down_total", "Peer nodes declared dead"),
+            broker_connected: gauge("limpet_node_broker_connected", "1 while the broker connection is up"),
+            backplane,
+            registry: r,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}

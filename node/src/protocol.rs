@@ -1,0 +1,204 @@
+//! The client protocol: JSON in WebSocket text frames.
+//!
+//! Requests carry an `op` and an optional `id`; a request with an `id` gets
+//! an `ack` (or an `error`) carrying the same `id`. Everything the server
+//! sends has a `type`. The README documents each shape; this module is the
+//! one place that parses and builds them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+/// A parsed client request. `data` stays raw JSON: the node never looks
+/// inside an application payload, it only forwards it.
+#[derive(Debug, Deserialize)]
+pub struct Request<'a> {
+    pub op: Option<&'a str>,
+    #[serde(default)]
+    pub id: Option<Value>,
+    pub room: Option<String>,
+    pub event: Option<String>,
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
+    pub to: Option<String>,
+    #[serde(rename = "self", default)]
+    pub include_self: bool,
+}
+
+/// Error codes sent in `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    BadJson,
+    BadRequest,
+    UnknownOp,
+    InvalidRoom,
+    RoomNameTooLong,
+    TooManyRooms,
+    NotMember,
+    NoSuchSocket,
+    MessageTooLarge,
+    RateLimited,
+    BinaryNotSupported,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BadJson => "bad_json",
+            Code::BadRequest => "bad_request",
+            Code::UnknownOp => "unknown_op",
+            Code::InvalidRoom => "invalid_room",
+            Code::RoomNameTooLong => "room_name_too_long",
+            Code::TooManyRooms => "too_many_rooms",
+            Code::NotMember => "not_member",
+            Code::NoSuchSocket => "no_such_socket",
+            Code::MessageTooLarge => "message_too_large",
+            Code::RateLimited => "rate_limited",
+            Code::BinaryNotSupported => "binary_not_supported",
+        }
+    }
+}
+
+/// An error to report to the client, with a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: Code,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: Code, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+pub fn parse(text: &str) -> Result<Request<'_>, Failure> {
+    serde_json::from_str(text)
+        .map_err(|e| Failure::new(Code::BadJson, format!("not a JSON request: {e}")))
+}
+
+pub fn welcome(socket: &str, node: &str, ping_ms: u64) -> String {
+    json!({"type": "welcome", "socket": socket, "node": node, "ping_interval_ms": ping_ms})
+        .to_string()
+}
+
+pub fn ack(id: &Value, result: Value) -> String {
+    json!({"type": "ack", "id": id, "result": result}).to_string()
+}
+
+pub fn error(id: Option<&Value>, failure: &Failure) -> String {
+    let mut v = json!({"type": "error", "code": failure.code.as_str(), "message": failure.message});
+    if let Some(id) = id {
+        v["id"] = id.clone();
+    }
+    v.to_string()
+}
+
+fn null() -> &'static RawValue {
+    // A literal that always parses.
+    serde_json::from_str("null").expect("null is JSON")
+}
+
+#[derive(Serialize)]
+struct EventFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
+    event: &'a str,
+    from: &'a str,
+    data: &'a RawValue,
+}
+
+/// A room message: `{"type":"event","room":..,"event":..,"from":..,"data":..}`.
+pub fn event(room: &str, event: &str, from: &str, data: Option<&RawValue>) -> String {
+    let frame = EventFrame {
+        kind: "event",
+        room: Some(room),
+        event,
+        from,
+        data: match data {
+            Some(d) => d,
+            None => null(),
+        },
+    };
+    serde_json::to_string(&frame).expect("serializing strings cannot fail")
+}
+
+/// A message to one socket: `{"type":"direct","event":..,"from":..,"data":..}`.
+pub fn direct(event: &str, from: &str, data: Option<&RawValue>) -> String {
+    let frame = EventFrame {
+        kind: "direct",
+        room: None,
+        event,
+        from,
+        data: match data {
+            Some(d) => d,
+            None => null(),
+        },
+    };
+    serde_json::to_string(&frame).expect("serializing strings cannot fail")
+}
+
+pub fn joined(room: &str, socket: &str, node: &str) -> String {
+    json!({"type": "joined", "room": room, "socket": socket, "node": node}).to_string()
+}
+
+/// `reason`: `leave`, `disconnect` or `node_down`.
+pub fn left(room: &str, socket: &str, node: &str, reason: &str) -> String {
+    json!({"type": "left", "room": room, "socket": socket, "node": node, "reason": reason})
+        .to_string()
+}
+
+pub fn shutdown(reconnect_ms: u64) -> String {
+    json!({"type": "shutdown", "reconnect_ms": reconnect_ms}).to_string()
+}
+
+/// The node a socket id names: `node-a.k2f9.17` → `node-a`.
+pub fn node_of(socket: &str) -> Option<&str> {
+    let (node, _) = socket.split_once('.')?;
+    (!node.is_empty()).then_some(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_keep_data_raw() {
+        let r = parse(r#"{"op":"emit","room":"r","event":"offer","data":{"sdp":"v=0\r\n","n":[1,2]},"id":7,"self":true}"#).unwrap();
+        assert_eq!(r.op, Some("emit"));
+        assert_eq!(r.data.unwrap().get(), r#"{"sdp":"v=0\r\n","n":[1,2]}"#);
+        assert!(r.include_self);
+        assert_eq!(r.id, Some(json!(7)));
+        assert_eq!(parse("{").unwrap_err().code, Code::BadJson);
+        assert_eq!(parse("[1]").unwrap_err().code, Code::BadJson);
+    }
+
+    #[test]
+    fn frames() {
+        let data = serde_json::from_str::<&RawValue>(r#"{"a":1}"#).unwrap();
+        assert_eq!(
+            event("r", "chat", "n.1", Some(data)),
+            r#"{"type":"event","room":"r","event":"chat","from":"n.1","data":{"a":1}}"#
+        );
+        assert_eq!(
+            direct("offer", "n.1", None),
+            r#"{"type":"direct","event":"offer","from":"n.1","data":null}"#
+        );
+        let e = error(
+            Some(&json!("x")),
+            &Failure::new(Code::NotMember, "join first"),
+        );
+        let v: Value = serde_json::from_str(&e).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"error","id":"x","code":"not_member","message":"join first"})
+        );
+        assert_eq!(node_of("node-a.k2.17"), Some("node-a"));
+        assert_eq!(node_of("nodot"), None);
+    }
+}

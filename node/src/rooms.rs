@@ -1,0 +1,682 @@
+//! Sockets and rooms of one node, and the messages that keep rooms whole
+//! across nodes.
+//!
+//! Each room with members here is one broker channel: subscribed when the
+//! first local member joins, unsubscribed after the last leaves, so
+//! cross-node traffic follows interest. A room message is delivered to
+//! local members in-process and published once; every published envelope
+//! names its origin node, and a node ignores its own envelopes, so nobody
+//! gets a message twice. Rooms also keep the remote members they have
+//! heard of (from join/leave announcements and sync replies), which is how
+//! a dead node's members are reported as left.
+//!
+//! Envelope on the wire: a small JSON header, a newline, then the frame
+//! to hand to clients as is (so remote nodes never re-serialize it).
+
+use crate::backplane::{node_channel, room_channel, Backplane, Inbound, NODES_CHANNEL};
+use crate::metrics::Metrics;
+use crate::protocol::{self, Code, Failure};
+use bytes::{Bytes, BytesMut};
+use limpet_config::NodeConfig;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Close codes the node uses.
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const HEARTBEAT: u16 = 4001;
+    pub const SLOW_CONSUMER: u16 = 4002;
+    pub const MISBEHAVING: u16 = 4003;
+}
+
+/// One local client, as the rest of the node sees it.
+pub struct LocalSocket {
+    tx: mpsc::Sender<Message>,
+    rooms: HashSet<String>,
+    /// Set to a close code to make the connection task close the socket.
+    closer: watch::Sender<Option<u16>>,
+}
+
+#[derive(Default)]
+pub struct Room {
+    local: HashSet<String>,
+    /// Remote socket id → its node.
+    remote: HashMap<String, String>,
+}
+
+#[derive(Default)]
+pub struct State {
+    sockets: HashMap<String, LocalSocket>,
+    rooms: HashMap<String, Room>,
+}
+
+/// The header of a backplane envelope.
+#[derive(Debug, Serialize, Deserialize, Default)]
+pub struct Header {
+    /// Kind: emit, join, leave, sync, members, direct, hb, who, found, bye.
+    pub k: String,
+    /// Origin node.
+    pub o: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<u64>,
+    /// The body is a binary frame.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub b: bool,
+}
+
+pub fn envelope(header: &Header, body: &[u8]) -> Bytes {
+    let head = serde_json::to_vec(header).expect("headers serialize");
+    let mut out = BytesMut::with_capacity(head.len() + 1 + body.len());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(b"\n");
+    out.extend_from_slice(body);
+    out.freeze()
+}
+
+fn open_envelope(payload: &Bytes) -> Option<(Header, Bytes)> {
+    let nl = payload.iter().position(|&b| b == b'\n')?;
+    let header: Header = serde_json::from_slice(&payload[..nl]).ok()?;
+    Some((header, payload.slice(nl + 1..)))
+}
+
+/// A frame for clients, text or binary.
+#[derive(Clone)]
+pub enum Frame {
+    Text(String),
+    Binary(Bytes),
+}
+
+impl Frame {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Frame::Text(t) => t.as_bytes(),
+            Frame::Binary(b) => b,
+        }
+    }
+
+    fn to_message(&self) -> Message {
+        match self {
+            Frame::Text(t) => Message::text(t.clone()),
+            Frame::Binary(b) => Message::binary(b.clone()),
+        }
+    }
+
+    fn from_body(body: Bytes, binary: bool) -> Option<Frame> {
+        if binary {
+            Some(Frame::Binary(body))
+        } else {
+            String::from_utf8(body.to_vec()).ok().map(Frame::Text)
+        }
+    }
+}
+
+/// A presence query waiting for other nodes' answers.
+pub(crate) struct WhoQuery {
+    pub expected: HashSet<String>,
+    pub members: Vec<(String, String)>,
+    pub answered: HashSet<String>,
+    pub done: Option<oneshot::Sender<()>>,
+}
+
+pub struct Node {
+    pub id: String,
+    pub config: NodeConfig,
+    pub metrics: Arc<Metrics>,
+    pub backplane: Backplane,
+    pub draining: AtomicBool,
+    pub(crate) state: Mutex<State>,
+    /// Peer node → last heartbeat.
+    pub(crate) peers: Mutex<HashMap<String, Instant>>,
+    pub(crate) queries: Mutex<HashMap<u64, WhoQuery>>,
+    pub(crate) next_query: AtomicU64,
+    incarnation: String,
+    next_socket: AtomicU64,
+}
+
+impl Node {
+    /// Creates the node and its backplane; returns the stream of backplane
+    /// messages for [`Node::run_inbound`].
+    pub fn new(config: NodeConfig) -> (Arc<Node>, mpsc::UnboundedReceiver<Inbound>) {
+        let metrics = Arc::new(Metrics::new());
+        let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+        let backplane = Backplane::spawn(
+            config.broker.clone(),
+            config.cluster,
+            inbound_tx,
+            metrics.backplane.clone(),
+        );
+        let id = config.node_id();
+        backplane.subscribe(node_channel(&id));
+        backplane.subscribe(NODES_CHANNEL.to_string());
+        // Socket ids must not repeat across restarts of the same node id.
+        let incarnation = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+                % 0xff_ffff_ffff
+        );
+        let node = Arc::new(Node {
+            id,
+            config,
+            metrics,
+            backplane,
+            draining: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+            peers: Mutex::new(HashMap::new()),
+            queries: Mutex::new(HashMap::new()),
+            next_query: AtomicU64::new(1),
+            incarnation,
+            next_socket: AtomicU64::new(1),
+        });
+        (node, inbound_rx)
+    }
+
+    pub fn next_socket_id(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            self.id,
+            self.incarnation,
+            self.next_socket.fetch_add(1, Relaxed)
+        )
+    }
+
+    pub fn add_socket(
+        &self,
+        id: &str,
+        tx: mpsc::Sender<Message>,
+        closer: watch::Sender<Option<u16>>,
+    ) {
+        self.state.lock().sockets.insert(
+            id.to_string(),
+            LocalSocket {
+                tx,
+                rooms: HashSet::new(),
+                closer,
+            },
+        );
+        self.metrics.connections.inc();
+        self.metrics.connections_total.inc();
+    }
+
+    /// Forgets a socket, leaving its rooms (others see `left`/`disconnect`).
+    pub fn remove_socket(&self, id: &str) {
+        let rooms: Vec<String> = {
+            let st = self.state.lock();
+            match st.sockets.get(id) {
+                Some(s) => s.rooms.iter().cloned().collect(),
+                None => return,
+            }
+        };
+        for room in rooms {
+            let _ = self.leave(id, &room, "disconnect");
+        }
+        if self.state.lock().sockets.remove(id).is_some() {
+            self.metrics.connections.dec();
+        }
+    }
+
+    pub fn socket_count(&self) -> usize {
+        self.state.lock().sockets.len()
+    }
+
+    /// Asks every local socket's connection task to close with `code`.
+    pub fn close_all(&self, code: u16) {
+        for s in self.state.lock().sockets.values() {
+            let _ = s.closer.send(Some(code));
+        }
+    }
+
+    /// Queues a frame to every local socket (the shutdown notice).
+    pub fn broadcast_local(&self, frame: &str) {
+        let st = self.state.lock();
+        let msg = Frame::Text(frame.to_string());
+        for (id, _) in st.sockets.iter() {
+            self.deliver(&st, id, &msg, "local");
+        }
+    }
+
+    /// Queues `frame` for socket `id`; a full queue closes the socket
+    /// (slow consumer) instead of blocking anyone.
+    fn deliver(&self, st: &State, id: &str, frame: &Frame, scope: &str) -> bool {
+        let Some(sock) = st.sockets.get(id) else {
+            return false;
+        };
+        match sock.tx.try_send(frame.to_message()) {
+            Ok(()) => {
+                self.metrics.messages_out.with_label_values(&[scope]).inc();
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if sock
+                    .closer
+                    .send_replace(Some(close::SLOW_CONSUMER))
+                    .is_none()
+                {
+                    tracing::warn!(node = %self.id, socket = %id, "closing slow consumer: outbound queue full");
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a control message (ping) for one socket.
+    pub fn reply_message(&self, id: &str, msg: Message) {
+        if let Some(sock) = self.state.lock().sockets.get(id) {
+            let _ = sock.tx.try_send(msg);
+        }
+    }
+
+    /// Sends a frame to one socket from the connection task itself.
+    pub fn reply(&self, id: &str, text: String) {
+        let st = self.state.lock();
+        self.deliver(&st, id, &Frame::Text(text), "local");
+    }
+
+    fn deliver_room(
+        &self,
+        st: &State,
+        room: &str,
+        frame: &Frame,
+        except: Option<&str>,
+        scope: &str,
+    ) {
+        if let Some(r) = st.rooms.get(room) {
+            for member in &r.local {
+                if Some(member.as_str()) != except {
+                    self.deliver(st, member, frame, scope);
+                }
+            }
+        }
+    }
+
+    fn publish(&self, channel: String, header: &Header, body: &[u8]) {
+        self.backplane.publish(channel, envelope(header, body));
+    }
+
+    fn header(&self, kind: &str) -> Header {
+        Header {
+            k: kind.to_string(),
+            o: self.id.clone(),
+            ..Header::default()
+        }
+    }
+
+    pub fn validate_room(&self, room: Option<&str>) -> Result<String, Failure> {
+        let room = room.ok_or_else(|| Failure::new(Code::BadRequest, "`room` is required"))?;
+        if room.is_empty() {
+            return Err(Failure::new(
+                Code::InvalidRoom,
+                "room names cannot be empty",
+            ));
+        }
+        let max = self.config.limits.max_room_name_bytes;
+        if room.len() > max {
+            return Err(Failure::new(
+                Code::RoomNameTooLong,
+                format!("room names are at most {max} bytes"),
+            ));
+        }
+        Ok(room.to_string())
+    }
+
+    /// Members this node knows of in `room`: (socket, node).
+    fn known_members(&self, st: &State, room: &str) -> Vec<(String, String)> {
+        let Some(r) = st.rooms.get(room) else {
+            return Vec::new();
+        };
+        let mut list: Vec<(String, String)> = r
+            .local
+            .iter()
+            .map(|s| (s.clone(), self.id.clone()))
+            .collect();
+        list.extend(r.remote.iter().map(|(s, n)| (s.clone(), n.clone())));
+        list.sort();
+        list
+    }
+
+    pub fn join(&self, socket: &str, room: &str) -> Result<Vec<(String, String)>, Failure> {
+        let mut st = self.state.lock();
+        let max_rooms = self.config.limits.max_rooms_per_socket;
+        let sock = st
+            .sockets
+            .get_mut(socket)
+            .ok_or_else(|| Failure::new(Code::NoSuchSocket, "socket is gone"))?;
+        if sock.rooms.contains(room) {
+            return Ok(self.known_members(&st, room));
+        }
+        if sock.rooms.len() >= max_rooms {
+            return Err(Failure::new(
+                Code::TooManyRooms,
+                format!("a socket may be in at most {max_rooms} rooms"),
+            ));
+        }
+        sock.rooms.insert(room.to_string());
+        let fresh = !st.rooms.contains_key(room);
+        st.rooms
+            .entry(room.to_string())
+            .or_default()
+            .local
+            .insert(socket.to_string());
+        if fresh {
+            self.metrics.rooms.inc();
+            // Subscribe first: the backplane runs commands in order, so the
+            // announcements below go out after the subscription is live.
+            self.backplane.subscribe(room_channel(room));
+            let mut h = self.header("sync");
+            h.r = Some(room.to_string());
+            self.publish(room_channel(room), &h, b"");
+        }
+        let frame = protocol::joined(room, socket, &self.id);
+        let mut h = self.header("join");
+        h.r = Some(room.to_string());
+        h.s = Some(socket.to_string());
+        self.publish(room_channel(room), &h, frame.as_bytes());
+        self.deliver_room(&st, room, &Frame::Text(frame), Some(socket), "local");
+        Ok(self.known_members(&st, room))
+    }
+
+    pub fn leave(&self, socket: &str, room: &str, reason: &str) -> Result<(), Failure> {
+        let mut st = self.state.lock();
+        let member = st
+            .sockets
+            .get_mut(socket)
+            .is_some_and(|s| s.rooms.remove(room));
+        if !member {
+            return Err(Failure::new(
+                Code::NotMember,
+                format!("not a member of `{room}`"),
+            ));
+        }
+        let now_empty = match st.rooms.get_mut(room) {
+            Some(r) => {
+                r.local.remove(socket);
+                r.local.is_empty()
+            }
+            None => true,
+        };
+        let frame = protocol::left(room, socket, &self.id, reason);
+        let mut h = self.header("leave");
+        h.r = Some(room.to_string());
+        h.s = Some(socket.to_string());
+        self.publish(room_channel(room), &h, frame.as_bytes());
+        self.deliver_room(&st, room, &Frame::Text(frame), None, "local");
+        if now_empty {
+            st.rooms.remove(room);
+            self.metrics.rooms.dec();
+            self.backplane.unsubscribe(room_channel(room));
+        }
+        Ok(())
+    }
+
+    /// A room message from a local socket (or from the publish API when
+    /// `socket` is `None`).
+    pub fn emit(
+        &self,
+        socket: Option<&str>,
+        room: &str,
+        frame: Frame,
+        include_self: bool,
+    ) -> Result<(), Failure> {
+        let st = self.state.lock();
+        if let Some(socket) = socket {
+            let member = st
+                .sockets
+                .get(socket)
+                .is_some_and(|s| s.rooms.contains(room));
+            if !member {
+                return Err(Failure::new(
+                    Code::NotMember,
+                    format!("join `{room}` before emitting to it"),
+                ));
+            }
+        }
+        let except = if include_self { None } else { socket };
+        self.deliver_room(&st, room, &frame, except, "local");
+        drop(st);
+        let mut h = self.header("emit");
+        h.r = Some(room.to_string());
+        h.b = matches!(frame, Frame::Binary(_));
+        self.publish(room_channel(room), &h, frame.bytes());
+        Ok(())
+    }
+
+    /// A message to one socket anywhere in the cluster.
+    pub fn send_to(&self, to: &str, frame: Frame) -> Result<(), Failure> {
+        let node = protocol::node_of(to).ok_or_else(|| {
+            Failure::new(Code::NoSuchSocket, format!("`{to}` is not a socket id"))
+        })?;
+        if node == self.id {
+            let st = self.state.lock();
+            if !st.sockets.contains_key(to) {
+                return Err(Failure::new(
+                    Code::NoSuchSocket,
+                    format!("no socket `{to}`"),
+                ));
+            }
+            self.deliver(&st, to, &frame, "local");
+            return Ok(());
+        }
+        let mut h = self.header("direct");
+        h.s = Some(to.to_string());
+        h.b = matches!(frame, Frame::Binary(_));
+        self.publish(node_channel(node), &h, frame.bytes());
+        Ok(())
+    }
+
+    /// Applies a node's full member list for a room: members new to us are
+    /// announced as joined, vanished ones as left.
+    fn apply_members(
+        &self,
+        st: &mut State,
+        room: &str,
+        node: &str,
+        members: &[String],
+        reason: &str,
+    ) {
+        let Some(r) = st.rooms.get_mut(room) else {
+            return;
+        };
+        let had: HashSet<String> = r
+            .remote
+            .iter()
+            .filter(|(_, n)| *n == node)
+            .map(|(s, _)| s.clone())
+            .collect();
+        let now: HashSet<String> = members.iter().cloned().collect();
+        let mut frames = Vec::new();
+        for s in now.difference(&had) {
+            r.remote.insert(s.clone(), node.to_string());
+            frames.push(protocol::joined(room, s, node));
+        }
+        for s in had.difference(&now) {
+            r.remote.remove(s);
+            frames.push(protocol::left(room, s, node, reason));
+        }
+        for f in frames {
+            self.deliver_room(st, room, &Frame::Text(f), None, "cross_node");
+        }
+    }
+
+    /// Drops every member of a dead or departed node.
+    pub(crate) fn drop_node(&self, node: &str, reason: &str) {
+        let mut st = self.state.lock();
+        let rooms: Vec<String> = st
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.remote.values().any(|n| n == node))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for room in rooms {
+            self.apply_members(&mut st, &room, node, &[], reason);
+        }
+    }
+
+    fn local_members(&self, st: &State, room: &str) -> Vec<String> {
+        st.rooms
+            .get(room)
+            .map(|r| r.local.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Handles everything that arrives from the broker.
+    pub async fn run_inbound(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Inbound>) {
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Inbound::Reconnected => self.resync(),
+                Inbound::Message { channel, payload } => self.on_message(&channel, &payload),
+            }
+        }
+    }
+
+    /// After the broker came back: tell every room who is here, and ask
+    /// who is there. (Peers' heartbeat clocks restart with the connection;
+    /// see `run_heartbeats`.)
+    fn resync(&self) {
+        let st = self.state.lock();
+        for room in st.rooms.keys() {
+            let mut h = self.header("members");
+            h.r = Some(room.clone());
+            h.m = Some(self.local_members(&st, room));
+            self.publish(room_channel(room), &h, b"");
+            let mut h = self.header("sync");
+            h.r = Some(room.clone());
+            self.publish(room_channel(room), &h, b"");
+        }
+    }
+
+    fn on_message(&self, _channel: &str, payload: &Bytes) {
+        let Some((h, body)) = open_envelope(payload) else {
+            tracing::debug!(node = %self.id, "ignoring a malformed backplane message");
+            return;
+        };
+        if h.o == self.id {
+            // Our own publish: already delivered locally.
+            return;
+        }
+        match h.k.as_str() {
+            "emit" => {
+                let (Some(room), Some(frame)) = (h.r.as_deref(), Frame::from_body(body, h.b))
+                else {
+                    return;
+                };
+                let st = self.state.lock();
+                self.deliver_room(&st, room, &frame, None, "cross_node");
+            }
+            "join" | "leave" => {
+                let (Some(room), Some(socket)) = (h.r.as_deref(), h.s.as_deref()) else {
+                    return;
+                };
+                let mut st = self.state.lock();
+                let Some(r) = st.rooms.get_mut(room) else {
+                    return;
+                };
+                if h.k == "join" {
+                    r.remote.insert(socket.to_string(), h.o.clone());
+                } else {
+                    r.remote.remove(socket);
+                }
+                if let Some(frame) = Frame::from_body(body, false) {
+                    self.deliver_room(&st, room, &frame, None, "cross_node");
+                }
+            }
+            "sync" => {
+                let Some(room) = h.r.as_deref() else { return };
+                let st = self.state.lock();
+                if st.rooms.contains_key(room) {
+                    let mut reply = self.header("members");
+                    reply.r = Some(room.to_string());
+                    reply.m = Some(self.local_members(&st, room));
+                    self.publish(node_channel(&h.o), &reply, b"");
+                }
+            }
+            "members" => {
+                let (Some(room), Some(members)) = (h.r.as_deref(), h.m.as_ref()) else {
+                    return;
+                };
+                let mut st = self.state.lock();
+                self.apply_members(&mut st, room, &h.o, members, "disconnect");
+            }
+            "direct" => {
+                let (Some(socket), Some(frame)) = (h.s.as_deref(), Frame::from_body(body, h.b))
+                else {
+                    return;
+                };
+                let st = self.state.lock();
+                if !self.deliver(&st, socket, &frame, "cross_node") {
+                    tracing::debug!(node = %self.id, %socket, "direct message for an unknown socket dropped");
+                }
+            }
+            "hb" => {
+                let fresh = self
+                    .peers
+                    .lock()
+                    .insert(h.o.clone(), Instant::now())
+                    .is_none();
+                if fresh {
+                    tracing::info!(node = %self.id, peer = %h.o, "peer node seen");
+                }
+            }
+            "bye" => {
+                self.peers.lock().remove(&h.o);
+                tracing::info!(node = %self.id, peer = %h.o, "peer node left");
+                self.drop_node(&h.o, "node_down");
+            }
+            "who" => {
+                let (Some(room), Some(q)) = (h.r.as_deref(), h.q) else {
+                    return;
+                };
+                let st = self.state.lock();
+                let mut reply = self.header("found");
+                reply.r = Some(room.to_string());
+                reply.q = Some(q);
+                reply.m = Some(self.local_members(&st, room));
+                self.publish(node_channel(&h.o), &reply, b"");
+            }
+            "found" => self.on_found(&h),
+            other => {
+                tracing::debug!(node = %self.id, kind = other, "unknown backplane message kind")
+            }
+        }
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.state.lock().rooms.len()
+    }
+
+    /// This node's own members of a room.
+    pub(crate) fn local_list(&self, room: &str) -> Vec<(String, String)> {
+        let st = self.state.lock();
+        self.local_members(&st, room)
+            .into_iter()
+            .map(|s| (s, self.id.clone()))
+            .collect()
+    }
+
+    pub(crate) fn publish_header(&self, channel: String, header: &Header) {
+        self.publish(channel, header, b"");
+    }
+
+    pub(crate) fn new_header(&self, kind: &str) -> Header {
+        self.header(kind)
+    }
+
+    /// Turns a raw data payload into an event frame.
+    pub fn event_frame(room: &str, event: &str, from: &str, data: Option<&RawValue>) -> Frame {
+        Frame::Text(protocol::event(room, event, from, data))
+    }
+}

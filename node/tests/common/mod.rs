@@ -1,0 +1,482 @@
+//! Harness: a broker (limpet-broker in-process, or a real redis-server),
+//! real limpet-node processes, and WebSocket clients that speak the
+//! node protocol.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Which broker the nodes use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Limpet,
+    Redis,
+}
+
+pub struct Broker {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    limpet: Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    )>,
+    redis: Option<std::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Broker {
+    pub async fn start(kind: Kind) -> Broker {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut b = Broker {
+            kind,
+            addr,
+            limpet: None,
+            redis: None,
+        };
+        b.restart().await;
+        b
+    }
+
+    /// Starts (again) on the same address.
+    pub async fn restart(&mut self) {
+        match self.kind {
+            Kind::Limpet => {
+                let config = limpet_config::BrokerConfig {
+                    bind: vec![self.addr],
+                    ..Default::default()
+                };
+                let broker = Arc::new(limpet_broker::server::Broker::new(config, None));
+                let deadline = tokio::time::Instant::now() + DEADLINE;
+                let server = loop {
+                    match limpet_broker::server::Server::bind(broker.clone()).await {
+                        Ok(s) => break s,
+                        Err(e) => {
+                            assert!(tokio::time::Instant::now() < deadline, "rebind broker: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                };
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                self.limpet = Some((tx, tokio::spawn(server.run(rx))));
+            }
+            Kind::Redis => {
+                let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+                    .into_iter()
+                    .find(|p| std::path::Path::new(p).exists())
+                    .expect("redis-server is not installed: run `make test` (it installs it)");
+                let child = std::process::Command::new(bin)
+                    .args([
+                        "--port",
+                        &self.addr.port().to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--loglevel",
+                        "warning",
+                    ])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("start redis-server");
+                self.redis = Some(child);
+                let addr = self.addr;
+                eventually("redis-server accepts", || async move {
+                    TcpStream::connect(addr).await.is_ok()
+                })
+                .await;
+            }
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some((tx, task)) = self.limpet.take() {
+            let _ = tx.send(true);
+            let _ = tokio::time::timeout(DEADLINE, task).await;
+        }
+        if let Some(mut child) = self.redis.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let addr = self.addr;
+        eventually("broker port closed", || async move {
+            TcpStream::connect(addr).await.is_err()
+        })
+        .await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.redis.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub struct NodeProcess {
+    pub id: String,
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl NodeProcess {
+    /// Starts a node; `extra` is appended to its TOML config.
+    pub fn start(id: &str, broker: &Broker, extra: &str) -> NodeProcess {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!("limpet-node-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!(
+            "{id}-{}.toml",
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let text = format!(
+            "id = \"{id}\"\nbind = \"127.0.0.1:0\"\nbroker = [\"{}\"]\n{extra}\n[heartbeat]\nnode_interval = \"300ms\"\nnode_timeout = \"2s\"\n",
+            broker.url()
+        );
+        std::fs::write(&path, text).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_limpet-node"))
+            .arg("--config")
+            .arg(&path)
+            .env(
+                "RUST_LOG",
+                std::env::var("LIMPET_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start limpet-node");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line.clone());
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                panic!("node {id} did not start; log:\n{}", log.lock().unwrap());
+            };
+            if line.contains("listening for WebSocket clients") {
+                let addr = line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|a| a.parse().ok());
+                if let Some(addr) = addr {
+                    break addr;
+                }
+            }
+        };
+        NodeProcess {
+            id: id.to_string(),
+            child,
+            addr,
+            log,
+        }
+    }
+
+    /// Waits until the node reports a broker connection in /health.
+    pub async fn wait_ready(&self) {
+        let addr = self.addr;
+        eventually("node connected to the broker", || async move {
+            http(addr, "GET", "/health", &[], "")
+                .await
+                .1
+                .contains("\"broker\":\"connected\"")
+        })
+        .await;
+    }
+
+    /// Waits until the node has heard heartbeats from `n` other nodes.
+    pub async fn wait_peers(&self, n: usize) {
+        let addr = self.addr;
+        let want = format!("\"peers\":{n}");
+        eventually("node sees its peers", || {
+            let want = want.clone();
+            async move {
+                http(addr, "GET", "/health", &[], "")
+                    .await
+                    .1
+                    .contains(&want)
+            }
+        })
+        .await;
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http(self.addr, "GET", "/metrics", &[], "").await;
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of node {} ----\n{}", self.id, self.log_text());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP/1.1 request; returns (status, body).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// A protocol client: requests with ids, and a buffer of everything else.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub socket: String,
+    pub node: String,
+    next_id: u64,
+    pending: VecDeque<Value>,
+}
+
+impl Client {
+    pub async fn connect(node: &NodeProcess) -> Client {
+        let (ws, _) = tokio::time::timeout(
+            DEADLINE,
+            tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr)),
+        )
+        .await
+        .expect("connect in time")
+        .expect("websocket handshake");
+        let mut c = Client {
+            ws,
+            socket: String::new(),
+            node: String::new(),
+            next_id: 1,
+            pending: VecDeque::new(),
+        };
+        let welcome = c.next_of("welcome").await;
+        c.socket = welcome["socket"].as_str().unwrap().to_string();
+        c.node = welcome["node"].as_str().unwrap().to_string();
+        c
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).await.expect("send");
+    }
+
+    /// Next frame from the server (text parsed as JSON), or None if closed.
+    async fn read(&mut self) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("a frame in time")?;
+            match msg {
+                Ok(Message::Text(t)) => {
+                    return Some(serde_json::from_str(t.as_str()).expect("server sends JSON"))
+                }
+                Ok(Message::Binary(b)) => {
+                    let nl = b
+                        .iter()
+                        .position(|&x| x == b'\n')
+                        .expect("binary frames have a header line");
+                    let mut v: Value = serde_json::from_slice(&b[..nl]).unwrap();
+                    v["binary"] = json!(b[nl + 1..].to_vec());
+                    return Some(v);
+                }
+                Ok(Message::Close(frame)) => {
+                    let code = frame.map(|f| u16::from(f.code)).unwrap_or(0);
+                    return Some(json!({"type": "__close", "code": code}));
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends a request with a fresh id and returns its ack or error frame.
+    pub async fn request(&mut self, mut req: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        req["id"] = json!(id);
+        self.send_raw(Message::text(req.to_string())).await;
+        loop {
+            let v = self
+                .read()
+                .await
+                .expect("connection open while waiting for an ack");
+            if v["id"] == json!(id) && (v["type"] == "ack" || v["type"] == "error") {
+                return v;
+            }
+            self.pending.push_back(v);
+        }
+    }
+
+    pub async fn ok(&mut self, req: Value) -> Value {
+        let reply = self.request(req.clone()).await;
+        assert_eq!(reply["type"], "ack", "{req} failed: {reply}");
+        reply["result"].clone()
+    }
+
+    /// The next frame of `kind` (buffered ones first).
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        if let Some(pos) = self.pending.iter().position(|v| v["type"] == kind) {
+            return self.pending.remove(pos).unwrap();
+        }
+        loop {
+            let v = self
+                .read()
+                .await
+                .unwrap_or_else(|| panic!("connection closed while waiting for {kind}"));
+            if v["type"] == kind {
+                return v;
+            }
+            self.pending.push_back(v);
+        }
+    }
+
+    /// Frames of `kind` received so far without waiting (after a round trip).
+    pub async fn drain_of(&mut self, kind: &str) -> Vec<Value> {
+        self.ok(json!({"op": "ping"})).await;
+        let (matching, rest): (Vec<Value>, Vec<Value>) =
+            self.pending.drain(..).partition(|v| v["type"] == kind);
+        self.pending = rest.into();
+        matching
+    }
+
+    /// The next room event named `event`, skipping others.
+    pub async fn event_named(&mut self, event: &str) -> Value {
+        loop {
+            let e = self.next_of("event").await;
+            if e["event"] == event {
+                return e;
+            }
+        }
+    }
+
+    /// The next frame of `kind` about socket `socket` (joined / left).
+    pub async fn about(&mut self, kind: &str, socket: &str) -> Value {
+        loop {
+            let v = self.next_of(kind).await;
+            if v["socket"] == socket {
+                return v;
+            }
+        }
+    }
+
+    pub async fn join(&mut self, room: &str) -> Value {
+        self.ok(json!({"op": "join", "room": room})).await
+    }
+
+    pub async fn emit(&mut self, room: &str, event: &str, data: Value) {
+        self.ok(json!({"op": "emit", "room": room, "event": event, "data": data}))
+            .await;
+    }
+
+    /// Reads until the server closes; returns the close code (0 if none).
+    pub async fn closed_with(&mut self) -> u16 {
+        loop {
+            match self.read().await {
+                None => return 0,
+                Some(v) if v["type"] == "__close" => return v["code"].as_u64().unwrap_or(0) as u16,
+                Some(_) => continue,
+            }
+        }
+    }
+}
+
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

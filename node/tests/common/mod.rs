@@ -155,8 +155,15 @@ impl NodeProcess {
             "{id}-{}.toml",
             SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
+        // Quick node heartbeats so dead nodes are noticed fast in tests.
+        let fast = "[heartbeat]\nnode_interval = \"300ms\"\nnode_timeout = \"2s\"\n";
+        let extra = if extra.contains("[heartbeat]") {
+            extra.replace("[heartbeat]\n", fast)
+        } else {
+            format!("{extra}\n{fast}")
+        };
         let text = format!(
-            "id = \"{id}\"\nbind = \"127.0.0.1:0\"\nbroker = [\"{}\"]\n{extra}\n[heartbeat]\nnode_interval = \"300ms\"\nnode_timeout = \"2s\"\n",
+            "id = \"{id}\"\nbind = \"127.0.0.1:0\"\nbroker = [\"{}\"]\n{extra}\n",
             broker.url()
         );
         std::fs::write(&path, text).unwrap();

@@ -31,9 +31,35 @@ start() {
     pids+=($!)
 }
 
-"$bin/limpet-broker" --check --config "$dir/broker.toml" >/dev/null
-start broker env RUST_LOG="${RUST_LOG:-info}" "$bin/limpet-broker" --config "$dir/broker.toml"
+for conf in broker node-a node-b node-c proxy; do
+    case $conf in
+        broker) "$bin/limpet-broker" --check --config "$dir/$conf.toml" >/dev/null ;;
+        node-*) "$bin/limpet-node" --check --config "$dir/$conf.toml" >/dev/null ;;
+        proxy) "$bin/limpet-proxy" --check --config "$dir/$conf.toml" >/dev/null ;;
+    esac
+done
+# Ports in use by something else: say so instead of half-starting.
+for port in 6379 9121 9001 9002 9003 8080 9180; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "make cluster: 127.0.0.1:$port is already in use; stop whatever listens there first" >&2
+        exit 1
+    fi
+done
 
-echo "cluster: limpet-broker on redis://127.0.0.1:6379 (metrics http://127.0.0.1:9121/metrics)"
-echo "cluster: Ctrl-C stops everything"
+log=${RUST_LOG:-info}
+start broker env RUST_LOG="$log" "$bin/limpet-broker" --config "$dir/broker.toml"
+for n in a b c; do
+    start "node-$n" env RUST_LOG="$log" "$bin/limpet-node" --config "$dir/node-$n.toml"
+done
+start proxy env RUST_LOG="$log" "$bin/limpet-proxy" --config "$dir/proxy.toml"
+
+cat <<MSG
+cluster: open http://127.0.0.1:8080/ (two browser profiles land on different nodes)
+cluster:   limpet-proxy   http://127.0.0.1:8080   metrics http://127.0.0.1:9180/metrics
+cluster:   limpet-node a  http://127.0.0.1:9001   (ws /ws, /health, /metrics)
+cluster:   limpet-node b  http://127.0.0.1:9002
+cluster:   limpet-node c  http://127.0.0.1:9003
+cluster:   limpet-broker  redis://127.0.0.1:6379  metrics http://127.0.0.1:9121/metrics
+cluster: Ctrl-C stops everything
+MSG
 wait

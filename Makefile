@@ -9,6 +9,7 @@ CARGO ?= cargo
 
 test: test-deps
 	$(CARGO) test --workspace --all-targets --locked
+	node --test tests/browser/
 
 test-deps:
 	@./scripts/install-test-deps.sh

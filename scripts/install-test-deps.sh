@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the third-party programs the test suite talks to, on Debian:
 # redis-server (differential tests), Node.js with socket.io from npm
-# (socket.io behind limpet-proxy). Idempotent and quiet when all is there.
+# (socket.io behind limpet-proxy), Chromium with playwright-core from npm
+# (the demo page test). Idempotent and quiet when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
@@ -31,10 +33,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
-# npm packages for the socket.io fixtures, into an ignored folder.
-fixtures=tests/socketio
-if [ ! -d "$fixtures/node_modules/socket.io" ] || [ "$fixtures/package-lock.json" -nt "$fixtures/node_modules" ]; then
-    echo "install-test-deps: npm ci in $fixtures" >&2
-    (cd "$fixtures" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-    touch "$fixtures/node_modules"
-fi
+# npm packages for the fixtures, into ignored node_modules folders.
+for fixtures in tests/socketio tests/browser; do
+    if [ ! -d "$fixtures/node_modules" ] || [ "$fixtures/package-lock.json" -nt "$fixtures/node_modules" ]; then
+        echo "install-test-deps: npm ci in $fixtures" >&2
+        (cd "$fixtures" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        touch "$fixtures/node_modules"
+    fi
+done

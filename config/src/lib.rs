@@ -19,6 +19,7 @@ pub use load::{load_file, parse_str, Validate};
 pub use node::{Heartbeat, NodeConfig, NodeLimits, Shutdown};
 pub use proxy::{
     AdminConfig, Affinity, BackendConfig, Balancer, CookieConfig, HealthConfig, ListenConfig,
-    PassiveConfig, PoolConfig, ProxyConfig, ProxyLimits, RouteConfig, SameSite, Timeouts,
+    PassiveConfig, PoolConfig, ProxyConfig, ProxyLimits, ProxyShutdown, RouteConfig, SameSite,
+    Timeouts,
 };
 pub use units::{ByteSize, Cidr, Duration};

@@ -15,7 +15,9 @@ pub struct ProxyConfig {
     pub admin: AdminConfig,
     pub timeouts: Timeouts,
     pub limits: ProxyLimits,
-    /// Peers whose `X-Forwarded-For` is believed (load balancers in front).
+    pub shutdown: ProxyShutdown,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers in front),
+    /// and the only peers allowed to send a PROXY protocol header.
     pub trusted_proxies: Vec<Cidr>,
     #[serde(rename = "pool")]
     pub pools: Vec<PoolConfig>,
@@ -27,14 +29,22 @@ pub struct ProxyConfig {
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
     pub bind: SocketAddr,
+    /// Expect a PROXY protocol v1 or v2 header (behind an L4 balancer such
+    /// as an AWS NLB); connections without a valid one are closed.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub enabled: bool,
-    /// Serves `/metrics`; keep it on loopback or a private network.
+    /// Serves `/metrics` and the admin API; keep it on loopback or a
+    /// private network.
     pub bind: SocketAddr,
+    /// When set, the admin API (not `/metrics`) requires
+    /// `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -59,6 +69,19 @@ pub struct Timeouts {
 pub struct ProxyLimits {
     /// Request head larger than this gets 431.
     pub max_header_bytes: ByteSize,
+    /// Client connections open at once; past it new ones get a 503 and
+    /// are closed (0 = no limit).
+    pub max_connections: usize,
+    /// Client connections from one address (0 = no limit); past it, 429.
+    pub max_connections_per_ip: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyShutdown {
+    /// After SIGTERM/SIGINT, how long open tunnels may keep running before
+    /// they are closed.
+    pub drain_deadline: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -116,6 +139,10 @@ pub struct PoolConfig {
     /// Add `X-Limpet-Backend: <id>` to responses, to check stickiness.
     #[serde(default)]
     pub backend_header: bool,
+    /// Requests plus tunnels one backend may hold (nginx `max_conns`); a
+    /// full backend is skipped, 503 when all are (0 = no limit).
+    #[serde(default)]
+    pub max_connections_per_backend: usize,
     #[serde(rename = "backend")]
     pub backends: Vec<BackendConfig>,
 }
@@ -207,10 +234,12 @@ impl Default for ProxyConfig {
         ProxyConfig {
             listen: vec![ListenConfig {
                 bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                proxy_protocol: false,
             }],
             admin: AdminConfig::default(),
             timeouts: Timeouts::default(),
             limits: ProxyLimits::default(),
+            shutdown: ProxyShutdown::default(),
             trusted_proxies: Vec::new(),
             pools: Vec::new(),
             routes: Vec::new(),
@@ -223,6 +252,7 @@ impl Default for AdminConfig {
         AdminConfig {
             enabled: true,
             bind: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            token: None,
         }
     }
 }
@@ -243,6 +273,16 @@ impl Default for ProxyLimits {
     fn default() -> Self {
         ProxyLimits {
             max_header_bytes: ByteSize(16 * 1024),
+            max_connections: 20_000,
+            max_connections_per_ip: 0,
+        }
+    }
+}
+
+impl Default for ProxyShutdown {
+    fn default() -> Self {
+        ProxyShutdown {
+            drain_deadline: Duration::secs(30),
         }
     }
 }
@@ -325,6 +365,12 @@ impl Validate for ProxyConfig {
                     "must be above 0",
                 ));
             }
+        }
+        if self.admin.token.as_ref().is_some_and(|t| t.len() < 8) {
+            return Err(FieldError::new(
+                "admin.token",
+                "must be at least 8 characters",
+            ));
         }
         if self.limits.max_header_bytes.bytes() < 8192 {
             return Err(FieldError::new(

@@ -1,17 +1,31 @@
-//! The admin listener: Prometheus `/metrics` and a liveness `/health`.
-//! It binds to loopback by default; the operations issue adds the admin API.
+//! The admin listener: Prometheus `/metrics`, a liveness `/health`, and the
+//! admin API (JSON in and out), loopback by default, optionally behind a
+//! bearer token:
+//!
+//! * `GET  /api/pools` — every pool and backend with health, admin state,
+//!   open requests and tunnels, requests served.
+//! * `PUT  /api/pools/{pool}/backends/{id}` with `{"state": "drain"}` —
+//!   `ready`, `drain` (no new sessions; cookie holders still reach it, like
+//!   HAProxy's drain) or `maint` (nothing new; cookie holders re-pinned).
+//! * `POST /api/reload` — the same as `SIGHUP`.
 
+use crate::pool::AdminState;
 use crate::server::Proxy;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Value};
 use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+type Resp = Response<Full<Bytes>>;
 
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
     loop {
@@ -30,7 +44,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(respond(&proxy, &req)) }
+                async move { Ok::<_, Infallible>(respond(&proxy, req).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -41,16 +55,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
     }
 }
 
-fn respond(proxy: &Proxy, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-    let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, proxy.metrics.render(&proxy.pools)),
-        (&Method::GET, "/health") => (StatusCode::OK, "ok\n".to_string()),
-        (_, "/metrics" | "/health") => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed\n".into(),
-        ),
-        _ => (StatusCode::NOT_FOUND, "not found; try /metrics\n".into()),
-    };
+fn text(status: StatusCode, body: String) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -58,4 +63,151 @@ fn respond(proxy: &Proxy, req: &Request<hyper::body::Incoming>) -> Response<Full
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     resp
+}
+
+fn json_reply(status: StatusCode, v: Value) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(v.to_string() + "\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+    json_reply(status, json!({"error": message.into()}))
+}
+
+async fn respond(proxy: &Proxy, req: Request<hyper::body::Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/metrics") => {
+            return text(StatusCode::OK, proxy.metrics.render(&proxy.routing().pools))
+        }
+        (&Method::GET, "/health") => return text(StatusCode::OK, "ok\n".into()),
+        _ => {}
+    }
+    if !path.starts_with("/api/") {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics or /api/pools\n".into(),
+        );
+    }
+    if let Some(token) = &proxy.routing().config.admin.token {
+        let ok = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.strip_prefix("Bearer ") == Some(token.as_str()));
+        if !ok {
+            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+    }
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, ["api", "pools"]) => json_reply(StatusCode::OK, pools_json(proxy, None)),
+        (Method::GET, ["api", "pools", pool]) => match find_pool(proxy, pool) {
+            true => json_reply(StatusCode::OK, pools_json(proxy, Some(pool))),
+            false => error(StatusCode::NOT_FOUND, format!("no pool named `{pool}`")),
+        },
+        (Method::PUT | Method::POST, ["api", "pools", pool, "backends", id]) => {
+            let (pool, id) = (pool.to_string(), id.to_string());
+            set_state(proxy, &pool, &id, req).await
+        }
+        (Method::POST, ["api", "reload"]) => match proxy.reload() {
+            Ok(()) => json_reply(StatusCode::OK, json!({"reloaded": true})),
+            Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        },
+        (_, ["api", "pools", ..] | ["api", "reload"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+fn find_pool(proxy: &Proxy, name: &str) -> bool {
+    proxy.routing().pools.iter().any(|p| p.name() == name)
+}
+
+fn pools_json(proxy: &Proxy, only: Option<&str>) -> Value {
+    let routing = proxy.routing();
+    let now = Instant::now();
+    let pools: Vec<Value> = routing
+        .pools
+        .iter()
+        .filter(|p| only.is_none_or(|o| p.name() == o))
+        .map(|p| {
+            let backends: Vec<Value> = p
+                .backends
+                .iter()
+                .map(|b| {
+                    json!({
+                        "id": b.id,
+                        "address": b.address,
+                        "weight": b.weight,
+                        "health": if b.is_available(now) { "up" } else { "down" },
+                        "state": b.admin_state().as_str(),
+                        "active": b.active.load(Relaxed),
+                        "tunnels": b.tunnels.load(Relaxed),
+                        "requests": b.requests.load(Relaxed),
+                    })
+                })
+                .collect();
+            json!({"name": p.name(), "affinity": format!("{:?}", p.config.affinity).to_lowercase(), "backends": backends})
+        })
+        .collect();
+    match only {
+        Some(_) => pools.into_iter().next().unwrap_or(Value::Null),
+        None => json!({"pools": pools}),
+    }
+}
+
+async fn set_state(
+    proxy: &Proxy,
+    pool: &str,
+    id: &str,
+    req: Request<hyper::body::Incoming>,
+) -> Resp {
+    let body = match Limited::new(req.into_body(), 4096).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 4 KiB"),
+    };
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+    };
+    let Some(wanted) = parsed.get("state").and_then(Value::as_str) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"state\": \"ready\" | \"drain\" | \"maint\"}",
+        );
+    };
+    let Some(state) = AdminState::parse(wanted) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown state `{wanted}`: use ready, drain or maint"),
+        );
+    };
+    let routing = proxy.routing();
+    let Some(p) = routing.pools.iter().find(|p| p.name() == pool) else {
+        return error(StatusCode::NOT_FOUND, format!("no pool named `{pool}`"));
+    };
+    let Some(b) = p.backends.iter().find(|b| b.id == id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no backend `{id}` in pool `{pool}`"),
+        );
+    };
+    let before = b.set_admin_state(state);
+    proxy
+        .metrics
+        .admin_changes
+        .with_label_values(&[state.as_str()])
+        .inc();
+    tracing::info!(%pool, backend = %id, from = before.as_str(), to = state.as_str(), "backend state changed by the admin API");
+    json_reply(
+        StatusCode::OK,
+        json!({"pool": pool, "id": id, "state": state.as_str(), "previous": before.as_str()}),
+    )
 }

@@ -9,8 +9,9 @@ use std::time::Instant;
 
 /// Indexes of the backends that may take a new session.
 pub fn candidates(pool: &Pool, tried: &[usize], now: Instant) -> Vec<usize> {
+    let max = pool.config.max_connections_per_backend;
     (0..pool.backends.len())
-        .filter(|i| !tried.contains(i) && pool.backends[*i].is_available(now))
+        .filter(|i| !tried.contains(i) && pool.backends[*i].takes_new(now, max))
         .collect()
 }
 
@@ -86,7 +87,7 @@ mod tests {
         let cfg: limpet_config::ProxyConfig =
             limpet_config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
         let pc: PoolConfig = cfg.pools[0].clone();
-        Pool::new(pc)
+        Pool::new(pc, None)
     }
 
     fn run(p: &Pool, n: usize) -> Vec<usize> {
@@ -130,6 +131,26 @@ mod tests {
         assert_eq!(candidates(&p, &[0], now), vec![2]);
         assert_eq!(candidates(&p, &[0, 2], now), Vec::<usize>::new());
         assert_eq!(pick(&p, &[]), None);
+    }
+
+    #[test]
+    fn drain_and_maint_take_no_new_sessions() {
+        use crate::pool::AdminState;
+        let p = pool(Balancer::RoundRobin, &[1, 1, 1]);
+        let now = Instant::now();
+        p.backends[0].set_admin_state(AdminState::Drain);
+        p.backends[1].set_admin_state(AdminState::Maint);
+        assert_eq!(candidates(&p, &[], now), vec![2]);
+        assert!(
+            p.backends[0].takes_pinned(now, 0),
+            "drain keeps pinned clients"
+        );
+        assert!(!p.backends[1].takes_pinned(now, 0), "maint does not");
+        p.backends[2].active.store(3, Relaxed);
+        assert!(
+            !p.backends[2].takes_new(now, 3),
+            "max_connections_per_backend"
+        );
     }
 
     #[test]

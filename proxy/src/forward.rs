@@ -125,8 +125,9 @@ fn choose(wish: &Wish<'_>, tried: &[usize]) -> Option<Choice> {
             set_cookie: None,
         });
     }
+    let max = pool.config.max_connections_per_backend;
     let outcome = match wish.cookie_backend {
-        Some(Some(i)) if candidates.contains(&i) => {
+        Some(Some(i)) if !tried.contains(&i) && pool.backends[i].takes_pinned(now, max) => {
             return Some(Choice {
                 index: i,
                 outcome: Outcome::Hit,
@@ -180,7 +181,9 @@ pub async fn handle(
         .or(req.uri().host())
         .map(crate::router::host_only)
         .map(str::to_string);
-    let Some(pool_index) = proxy.router.find(host.as_deref(), req.uri().path()) else {
+    // This request keeps the routing generation it started with.
+    let routing = proxy.routing();
+    let Some(pool_index) = routing.router.find(host.as_deref(), req.uri().path()) else {
         proxy
             .metrics
             .requests
@@ -191,8 +194,8 @@ pub async fn handle(
             "404 not found: no route for this request",
         );
     };
-    let pool = proxy.pools[pool_index].clone();
-    let cfg = &proxy.config;
+    let pool = routing.pools[pool_index].clone();
+    let cfg = &routing.config;
     let trusted = &cfg.trusted_proxies;
     let peer_ip = affinity::canonical(peer.ip());
     let peer_trusted = trusted.iter().any(|c| c.contains(peer_ip));
@@ -230,17 +233,34 @@ pub async fn handle(
                 .requests
                 .with_label_values(&[pool.name(), "", "5xx"])
                 .inc();
-            return if reached_none {
-                plain(
+            if reached_none {
+                return plain(
                     StatusCode::BAD_GATEWAY,
                     "502 bad gateway: no backend could be reached",
-                )
-            } else {
-                plain(
+                );
+            }
+            // Up and ready but full (max_connections_per_backend)?
+            let now = Instant::now();
+            let full = pool.backends.iter().any(|b| {
+                b.is_available(now)
+                    && b.admin_state() == crate::pool::AdminState::Ready
+                    && !b.takes_new(now, pool.config.max_connections_per_backend)
+            });
+            if full {
+                proxy
+                    .metrics
+                    .limit_rejections
+                    .with_label_values(&["max_connections_per_backend"])
+                    .inc();
+                return plain(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "503 service unavailable: no backend is up",
-                )
-            };
+                    "503 service unavailable: every backend is at its connection limit",
+                );
+            }
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503 service unavailable: no backend is up",
+            );
         };
         if repinned && choice.outcome == Outcome::Hit {
             choice.outcome = Outcome::Down;
@@ -340,6 +360,9 @@ pub async fn handle(
             .requests
             .with_label_values(&[labels[0], labels[1], class(status.as_u16())])
             .inc();
+        backend
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
@@ -364,6 +387,7 @@ pub async fn handle(
                     backend.clone(),
                     client,
                     guard.into_tunnel(),
+                    cfg.timeouts.tunnel_idle.get(),
                     client_upgrade,
                     upstream_upgrade,
                     sender,
@@ -397,6 +421,7 @@ async fn run_tunnel(
     backend: Arc<Backend>,
     client: IpAddr,
     guard: ActiveGuard,
+    idle: std::time::Duration,
     client_upgrade: hyper::upgrade::OnUpgrade,
     upstream_upgrade: hyper::upgrade::OnUpgrade,
     sender: SendRequest<Body>,
@@ -410,12 +435,15 @@ async fn run_tunnel(
     };
     drop(sender);
     let started = Instant::now();
+    proxy
+        .tunnels
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(pool = %pool.name(), backend = %backend.id, %client, "tunnel open");
     let metrics = &proxy.metrics;
     let to_backend = metrics.tunnel_bytes.with_label_values(&["to_backend"]);
     let to_client = metrics.tunnel_bytes.with_label_values(&["to_client"]);
-    let idle = proxy.config.timeouts.tunnel_idle.get();
-    let out = tunnel::run(
+    let mut close = proxy.close_tunnels.subscribe();
+    let copy = tunnel::run(
         TokioIo::new(client_io),
         TokioIo::new(upstream_io),
         idle,
@@ -426,9 +454,16 @@ async fn run_tunnel(
                 to_client.inc_by(n)
             }
         },
-    )
-    .await;
+    );
+    let out = tokio::select! {
+        out = copy => out,
+        // The shutdown drain deadline cuts the tunnel.
+        _ = close.wait_for(|closed| *closed) => tunnel::Outcome { end: tunnel::End::Deadline, to_upstream: 0, to_client: 0 },
+    };
     drop(guard);
+    proxy
+        .tunnels
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         pool = %pool.name(),
         backend = %backend.id,

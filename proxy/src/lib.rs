@@ -4,7 +4,7 @@
 //! request path; [`router`] routes to pools; [`affinity`] sealed cookies,
 //! client addresses and consistent hashing; [`balancer`] least-conn, round
 //! robin, weighted; [`pool`] backends and their health state; [`health`]
-//! active checks; [`upstream`] backend connections and pooling;
+//! active checks; [`proxy_protocol`] PROXY v1/v2 headers; [`upstream`] backend connections and pooling;
 //! [`tunnel`] upgraded byte copying; [`headers`] forwarding headers;
 //! [`metrics`] and [`admin`] the Prometheus endpoint.
 
@@ -16,6 +16,7 @@ pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod router;
 pub mod server;
 pub mod tunnel;

@@ -3,9 +3,9 @@
 use anyhow::Context;
 use clap::Parser;
 use limpet_config::ProxyConfig;
-use limpet_proxy::{admin, health, server};
+use limpet_proxy::{admin, server};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -59,7 +59,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, args.config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("limpet-proxy: {e:#}");
@@ -68,34 +68,61 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(config: ProxyConfig) -> anyhow::Result<()> {
+async fn serve(config: ProxyConfig, path: Option<PathBuf>) -> anyhow::Result<()> {
     let listeners = server::Listeners::bind(&config).await?;
     let admin_cfg = config.admin.clone();
-    let proxy = Arc::new(server::Proxy::new(config));
+    let proxy = server::Proxy::new(config, path);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if admin_cfg.enabled {
         let listener = tokio::net::TcpListener::bind(admin_cfg.bind)
             .await
             .with_context(|| format!("cannot listen for admin on {}", admin_cfg.bind))?;
-        tracing::info!(addr = %listener.local_addr()?, "admin listener: /metrics");
+        tracing::info!(addr = %listener.local_addr()?, "admin listener: /metrics and /api");
         tokio::spawn(admin::serve(listener, proxy.clone(), stop_rx.clone()));
-    }
-    for pool in &proxy.pools {
-        health::spawn(pool.clone(), proxy.metrics.clone(), stop_rx.clone());
     }
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let serving = tokio::spawn(listeners.run(proxy.clone(), stop_rx));
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    loop {
+        tokio::select! {
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = proxy.reload();
+            }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break }
+        }
     }
+    // Stop accepting; requests in flight finish; tunnels get until the
+    // drain deadline. A second signal exits at once.
     let _ = stop_tx.send(true);
-    tokio::select! {
-        _ = serving => {}
-        _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("requests still running after 10 s; exiting"),
-        _ = sigterm.recv() => tracing::warn!("second signal: exiting now"),
-        _ = sigint.recv() => tracing::warn!("second signal: exiting now"),
+    let deadline = proxy.routing().config.shutdown.drain_deadline.get();
+    let until = tokio::time::Instant::now() + deadline;
+    tracing::info!(
+        tunnels = proxy.tunnels.load(Relaxed),
+        "draining for up to {deadline:?}"
+    );
+    loop {
+        if proxy.tunnels.load(Relaxed) == 0 && serving.is_finished() {
+            tracing::info!("drained");
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => break,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = sigterm.recv() => { tracing::warn!("second signal: exiting now"); return Ok(()) }
+            _ = sigint.recv() => { tracing::warn!("second signal: exiting now"); return Ok(()) }
+        }
+    }
+    tracing::info!(
+        tunnels = proxy.tunnels.load(Relaxed),
+        "drain deadline reached: closing the remaining tunnels"
+    );
+    let _ = proxy.close_tunnels.send(true);
+    let wait = tokio::time::Instant::now() + Duration::from_secs(2);
+    while proxy.tunnels.load(Relaxed) > 0 && tokio::time::Instant::now() < wait {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }

@@ -21,6 +21,10 @@ pub struct Metrics {
     pub connect_errors: IntCounterVec,
     pub response_seconds: HistogramVec,
     pub health_checks: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub admin_changes: IntCounterVec,
+    pub limit_rejections: IntCounterVec,
+    pub proxy_protocol_errors: IntCounterVec,
     backend_up: IntGaugeVec,
     backend_active: IntGaugeVec,
     backend_tunnels: IntGaugeVec,
@@ -114,6 +118,22 @@ impl Metrics {
                 "limpet_proxy_health_checks_total",
                 "Active health probes by result",
                 &["pool", "backend", "result"],
+            ),
+            reloads: counter_vec("limpet_proxy_reloads_total", "Configuration reloads by outcome (ok, error)", &["outcome"]),
+            admin_changes: counter_vec(
+                "limpet_proxy_backend_state_changes_total",
+                "Admin API state changes (ready, drain, maint)",
+                &["state"],
+            ),
+            limit_rejections: counter_vec(
+                "limpet_proxy_limit_rejections_total",
+                "Connections refused by a limit (max_connections, max_connections_per_ip, max_connections_per_backend)",
+                &["limit"],
+            ),
+            proxy_protocol_errors: counter_vec(
+                "limpet_proxy_proxy_protocol_errors_total",
+                "Connections closed for a bad or missing PROXY header",
+                &["reason"],
             ),
             backend_up: gauge_vec(
                 "limpet_proxy_backend_up",

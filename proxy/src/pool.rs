@@ -9,7 +9,7 @@ use crate::affinity::Sealer;
 use crate::upstream::IdleConns;
 use limpet_config::{BackendConfig, PoolConfig};
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +20,36 @@ struct Passive {
     down_until: Option<Instant>,
 }
 
+/// What an operator set through the admin API (HAProxy's server states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    /// Takes new sessions.
+    Ready = 0,
+    /// No new sessions; clients pinned to it (cookie) still reach it.
+    Drain = 1,
+    /// Nothing new at all; pinned clients are moved elsewhere.
+    Maint = 2,
+}
+
+impl AdminState {
+    pub fn parse(s: &str) -> Option<AdminState> {
+        match s {
+            "ready" => Some(AdminState::Ready),
+            "drain" => Some(AdminState::Drain),
+            "maint" => Some(AdminState::Maint),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
 pub struct Backend {
     pub id: String,
     pub address: String,
@@ -27,7 +57,10 @@ pub struct Backend {
     /// Requests in flight plus open tunnels.
     pub active: AtomicUsize,
     pub tunnels: AtomicUsize,
+    /// Requests answered, for the admin API.
+    pub requests: std::sync::atomic::AtomicU64,
     healthy: AtomicBool,
+    state: AtomicU8,
     passive: Mutex<Passive>,
     pub idle: IdleConns,
 }
@@ -40,14 +73,56 @@ impl Backend {
             weight: cfg.weight,
             active: AtomicUsize::new(0),
             tunnels: AtomicUsize::new(0),
+            requests: std::sync::atomic::AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            state: AtomicU8::new(AdminState::Ready as u8),
             passive: Mutex::new(Passive::default()),
             idle: IdleConns::default(),
         }
     }
 
+    /// Healthy by active and passive checks.
     pub fn is_available(&self, now: Instant) -> bool {
         self.healthy.load(Relaxed) && self.passive.lock().down_until.is_none_or(|t| now >= t)
+    }
+
+    pub fn admin_state(&self) -> AdminState {
+        match self.state.load(Relaxed) {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+
+    pub fn set_admin_state(&self, state: AdminState) -> AdminState {
+        match self.state.swap(state as u8, Relaxed) {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+
+    fn has_room(&self, max: usize) -> bool {
+        max == 0 || self.active.load(Relaxed) < max
+    }
+
+    /// May take a new session (balancer, hashing).
+    pub fn takes_new(&self, now: Instant, max_conns: usize) -> bool {
+        self.admin_state() == AdminState::Ready
+            && self.has_room(max_conns)
+            && self.is_available(now)
+    }
+
+    /// May take a client already pinned to it (drain still does).
+    pub fn takes_pinned(&self, now: Instant, max_conns: usize) -> bool {
+        self.admin_state() != AdminState::Maint
+            && self.has_room(max_conns)
+            && self.is_available(now)
+    }
+
+    /// Same backend in a reloaded config: same id, address and weight.
+    pub fn same_as(&self, cfg: &BackendConfig) -> bool {
+        self.id == cfg.id && self.address == cfg.address && self.weight == cfg.weight
     }
 
     /// Active health check verdict; returns true when it changed.
@@ -132,7 +207,7 @@ impl Drop for ActiveGuard {
 pub struct Pool {
     pub config: PoolConfig,
     pub backends: Vec<Arc<Backend>>,
-    pub sealer: Sealer,
+    pub sealer: Arc<Sealer>,
     /// Round-robin position.
     pub(crate) next: AtomicUsize,
     /// Smooth weighted round-robin current weights, one per backend.
@@ -140,20 +215,29 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(config: PoolConfig) -> Pool {
-        let sealer = match &config.cookie.secret {
-            Some(secret) => Sealer::new(secret.as_bytes()),
-            None => {
+    /// Builds a pool; with `previous` (a reload), backends that did not
+    /// change keep their live state (health, counters, admin state, idle
+    /// connections) and an unchanged cookie key keeps cookies valid.
+    pub fn new(config: PoolConfig, previous: Option<&Pool>) -> Pool {
+        let same_secret = previous.filter(|p| p.config.cookie.secret == config.cookie.secret);
+        let sealer = match (same_secret, &config.cookie.secret) {
+            (Some(prev), _) => prev.sealer.clone(),
+            (None, Some(secret)) => Arc::new(Sealer::new(secret.as_bytes())),
+            (None, None) => {
                 if config.affinity == limpet_config::Affinity::Cookie {
                     tracing::warn!(pool = %config.name, "no cookie.secret configured: using a random one, so cookies do not survive a restart and other proxy instances cannot read them");
                 }
-                Sealer::random()
+                Arc::new(Sealer::random())
             }
         };
         let backends: Vec<_> = config
             .backends
             .iter()
-            .map(|b| Arc::new(Backend::new(b)))
+            .map(|b| {
+                previous
+                    .and_then(|p| p.backends.iter().find(|old| old.same_as(b)).cloned())
+                    .unwrap_or_else(|| Arc::new(Backend::new(b)))
+            })
             .collect();
         let n = backends.len();
         Pool {

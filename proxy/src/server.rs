@@ -1,53 +1,165 @@
-//! The proxy process: shared state, client listeners, shutdown.
+//! The proxy process: shared state, client listeners, connection limits,
+//! PROXY protocol, reload and shutdown.
 //!
-//! [`Proxy::bind`] opens the listeners first so that a caller (and the
-//! tests, which use port 0) learns the real addresses before serving.
+//! Routing state (config, pools, routes) lives in an `ArcSwap`: a request
+//! takes the current generation when it starts and keeps it to the end,
+//! so a reload never changes anything under a request or tunnel in flight
+//! (pingora keeps its backends the same way). Listeners are fixed at start.
 
 use crate::forward;
+use crate::health;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::proxy_protocol;
 use crate::router::Router;
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use limpet_config::ProxyConfig;
+use limpet_config::{ListenConfig, ProxyConfig};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub struct Proxy {
+/// One generation of routing state.
+pub struct Routing {
     pub config: ProxyConfig,
     pub pools: Vec<Arc<Pool>>,
     pub router: Router,
-    pub metrics: Arc<Metrics>,
+    /// Stops this generation's health checks once it is replaced.
+    stop_health: watch::Sender<bool>,
 }
 
-impl Proxy {
-    pub fn new(config: ProxyConfig) -> Proxy {
+impl Routing {
+    fn build(config: ProxyConfig, previous: Option<&Routing>, metrics: &Arc<Metrics>) -> Routing {
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
-            .map(|p| Arc::new(Pool::new(p.clone())))
+            .map(|p| {
+                let old = previous.and_then(|r| r.pools.iter().find(|o| o.name() == p.name));
+                Arc::new(Pool::new(p.clone(), old.map(|o| &**o)))
+            })
             .collect();
         let router = Router::new(&config.routes, |name| {
             pools.iter().position(|p| p.name() == name)
         });
-        Proxy {
+        let (stop_health, stop_rx) = watch::channel(false);
+        for pool in &pools {
+            health::spawn(pool.clone(), metrics.clone(), stop_rx.clone());
+        }
+        Routing {
             config,
             pools,
             router,
-            metrics: Arc::new(Metrics::new()),
+            stop_health,
+        }
+    }
+}
+
+pub struct Proxy {
+    current: ArcSwap<Routing>,
+    pub metrics: Arc<Metrics>,
+    /// Where the config came from, for SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// Listeners as started; a reload cannot change them.
+    pub listen: Vec<ListenConfig>,
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Open tunnels across all generations.
+    pub tunnels: AtomicUsize,
+    /// Turns true at the shutdown drain deadline: tunnels close.
+    pub close_tunnels: watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig, config_path: Option<PathBuf>) -> Arc<Proxy> {
+        let metrics = Arc::new(Metrics::new());
+        let listen = config.listen.clone();
+        let routing = Routing::build(config, None, &metrics);
+        Arc::new(Proxy {
+            current: ArcSwap::from_pointee(routing),
+            metrics,
+            config_path,
+            listen,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            tunnels: AtomicUsize::new(0),
+            close_tunnels: watch::channel(false).0,
+        })
+    }
+
+    /// The routing generation in force now.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the config file; on any error the running config stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let result = self.try_reload();
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.reloads.with_label_values(&[outcome]).inc();
+        match &result {
+            Ok(()) => tracing::info!("configuration reloaded"),
+            Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<(), String> {
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or("started without --config: nothing to reload")?;
+        let config: ProxyConfig = limpet_config::load_file(path).map_err(|e| e.to_string())?;
+        if config.listen != self.listen {
+            tracing::warn!("[[listen]] changes take effect only after a restart; keeping the current listeners");
+        }
+        let old = self.routing();
+        let new = Routing::build(config, Some(&old), &self.metrics);
+        self.current.store(Arc::new(new));
+        let _ = old.stop_health.send(true);
+        Ok(())
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Relaxed)
+    }
+}
+
+/// Releases a client connection's slot (and its per-address count).
+struct Slot {
+    proxy: Arc<Proxy>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.proxy.open.fetch_sub(1, Relaxed);
+        self.proxy.metrics.open_connections.dec();
+        if let Some(ip) = self.ip {
+            let mut map = self.proxy.per_ip.lock();
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
         }
     }
 }
 
 pub struct Listeners {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, ListenConfig)>,
 }
 
 impl Listeners {
@@ -57,7 +169,7 @@ impl Listeners {
             let listener = TcpListener::bind(l.bind).await.map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
             })?;
-            listeners.push(listener);
+            listeners.push((listener, l.clone()));
         }
         Ok(Listeners { listeners })
     }
@@ -65,18 +177,24 @@ impl Listeners {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
     }
 
-    /// Serves until `shutdown` turns true.
+    /// Serves until `shutdown` turns true, then lets connections finish
+    /// their requests (tunnels run on until `Proxy::close_tunnels`).
     pub async fn run(self, proxy: Arc<Proxy>, shutdown: watch::Receiver<bool>) {
         let mut tasks = JoinSet::new();
-        for listener in self.listeners {
+        for (listener, cfg) in self.listeners {
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "listening for HTTP and WebSocket clients");
+                tracing::info!(%addr, proxy_protocol = cfg.proxy_protocol, "listening for HTTP and WebSocket clients");
             }
-            tasks.spawn(accept_loop(proxy.clone(), listener, shutdown.clone()));
+            tasks.spawn(accept_loop(
+                proxy.clone(),
+                listener,
+                cfg.proxy_protocol,
+                shutdown.clone(),
+            ));
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -85,11 +203,14 @@ impl Listeners {
 async fn accept_loop(
     proxy: Arc<Proxy>,
     listener: TcpListener,
+    proxy_protocol: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut conns = JoinSet::new();
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -101,23 +222,133 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         proxy.metrics.connections.inc();
-        tokio::spawn(serve_connection(proxy.clone(), tcp, peer, shutdown.clone()));
+        let max = proxy.routing().config.limits.max_connections;
+        if max > 0 && proxy.open.load(Relaxed) >= max {
+            proxy
+                .metrics
+                .limit_rejections
+                .with_label_values(&["max_connections"])
+                .inc();
+            tokio::spawn(refuse(
+                tcp,
+                "503 Service Unavailable",
+                "too many connections",
+            ));
+            continue;
+        }
+        proxy.open.fetch_add(1, Relaxed);
+        proxy.metrics.open_connections.inc();
+        let slot = Slot {
+            proxy: proxy.clone(),
+            ip: None,
+        };
+        conns.spawn(serve_connection(
+            proxy.clone(),
+            tcp,
+            peer,
+            proxy_protocol,
+            slot,
+            shutdown.clone(),
+        ));
     }
+    // Stop accepting; connections finish their requests.
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+/// Answers with a short error and closes, instead of accepting and stalling.
+async fn refuse(mut tcp: TcpStream, status: &str, why: &str) {
+    let body = format!("{why}\n");
+    let resp = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tcp.write_all(resp.as_bytes()).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
 }
 
 async fn serve_connection(
     proxy: Arc<Proxy>,
-    tcp: tokio::net::TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
+    proxy_protocol: bool,
+    mut slot: Slot,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    proxy.metrics.open_connections.inc();
-    let cfg = &proxy.config;
+    let routing = proxy.routing();
+    let cfg = &routing.config;
+    let mut client = peer;
+    if proxy_protocol {
+        let peer_ip = crate::affinity::canonical(peer.ip());
+        if !cfg.trusted_proxies.iter().any(|c| c.contains(peer_ip)) {
+            tracing::warn!(%peer, "PROXY header from an untrusted peer refused; add it to trusted_proxies");
+            proxy
+                .metrics
+                .proxy_protocol_errors
+                .with_label_values(&["untrusted"])
+                .inc();
+            return;
+        }
+        match tokio::time::timeout(
+            cfg.timeouts.header_read.get(),
+            proxy_protocol::read_header(&mut tcp),
+        )
+        .await
+        {
+            Ok(Ok(Some(addr))) => client = addr,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, "closing connection: {e}");
+                proxy
+                    .metrics
+                    .proxy_protocol_errors
+                    .with_label_values(&[e.label()])
+                    .inc();
+                return;
+            }
+            Err(_) => {
+                proxy
+                    .metrics
+                    .proxy_protocol_errors
+                    .with_label_values(&["timeout"])
+                    .inc();
+                return;
+            }
+        }
+    }
+    let per_ip = cfg.limits.max_connections_per_ip;
+    if per_ip > 0 {
+        let ip = crate::affinity::canonical(client.ip());
+        let over = {
+            let mut map = proxy.per_ip.lock();
+            let n = map.entry(ip).or_insert(0);
+            *n += 1;
+            *n > per_ip
+        };
+        slot.ip = Some(ip);
+        if over {
+            proxy
+                .metrics
+                .limit_rejections
+                .with_label_values(&["max_connections_per_ip"])
+                .inc();
+            refuse(
+                tcp,
+                "429 Too Many Requests",
+                "too many connections from your address",
+            )
+            .await;
+            return;
+        }
+    }
     let service = {
         let proxy = proxy.clone();
         service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(forward::handle(proxy, req, peer, "http").await) }
+            async move { Ok::<_, Infallible>(forward::handle(proxy, req, client, "http").await) }
         })
     };
     let conn = http1::Builder::new()
@@ -131,14 +362,15 @@ async fn serve_connection(
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!(%peer, "client connection ended: {e}");
+                tracing::debug!(%client, "client connection ended: {e}");
             }
         }
         _ = shutdown.changed() => {
-            // Finish the request in flight, then close.
+            // Finish the request in flight (an upgrade hands off to its
+            // tunnel, which follows the drain deadline), then close.
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+            let _ = conn.await;
         }
     }
-    proxy.metrics.open_connections.dec();
+    drop(slot);
 }

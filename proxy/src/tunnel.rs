@@ -19,6 +19,8 @@ pub enum End {
     Closed,
     Error,
     IdleTimeout,
+    /// Closed by the proxy's shutdown drain deadline.
+    Deadline,
 }
 
 #[derive(Debug)]

@@ -207,8 +207,15 @@ impl ProxyProcess {
             }
         });
         let find = |line: &str, marker: &str| -> Option<SocketAddr> {
-            line.contains(marker)
-                .then(|| line.rsplit("addr=").next()?.trim().parse().ok())?
+            if !line.contains(marker) {
+                return None;
+            }
+            line.split("addr=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
         };
         let (mut addr, mut admin) = (None, None);
         let deadline = std::time::Instant::now() + DEADLINE;

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -266,6 +266,10 @@ async fn refuse(mut tcp: TcpStream, status: &str, why: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = tcp.write_all(resp.as_bytes()).await;
         let _ = tcp.shutdown().await;
+        // Read what the client sent until it closes: closing with unread
+        // bytes would send a reset that can destroy our answer in flight.
+        let mut sink = [0u8; 4096];
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
 }

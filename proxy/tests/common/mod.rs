@@ -163,6 +163,7 @@ fn backend_respond(
 /// The real proxy binary with a config file; learns its ports from the log.
 pub struct ProxyProcess {
     pub child: std::process::Child,
+    pub config_path: std::path::PathBuf,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub log: Arc<Mutex<String>>,
@@ -233,6 +234,7 @@ impl ProxyProcess {
         }
         ProxyProcess {
             child,
+            config_path: path,
             addr: addr.unwrap(),
             admin: admin.unwrap(),
             log,

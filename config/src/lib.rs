@@ -18,8 +18,8 @@ pub use error::{ConfigError, FieldError};
 pub use load::{load_file, parse_str, Validate};
 pub use node::{Heartbeat, NodeConfig, NodeLimits, Shutdown};
 pub use proxy::{
-    AdminConfig, Affinity, BackendConfig, Balancer, CookieConfig, HealthConfig, ListenConfig,
-    PassiveConfig, PoolConfig, ProxyConfig, ProxyLimits, ProxyShutdown, RouteConfig, SameSite,
-    Timeouts,
+    AdminConfig, Affinity, BackendConfig, Balancer, CertConfig, CookieConfig, HealthConfig,
+    ListenConfig, PassiveConfig, PoolConfig, ProxyConfig, ProxyLimits, ProxyShutdown, RouteConfig,
+    SameSite, Timeouts, TlsListenConfig, TlsVersion, UpstreamTls,
 };
 pub use units::{ByteSize, Cidr, Duration};

@@ -33,6 +33,83 @@ pub struct ListenConfig {
     /// as an AWS NLB); connections without a valid one are closed.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Terminate TLS on this listener.
+    #[serde(default)]
+    pub tls: Option<TlsListenConfig>,
+    /// Answer every request with a 301 to `https://` (a plain-HTTP listener
+    /// in front of a TLS one).
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// Port put in redirect Locations; unset leaves it out (443).
+    #[serde(default)]
+    pub https_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenConfig {
+    /// Certificates; chosen by SNI, the first (or the one marked default)
+    /// serves clients that name no known host.
+    #[serde(rename = "cert")]
+    pub certs: Vec<CertConfig>,
+    #[serde(default = "tls12")]
+    pub min_version: TlsVersion,
+    #[serde(default = "handshake_timeout")]
+    pub handshake_timeout: Duration,
+    /// Send `Strict-Transport-Security: max-age=<seconds>` when set.
+    #[serde(default)]
+    pub hsts_max_age: Option<Duration>,
+    /// Reload certificates when their files change on disk.
+    #[serde(default = "yes")]
+    pub watch: bool,
+}
+
+fn tls12() -> TlsVersion {
+    TlsVersion::Tls12
+}
+
+fn handshake_timeout() -> Duration {
+    Duration::secs(10)
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key: PKCS#8, SEC1 (EC) or PKCS#1 (RSA).
+    pub key: String,
+    /// Host names served with it: exact (`app.example.com`) or wildcard
+    /// (`*.example.com`).
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// TLS toward the backends of a pool (`https`/`wss` backends).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTls {
+    pub enabled: bool,
+    /// PEM CA bundle to verify backends with; unset: the system roots.
+    pub ca_file: Option<String>,
+    /// SNI and verified name; unset: the host part of each backend address.
+    pub server_name: Option<String>,
+    /// Accept any certificate. For testing only: logged loudly.
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -143,6 +220,9 @@ pub struct PoolConfig {
     /// full backend is skipped, 503 when all are (0 = no limit).
     #[serde(default)]
     pub max_connections_per_backend: usize,
+    /// Speak TLS to the backends.
+    #[serde(default)]
+    pub tls: UpstreamTls,
     #[serde(rename = "backend")]
     pub backends: Vec<BackendConfig>,
 }
@@ -235,6 +315,9 @@ impl Default for ProxyConfig {
             listen: vec![ListenConfig {
                 bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 proxy_protocol: false,
+                tls: None,
+                redirect_https: false,
+                https_port: None,
             }],
             admin: AdminConfig::default(),
             timeouts: Timeouts::default(),
@@ -351,6 +434,39 @@ impl Validate for ProxyConfig {
                     format!("listen.{i}.bind"),
                     format!("{} is listed twice", l.bind),
                 ));
+            }
+        }
+        for (i, l) in self.listen.iter().enumerate() {
+            if let Some(tls) = &l.tls {
+                if tls.certs.is_empty() {
+                    return Err(FieldError::new(
+                        format!("listen.{i}.tls"),
+                        "needs at least one [[listen.tls.cert]]",
+                    ));
+                }
+                if tls.certs.iter().filter(|c| c.default).count() > 1 {
+                    return Err(FieldError::new(
+                        format!("listen.{i}.tls"),
+                        "only one certificate can be the default",
+                    ));
+                }
+                for (j, c) in tls.certs.iter().enumerate() {
+                    for name in &c.names {
+                        let bare = name.strip_prefix("*.").unwrap_or(name);
+                        if bare.is_empty() || bare.contains('*') || bare.contains(' ') {
+                            return Err(FieldError::new(
+                                format!("listen.{i}.tls.cert.{j}.names"),
+                                format!("`{name}` is not a host name or *.wildcard"),
+                            ));
+                        }
+                    }
+                }
+                if l.redirect_https {
+                    return Err(FieldError::new(
+                        format!("listen.{i}.redirect_https"),
+                        "a TLS listener cannot redirect to itself",
+                    ));
+                }
             }
         }
         let t = &self.timeouts;

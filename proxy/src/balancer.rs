@@ -87,7 +87,7 @@ mod tests {
         let cfg: limpet_config::ProxyConfig =
             limpet_config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
         let pc: PoolConfig = cfg.pools[0].clone();
-        Pool::new(pc, None)
+        Pool::new(pc, None).unwrap()
     }
 
     fn run(p: &Pool, n: usize) -> Vec<usize> {

@@ -273,11 +273,15 @@ pub async fn handle(
             ));
         }
         let backend = pool.backends[choice.index].clone();
+        let target = upstream::Target {
+            address: &backend.address,
+            tls: pool.upstream_tls.as_deref(),
+            connect_timeout: cfg.timeouts.connect.get(),
+        };
         let conn = match upstream::obtain(
             &backend.idle,
-            &backend.address,
+            target,
             upgrade,
-            cfg.timeouts.connect.get(),
             cfg.timeouts.upstream_idle.get(),
         )
         .await
@@ -313,14 +317,7 @@ pub async fn handle(
         *up_req.headers_mut() = up_headers.clone();
         let guard = ActiveGuard::new(backend.clone());
         let started = Instant::now();
-        let sent = upstream::send(
-            conn,
-            up_req,
-            &backend.address,
-            cfg.timeouts.connect.get(),
-            cfg.timeouts.response.get(),
-        )
-        .await;
+        let sent = upstream::send(conn, up_req, target, cfg.timeouts.response.get()).await;
         let labels = [pool.name(), backend.id.as_str()];
         let (mut resp, sender) = match sent {
             Ok(ok) => ok,

@@ -42,7 +42,12 @@ async fn check_loop(
             _ = shutdown.changed() => return,
             _ = ticker.tick() => {}
         }
-        let result = probe(&backend.address, &path, h.timeout.get()).await;
+        let target = upstream::Target {
+            address: &backend.address,
+            tls: pool.upstream_tls.as_deref(),
+            connect_timeout: h.timeout.get(),
+        };
+        let result = probe(target, &path, h.timeout.get()).await;
         let label = if result.is_ok() { "success" } else { "failure" };
         metrics
             .health_checks
@@ -67,11 +72,14 @@ async fn check_loop(
     }
 }
 
-async fn probe(address: &str, path: &str, timeout: std::time::Duration) -> Result<(), String> {
+async fn probe(
+    target: upstream::Target<'_>,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let address = target.address;
     let attempt = async {
-        let mut sender = upstream::connect(address, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut sender = upstream::connect(target).await.map_err(|e| e.to_string())?;
         let req = hyper::Request::get(path)
             .header(hyper::header::HOST, address)
             .header(hyper::header::USER_AGENT, "limpet-proxy health check")

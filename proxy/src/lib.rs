@@ -5,7 +5,7 @@
 //! client addresses and consistent hashing; [`balancer`] least-conn, round
 //! robin, weighted; [`pool`] backends and their health state; [`health`]
 //! active checks; [`proxy_protocol`] PROXY v1/v2 headers; [`upstream`] backend connections and pooling;
-//! [`tunnel`] upgraded byte copying; [`headers`] forwarding headers;
+//! [`tls`] rustls certificates (SNI, reload) and upstream TLS; [`tunnel`] upgraded byte copying; [`headers`] forwarding headers;
 //! [`metrics`] and [`admin`] the Prometheus endpoint.
 
 pub mod admin;
@@ -19,5 +19,6 @@ pub mod pool;
 pub mod proxy_protocol;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;

@@ -71,7 +71,7 @@ fn main() -> std::process::ExitCode {
 async fn serve(config: ProxyConfig, path: Option<PathBuf>) -> anyhow::Result<()> {
     let listeners = server::Listeners::bind(&config).await?;
     let admin_cfg = config.admin.clone();
-    let proxy = server::Proxy::new(config, path);
+    let proxy = server::Proxy::new(config, path).map_err(anyhow::Error::msg)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if admin_cfg.enabled {
         let listener = tokio::net::TcpListener::bind(admin_cfg.bind)
@@ -83,6 +83,7 @@ async fn serve(config: ProxyConfig, path: Option<PathBuf>) -> anyhow::Result<()>
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    tokio::spawn(proxy.clone().watch_certificates(stop_rx.clone()));
     let serving = tokio::spawn(listeners.run(proxy.clone(), stop_rx));
     loop {
         tokio::select! {

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub admin_changes: IntCounterVec,
     pub limit_rejections: IntCounterVec,
     pub proxy_protocol_errors: IntCounterVec,
+    pub handshakes: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
+    cert_expiry: IntGaugeVec,
     backend_up: IntGaugeVec,
     backend_active: IntGaugeVec,
     backend_tunnels: IntGaugeVec,
@@ -135,6 +138,16 @@ impl Metrics {
                 "Connections closed for a bad or missing PROXY header",
                 &["reason"],
             ),
+            handshakes: counter_vec("limpet_proxy_tls_handshakes_total", "TLS handshakes by outcome and version", &["outcome", "version"]),
+            tls_reloads: counter_vec("limpet_proxy_tls_reloads_total", "Certificate reloads by outcome", &["outcome"]),
+            cert_expiry: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("limpet_proxy_certificate_expiry_timestamp_seconds", "notAfter of each served certificate, unix time"),
+                    &["listener", "name"],
+                )
+                .expect("valid metric"),
+            ),
             backend_up: gauge_vec(
                 "limpet_proxy_backend_up",
                 "1 when the backend takes new sessions",
@@ -145,6 +158,14 @@ impl Metrics {
             ),
             backend_tunnels: gauge_vec("limpet_proxy_backend_tunnels", "Open upgraded tunnels"),
             registry: r,
+        }
+    }
+
+    pub fn record_cert_expiries(&self, listener: &str, expiries: &[(String, i64)]) {
+        for (name, at) in expiries {
+            self.cert_expiry
+                .with_label_values(&[listener, name])
+                .set(*at);
         }
     }
 

@@ -208,6 +208,8 @@ pub struct Pool {
     pub config: PoolConfig,
     pub backends: Vec<Arc<Backend>>,
     pub sealer: Arc<Sealer>,
+    /// TLS toward the backends, when `[pool.tls] enabled = true`.
+    pub upstream_tls: Option<Arc<crate::tls::UpstreamConnector>>,
     /// Round-robin position.
     pub(crate) next: AtomicUsize,
     /// Smooth weighted round-robin current weights, one per backend.
@@ -218,7 +220,14 @@ impl Pool {
     /// Builds a pool; with `previous` (a reload), backends that did not
     /// change keep their live state (health, counters, admin state, idle
     /// connections) and an unchanged cookie key keeps cookies valid.
-    pub fn new(config: PoolConfig, previous: Option<&Pool>) -> Pool {
+    pub fn new(config: PoolConfig, previous: Option<&Pool>) -> Result<Pool, String> {
+        let upstream_tls = if config.tls.enabled {
+            let connector = crate::tls::UpstreamConnector::new(&config.name, &config.tls)
+                .map_err(|e| format!("pool `{}` TLS: {e}", config.name))?;
+            Some(Arc::new(connector))
+        } else {
+            None
+        };
         let same_secret = previous.filter(|p| p.config.cookie.secret == config.cookie.secret);
         let sealer = match (same_secret, &config.cookie.secret) {
             (Some(prev), _) => prev.sealer.clone(),
@@ -240,13 +249,14 @@ impl Pool {
             })
             .collect();
         let n = backends.len();
-        Pool {
+        Ok(Pool {
             config,
             backends,
             sealer,
+            upstream_tls,
             next: AtomicUsize::new(0),
             current_weights: Mutex::new(vec![0; n]),
-        }
+        })
     }
 
     pub fn name(&self) -> &str {

@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::proxy_protocol;
 use crate::router::Router;
+use crate::tls;
 use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -41,15 +42,16 @@ pub struct Routing {
 }
 
 impl Routing {
-    fn build(config: ProxyConfig, previous: Option<&Routing>, metrics: &Arc<Metrics>) -> Routing {
-        let pools: Vec<Arc<Pool>> = config
-            .pools
-            .iter()
-            .map(|p| {
-                let old = previous.and_then(|r| r.pools.iter().find(|o| o.name() == p.name));
-                Arc::new(Pool::new(p.clone(), old.map(|o| &**o)))
-            })
-            .collect();
+    fn build(
+        config: ProxyConfig,
+        previous: Option<&Routing>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Routing, String> {
+        let mut pools: Vec<Arc<Pool>> = Vec::new();
+        for p in &config.pools {
+            let old = previous.and_then(|r| r.pools.iter().find(|o| o.name() == p.name));
+            pools.push(Arc::new(Pool::new(p.clone(), old.map(|o| &**o))?));
+        }
         let router = Router::new(&config.routes, |name| {
             pools.iter().position(|p| p.name() == name)
         });
@@ -57,12 +59,12 @@ impl Routing {
         for pool in &pools {
             health::spawn(pool.clone(), metrics.clone(), stop_rx.clone());
         }
-        Routing {
+        Ok(Routing {
             config,
             pools,
             router,
             stop_health,
-        }
+        })
     }
 }
 
@@ -79,14 +81,30 @@ pub struct Proxy {
     pub tunnels: AtomicUsize,
     /// Turns true at the shutdown drain deadline: tunnels close.
     pub close_tunnels: watch::Sender<bool>,
+    /// TLS state per listener (same order as `listen`).
+    pub tls: Vec<Option<Arc<tls::ServerTls>>>,
 }
 
 impl Proxy {
-    pub fn new(config: ProxyConfig, config_path: Option<PathBuf>) -> Arc<Proxy> {
+    pub fn new(config: ProxyConfig, config_path: Option<PathBuf>) -> Result<Arc<Proxy>, String> {
         let metrics = Arc::new(Metrics::new());
         let listen = config.listen.clone();
-        let routing = Routing::build(config, None, &metrics);
-        Arc::new(Proxy {
+        let mut tls = Vec::new();
+        for l in &listen {
+            match &l.tls {
+                Some(t) => {
+                    let server = tls::server(t).map_err(|e| format!("TLS for {}: {e}", l.bind))?;
+                    metrics.record_cert_expiries(
+                        &l.bind.to_string(),
+                        &server.resolver.store.load().expiries,
+                    );
+                    tls.push(Some(Arc::new(server)));
+                }
+                None => tls.push(None),
+            }
+        }
+        let routing = Routing::build(config, None, &metrics)?;
+        Ok(Arc::new(Proxy {
             current: ArcSwap::from_pointee(routing),
             metrics,
             config_path,
@@ -95,7 +113,84 @@ impl Proxy {
             per_ip: Mutex::new(HashMap::new()),
             tunnels: AtomicUsize::new(0),
             close_tunnels: watch::channel(false).0,
-        })
+            tls,
+        }))
+    }
+
+    /// Loads certificates again for every TLS listener from `config`; a
+    /// listener whose files fail keeps its current certificates.
+    pub fn reload_certificates(&self, config: &ProxyConfig) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for (i, server) in self.tls.iter().enumerate() {
+            let (Some(server), Some(listen)) = (server, config.listen.get(i)) else {
+                continue;
+            };
+            let Some(cfg) = &listen.tls else { continue };
+            match tls::CertStore::load(cfg) {
+                Ok(store) => {
+                    self.metrics
+                        .record_cert_expiries(&listen.bind.to_string(), &store.expiries);
+                    server.resolver.store.store(Arc::new(store));
+                    self.metrics.tls_reloads.with_label_values(&["ok"]).inc();
+                    tracing::info!(listener = %listen.bind, "certificates reloaded");
+                }
+                Err(e) => {
+                    self.metrics.tls_reloads.with_label_values(&["error"]).inc();
+                    tracing::error!(listener = %listen.bind, "new certificate refused, keeping the current one: {e}");
+                    errors.push(e);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Polls certificate files and reloads them when they change.
+    pub async fn watch_certificates(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut seen: Vec<Option<std::time::SystemTime>> = self
+            .listen
+            .iter()
+            .map(|l| l.tls.as_ref().and_then(tls::newest_mtime))
+            .collect();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let config = self.routing().config.clone();
+            for (i, listen) in config.listen.iter().enumerate() {
+                let Some(cfg) = listen.tls.as_ref().filter(|t| t.watch) else {
+                    continue;
+                };
+                let now = tls::newest_mtime(cfg);
+                if now != seen.get(i).copied().flatten() {
+                    if let Some(slot) = seen.get_mut(i) {
+                        *slot = now;
+                    }
+                    tracing::info!(listener = %listen.bind, "certificate files changed on disk");
+                    let single = ProxyConfig {
+                        listen: config
+                            .listen
+                            .iter()
+                            .enumerate()
+                            .map(|(j, l)| {
+                                let mut l = l.clone();
+                                if j != i {
+                                    l.tls = None;
+                                }
+                                l
+                            })
+                            .collect(),
+                        ..config.clone()
+                    };
+                    let _ = self.reload_certificates(&single);
+                }
+            }
+        }
     }
 
     /// The routing generation in force now.
@@ -125,10 +220,12 @@ impl Proxy {
             tracing::warn!("[[listen]] changes take effect only after a restart; keeping the current listeners");
         }
         let old = self.routing();
-        let new = Routing::build(config, Some(&old), &self.metrics);
+        let new = Routing::build(config, Some(&old), &self.metrics)?;
+        // Certificates reload with the config; a bad one is refused on its own.
+        let certs = self.reload_certificates(&new.config);
         self.current.store(Arc::new(new));
         let _ = old.stop_health.send(true);
-        Ok(())
+        certs.map_err(|e| format!("routes reloaded, but {e}"))
     }
 
     pub fn open_connections(&self) -> usize {
@@ -189,21 +286,35 @@ impl Listeners {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, proxy_protocol = cfg.proxy_protocol, "listening for HTTP and WebSocket clients");
             }
-            tasks.spawn(accept_loop(
-                proxy.clone(),
-                listener,
-                cfg.proxy_protocol,
-                shutdown.clone(),
-            ));
+            let index = proxy
+                .listen
+                .iter()
+                .position(|l| l.bind == cfg.bind)
+                .unwrap_or(0);
+            let mode = Mode {
+                proxy_protocol: cfg.proxy_protocol,
+                tls: proxy.tls.get(index).cloned().flatten(),
+                listener: index,
+            };
+            tasks.spawn(accept_loop(proxy.clone(), listener, mode, shutdown.clone()));
         }
         while tasks.join_next().await.is_some() {}
     }
 }
 
+/// How a listener treats its connections.
+#[derive(Clone)]
+struct Mode {
+    proxy_protocol: bool,
+    tls: Option<Arc<tls::ServerTls>>,
+    /// Index into `Proxy::listen`.
+    listener: usize,
+}
+
 async fn accept_loop(
     proxy: Arc<Proxy>,
     listener: TcpListener,
-    proxy_protocol: bool,
+    mode: Mode,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
@@ -246,7 +357,7 @@ async fn accept_loop(
             proxy.clone(),
             tcp,
             peer,
-            proxy_protocol,
+            mode.clone(),
             slot,
             shutdown.clone(),
         ));
@@ -278,14 +389,14 @@ async fn serve_connection(
     proxy: Arc<Proxy>,
     mut tcp: TcpStream,
     peer: SocketAddr,
-    proxy_protocol: bool,
+    mode: Mode,
     mut slot: Slot,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let routing = proxy.routing();
     let cfg = &routing.config;
     let mut client = peer;
-    if proxy_protocol {
+    if mode.proxy_protocol {
         let peer_ip = crate::affinity::canonical(peer.ip());
         if !cfg.trusted_proxies.iter().any(|c| c.contains(peer_ip)) {
             tracing::warn!(%peer, "PROXY header from an untrusted peer refused; add it to trusted_proxies");
@@ -348,11 +459,93 @@ async fn serve_connection(
             return;
         }
     }
+    let listen = &proxy.listen[mode.listener];
+    match &mode.tls {
+        Some(server) => {
+            let tls_cfg = listen
+                .tls
+                .as_ref()
+                .expect("a TLS listener has TLS settings");
+            match tokio::time::timeout(tls_cfg.handshake_timeout.get(), server.acceptor.accept(tcp))
+                .await
+            {
+                Ok(Ok(stream)) => {
+                    let version = match stream.get_ref().1.protocol_version() {
+                        Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+                        Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+                        _ => "other",
+                    };
+                    proxy
+                        .metrics
+                        .handshakes
+                        .with_label_values(&["ok", version])
+                        .inc();
+                    let hsts = tls_cfg
+                        .hsts_max_age
+                        .map(|d| format!("max-age={}", d.get().as_secs()));
+                    serve_http(
+                        &proxy,
+                        TokioIo::new(stream),
+                        client,
+                        "https",
+                        hsts,
+                        shutdown,
+                    )
+                    .await;
+                }
+                Ok(Err(e)) => {
+                    proxy
+                        .metrics
+                        .handshakes
+                        .with_label_values(&["error", ""])
+                        .inc();
+                    tracing::debug!(%client, "TLS handshake failed: {e}");
+                }
+                Err(_) => {
+                    proxy
+                        .metrics
+                        .handshakes
+                        .with_label_values(&["timeout", ""])
+                        .inc();
+                    tracing::debug!(%client, "TLS handshake timed out");
+                }
+            }
+        }
+        None if listen.redirect_https => {
+            serve_redirect(&proxy, TokioIo::new(tcp), listen.https_port).await
+        }
+        None => serve_http(&proxy, TokioIo::new(tcp), client, "http", None, shutdown).await,
+    }
+    drop(slot);
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one client connection.
+async fn serve_http<IO>(
+    proxy: &Arc<Proxy>,
+    io: IO,
+    client: SocketAddr,
+    scheme: &'static str,
+    hsts: Option<String>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let routing = proxy.routing();
+    let cfg = &routing.config;
+    let hsts = hsts.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok());
     let service = {
         let proxy = proxy.clone();
         service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(forward::handle(proxy, req, client, "http").await) }
+            let hsts = hsts.clone();
+            async move {
+                let mut resp = forward::handle(proxy, req, client, scheme).await;
+                if let Some(v) = hsts {
+                    resp.headers_mut()
+                        .insert(hyper::header::STRICT_TRANSPORT_SECURITY, v);
+                }
+                Ok::<_, Infallible>(resp)
+            }
         })
     };
     let conn = http1::Builder::new()
@@ -360,7 +553,7 @@ async fn serve_connection(
         .header_read_timeout(cfg.timeouts.header_read.get())
         .max_buf_size(cfg.limits.max_header_bytes.bytes() as usize)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -376,5 +569,39 @@ async fn serve_connection(
             let _ = conn.await;
         }
     }
-    drop(slot);
+}
+
+/// Answers every request with a 301 to the same host and path over https.
+async fn serve_redirect<IO>(proxy: &Arc<Proxy>, io: IO, https_port: Option<u16>)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let header_read = proxy.routing().config.timeouts.header_read.get();
+    let service = service_fn(
+        move |req: hyper::Request<hyper::body::Incoming>| async move {
+            let host = req
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(crate::router::host_only)
+                .unwrap_or("localhost")
+                .to_string();
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let port = https_port.map(|p| format!(":{p}")).unwrap_or_default();
+            let location = format!("https://{host}{port}{path}");
+            let mut resp = forward::plain(
+                hyper::StatusCode::MOVED_PERMANENTLY,
+                &format!("moved to {location}"),
+            );
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(hyper::header::LOCATION, v);
+            }
+            Ok::<_, Infallible>(resp)
+        },
+    );
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read)
+        .serve_connection(io, service)
+        .await;
 }

@@ -30,6 +30,8 @@ pub enum ConnectError {
     Io(String, std::io::Error),
     #[error("HTTP handshake with {0}: {1}")]
     Handshake(String, hyper::Error),
+    #[error("TLS to {0}: {1}")]
+    Tls(String, String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,16 +82,50 @@ impl IdleConns {
     }
 }
 
-/// Opens a TCP connection and an HTTP/1.1 client over it.
-pub async fn connect(address: &str, timeout: Duration) -> Result<SendRequest<Body>, ConnectError> {
+/// Where and how to connect to one backend.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub address: &'a str,
+    /// TLS toward `https`/`wss` backends.
+    pub tls: Option<&'a crate::tls::UpstreamConnector>,
+    pub connect_timeout: Duration,
+}
+
+/// Opens a TCP connection (TLS on top for `https` pools) and an HTTP/1.1
+/// client over it.
+pub async fn connect(target: Target<'_>) -> Result<SendRequest<Body>, ConnectError> {
+    let Target {
+        address,
+        tls,
+        connect_timeout: timeout,
+    } = target;
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Err(_) => return Err(ConnectError::Timeout(address.to_string())),
         Ok(Err(e)) => return Err(ConnectError::Io(address.to_string(), e)),
         Ok(Ok(tcp)) => tcp,
     };
     let _ = tcp.set_nodelay(true);
+    match tls {
+        None => handshake(address, TokioIo::new(tcp)).await,
+        Some(tls) => {
+            let name = tls
+                .name_for(address)
+                .map_err(|e| ConnectError::Tls(address.to_string(), e))?;
+            let stream = tokio::time::timeout(timeout, tls.connector.connect(name, tcp))
+                .await
+                .map_err(|_| ConnectError::Timeout(address.to_string()))?
+                .map_err(|e| ConnectError::Tls(address.to_string(), e.to_string()))?;
+            handshake(address, TokioIo::new(stream)).await
+        }
+    }
+}
+
+async fn handshake<IO>(address: &str, io: IO) -> Result<SendRequest<Body>, ConnectError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(tcp))
+        .handshake(io)
         .await
         .map_err(|e| ConnectError::Handshake(address.to_string(), e))?;
     let address = address.to_string();
@@ -111,9 +147,8 @@ pub struct Conn {
 /// A pooled connection when one is idle (never for upgrades), else a new one.
 pub async fn obtain(
     idle: &IdleConns,
-    address: &str,
+    target: Target<'_>,
     upgrade: bool,
-    connect_timeout: Duration,
     max_idle: Duration,
 ) -> Result<Conn, ConnectError> {
     if !upgrade {
@@ -124,7 +159,7 @@ pub async fn obtain(
             });
         }
     }
-    let sender = connect(address, connect_timeout).await?;
+    let sender = connect(target).await?;
     Ok(Conn {
         sender,
         pooled: false,
@@ -136,10 +171,10 @@ pub async fn obtain(
 pub async fn send(
     conn: Conn,
     req: Request<Body>,
-    address: &str,
-    connect_timeout: Duration,
+    target: Target<'_>,
     response_timeout: Duration,
 ) -> Result<(Response<hyper::body::Incoming>, SendRequest<Body>), SendError> {
+    let address = target.address;
     let Conn { mut sender, pooled } = conn;
     let attempt = async {
         match sender.try_send_request(req).await {
@@ -148,7 +183,7 @@ pub async fn send(
                 // Never written: the pooled connection was stale. Resend fresh.
                 Some(req) if pooled => {
                     tracing::debug!(backend = %address, "stale pooled connection; resending on a new one");
-                    sender = connect(address, connect_timeout).await?;
+                    sender = connect(target).await?;
                     Ok(sender.send_request(req).await?)
                 }
                 _ => Err(SendError::Hyper(e.into_error())),

@@ -1,11 +1,12 @@
 # Limpet: the commands a newcomer needs.
 #   make test     install test dependencies (Debian), then run every test
 #   make cluster  build release binaries and run the stack on loopback
+#   make cluster-tls  the same behind TLS (https://localhost:8443)
 #   make check    formatting and lints, as CI wants them
 
 CARGO ?= cargo
 
-.PHONY: test test-deps build release cluster check fmt bench-broker
+.PHONY: test test-deps build release cluster cluster-tls check fmt bench-broker
 
 test: test-deps
 	$(CARGO) test --workspace --all-targets --locked
@@ -22,6 +23,10 @@ release:
 
 cluster: release
 	@./scripts/cluster.sh
+
+# The same stack behind limpet-proxy terminating TLS (self-signed, made at start).
+cluster-tls: release
+	@TLS=1 ./scripts/cluster.sh
 
 check:
 	$(CARGO) fmt --all -- --check

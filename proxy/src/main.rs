@@ -34,6 +34,15 @@ fn main() -> std::process::ExitCode {
         None => ProxyConfig::default(),
     };
     if args.check {
+        // Like `nginx -t`, load the certificates too.
+        for l in &config.listen {
+            if let Some(tls) = &l.tls {
+                if let Err(e) = limpet_proxy::tls::server(tls) {
+                    eprintln!("limpet-proxy: TLS for {}: {e}", l.bind);
+                    return std::process::ExitCode::from(1);
+                }
+            }
+        }
         let name = args
             .config
             .as_ref()

@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test test-deps build release cluster cluster-tls check fmt bench-broker
+.PHONY: test test-deps bench-deps build release cluster cluster-tls check fmt bench bench-quick bench-broker
 
 test: test-deps
 	$(CARGO) test --workspace --all-targets --locked
@@ -34,6 +34,16 @@ check:
 
 fmt:
 	$(CARGO) fmt --all
+
+# Side by side with nginx, HAProxy and Redis; writes bench/results/latest.md and .svg.
+bench: release bench-deps
+	target/release/limpet-bench run --out bench/results
+
+bench-quick: release bench-deps
+	target/release/limpet-bench run --quick --out bench/results
+
+bench-deps: test-deps
+	@./scripts/install-bench-deps.sh
 
 # PUBLISH throughput, limpet-broker vs redis-server, back to back.
 bench-broker: release test-deps

@@ -15,12 +15,21 @@ async fn socketio_redis_adapter_works_against_limpet_broker() {
     let b = TestBroker::default().await;
     let url = format!("redis://{}/", b.addr);
     let script = dir.join("adapter.js");
-    let out = tokio::task::spawn_blocking(move || std::process::Command::new("node").arg(script).arg(url).output())
-        .await
-        .unwrap()
-        .expect("run node");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(script)
+            .arg(url)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run node");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "adapter script failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "adapter script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for kind in ["classic", "sharded", "ioredis"] {
         assert!(
             stdout.contains(&format!("{{\"kind\":\"{kind}\",\"ok\":true")),

@@ -1,0 +1,149 @@
+//! `limpet-bench`: the load generator and the side-by-side benchmark runner.
+//!
+//! * `limpet-bench echo-server --addr 127.0.0.1:9901` — the backend.
+//! * `limpet-bench echo --target 127.0.0.1:8080 --conns 1000 --seconds 5`
+//! * `limpet-bench run [--quick] [--out bench/results]` — every scenario,
+//!   every contender, one after another on this machine; writes
+//!   `latest.md` and `latest.svg`.
+
+mod echo_server;
+mod load;
+mod scenarios;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "limpet-bench",
+    version,
+    about = "Load generator and benchmarks for Limpet"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a WebSocket echo / HTTP 200 backend.
+    EchoServer {
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+    /// WebSocket echo round trips against one or more targets.
+    Echo {
+        #[arg(long, required = true)]
+        target: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Redis-protocol fan-out against a broker.
+    Fanout {
+        #[arg(long)]
+        broker: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        channels: usize,
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 10000)]
+        messages: usize,
+    },
+    /// Every scenario against every contender; writes the report.
+    Run {
+        /// A small version (about a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Where latest.md and latest.svg go.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// Folder with the release binaries of limpet.
+        #[arg(long, default_value = "target/release")]
+        bin: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    load::raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match args.cmd {
+            Cmd::EchoServer { addr } => {
+                let listener = tokio::net::TcpListener::bind(addr).await?;
+                echo_server::serve(listener).await;
+                Ok(())
+            }
+            Cmd::Echo {
+                target,
+                conns,
+                size,
+                seconds,
+            } => {
+                let r = load::echo(&target, conns, size, Duration::from_secs(seconds)).await;
+                println!("{r:?}");
+                Ok(())
+            }
+            Cmd::Fanout {
+                broker,
+                channels,
+                subscribers,
+                messages,
+            } => {
+                let r = load::fanout(broker, channels, subscribers, messages, 100).await;
+                println!("{r:?}");
+                Ok(())
+            }
+            Cmd::Run { quick, out, bin } => scenarios::run(quick, &out, &bin).await,
+        }
+    })
+}
+
+#[cfg(test)]
+mod smoke {
+    //! The harness itself must keep working: a tiny run on every `make test`.
+    //! It checks that messages flow and are counted, never how fast.
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn echo_load_counts_round_trips() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(echo_server::serve(listener));
+        let r = load::echo(&[addr], 4, 100, Duration::from_millis(300)).await;
+        assert_eq!(r.errors, 0, "{r:?}");
+        assert!(r.count >= 4, "every connection made round trips: {r:?}");
+        assert!(
+            r.p50_us > 0 && r.p50_us <= r.p99_us && r.p99_us <= r.p999_us,
+            "{r:?}"
+        );
+        let (held, failed) = load::idle(addr, 50).await;
+        assert_eq!((held.len(), failed), (50, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fanout_load_counts_deliveries() {
+        let broker = std::sync::Arc::new(limpet_broker::server::Broker::new(
+            limpet_config::BrokerConfig {
+                bind: vec!["127.0.0.1:0".parse().unwrap()],
+                ..Default::default()
+            },
+            None,
+        ));
+        let server = limpet_broker::server::Server::bind(broker).await.unwrap();
+        let addr = server.local_addrs()[0];
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(server.run(rx));
+        let r = load::fanout(addr, 2, 3, 200, 100).await;
+        assert_eq!(r.errors, 0, "{r:?}");
+        assert_eq!(r.count, 600, "200 messages over 2 channels × 3 subscribers");
+    }
+}

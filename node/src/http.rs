@@ -147,7 +147,11 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
     let hard = (node.config.limits.max_message_bytes.bytes() as usize)
         .saturating_mul(4)
         .max(1 << 20);
+    // Small buffers: tungstenite reads into a 128 KiB buffer by default,
+    // which would make every idle socket cost that much.
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
         .max_message_size(Some(hard))
         .max_frame_size(Some(hard));
     let node2 = node.clone();

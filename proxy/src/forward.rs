@@ -440,23 +440,15 @@ async fn run_tunnel(
     let to_backend = metrics.tunnel_bytes.with_label_values(&["to_backend"]);
     let to_client = metrics.tunnel_bytes.with_label_values(&["to_client"]);
     let mut close = proxy.close_tunnels.subscribe();
-    let copy = tunnel::run(
-        TokioIo::new(client_io),
-        TokioIo::new(upstream_io),
-        idle,
-        |up, n| {
-            if up {
-                to_backend.inc_by(n)
-            } else {
-                to_client.inc_by(n)
-            }
-        },
-    );
+    let copy = tunnel::run(TokioIo::new(client_io), TokioIo::new(upstream_io), idle);
     let out = tokio::select! {
         out = copy => out,
         // The shutdown drain deadline cuts the tunnel.
         _ = close.wait_for(|closed| *closed) => tunnel::Outcome { end: tunnel::End::Deadline, to_upstream: 0, to_client: 0 },
     };
+    // Bytes are added once the tunnel ends (copy_bidirectional counts them).
+    to_backend.inc_by(out.to_upstream);
+    to_client.inc_by(out.to_client);
     drop(guard);
     proxy
         .tunnels

@@ -561,8 +561,8 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
                 ratio(l.p99_us as f64, r.p99_us as f64)
             );
             if channels == 1 {
-                chart.push(("redis fan-out".to_string(), r.per_sec));
-                chart.push(("limpet fan-out".to_string(), l.per_sec));
+                chart.push(("redis-server".to_string(), r.per_sec));
+                chart.push(("limpet-broker".to_string(), l.per_sec));
             }
         }
     } else {
@@ -580,21 +580,22 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("latest.md"), &md)?;
-    let mut bars: Vec<(String, f64)> = many
-        .iter()
-        .map(|(k, l)| (format!("{} echo", k.name()), l.per_sec))
-        .collect();
-    bars.extend(chart);
-    std::fs::write(
-        out.join("latest.svg"),
-        svg(
-            &format!(
-                "messages/s ({} WebSocket connections; broker fan-out)",
-                s.many_conns
-            ),
-            &bars,
+    let groups = vec![
+        (
+            format!("WebSocket echo, {} connections: messages/s", s.many_conns),
+            many.iter()
+                .map(|(k, l)| (k.name().to_string(), l.per_sec))
+                .collect(),
         ),
-    )?;
+        (
+            "plain HTTP (wrk): requests/s".to_string(),
+            http.iter()
+                .map(|(k, (rps, _))| (k.name().to_string(), *rps))
+                .collect(),
+        ),
+        ("broker fan-out 1 → 100: delivered/s".to_string(), chart),
+    ];
+    std::fs::write(out.join("latest.svg"), svg(&groups))?;
     println!("{md}");
     eprintln!(
         "limpet-bench: wrote {} and latest.svg",
@@ -685,21 +686,35 @@ fn redis_benchmark(addr: SocketAddr, n: usize) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A horizontal bar chart, no dependencies.
-fn svg(title: &str, bars: &[(String, f64)]) -> String {
-    let max = bars.iter().map(|(_, v)| *v).fold(1.0, f64::max);
-    let (w, row) = (760.0, 34.0);
-    let h = 60.0 + row * bars.len() as f64;
-    let mut out = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n<rect width=\"100%\" height=\"100%\" fill=\"#0f172a\"/>\n<text x=\"16\" y=\"28\" fill=\"#e2e8f0\" font-size=\"15\">{title}</text>\n");
-    for (i, (label, v)) in bars.iter().enumerate() {
-        let y = 48.0 + row * i as f64;
-        let len = (v / max) * (w - 260.0);
-        let color = if label.starts_with("limpet") {
-            "#38bdf8"
-        } else {
-            "#94a3b8"
-        };
-        let _ = writeln!(out, "<text x=\"16\" y=\"{}\" fill=\"#e2e8f0\">{label}</text><rect x=\"170\" y=\"{y}\" width=\"{len:.1}\" height=\"22\" rx=\"4\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{}\" fill=\"#e2e8f0\">{v:.0}</text>", y + 16.0, 176.0 + len, y + 16.0);
+/// Horizontal bar charts, one per group, each on its own scale; no dependencies.
+fn svg(groups: &[(String, Vec<(String, f64)>)]) -> String {
+    let (w, row) = (760.0, 30.0);
+    let h: f64 = groups
+        .iter()
+        .map(|(_, bars)| 44.0 + row * bars.len() as f64)
+        .sum::<f64>()
+        + 16.0;
+    let mut out = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n<rect width=\"100%\" height=\"100%\" fill=\"#0f172a\"/>\n");
+    let mut y = 8.0;
+    for (title, bars) in groups {
+        let max = bars.iter().map(|(_, v)| *v).fold(1.0, f64::max);
+        let _ = writeln!(
+            out,
+            "<text x=\"16\" y=\"{}\" fill=\"#e2e8f0\" font-size=\"15\">{title}</text>",
+            y + 22.0
+        );
+        y += 34.0;
+        for (label, v) in bars {
+            let len = (v / max) * (w - 300.0);
+            let color = if label.starts_with("limpet") {
+                "#38bdf8"
+            } else {
+                "#94a3b8"
+            };
+            let _ = writeln!(out, "<text x=\"16\" y=\"{}\" fill=\"#e2e8f0\">{label}</text><rect x=\"170\" y=\"{y}\" width=\"{len:.1}\" height=\"20\" rx=\"4\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{}\" fill=\"#e2e8f0\">{v:.0}</text>", y + 15.0, 176.0 + len, y + 15.0);
+            y += row;
+        }
+        y += 10.0;
     }
     out.push_str("</svg>\n");
     out

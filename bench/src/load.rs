@@ -296,3 +296,178 @@ pub async fn fanout(
     let got = received.load(Relaxed);
     summarize(&h, elapsed, expected.saturating_sub(got as usize) as u64)
 }
+
+/// Which room server protocol a room load speaks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RoomProto {
+    /// limpet-node's JSON protocol at `/ws`.
+    Limpet,
+    /// socket.io 4 (Engine.IO 4) over WebSocket at `/socket.io/`.
+    SocketIo,
+}
+
+/// Microseconds in a `"t":<n>` field of a frame.
+fn stamp(text: &str) -> Option<u64> {
+    let at = text.find("\"t\":")? + 4;
+    let digits: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Rooms of `room_size` clients; every client emits to its room `rate`
+/// times a second for `duration`; counts deliveries and their latency.
+pub async fn rooms(
+    proto: RoomProto,
+    target: SocketAddr,
+    clients: usize,
+    room_size: usize,
+    rate: f64,
+    duration: Duration,
+) -> Latency {
+    let origin = Instant::now();
+    let all = Arc::new(Mutex::new(histogram()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(tokio::sync::Barrier::new(clients + 1));
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let (all, errors, ready) = (all.clone(), errors.clone(), ready.clone());
+        let room = format!("r{}", i / room_size);
+        tasks.push(tokio::spawn(async move {
+            let joined = async {
+                let tcp = connect_from(i, target).await.ok()?;
+                let url = match proto {
+                    RoomProto::Limpet => format!("ws://{target}/ws"),
+                    RoomProto::SocketIo => {
+                        format!("ws://{target}/socket.io/?EIO=4&transport=websocket")
+                    }
+                };
+                let (mut ws, _) =
+                    tokio_tungstenite::client_async_with_config(url, tcp, Some(small_ws_config()))
+                        .await
+                        .ok()?;
+                match proto {
+                    RoomProto::Limpet => {
+                        ws.next().await?.ok()?; // welcome
+                        ws.send(Message::text(format!(
+                            r#"{{"op":"join","room":"{room}","id":1}}"#
+                        )))
+                        .await
+                        .ok()?;
+                        loop {
+                            let m = ws.next().await?.ok()?;
+                            if m.to_text().ok()?.contains(r#""type":"ack""#) {
+                                break;
+                            }
+                        }
+                    }
+                    RoomProto::SocketIo => {
+                        ws.next().await?.ok()?; // Engine.IO open
+                        ws.send(Message::text("40")).await.ok()?;
+                        loop {
+                            let m = ws.next().await?.ok()?;
+                            if m.to_text().ok()?.starts_with("40") {
+                                break;
+                            }
+                        }
+                        ws.send(Message::text(format!(r#"42["join","{room}"]"#)))
+                            .await
+                            .ok()?;
+                    }
+                }
+                Some(ws)
+            }
+            .await;
+            ready.wait().await;
+            let Some(ws) = joined else {
+                errors.fetch_add(1, Relaxed);
+                return;
+            };
+            let (mut sink, mut stream) = ws.split();
+            let (pong_tx, mut pong_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+            let reader = tokio::spawn(async move {
+                let mut local = histogram();
+                while let Some(Ok(m)) = stream.next().await {
+                    let Ok(text) = m.to_text() else { continue };
+                    if proto == RoomProto::SocketIo && text == "2" {
+                        let _ = pong_tx.send(());
+                        continue;
+                    }
+                    if let Some(t) = stamp(text) {
+                        let now = origin.elapsed().as_micros() as u64;
+                        let _ = local.record(now.saturating_sub(t).max(1));
+                    }
+                }
+                local
+            });
+            let period = Duration::from_secs_f64(1.0 / rate);
+            // Spread the clients' phases so the load is steady.
+            tokio::time::sleep(period.mul_f64((i % 97) as f64 / 97.0)).await;
+            let mut tick = tokio::time::interval(period);
+            let deadline = tokio::time::Instant::now() + duration;
+            while tokio::time::Instant::now() < deadline {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    Some(()) = pong_rx.recv() => {
+                        let _ = sink.send(Message::text("3")).await;
+                        continue;
+                    }
+                }
+                let t = origin.elapsed().as_micros();
+                let frame = match proto {
+                    RoomProto::Limpet => {
+                        format!(r#"{{"op":"emit","room":"{room}","event":"m","data":{{"t":{t}}}}}"#)
+                    }
+                    RoomProto::SocketIo => format!(r#"42["msg","{room}",{{"t":{t}}}]"#),
+                };
+                if sink.send(Message::text(frame)).await.is_err() {
+                    errors.fetch_add(1, Relaxed);
+                    break;
+                }
+            }
+            // Let the last messages arrive, then close; the reader ends
+            // with the close and hands back its histogram.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = sink.close().await;
+            let mut reader = reader;
+            match tokio::time::timeout(Duration::from_secs(2), &mut reader).await {
+                Ok(Ok(local)) => {
+                    if let Ok(mut h) = all.lock() {
+                        let _ = h.add(&local);
+                    }
+                }
+                _ => {
+                    reader.abort();
+                    errors.fetch_add(1, Relaxed);
+                }
+            }
+        }));
+    }
+    ready.wait().await;
+    let started = Instant::now();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed().min(duration);
+    let h = all
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| histogram());
+    summarize(&h, elapsed, errors.load(Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stamp;
+
+    #[test]
+    fn reads_the_send_time_from_either_protocol() {
+        assert_eq!(
+            stamp(r#"{"type":"event","room":"r0","event":"m","from":"n.1","data":{"t":12345}}"#),
+            Some(12345)
+        );
+        assert_eq!(stamp(r#"42["msg",{"t":987}]"#), Some(987));
+        assert_eq!(stamp(r#"{"type":"ack","id":1}"#), None);
+    }
+}

@@ -571,7 +571,8 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
             "| (redis-server / redis-benchmark not installed: run `make test-deps`) | | | |"
         );
     }
-    let _ = writeln!(md, "\n## 5. Whole stack vs nginx + socket.io + Redis adapter\n\nNot measured yet: the harness has no socket.io room-load driver. See the open issue.\n");
+    // 5: the whole stack.
+    whole_stack(&mut md, quick, &dir, bin).await;
     let _ = writeln!(
         md,
         "\nTotal run time: {:.0} s.",
@@ -718,4 +719,201 @@ fn svg(groups: &[(String, Vec<(String, f64)>)]) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// A running stack for scenario 5: its processes and the address clients use.
+struct Stack {
+    name: &'static str,
+    procs: Vec<Proc>,
+    entry: SocketAddr,
+    proto: load::RoomProto,
+}
+
+impl Stack {
+    fn rss_kib(&self) -> u64 {
+        self.procs.iter().map(Proc::rss_kib).sum()
+    }
+
+    /// Names of processes that have exited.
+    fn dead(&mut self) -> Vec<String> {
+        self.procs
+            .iter_mut()
+            .filter_map(|p| matches!(p.child.try_wait(), Ok(Some(_))).then(|| p.name.clone()))
+            .collect()
+    }
+}
+
+async fn limpet_stack(dir: &Path, bin: &Path) -> anyhow::Result<Stack> {
+    let broker: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    std::fs::write(
+        dir.join("s5-broker.toml"),
+        format!("bind = [\"{broker}\"]\n[metrics]\nenabled = false\n"),
+    )?;
+    let mut procs = vec![Proc::spawn(
+        "limpet-broker",
+        Command::new(bin.join("limpet-broker"))
+            .arg("--config")
+            .arg(dir.join("s5-broker.toml"))
+            .env("RUST_LOG", "warn"),
+    )?];
+    wait_port(broker).await;
+    let mut backends = String::new();
+    for i in 0..3 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let path = dir.join(format!("s5-node{i}.toml"));
+        std::fs::write(&path, format!("id = \"n{i}\"\nbind = \"{addr}\"\nbroker = [\"redis://{broker}/\"]\n[limits]\nmax_connections = 100000\nrate_per_second = 1000\nrate_burst = 1000\n"))?;
+        procs.push(Proc::spawn(
+            "limpet-node",
+            Command::new(bin.join("limpet-node"))
+                .arg("--config")
+                .arg(&path)
+                .env("RUST_LOG", "warn"),
+        )?);
+        wait_port(addr).await;
+        let _ = write!(
+            backends,
+            "[[pool.backend]]\nid = \"n{i}\"\naddress = \"{addr}\"\n"
+        );
+    }
+    let entry: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let path = dir.join("s5-proxy.toml");
+    std::fs::write(&path, format!("[[listen]]\nbind = \"{entry}\"\n[admin]\nenabled = false\n[limits]\nmax_connections = 100000\n[[pool]]\nname = \"nodes\"\naffinity = \"none\"\n{backends}[[route]]\npool = \"nodes\"\n"))?;
+    procs.push(Proc::spawn(
+        "limpet-proxy",
+        Command::new(bin.join("limpet-proxy"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn"),
+    )?);
+    anyhow::ensure!(wait_port(entry).await, "limpet-proxy did not start");
+    // Let the nodes see each other before rooms span them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Ok(Stack {
+        name: "limpet (proxy + 3 nodes + broker)",
+        procs,
+        entry,
+        proto: load::RoomProto::Limpet,
+    })
+}
+
+async fn socketio_stack(dir: &Path) -> anyhow::Result<Stack> {
+    let fixtures = std::env::current_dir()?.join("tests/socketio");
+    anyhow::ensure!(
+        fixtures
+            .join("node_modules/@socket.io/redis-adapter")
+            .exists(),
+        "npm fixtures missing: run make test-deps"
+    );
+    anyhow::ensure!(
+        have("nginx") && have("redis-server") && have("node"),
+        "nginx, redis-server or node missing"
+    );
+    let redis: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let mut procs = vec![Proc::spawn(
+        "redis-server",
+        Command::new("redis-server").args([
+            "--port",
+            &redis.port().to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]),
+    )?];
+    wait_port(redis).await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        procs.push(Proc::spawn(
+            "socket.io",
+            Command::new("node")
+                .arg(fixtures.join("room-server.js"))
+                .arg(addr.port().to_string())
+                .arg(format!("redis://{redis}/")),
+        )?);
+        anyhow::ensure!(wait_port(addr).await, "socket.io node did not start");
+        nodes.push(addr);
+    }
+    let (nginx, entry) = start_proxy(Kind::Nginx, &nodes, dir, Path::new("."))?
+        .ok_or_else(|| anyhow::anyhow!("nginx"))?;
+    procs.push(nginx);
+    anyhow::ensure!(wait_port(entry).await, "nginx did not start");
+    Ok(Stack {
+        name: "nginx + 3 socket.io + Redis adapter + Redis",
+        procs,
+        entry,
+        proto: load::RoomProto::SocketIo,
+    })
+}
+
+async fn whole_stack(md: &mut String, quick: bool, dir: &Path, bin: &Path) {
+    let (clients, secs, rates): (usize, u64, &[f64]) = if quick {
+        (40, 3, &[5.0])
+    } else {
+        (400, 5, &[2.0, 5.0, 10.0, 20.0, 40.0])
+    };
+    let _ = writeln!(
+        md,
+        "\n## 5. Whole stack: {clients} clients in rooms of 4 over 3 nodes\n\nEvery client emits to its room at the given rate; each message is delivered to the 3 others. Raised step by step until latency breaks down.\n\n| stack | msgs/s per client | expected deliveries/s | delivered/s | p50 ms | p99 ms | errors | RSS per client | status |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for which in 0..2 {
+        let stack = if which == 0 {
+            limpet_stack(dir, bin).await
+        } else {
+            socketio_stack(dir).await
+        };
+        let mut stack = match stack {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = writeln!(
+                    md,
+                    "| {} | | | | | | | | not run: {e:#} |",
+                    if which == 0 { "limpet" } else { "socket.io" }
+                );
+                continue;
+            }
+        };
+        let baseline = stack.rss_kib();
+        for &rate in rates {
+            let (proto, entry) = (stack.proto, stack.entry);
+            let run = tokio::spawn(load::rooms(
+                proto,
+                entry,
+                clients,
+                4,
+                rate,
+                Duration::from_secs(secs),
+            ));
+            tokio::time::sleep(Duration::from_secs(secs / 2 + 1)).await;
+            let rss = stack.rss_kib();
+            let r = run.await.unwrap_or_default();
+            let dead = stack.dead();
+            let status = if dead.is_empty() {
+                "ok".to_string()
+            } else {
+                format!("crashed: {}", dead.join(", "))
+            };
+            // Each client sends once at start, then `rate` a second.
+            let expected = clients as f64 * (rate * secs as f64 + 1.0) * 3.0 / secs as f64;
+            let _ = writeln!(
+                md,
+                "| {} | {rate} | {expected:.0} | {:.0} | {:.1} | {:.1} | {} | {:.1} KiB | {status} |",
+                stack.name,
+                r.per_sec,
+                r.p50_us as f64 / 1000.0,
+                r.p99_us as f64 / 1000.0,
+                r.errors,
+                rss.saturating_sub(baseline) as f64 / clients as f64
+            );
+            eprintln!(
+                "limpet-bench: scenario 5 {} at {rate}/s: {:.0} delivered/s, p99 {} µs",
+                stack.name, r.per_sec, r.p99_us
+            );
+            if !dead.is_empty() {
+                break;
+            }
+        }
+    }
 }

@@ -80,7 +80,8 @@ fn free_port() -> u16 {
 }
 
 async fn wait_port(addr: SocketAddr) -> bool {
-    for _ in 0..200 {
+    // Up to 30 s: a Node.js process on a busy 2-core machine can be slow to listen.
+    for _ in 0..1200 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return true;
         }
@@ -852,11 +853,11 @@ async fn whole_stack(md: &mut String, quick: bool, dir: &Path, bin: &Path) {
     let (clients, secs, rates): (usize, u64, &[f64]) = if quick {
         (40, 3, &[5.0])
     } else {
-        (400, 5, &[2.0, 5.0, 10.0, 20.0, 40.0])
+        (400, 5, &[2.0, 5.0, 10.0, 20.0, 40.0, 80.0])
     };
     let _ = writeln!(
         md,
-        "\n## 5. Whole stack: {clients} clients in rooms of 4 over 3 nodes\n\nEvery client emits to its room at the given rate; each message is delivered to the 3 others. Raised step by step until latency breaks down.\n\n| stack | msgs/s per client | expected deliveries/s | delivered/s | p50 ms | p99 ms | errors | RSS per client | status |\n|---|---|---|---|---|---|---|---|---|"
+        "\n## 5. Whole stack: {clients} clients in rooms of 4 over 3 nodes\n\nEvery client emits to its room at the given rate; each message is delivered to the 3 others. Raised step by step until latency breaks down.\n\n| stack | msgs/s per client | expected deliveries/s | delivered/s | p50 ms | p99 ms | errors | stack RSS | RSS growth per client | status |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for which in 0..2 {
         let stack = if which == 0 {
@@ -869,7 +870,7 @@ async fn whole_stack(md: &mut String, quick: bool, dir: &Path, bin: &Path) {
             Err(e) => {
                 let _ = writeln!(
                     md,
-                    "| {} | | | | | | | | not run: {e:#} |",
+                    "| {} | | | | | | | | | not run: {e:#} |",
                     if which == 0 { "limpet" } else { "socket.io" }
                 );
                 continue;
@@ -899,12 +900,13 @@ async fn whole_stack(md: &mut String, quick: bool, dir: &Path, bin: &Path) {
             let expected = clients as f64 * (rate * secs as f64 + 1.0) * 3.0 / secs as f64;
             let _ = writeln!(
                 md,
-                "| {} | {rate} | {expected:.0} | {:.0} | {:.1} | {:.1} | {} | {:.1} KiB | {status} |",
+                "| {} | {rate} | {expected:.0} | {:.0} | {:.1} | {:.1} | {} | {:.1} MiB | {:.1} KiB | {status} |",
                 stack.name,
                 r.per_sec,
                 r.p50_us as f64 / 1000.0,
                 r.p99_us as f64 / 1000.0,
                 r.errors,
+                rss as f64 / 1024.0,
                 rss.saturating_sub(baseline) as f64 / clients as f64
             );
             eprintln!(

@@ -23,15 +23,12 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let config = match &args.config {
-        Some(path) => match limpet_config::load_file::<BrokerConfig>(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("limpet-broker: {e}");
-                return std::process::ExitCode::from(1);
-            }
-        },
-        None => BrokerConfig::default(),
+    let config = match limpet_config::load_or_default::<BrokerConfig>(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("limpet-broker: {e}");
+            return std::process::ExitCode::from(1);
+        }
     };
     if args.check {
         let name = args

@@ -18,6 +18,17 @@ pub fn load_file<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, Confi
     parse_str(&text, path)
 }
 
+/// The config at `path`, or the loopback defaults when no file is given:
+/// how every binary's `--config` works.
+pub fn load_or_default<T: DeserializeOwned + Validate + Default>(
+    path: Option<&Path>,
+) -> Result<T, ConfigError> {
+    match path {
+        Some(path) => load_file(path),
+        None => Ok(T::default()),
+    }
+}
+
 /// Parses `text` as if read from `path` (the path only labels errors).
 pub fn parse_str<T: DeserializeOwned + Validate>(
     text: &str,
@@ -90,6 +101,19 @@ fn locate(text: &str, offset: usize) -> Location {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_file_means_defaults_and_a_missing_file_is_an_error() {
+        let cfg: crate::BrokerConfig = load_or_default(None).unwrap();
+        assert_eq!(cfg, crate::BrokerConfig::default());
+        let err = load_or_default::<crate::BrokerConfig>(Some(Path::new("/nonexistent/x.toml")))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/x.toml: cannot read config file"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn locate_counts_lines_and_columns_from_one() {

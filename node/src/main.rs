@@ -24,15 +24,12 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let config = match &args.config {
-        Some(path) => match limpet_config::load_file::<NodeConfig>(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("limpet-node: {e}");
-                return std::process::ExitCode::from(1);
-            }
-        },
-        None => NodeConfig::default(),
+    let config = match limpet_config::load_or_default::<NodeConfig>(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("limpet-node: {e}");
+            return std::process::ExitCode::from(1);
+        }
     };
     if args.check {
         let name = args

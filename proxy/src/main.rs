@@ -23,15 +23,12 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let config = match &args.config {
-        Some(path) => match limpet_config::load_file::<ProxyConfig>(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("limpet-proxy: {e}");
-                return std::process::ExitCode::from(1);
-            }
-        },
-        None => ProxyConfig::default(),
+    let config = match limpet_config::load_or_default::<ProxyConfig>(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("limpet-proxy: {e}");
+            return std::process::ExitCode::from(1);
+        }
     };
     if args.check {
         // Like `nginx -t`, load the certificates too.

@@ -86,12 +86,7 @@ async fn serves_metrics_and_stops_cleanly_on_sigterm() {
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 
     broker.signal("TERM");
-    assert_eq!(
-        broker.wait(),
-        Some(0),
-        "log:\n{}",
-        broker.log.lock().unwrap()
-    );
+    assert_eq!(broker.wait(), Some(0), "log:\n{}", broker.log_text());
     assert_eq!(
         sub.read_to_close().await,
         b"",

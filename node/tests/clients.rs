@@ -310,7 +310,7 @@ async fn sigterm_drains_then_closes_with_1001() {
     let mut node = node;
     let deadline = std::time::Instant::now() + DEADLINE;
     let code = loop {
-        if let Some(status) = node.child.try_wait().unwrap() {
+        if let Some(status) = node.proc.child.try_wait().unwrap() {
             break status.code();
         }
         assert!(std::time::Instant::now() < deadline, "node did not exit");

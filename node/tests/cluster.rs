@@ -136,8 +136,8 @@ async fn room_delivery_exactly_once(kind: Kind) {
     // node_timeout (2 s here) + one heartbeat interval.
     let killed_at = Instant::now();
     let mut nc = nc;
-    let _ = nc.child.kill();
-    let _ = nc.child.wait();
+    let _ = nc.proc.child.kill();
+    let _ = nc.proc.child.wait();
     let l = a1.about("left", &c1.socket).await;
     assert_eq!(l["reason"], "node_down", "{l}");
     assert!(

@@ -294,7 +294,7 @@ async fn sigterm_waits_for_tunnels_until_the_deadline() {
     .await;
     // ...but the open tunnel keeps working until the deadline.
     assert_eq!(echo(&mut tunnel, "still").await, "b1:still");
-    let code = tokio::task::spawn_blocking(move || proxy.child.wait().unwrap().code())
+    let code = tokio::task::spawn_blocking(move || proxy.proc.wait_exit())
         .await
         .unwrap();
     let took = stopped_at.elapsed();

@@ -281,100 +281,52 @@ pub fn free_port() -> u16 {
         .expect("find a free port")
 }
 
-/// The real `limpet-broker` binary, started with a config file; its log is
-/// collected so tests can learn the ports it bound (port 0 in the config).
+/// The real `limpet-broker` binary, started with a config file; its log
+/// tells the ports it bound (port 0 in the config).
 pub struct BrokerProcess {
-    pub child: std::process::Child,
+    pub proc: limpet_testkit::Logged,
     pub addr: SocketAddr,
     pub metrics: Option<SocketAddr>,
-    pub log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 pub fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("limpet-broker-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+    limpet_testkit::write_temp("limpet-broker-test", name, text)
 }
 
 impl BrokerProcess {
     pub fn start(config_text: &str) -> BrokerProcess {
-        use std::io::BufRead;
         let path = write_temp(&format!("broker-{}.toml", free_port()), config_text);
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_limpet-broker"))
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start limpet-broker");
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line.clone());
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let find = |line: &str, marker: &str| -> Option<SocketAddr> {
-            line.contains(marker)
-                .then(|| line.rsplit("addr=").next()?.trim().parse().ok())?
-        };
-        let (mut addr, mut metrics) = (None, None);
+        let mut proc = limpet_testkit::Logged::spawn(
+            "limpet-broker",
+            std::process::Command::new(env!("CARGO_BIN_EXE_limpet-broker"))
+                .arg("--config")
+                .arg(&path)
+                .env("RUST_LOG", "info"),
+        );
         let metrics_wanted = !config_text.contains("enabled = false");
-        let deadline = std::time::Instant::now() + DEADLINE;
-        while addr.is_none() || (metrics_wanted && metrics.is_none()) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!(
-                    "broker did not report its ports; log:\n{}",
-                    log.lock().unwrap()
-                )
-            });
-            addr = addr.or_else(|| find(&line, "listening for Redis-protocol clients"));
-            metrics = metrics.or_else(|| find(&line, "serving Prometheus metrics"));
+        let mut markers = vec!["listening for Redis-protocol clients"];
+        if metrics_wanted {
+            markers.push("serving Prometheus metrics");
         }
+        let addrs = proc.wait_addrs(&markers);
         BrokerProcess {
-            child,
-            addr: addr.unwrap(),
-            metrics,
-            log,
+            addr: addrs[0],
+            metrics: addrs.get(1).copied(),
+            proc,
         }
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        self.proc.signal(sig);
     }
 
     /// Waits for the process to exit and returns its exit code.
     pub fn wait(&mut self) -> Option<i32> {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code();
-            }
-            assert!(std::time::Instant::now() < deadline, "broker did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.proc.wait_exit()
     }
-}
 
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn log_text(&self) -> String {
+        self.proc.text()
     }
 }
 

@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -138,9 +138,8 @@ impl Drop for Broker {
 
 pub struct NodeProcess {
     pub id: String,
-    pub child: std::process::Child,
+    pub proc: limpet_testkit::Logged,
     pub addr: SocketAddr,
-    pub log: Arc<Mutex<String>>,
 }
 
 static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -148,7 +147,6 @@ static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new
 impl NodeProcess {
     /// Starts a node; `extra` is appended to its TOML config.
     pub fn start(id: &str, broker: &Broker, extra: &str) -> NodeProcess {
-        use std::io::BufRead;
         let dir = std::env::temp_dir().join(format!("limpet-node-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!(
@@ -167,53 +165,21 @@ impl NodeProcess {
             broker.url()
         );
         std::fs::write(&path, text).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_limpet-node"))
-            .arg("--config")
-            .arg(&path)
-            .env(
-                "RUST_LOG",
-                std::env::var("LIMPET_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start limpet-node");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line.clone());
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let deadline = std::time::Instant::now() + DEADLINE;
-        let addr = loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                let _ = child.kill();
-                panic!("node {id} did not start; log:\n{}", log.lock().unwrap());
-            };
-            if line.contains("listening for WebSocket clients") {
-                let addr = line
-                    .split("addr=")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|a| a.parse().ok());
-                if let Some(addr) = addr {
-                    break addr;
-                }
-            }
-        };
+        let mut proc = limpet_testkit::Logged::spawn(
+            &format!("node {id}"),
+            std::process::Command::new(env!("CARGO_BIN_EXE_limpet-node"))
+                .arg("--config")
+                .arg(&path)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("LIMPET_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                ),
+        );
+        let addr = proc.wait_addrs(&["listening for WebSocket clients"])[0];
         NodeProcess {
             id: id.to_string(),
-            child,
+            proc,
             addr,
-            log,
         }
     }
 
@@ -246,16 +212,11 @@ impl NodeProcess {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        self.proc.signal(sig);
     }
 
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.proc.text()
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
@@ -266,16 +227,6 @@ impl NodeProcess {
                     .and_then(|rest| rest.trim().parse().ok())
             })
             .unwrap_or(0.0)
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- log of node {} ----\n{}", self.id, self.log_text());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -473,17 +424,4 @@ impl Client {
     }
 }
 
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use limpet_testkit::eventually;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -162,87 +162,43 @@ fn backend_respond(
 
 /// The real proxy binary with a config file; learns its ports from the log.
 pub struct ProxyProcess {
-    pub child: std::process::Child,
+    pub proc: limpet_testkit::Logged,
     pub config_path: std::path::PathBuf,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    pub log: Arc<Mutex<String>>,
 }
 
 pub fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("limpet-proxy-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+    limpet_testkit::write_temp("limpet-proxy-test", name, text)
 }
 
 static CONFIG_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl ProxyProcess {
     pub fn start(config_text: &str) -> ProxyProcess {
-        use std::io::BufRead;
         let path = write_temp(
             &format!("proxy-{}.toml", CONFIG_SEQ.fetch_add(1, Relaxed)),
             config_text,
         );
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_limpet-proxy"))
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start limpet-proxy");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line.clone());
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let find = |line: &str, marker: &str| -> Option<SocketAddr> {
-            if !line.contains(marker) {
-                return None;
-            }
-            line.split("addr=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        };
-        let (mut addr, mut admin) = (None, None);
-        let deadline = std::time::Instant::now() + DEADLINE;
-        while addr.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                let _ = child.kill();
-                panic!(
-                    "proxy did not report its ports; log:\n{}",
-                    log.lock().unwrap()
-                );
-            };
-            addr = addr.or_else(|| find(&line, "listening for HTTP and WebSocket clients"));
-            admin = admin.or_else(|| find(&line, "admin listener"));
-        }
+        let mut proc = limpet_testkit::Logged::spawn(
+            "limpet-proxy",
+            std::process::Command::new(env!("CARGO_BIN_EXE_limpet-proxy"))
+                .arg("--config")
+                .arg(&path)
+                .env("RUST_LOG", "info"),
+        );
+        let addrs =
+            proc.wait_addrs(&["listening for HTTP and WebSocket clients", "admin listener"]);
         ProxyProcess {
-            child,
+            proc,
             config_path: path,
-            addr: addr.unwrap(),
-            admin: admin.unwrap(),
-            log,
+            addr: addrs[0],
+            admin: addrs[1],
         }
     }
 
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.proc.text()
     }
 
     pub async fn metrics(&self) -> String {
@@ -261,19 +217,7 @@ impl ProxyProcess {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok);
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.signal(sig);
     }
 }
 
@@ -433,18 +377,4 @@ pub fn cookie_pair(set_cookie: &str) -> String {
         .to_string()
 }
 
-/// Polls `check` until true or the deadline.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use limpet_testkit::eventually;

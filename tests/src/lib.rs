@@ -1,0 +1,186 @@
+//! Shared harness for the end-to-end tests of the three binaries.
+//!
+//! Each binary logs `... addr=<ip:port>` when a listener is up, so tests
+//! start it with port 0 in its config and read the real ports from its
+//! log instead of guessing free ports. Waits poll with a deadline, never a
+//! fixed sleep, so they hold on a loaded 2-core machine.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous: only a hang should ever reach it.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A child process whose stderr (the log) is collected line by line.
+pub struct Logged {
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+    label: String,
+}
+
+impl Logged {
+    /// Starts `cmd` with stdout discarded and stderr collected.
+    pub fn spawn(label: &str, cmd: &mut Command) -> Logged {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {label}: {e}"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line.clone());
+                if let Ok(mut log) = sink.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        Logged {
+            child,
+            log,
+            lines,
+            label: label.to_string(),
+        }
+    }
+
+    /// Waits for a log line containing each marker and returns the
+    /// `addr=` of each, in order.
+    pub fn wait_addrs(&mut self, markers: &[&str]) -> Vec<SocketAddr> {
+        let mut found: Vec<Option<SocketAddr>> = vec![None; markers.len()];
+        let deadline = Instant::now() + DEADLINE;
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                let _ = self.child.kill();
+                panic!(
+                    "{} did not report {markers:?}; log:\n{}",
+                    self.label,
+                    self.text()
+                );
+            };
+            for (slot, marker) in found.iter_mut().zip(markers) {
+                if slot.is_none() && line.contains(marker) {
+                    *slot = addr_in(&line);
+                }
+            }
+        }
+        found.into_iter().flatten().collect()
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, ...).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} {}", self.label);
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for child") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.label);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.label, self.text());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `addr=<socket address>` token of a log line.
+pub fn addr_in(line: &str) -> Option<SocketAddr> {
+    line.split("addr=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Writes `text` into this test process's scratch folder.
+pub fn write_temp(prefix: &str, name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create scratch folder");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write scratch file");
+    path
+}
+
+/// Polls `check` until it holds, failing the test at the deadline.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_addresses_in_log_lines() {
+        let line = "2026-11-28T09:00:00Z  INFO limpet_proxy::server: listening addr=127.0.0.1:4000 proxy_protocol=false";
+        assert_eq!(addr_in(line), Some("127.0.0.1:4000".parse().unwrap()));
+        assert_eq!(addr_in("addr=[::1]:9"), Some("[::1]:9".parse().unwrap()));
+        assert_eq!(addr_in("no address here"), None);
+    }
+
+    #[test]
+    fn collects_the_log_and_waits_for_markers() {
+        let mut p = Logged::spawn(
+            "sh",
+            Command::new("sh").args([
+                "-c",
+                "echo 'one addr=127.0.0.1:1' >&2; echo 'two addr=127.0.0.1:2' >&2; sleep 5",
+            ]),
+        );
+        let addrs = p.wait_addrs(&["two", "one"]);
+        assert_eq!(
+            addrs,
+            vec![
+                "127.0.0.1:2".parse().unwrap(),
+                "127.0.0.1:1".parse().unwrap()
+            ]
+        );
+        assert!(p.text().contains("one addr="));
+    }
+}

@@ -1,5 +1,6 @@
 //! Rooms across nodes, end to end: real limpet-node processes over
-//! limpet-broker and over a real redis-server (every test runs on both).
+//! limpet-broker and over a real redis-server (every test runs on both),
+//! and the room test once more over a Redis Cluster (sharded pub/sub).
 
 mod common;
 use common::*;
@@ -158,6 +159,13 @@ async fn room_delivery_exactly_once_over_limpet_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_delivery_exactly_once_over_redis() {
     room_delivery_exactly_once(Kind::Redis).await;
+}
+
+/// The same over a three-master Redis Cluster with sharded pub/sub: only
+/// the node config changes (`cluster = true` and the members' URLs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_delivery_exactly_once_over_redis_cluster() {
+    room_delivery_exactly_once(Kind::RedisCluster).await;
 }
 
 async fn broker_restart(kind: Kind) {

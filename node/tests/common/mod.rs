@@ -20,6 +20,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub enum Kind {
     Limpet,
     Redis,
+    /// Three redis-server masters in cluster mode: nodes use sharded pub/sub.
+    RedisCluster,
 }
 
 pub struct Broker {
@@ -30,6 +32,8 @@ pub struct Broker {
         tokio::task::JoinHandle<()>,
     )>,
     redis: Option<std::process::Child>,
+    /// The other cluster members (the first is `redis`).
+    cluster: Vec<(std::process::Child, SocketAddr)>,
 }
 
 fn free_port() -> u16 {
@@ -48,6 +52,7 @@ impl Broker {
             addr,
             limpet: None,
             redis: None,
+            cluster: Vec::new(),
         };
         b.restart().await;
         b
@@ -56,6 +61,7 @@ impl Broker {
     /// Starts (again) on the same address.
     pub async fn restart(&mut self) {
         match self.kind {
+            Kind::RedisCluster => self.start_cluster().await,
             Kind::Limpet => {
                 let config = limpet_config::BrokerConfig {
                     bind: vec![self.addr],
@@ -125,11 +131,102 @@ impl Broker {
     pub fn url(&self) -> String {
         format!("redis://{}/", self.addr)
     }
+
+    /// The `broker = ...` lines of a node config for this broker.
+    pub fn node_config(&self) -> String {
+        if self.kind == Kind::RedisCluster {
+            let urls: Vec<String> = self
+                .cluster
+                .iter()
+                .map(|(_, a)| format!("\"redis://{a}/\""))
+                .collect();
+            format!("broker = [{}]\ncluster = true", urls.join(", "))
+        } else {
+            format!("broker = [\"{}\"]", self.url())
+        }
+    }
+
+    async fn start_cluster(&mut self) {
+        let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("redis-server is not installed: run `make test` (it installs it)");
+        let mut addrs = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!(
+                "limpet-redis-cluster-{}-{port}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let child = std::process::Command::new(bin)
+                .current_dir(&dir)
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                ])
+                .args([
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("start redis-server in cluster mode");
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            eventually("cluster member accepts", || async move {
+                TcpStream::connect(addr).await.is_ok()
+            })
+            .await;
+            self.cluster.push((child, addr));
+            addrs.push(addr.to_string());
+        }
+        self.addr = self.cluster[0].1;
+        let out = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create (package redis-tools)");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for (_, addr) in &self.cluster {
+            let port = addr.port().to_string();
+            eventually("cluster state ok", || {
+                let port = port.clone();
+                async move {
+                    std::process::Command::new("redis-cli")
+                        .args(["-p", &port, "cluster", "info"])
+                        .output()
+                        .is_ok_and(|o| {
+                            String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok")
+                        })
+                }
+            })
+            .await;
+        }
+    }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(mut child) = self.redis.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for (child, _) in &mut self.cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -161,8 +258,8 @@ impl NodeProcess {
             format!("{extra}\n{fast}")
         };
         let text = format!(
-            "id = \"{id}\"\nbind = \"127.0.0.1:0\"\nbroker = [\"{}\"]\n{extra}\n",
-            broker.url()
+            "id = \"{id}\"\nbind = \"127.0.0.1:0\"\n{}\n{extra}\n",
+            broker.node_config()
         );
         std::fs::write(&path, text).unwrap();
         let mut proc = limpet_testkit::Logged::spawn(

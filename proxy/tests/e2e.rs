@@ -461,3 +461,41 @@ async fn check_flag_reports_broken_configs() {
         .unwrap();
     assert!(out.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_affinity_hashes_the_named_header() {
+    let (b1, b2, b3) = three().await;
+    let proxy = ProxyProcess::start(&config(
+        &[&b1, &b2, &b3],
+        "",
+        "affinity = \"header\"\naffinity_key = \"x-room\"",
+    ));
+    let first = http(proxy.addr, "GET", "/", &[("x-room", "lobby")]).await;
+    let owner = first.backend().unwrap().to_string();
+    for _ in 0..10 {
+        let r = http(proxy.addr, "GET", "/", &[("x-room", "lobby")]).await;
+        assert_eq!(r.backend(), Some(owner.as_str()));
+        assert!(
+            r.header("set-cookie").is_none(),
+            "hash affinity issues no cookie"
+        );
+    }
+    let mut spread = std::collections::HashSet::new();
+    for r in 0..30 {
+        let room = format!("room-{r}");
+        spread.insert(
+            http(proxy.addr, "GET", "/", &[("x-room", &room)])
+                .await
+                .backend()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(spread.len(), 3, "different header values spread");
+    assert!(
+        proxy
+            .metric("limpet_proxy_affinity_total{outcome=\"hashed\",pool=\"nodes\"}")
+            .await
+            >= 41.0
+    );
+}

@@ -97,6 +97,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, clie
             close::SLOW_CONSUMER => "slow consumer: outbound queue full",
             close::HEARTBEAT => "no pong to the last ping",
             close::MISBEHAVING => "too many errors",
+            close::MESSAGE_TOO_BIG => "message too big",
             _ => "server going away",
         };
         let frame = CloseFrame {
@@ -143,6 +144,11 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, clie
                     None => break "client closed",
                     Some(Err(e)) => {
                         tracing::debug!(socket = %id, "websocket error: {e}");
+                        if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
+                            // Far over the size limit: refused by the WebSocket layer.
+                            let _ = closer.send(Some(close::MESSAGE_TOO_BIG));
+                            break "message too big";
+                        }
                         break "protocol error";
                     }
                     Some(Ok(msg)) => msg,

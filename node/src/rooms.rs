@@ -34,6 +34,7 @@ pub mod close {
     pub const HEARTBEAT: u16 = 4001;
     pub const SLOW_CONSUMER: u16 = 4002;
     pub const MISBEHAVING: u16 = 4003;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
 }
 
 /// One local client, as the rest of the node sees it.

@@ -83,6 +83,11 @@ async fn every_error_is_a_frame_and_the_connection_stays_open() {
     assert_eq!(c.next_of("error").await["code"], "bad_request");
     // Still open and working.
     assert_eq!(c.ok(json!({"op": "ping"})).await, json!({"pong": true}));
+    // Far over the limit (the WebSocket layer refuses frames over 1 MiB
+    // here): closed with 1009.
+    let mut huge = Client::connect(&node).await;
+    let _ = huge.ws.send(Message::text("z".repeat(2 << 20))).await;
+    assert_eq!(huge.closed_with().await, 1009);
     assert!(
         node.metric("limpet_node_errors_total{code=\"not_member\"}")
             .await

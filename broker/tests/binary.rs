@@ -21,38 +21,33 @@ fn version_and_check() {
         "good.toml",
         "maxclients = 10\n[output_limit]\nhard = \"64mb\"\n",
     );
-    let out = Command::new(BIN)
-        .arg("--check")
-        .arg("--config")
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("is ok"));
+    let out = limpet_testkit::run_check(BIN, &good);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("is ok"));
 
     let bad = write_temp("bad.toml", "maxclients = 10\n\n[output_limit]\nhrad = 1\n");
-    let out = Command::new(BIN)
-        .arg("--check")
-        .arg("--config")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:4:1: ", bad.display())), "{err}");
-    assert!(err.contains("unknown field `hrad`"), "{err}");
+    let out = limpet_testkit::run_check(BIN, &bad);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains(&format!("{}:4:1: ", bad.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("unknown field `hrad`"),
+        "{}",
+        out.stderr
+    );
 
-    let missing = Command::new(BIN)
-        .args(["--check", "--config", "/nonexistent/broker.toml"])
-        .output()
-        .unwrap();
-    assert_eq!(missing.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&missing.stderr)
-        .contains("/nonexistent/broker.toml: cannot read config file"));
+    let missing = limpet_testkit::run_check(BIN, std::path::Path::new("/nonexistent/broker.toml"));
+    assert_eq!(missing.code, Some(1));
+    assert!(
+        missing
+            .stderr
+            .contains("/nonexistent/broker.toml: cannot read config file"),
+        "{}",
+        missing.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -326,23 +326,16 @@ async fn sigterm_drains_then_closes_with_1001() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_flag() {
-    let dir = std::env::temp_dir().join(format!("limpet-node-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "id = \"x\"\n[limits]\nmax_connections = 0\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_limpet-node"))
-        .arg("--check")
-        .arg("--config")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!(
-            "{}:3:19: limits.max_connections: must be at least 1",
-            bad.display()
-        )),
-        "{err}"
+    let bad = limpet_testkit::write_temp(
+        "limpet-node-check",
+        "bad.toml",
+        "id = \"x\"\n[limits]\nmax_connections = 0\n",
     );
+    let out = limpet_testkit::run_check(env!("CARGO_BIN_EXE_limpet-node"), &bad);
+    assert_eq!(out.code, Some(1));
+    let want = format!(
+        "{}:3:19: limits.max_connections: must be at least 1",
+        bad.display()
+    );
+    assert!(out.stderr.contains(&want), "{}", out.stderr);
 }

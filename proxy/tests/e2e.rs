@@ -433,33 +433,20 @@ async fn slowloris_oversized_headers_and_no_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_flag_reports_broken_configs() {
+    const BIN: &str = env!("CARGO_BIN_EXE_limpet-proxy");
     let bad = write_temp(
         "bad-proxy.toml",
         "[[pool]]\nname = \"p\"\n[[pool.backend]]\nid = \"a\"\naddress = \"nowhere\"\n",
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_limpet-proxy"))
-        .arg("--check")
-        .arg("--config")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!(
-            "{}:5:11: pool.0.backend.0.address: `nowhere` is not host:port",
-            bad.display()
-        )),
-        "{err}"
+    let out = limpet_testkit::run_check(BIN, &bad);
+    assert_eq!(out.code, Some(1));
+    let want = format!(
+        "{}:5:11: pool.0.backend.0.address: `nowhere` is not host:port",
+        bad.display()
     );
+    assert!(out.stderr.contains(&want), "{}", out.stderr);
     let good = write_temp("good-proxy.toml", "");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_limpet-proxy"))
-        .arg("--check")
-        .arg("--config")
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    assert_eq!(limpet_testkit::run_check(BIN, &good).code, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

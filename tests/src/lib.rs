@@ -136,6 +136,28 @@ pub fn write_temp(prefix: &str, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// What `<bin> --check --config <file>` printed.
+pub struct CheckOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a binary's config check (like `nginx -t`) on `config`.
+pub fn run_check(bin: &str, config: &std::path::Path) -> CheckOutput {
+    let out = Command::new(bin)
+        .arg("--check")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| panic!("run {bin} --check: {e}"));
+    CheckOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// Polls `check` until it holds, failing the test at the deadline.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

@@ -197,6 +197,30 @@ fn start_proxy(
     Ok(Some((proc, addr)))
 }
 
+/// One echo table: a row per contender, rate as a ratio to the first row.
+fn latency_table(md: &mut String, heading: &str, rate: &str, rows: &[(Kind, Latency)]) {
+    let base = rows.first().map_or(0.0, |(_, l)| l.per_sec);
+    let _ = writeln!(
+        md,
+        "\n### {heading}\n\n| contender | {rate} | ratio | p50 µs | p90 µs | p99 µs | p99.9 µs | round trips | errors |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for (k, l) in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            k.name(),
+            l.per_sec,
+            ratio(l.per_sec, base),
+            l.p50_us,
+            l.p90_us,
+            l.p99_us,
+            l.p999_us,
+            l.count,
+            l.errors
+        );
+    }
+}
+
 fn median_by(mut runs: Vec<Latency>) -> Latency {
     runs.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
     runs.get(runs.len() / 2).cloned().unwrap_or_default()
@@ -364,40 +388,22 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
     for note in &failed_to_start {
         let _ = writeln!(md, "* not measured: {note}");
     }
-    let base1 = single.first().map_or(0.0, |(_, l)| l.per_sec);
-    let _ = writeln!(md, "## 1. Proxy overhead: WebSocket echo, 100-byte messages\n\n### One connection (the cost of the hop)\n\n| contender | round trips/s | ratio | p50 µs | p90 µs | p99 µs | p99.9 µs | round trips | errors |\n|---|---|---|---|---|---|---|---|---|");
-    for (k, l) in &single {
-        let _ = writeln!(
-            md,
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
-            k.name(),
-            l.per_sec,
-            ratio(l.per_sec, base1),
-            l.p50_us,
-            l.p90_us,
-            l.p99_us,
-            l.p999_us,
-            l.count,
-            l.errors
-        );
-    }
-    let base = many.first().map_or(0.0, |(_, l)| l.per_sec);
-    let _ = writeln!(md, "\n### {} connections (saturation)\n\n| contender | messages/s | ratio | p50 µs | p90 µs | p99 µs | p99.9 µs | round trips | errors |\n|---|---|---|---|---|---|---|---|---|", s.many_conns);
-    for (k, l) in &many {
-        let _ = writeln!(
-            md,
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
-            k.name(),
-            l.per_sec,
-            ratio(l.per_sec, base),
-            l.p50_us,
-            l.p90_us,
-            l.p99_us,
-            l.p999_us,
-            l.count,
-            l.errors
-        );
-    }
+    let _ = writeln!(
+        md,
+        "## 1. Proxy overhead: WebSocket echo, 100-byte messages"
+    );
+    latency_table(
+        &mut md,
+        "One connection (the cost of the hop)",
+        "round trips/s",
+        &single,
+    );
+    latency_table(
+        &mut md,
+        &format!("{} connections (saturation)", s.many_conns),
+        "messages/s",
+        &many,
+    );
 
     // 2: idle capacity.
     let _ = writeln!(md, "\n## 2. Idle capacity: {} idle WebSocket connections\n\n| process | RSS before | RSS with connections | per connection | established |\n|---|---|---|---|---|", s.idle_conns);

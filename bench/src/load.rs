@@ -127,7 +127,7 @@ pub async fn echo(
 
 /// Opens `conns` WebSocket connections with a raw handshake and holds
 /// them (a few KB each on our side). Returns the sockets and the failures.
-pub async fn idle(target: SocketAddr, conns: usize) -> (Vec<TcpStream>, usize) {
+pub async fn idle(target: SocketAddr, path: &str, conns: usize) -> (Vec<TcpStream>, usize) {
     let mut held = Vec::with_capacity(conns);
     let mut failed = 0;
     let mut pending = futures_util::stream::FuturesUnordered::new();
@@ -137,7 +137,7 @@ pub async fn idle(target: SocketAddr, conns: usize) -> (Vec<TcpStream>, usize) {
             let i = next;
             pending.push(async move {
                 let mut tcp = connect_from(i, target).await.ok()?;
-                let req = format!("GET /idle HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+                let req = format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
                 tcp.write_all(req.as_bytes()).await.ok()?;
                 let mut buf = [0u8; 1024];
                 let mut got = Vec::new();

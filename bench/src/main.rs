@@ -125,7 +125,7 @@ mod smoke {
             r.p50_us > 0 && r.p50_us <= r.p99_us && r.p99_us <= r.p999_us,
             "{r:?}"
         );
-        let (held, failed) = load::idle(addr, 50).await;
+        let (held, failed) = load::idle(addr, "/idle", 50).await;
         assert_eq!((held.len(), failed), (50, 0));
     }
 

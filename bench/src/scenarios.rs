@@ -417,7 +417,7 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = proc.rss_kib();
-        let (held, failed) = load::idle(addr, s.idle_conns).await;
+        let (held, failed) = load::idle(addr, "/idle", s.idle_conns).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after = proc.rss_kib();
         let n = held.len().max(1) as f64;
@@ -459,7 +459,7 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = node.rss_kib();
         let target: SocketAddr = node_addr;
-        let (held, failed) = idle_node(target, s.idle_conns).await;
+        let (held, failed) = load::idle(target, "/ws", s.idle_conns).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after = node.rss_kib();
         let _ = writeln!(
@@ -612,31 +612,6 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     drop(backend_procs);
     Ok(())
-}
-
-/// Idle clients of limpet-node hold a WebSocket on its `/ws` path.
-async fn idle_node(target: SocketAddr, n: usize) -> (Vec<tokio::net::TcpStream>, usize) {
-    // The node's path is /ws; the raw client asks for /idle, which the
-    // node answers with 404, so go through the echo-style client instead.
-    let mut held = Vec::new();
-    let mut failed = 0;
-    for i in 0..n {
-        let ok = async {
-            let mut tcp = load::connect_from(i, target).await.ok()?;
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let req = format!("GET /ws HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
-            tcp.write_all(req.as_bytes()).await.ok()?;
-            let mut buf = [0u8; 512];
-            let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf)).await.ok()?.ok()?;
-            buf[..n].starts_with(b"HTTP/1.1 101").then_some(tcp)
-        }
-        .await;
-        match ok {
-            Some(tcp) => held.push(tcp),
-            None => failed += 1,
-        }
-    }
-    (held, failed)
 }
 
 fn wrk(target: SocketAddr, secs: u64) -> (f64, String) {

@@ -224,9 +224,8 @@ pub async fn handle(
     let wish = read_wish(&pool, &parts.headers, &parts.uri, client);
 
     let mut tried: Vec<usize> = Vec::new();
-    let mut repinned = false;
     loop {
-        let Some(mut choice) = choose(&wish, &tried) else {
+        let Some(choice) = choose(&wish, &tried) else {
             let reached_none = !tried.is_empty();
             proxy
                 .metrics
@@ -262,16 +261,6 @@ pub async fn handle(
                 "503 service unavailable: no backend is up",
             );
         };
-        if repinned && choice.outcome == Outcome::Hit {
-            choice.outcome = Outcome::Down;
-        }
-        if repinned && choice.set_cookie.is_none() && pool.config.affinity == Affinity::Cookie {
-            let id = &pool.backends[choice.index].id;
-            choice.set_cookie = Some(affinity::set_cookie(
-                &pool.config.cookie,
-                &pool.sealer.seal(id),
-            ));
-        }
         let backend = pool.backends[choice.index].clone();
         let target = upstream::Target {
             address: &backend.address,
@@ -298,7 +287,6 @@ pub async fn handle(
                     tracing::warn!(pool = %pool.name(), backend = %backend.id, "backend taken out for {} after failures", pool.config.passive.fail_timeout);
                 }
                 tried.push(choice.index);
-                repinned = true;
                 continue;
             }
         };

@@ -2,8 +2,12 @@
 // `hello` with its own id so the test can see which node served a client.
 // usage: node server.js <port> <id>
 const { Server } = require("socket.io");
+const http = require("node:http");
 const [port, id] = process.argv.slice(2);
-const io = new Server(Number(port), { cors: { origin: "*" } });
+// Bind loopback only, the address the test gave the proxy.
+const httpServer = http.createServer();
+const io = new Server(httpServer, { cors: { origin: "*" } });
+httpServer.listen(Number(port), "127.0.0.1");
 io.on("connection", (socket) => {
   socket.on("hello", (text, ack) => ack(`${id}:${text}`));
 });

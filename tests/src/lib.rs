@@ -158,6 +158,37 @@ pub fn run_check(bin: &str, config: &std::path::Path) -> CheckOutput {
     }
 }
 
+/// Resident memory of a process in KiB (`VmRSS` from `/proc/<pid>/status`).
+///
+/// Hostile-client tests assert a bound on it: the attack may cost the
+/// process a bounded amount of memory, never one proportional to what the
+/// attacker sends.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+impl Logged {
+    /// The child's resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
+
+    /// Panics unless the child is still running: the first thing every
+    /// attack test asserts.
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("wait for child") {
+            panic!("{} died during the attack: {status}", self.label);
+        }
+    }
+}
+
 /// Polls `check` until it holds, failing the test at the deadline.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -204,5 +235,8 @@ mod tests {
             ]
         );
         assert!(p.text().contains("one addr="));
+        p.assert_alive();
+        let rss = p.rss_kib();
+        assert!(rss > 0 && rss < 1 << 20, "sh uses {rss} KiB");
     }
 }

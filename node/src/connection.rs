@@ -280,26 +280,10 @@ fn members_json(members: &[(String, String)]) -> serde_json::Value {
 /// A binary frame is `<JSON request>\n<payload>`; `emit` and `send` only.
 /// Recipients get `<JSON event header>\n<payload>` as a binary frame.
 fn handle_binary(node: &Arc<Node>, id: &str, bytes: &[u8]) -> Outcome {
-    let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
-        return Some((
-            None,
-            Failure::new(
-                Code::BadRequest,
-                "a binary frame starts with a JSON request line",
-            ),
-        ));
-    };
-    let Ok(head) = std::str::from_utf8(&bytes[..nl]) else {
-        return Some((
-            None,
-            Failure::new(Code::BadJson, "the request line is not UTF-8"),
-        ));
-    };
-    let req = match protocol::parse(head) {
-        Ok(r) => r,
+    let (req, payload) = match protocol::split_binary(bytes) {
+        Ok(split) => split,
         Err(f) => return Some((None, f)),
     };
-    let payload = &bytes[nl + 1..];
     let event = req.event.as_deref().unwrap_or("binary");
     let result = match req.op {
         Some("emit") => node.validate_room(req.room.as_deref()).and_then(|room| {

@@ -80,6 +80,20 @@ pub fn parse(text: &str) -> Result<Request<'_>, Failure> {
         .map_err(|e| Failure::new(Code::BadJson, format!("not a JSON request: {e}")))
 }
 
+/// Splits a binary frame, `<JSON request>\n<payload>`, at its first
+/// newline: the JSON never holds a raw newline, the payload may.
+pub fn split_binary(bytes: &[u8]) -> Result<(Request<'_>, &[u8]), Failure> {
+    let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
+        return Err(Failure::new(
+            Code::BadRequest,
+            "a binary frame starts with a JSON request line",
+        ));
+    };
+    let head = std::str::from_utf8(&bytes[..nl])
+        .map_err(|_| Failure::new(Code::BadJson, "the request line is not UTF-8"))?;
+    Ok((parse(head)?, &bytes[nl + 1..]))
+}
+
 pub fn welcome(socket: &str, node: &str, ping_ms: u64) -> String {
     json!({"type": "welcome", "socket": socket, "node": node, "ping_interval_ms": ping_ms})
         .to_string()

@@ -41,6 +41,11 @@ pub struct NodeLimits {
     pub max_room_name_bytes: usize,
     /// Messages waiting for one client; a client that lets it fill is closed.
     pub outbound_queue: usize,
+    /// Bytes waiting for one client (queued frames plus the one being
+    /// written); a client that lets it fill is closed (4002). Frames are
+    /// shared between recipients, but each queue counts every frame it
+    /// holds in full, so this bounds what one slow reader can pin.
+    pub outbound_queue_bytes: ByteSize,
     /// Client messages per second (token bucket) and the burst allowed.
     pub rate_per_second: u32,
     pub rate_burst: u32,
@@ -95,6 +100,7 @@ impl Default for NodeLimits {
             max_rooms_per_socket: 100,
             max_room_name_bytes: 128,
             outbound_queue: 1024,
+            outbound_queue_bytes: ByteSize(1024 * 1024),
             rate_per_second: 100,
             rate_burst: 200,
             max_errors_per_minute: 30,
@@ -191,6 +197,12 @@ impl Validate for NodeConfig {
             return Err(FieldError::new(
                 "limits.outbound_queue",
                 "must be at least 8",
+            ));
+        }
+        if l.outbound_queue_bytes.bytes() < l.max_message_bytes.bytes() {
+            return Err(FieldError::new(
+                "limits.outbound_queue_bytes",
+                "must be at least limits.max_message_bytes",
             ));
         }
         if l.rate_per_second == 0 || l.rate_burst == 0 {

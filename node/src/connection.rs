@@ -13,6 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -66,8 +67,9 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, clie
     let id = node.next_socket_id();
     let limits = node.config.limits.clone();
     let (tx, mut rx) = mpsc::channel::<Message>(limits.outbound_queue);
+    let queued = Arc::new(AtomicUsize::new(0));
     let (closer, mut close_rx) = watch::channel::<Option<u16>>(None);
-    node.add_socket(&id, tx, closer.clone());
+    node.add_socket(&id, tx, queued.clone(), closer.clone());
     tracing::info!(node = %node.id, socket = %id, %client, "client connected");
     let ping_every = node.config.heartbeat.ping_interval.get();
     node.reply(
@@ -77,20 +79,41 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, clie
 
     let (mut sink, mut stream) = ws.split();
     let mut writer_close = close_rx.clone();
+    let metrics = node.metrics.clone();
     let writer = tokio::spawn(async move {
+        // Frames leave the byte count once written (or dropped), never
+        // when merely dequeued: until then their bytes are still held.
+        let written = |len: usize| {
+            queued.fetch_sub(len, Relaxed);
+            metrics.outbound_bytes.sub(len as i64);
+        };
+        let mut failed = false;
         loop {
             tokio::select! {
                 biased;
                 _ = writer_close.changed() => break,
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
+                    let len = msg.len();
                     tokio::select! {
-                        r = sink.send(msg) => if r.is_err() { return },
+                        r = sink.send(msg) => {
+                            written(len);
+                            if r.is_err() { failed = true; break }
+                        }
                         // A client that stopped reading blocks this send: give up on it.
-                        _ = writer_close.changed() => break,
+                        _ = writer_close.changed() => { written(len); break }
                     }
                 }
             }
+        }
+        // Whatever is still queued is dropped here; later deliveries see a
+        // closed queue and are not counted.
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            written(msg.len());
+        }
+        if failed {
+            return;
         }
         let code = writer_close.borrow().unwrap_or(close::GOING_AWAY);
         let reason = match code {
@@ -253,7 +276,7 @@ async fn run(node: &Arc<Node>, id: &str, req: &Request<'_>) -> Result<serde_json
                 .to
                 .as_deref()
                 .ok_or_else(|| Failure::new(Code::BadRequest, "`to` is required"))?;
-            node.send_to(to, Frame::Text(protocol::direct(event()?, id, req.data)))?;
+            node.send_to(to, Frame::text(protocol::direct(event()?, id, req.data)))?;
             Ok(json!({"to": to}))
         }
         Some("presence") => {

@@ -245,7 +245,7 @@ async fn publish_api(node: &Node, req: Request<Incoming>) -> Resp {
         }),
         (None, Some(socket)) => node.send_to(
             &socket,
-            Frame::Text(protocol::direct(event, "server", p.data)),
+            Frame::text(protocol::direct(event, "server", p.data)),
         ),
         _ => {
             return json_reply(

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub rooms: IntGauge,
     pub messages_in: IntCounter,
     pub messages_out: IntCounterVec,
+    pub outbound_bytes: IntGauge,
     pub errors: IntCounterVec,
     pub closes: IntCounterVec,
     pub node_down: IntCounter,
@@ -69,6 +70,7 @@ impl Metrics {
             rooms: gauge("limpet_node_rooms", "Rooms with members on this node"),
             messages_in: counter("limpet_node_messages_in_total", "Client messages received"),
             messages_out: counter_vec("limpet_node_messages_out_total", "Messages queued to local clients, by origin", "scope"),
+            outbound_bytes: gauge("limpet_node_outbound_queued_bytes", "Bytes queued to local clients and not yet written (all sockets)"),
             errors: counter_vec("limpet_node_errors_total", "Error frames sent to clients", "code"),
             closes: counter_vec(
                 "limpet_node_closes_total",

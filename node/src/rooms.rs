@@ -22,11 +22,11 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Close codes the node uses.
 pub mod close {
@@ -40,6 +40,9 @@ pub mod close {
 /// One local client, as the rest of the node sees it.
 pub struct LocalSocket {
     tx: mpsc::Sender<Message>,
+    /// Bytes of frames queued for this socket and not yet written; the
+    /// writer subtracts what it has sent.
+    queued: Arc<AtomicUsize>,
     rooms: HashSet<String>,
     /// Set to a close code to make the connection task close the socket.
     closer: watch::Sender<Option<u16>>,
@@ -93,14 +96,21 @@ fn open_envelope(payload: &Bytes) -> Option<(Header, Bytes)> {
     Some((header, payload.slice(nl + 1..)))
 }
 
-/// A frame for clients, text or binary.
+/// A frame for clients, text or binary. Both hold reference-counted
+/// bytes: a room message is encoded once and every recipient's queue
+/// holds the same buffer, so fan-out to N sockets costs N pointers, not
+/// N copies.
 #[derive(Clone)]
 pub enum Frame {
-    Text(String),
+    Text(Utf8Bytes),
     Binary(Bytes),
 }
 
 impl Frame {
+    pub fn text(text: String) -> Frame {
+        Frame::Text(text.into())
+    }
+
     fn bytes(&self) -> &[u8] {
         match self {
             Frame::Text(t) => t.as_bytes(),
@@ -110,16 +120,17 @@ impl Frame {
 
     fn to_message(&self) -> Message {
         match self {
-            Frame::Text(t) => Message::text(t.clone()),
-            Frame::Binary(b) => Message::binary(b.clone()),
+            Frame::Text(t) => Message::Text(t.clone()),
+            Frame::Binary(b) => Message::Binary(b.clone()),
         }
     }
 
+    /// The body of an envelope, kept as a slice of the broker's buffer.
     fn from_body(body: Bytes, binary: bool) -> Option<Frame> {
         if binary {
             Some(Frame::Binary(body))
         } else {
-            String::from_utf8(body.to_vec()).ok().map(Frame::Text)
+            Utf8Bytes::try_from(body).ok().map(Frame::Text)
         }
     }
 }
@@ -199,12 +210,14 @@ impl Node {
         &self,
         id: &str,
         tx: mpsc::Sender<Message>,
+        queued: Arc<AtomicUsize>,
         closer: watch::Sender<Option<u16>>,
     ) {
         self.state.lock().sockets.insert(
             id.to_string(),
             LocalSocket {
                 tx,
+                queued,
                 rooms: HashSet::new(),
                 closer,
             },
@@ -244,34 +257,50 @@ impl Node {
     /// Queues a frame to every local socket (the shutdown notice).
     pub fn broadcast_local(&self, frame: &str) {
         let st = self.state.lock();
-        let msg = Frame::Text(frame.to_string());
+        let msg = Frame::text(frame.to_string());
         for (id, _) in st.sockets.iter() {
             self.deliver(&st, id, &msg, "local");
         }
     }
 
-    /// Queues `frame` for socket `id`; a full queue closes the socket
-    /// (slow consumer) instead of blocking anyone.
+    /// Queues `frame` for socket `id`; a queue full in bytes or in
+    /// messages closes the socket (slow consumer) instead of blocking
+    /// anyone. A frame bigger than the whole byte budget still goes to an
+    /// idle socket, so one large message never closes a reader that keeps up.
     fn deliver(&self, st: &State, id: &str, frame: &Frame, scope: &str) -> bool {
         let Some(sock) = st.sockets.get(id) else {
             return false;
         };
-        match sock.tx.try_send(frame.to_message()) {
+        let len = frame.bytes().len();
+        let max = self.config.limits.outbound_queue_bytes.bytes() as usize;
+        let before = sock.queued.fetch_add(len, Relaxed);
+        let full = before > 0 && before.saturating_add(len) > max;
+        let result = if full {
+            Err(mpsc::error::TrySendError::Full(()))
+        } else {
+            sock.tx.try_send(frame.to_message()).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+            })
+        };
+        match result {
             Ok(()) => {
+                self.metrics.outbound_bytes.add(len as i64);
                 self.metrics.messages_out.with_label_values(&[scope]).inc();
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if sock
-                    .closer
-                    .send_replace(Some(close::SLOW_CONSUMER))
-                    .is_none()
+            Err(e) => {
+                sock.queued.fetch_sub(len, Relaxed);
+                if matches!(e, mpsc::error::TrySendError::Full(()))
+                    && sock
+                        .closer
+                        .send_replace(Some(close::SLOW_CONSUMER))
+                        .is_none()
                 {
-                    tracing::warn!(node = %self.id, socket = %id, "closing slow consumer: outbound queue full");
+                    tracing::warn!(node = %self.id, socket = %id, queued_bytes = before, "closing slow consumer: outbound queue full");
                 }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
@@ -285,7 +314,7 @@ impl Node {
     /// Sends a frame to one socket from the connection task itself.
     pub fn reply(&self, id: &str, text: String) {
         let st = self.state.lock();
-        self.deliver(&st, id, &Frame::Text(text), "local");
+        self.deliver(&st, id, &Frame::text(text), "local");
     }
 
     fn deliver_room(
@@ -387,7 +416,7 @@ impl Node {
         h.r = Some(room.to_string());
         h.s = Some(socket.to_string());
         self.publish(room_channel(room), &h, frame.as_bytes());
-        self.deliver_room(&st, room, &Frame::Text(frame), Some(socket), "local");
+        self.deliver_room(&st, room, &Frame::text(frame), Some(socket), "local");
         Ok(self.known_members(&st, room))
     }
 
@@ -415,7 +444,7 @@ impl Node {
         h.r = Some(room.to_string());
         h.s = Some(socket.to_string());
         self.publish(room_channel(room), &h, frame.as_bytes());
-        self.deliver_room(&st, room, &Frame::Text(frame), None, "local");
+        self.deliver_room(&st, room, &Frame::text(frame), None, "local");
         if now_empty {
             st.rooms.remove(room);
             self.metrics.rooms.dec();
@@ -509,7 +538,7 @@ impl Node {
             frames.push(protocol::left(room, s, node, reason));
         }
         for f in frames {
-            self.deliver_room(st, room, &Frame::Text(f), None, "cross_node");
+            self.deliver_room(st, room, &Frame::text(f), None, "cross_node");
         }
     }
 
@@ -678,6 +707,6 @@ impl Node {
 
     /// Turns a raw data payload into an event frame.
     pub fn event_frame(room: &str, event: &str, from: &str, data: Option<&RawValue>) -> Frame {
-        Frame::Text(protocol::event(room, event, from, data))
+        Frame::text(protocol::event(room, event, from, data))
     }
 }

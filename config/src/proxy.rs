@@ -131,8 +131,12 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Whole request head from a client (slowloris guard).
     pub header_read: Duration,
-    /// From sending a request upstream to receiving its response head.
+    /// From the end of the request body (sent upstream) to the backend's
+    /// response head. Upload time is not counted: it belongs to the client.
     pub response: Duration,
+    /// Longest wait for the next piece of a client's request body; past it
+    /// the client gets 408 (nginx `client_body_timeout`).
+    pub client_body: Duration,
     /// Close an upgraded (WebSocket) tunnel after this long without a byte
     /// in either direction; 0 = never. nginx's 60 s default cuts quiet
     /// sockets, so the default here is one hour.
@@ -286,9 +290,15 @@ pub struct HealthConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveConfig {
-    /// Connect failures or 5xx answers within `fail_timeout` that take a
-    /// backend out (nginx `max_fails`); 0 disables passive checks.
+    /// Backend failures within `fail_timeout` that take a backend out
+    /// (nginx `max_fails`); 0 disables passive checks. Only the backend's
+    /// own failures count: connect refused or timed out, the connection
+    /// lost after the whole request was sent, no response head in time.
+    /// A client's bad or slow upload never does.
     pub max_fails: u32,
+    /// Count 5xx answers as failures too. Off by default, as in nginx
+    /// (`proxy_next_upstream error timeout`).
+    pub fail_on_5xx: bool,
     /// The window for counting failures, and how long the backend then
     /// stays out (nginx `fail_timeout`).
     pub fail_timeout: Duration,
@@ -346,6 +356,7 @@ impl Default for Timeouts {
             connect: Duration::secs(5),
             header_read: Duration::secs(10),
             response: Duration::secs(60),
+            client_body: Duration::secs(60),
             tunnel_idle: Duration::secs(3600),
             upstream_idle: Duration::secs(60),
         }
@@ -402,6 +413,7 @@ impl Default for PassiveConfig {
         PassiveConfig {
             max_fails: 1,
             fail_timeout: Duration::secs(10),
+            fail_on_5xx: false,
         }
     }
 }
@@ -474,6 +486,7 @@ impl Validate for ProxyConfig {
             ("connect", t.connect),
             ("header_read", t.header_read),
             ("response", t.response),
+            ("client_body", t.client_body),
         ] {
             if d.is_zero() {
                 return Err(FieldError::new(
@@ -689,6 +702,21 @@ pool = "nodes"
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("proxy.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn client_body_timeout_and_5xx_counting() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.timeouts.client_body.get().as_secs(), 60);
+        let pool = parse(POOL).unwrap();
+        assert!(!pool.pools[0].passive.fail_on_5xx);
+        let err = parse("[timeouts]\nclient_body = \"0s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("timeouts.client_body: must be above 0"),
+            "{err}"
+        );
     }
 
     #[test]

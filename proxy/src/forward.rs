@@ -1,29 +1,34 @@
 //! The request path: route, pick a backend (affinity first, then the
 //! balancer), forward, relay the answer, and on `101` hand both sockets to
-//! the tunnel. A backend that refuses the connection is skipped and
-//! another tried before any byte reached the client; the client is then
-//! re-pinned with a fresh cookie.
+//! the tunnel.
+//!
+//! Failures are attributed to whoever caused them. A backend that refuses
+//! the connection, or whose connection dies before any response byte, is
+//! skipped and another tried (when the request was never written, or is
+//! idempotent without a body); the client is then re-pinned with a fresh
+//! cookie. A client that breaks its own upload gets 400/408 and the
+//! backend is not blamed for it (see `client_body`).
 
 use crate::affinity::{self, client_ip};
 use crate::balancer;
+use crate::client_body::{ClientBody, ClientFault};
 use crate::headers;
 use crate::metrics::class;
 use crate::pool::{ActiveGuard, Backend, Pool};
+use crate::relay;
 use crate::server::Proxy;
 use crate::tunnel;
-use crate::upstream::{self, Body, BoxError, SendError};
+use crate::upstream::{self, Body, SendError};
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, COOKIE, HOST, SET_COOKIE};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use limpet_config::Affinity;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 /// How the backend was chosen, for metrics and logs.
@@ -56,6 +61,7 @@ impl Outcome {
     }
 }
 
+#[derive(Clone)]
 pub struct Choice {
     pub index: usize,
     pub outcome: Outcome,
@@ -220,12 +226,21 @@ pub async fn handle(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let mut body: Option<Body> = Some(body.map_err(BoxError::from).boxed());
+    let (body, body_state) = ClientBody::new(body, cfg.timeouts.client_body.get());
+    // Without a body, an idempotent request can be sent again after a
+    // connection dies under it: it cannot have changed anything.
+    let replayable = body_state.is_done() && is_idempotent(&parts.method);
+    let mut body: Option<Body> = Some(body.boxed());
     let wish = read_wish(&pool, &parts.headers, &parts.uri, client);
 
     let mut tried: Vec<usize> = Vec::new();
+    // A request hyper handed back unwritten, for the next attempt.
+    let mut unsent: Option<Request<Body>> = None;
+    // A pooled connection failed: the same backend once more, fresh.
+    let mut again: Option<Choice> = None;
     loop {
-        let Some(choice) = choose(&wish, &tried) else {
+        let fresh = again.is_some();
+        let Some(choice) = again.take().or_else(|| choose(&wish, &tried)) else {
             let reached_none = !tried.is_empty();
             proxy
                 .metrics
@@ -270,7 +285,7 @@ pub async fn handle(
         let conn = match upstream::obtain(
             &backend.idle,
             target,
-            upgrade,
+            upgrade || fresh,
             cfg.timeouts.upstream_idle.get(),
         )
         .await
@@ -290,39 +305,74 @@ pub async fn handle(
                 continue;
             }
         };
-        proxy
-            .metrics
-            .affinity
-            .with_label_values(&[pool.name(), choice.outcome.label()])
-            .inc();
-        let mut up_req = Request::new(
-            body.take()
-                .expect("the body is sent once, after connecting"),
-        );
-        *up_req.method_mut() = parts.method.clone();
-        *up_req.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
-        *up_req.version_mut() = Version::HTTP_11;
-        *up_req.headers_mut() = up_headers.clone();
+        let pooled = conn.pooled;
+        // The first attempt takes the client's body; a retry gets the
+        // request hyper handed back, or (replayable) an empty body again.
+        let up_req = match unsent.take() {
+            Some(req) => req,
+            None => {
+                let body = body.take().unwrap_or_else(empty_body);
+                let mut up_req = Request::new(body);
+                *up_req.method_mut() = parts.method.clone();
+                *up_req.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+                *up_req.version_mut() = Version::HTTP_11;
+                *up_req.headers_mut() = up_headers.clone();
+                up_req
+            }
+        };
         let guard = ActiveGuard::new(backend.clone());
         let started = Instant::now();
-        let sent = upstream::send(conn, up_req, target, cfg.timeouts.response.get()).await;
+        let sent = upstream::send(
+            conn,
+            up_req,
+            cfg.timeouts.response.get(),
+            body_state.wait_done(),
+        )
+        .await;
         let labels = [pool.name(), backend.id.as_str()];
         let (mut resp, sender) = match sent {
             Ok(ok) => ok,
-            Err(e) => {
-                backend.record_failure(&pool.config, Instant::now());
-                tracing::warn!(pool = %pool.name(), backend = %backend.id, client = %client, "upstream request failed: {e}");
+            Err(failed) => {
+                let error = failed.error;
+                if let Some(fault) = body_state.fault() {
+                    // The client broke its own request: not the backend's failure.
+                    return client_fault(&proxy, &pool, &backend, client, fault);
+                }
+                let timed_out = matches!(error, SendError::Timeout(_));
+                let retry = !timed_out && (failed.unsent.is_some() || replayable);
+                if retry {
+                    tracing::info!(pool = %pool.name(), backend = %backend.id, %client, pooled, "{error}; sending the request again");
+                    proxy.metrics.retries.with_label_values(&labels).inc();
+                    unsent = failed.unsent;
+                    if pooled {
+                        // Likely the keep-alive race: try the same backend
+                        // on a new connection before blaming it.
+                        again = Some(choice);
+                        continue;
+                    }
+                }
+                // Only the backend's own failures count: no head in time
+                // after the upload, or the connection lost once the whole
+                // request was sent.
+                if timed_out || body_state.is_done() {
+                    backend.record_failure(&pool.config, Instant::now());
+                }
+                if retry {
+                    tried.push(choice.index);
+                    continue;
+                }
+                tracing::warn!(pool = %pool.name(), backend = %backend.id, %client, "upstream request failed: {error}");
                 proxy
                     .metrics
                     .requests
                     .with_label_values(&[labels[0], labels[1], "5xx"])
                     .inc();
-                return match e {
+                return match error {
                     SendError::Timeout(_) => plain(
                         StatusCode::GATEWAY_TIMEOUT,
                         "504 gateway timeout: the backend did not answer in time",
                     ),
-                    _ => plain(
+                    SendError::Hyper(_) => plain(
                         StatusCode::BAD_GATEWAY,
                         "502 bad gateway: the backend connection failed",
                     ),
@@ -331,14 +381,19 @@ pub async fn handle(
         };
         proxy
             .metrics
+            .affinity
+            .with_label_values(&[pool.name(), choice.outcome.label()])
+            .inc();
+        proxy
+            .metrics
             .response_seconds
             .with_label_values(&labels)
             .observe(started.elapsed().as_secs_f64());
         let status = resp.status();
-        if status.is_server_error() {
-            backend.record_failure(&pool.config, Instant::now());
-        } else {
+        if !status.is_server_error() {
             backend.record_success();
+        } else if pool.config.passive.fail_on_5xx {
+            backend.record_failure(&pool.config, Instant::now());
         }
         proxy
             .metrics
@@ -390,12 +445,57 @@ pub async fn handle(
         // connection is not reused, since it was asked to switch protocols.
         let reuse = (!upgrade).then_some((sender, backend.clone()));
         let (parts, incoming) = resp.into_parts();
-        let tracked = Tracked {
+        let tracked = relay::Tracked {
             inner: incoming,
             guard: Some(guard),
             conn: reuse,
         };
         return Response::from_parts(parts, BodyExt::boxed(tracked));
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn empty_body() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Answers a request whose client broke its own upload: 408 when it went
+/// quiet, 400 otherwise (the client is usually gone by then).
+fn client_fault(
+    proxy: &Proxy,
+    pool: &Pool,
+    backend: &Backend,
+    client: IpAddr,
+    fault: ClientFault,
+) -> Response<Body> {
+    tracing::info!(pool = %pool.name(), backend = %backend.id, %client, "{fault}");
+    proxy
+        .metrics
+        .client_body_errors
+        .with_label_values(&[fault.label()])
+        .inc();
+    proxy
+        .metrics
+        .requests
+        .with_label_values(&[pool.name(), backend.id.as_str(), "4xx"])
+        .inc();
+    match fault {
+        ClientFault::Timeout => plain(
+            StatusCode::REQUEST_TIMEOUT,
+            "408 request timeout: the request body stopped arriving",
+        ),
+        ClientFault::Aborted | ClientFault::Invalid => plain(
+            StatusCode::BAD_REQUEST,
+            "400 bad request: the request body was cut short or malformed",
+        ),
     }
 }
 
@@ -451,63 +551,4 @@ async fn run_tunnel(
         end = ?out.end,
         "tunnel closed"
     );
-}
-
-/// A backend response body that, when fully read, returns its connection
-/// to the pool and releases the backend's in-flight count.
-struct Tracked {
-    inner: Incoming,
-    guard: Option<ActiveGuard>,
-    conn: Option<(SendRequest<Body>, Arc<Backend>)>,
-}
-
-impl Tracked {
-    fn finish(&mut self, reusable: bool) {
-        if let Some((sender, backend)) = self.conn.take() {
-            if reusable {
-                backend.idle.checkin(sender);
-            }
-        }
-        self.guard.take();
-    }
-}
-
-impl hyper::body::Body for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(None) => {
-                this.finish(true);
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.finish(false);
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        // hyper may skip the final poll of a body it knows is empty.
-        let done = hyper::body::Body::is_end_stream(&self.inner);
-        self.finish(done);
-    }
 }

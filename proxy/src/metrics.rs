@@ -19,6 +19,8 @@ pub struct Metrics {
     pub tunnel_bytes: IntCounterVec,
     pub affinity: IntCounterVec,
     pub connect_errors: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub client_body_errors: IntCounterVec,
     pub response_seconds: HistogramVec,
     pub health_checks: IntCounterVec,
     pub reloads: IntCounterVec,
@@ -102,6 +104,16 @@ impl Metrics {
                 "limpet_proxy_upstream_connect_errors_total",
                 "Failed connects to a backend",
                 &["pool", "backend"],
+            ),
+            retries: counter_vec(
+                "limpet_proxy_upstream_retries_total",
+                "Requests sent again after the connection to this backend died before any response byte",
+                &["pool", "backend"],
+            ),
+            client_body_errors: counter_vec(
+                "limpet_proxy_client_body_errors_total",
+                "Requests whose client broke its own upload (timeout: 408; aborted, invalid: 400); never counted against a backend",
+                &["reason"],
             ),
             response_seconds: reg(
                 &r,

@@ -4,8 +4,9 @@
 //! Plain requests reuse idle HTTP/1.1 connections. A pooled connection the
 //! backend has just closed is the classic proxy failure; hyper's
 //! `try_send_request` hands the request back when it was never written,
-//! and we resend it on a fresh connection. Upgrade requests always get a
-//! fresh connection, which then becomes the tunnel.
+//! and the request path (`forward`) resends it on a fresh connection or
+//! another backend. Upgrade requests always get a fresh connection, which
+//! then becomes the tunnel.
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -40,8 +41,6 @@ pub enum SendError {
     Timeout(Duration),
     #[error("{0}")]
     Hyper(#[from] hyper::Error),
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
 }
 
 /// Idle keep-alive connections to one backend.
@@ -141,17 +140,21 @@ where
 /// A connection ready to carry one request.
 pub struct Conn {
     sender: SendRequest<Body>,
-    pooled: bool,
+    /// Taken from the idle list: it may have been closed by the backend
+    /// just as we picked it (the keep-alive race), so a failure on it is
+    /// retried on a fresh connection before anyone is blamed.
+    pub pooled: bool,
 }
 
-/// A pooled connection when one is idle (never for upgrades), else a new one.
+/// A pooled connection when one is idle and `fresh` is false, else a new
+/// one. Upgrades always ask for a fresh one: it becomes the tunnel.
 pub async fn obtain(
     idle: &IdleConns,
     target: Target<'_>,
-    upgrade: bool,
+    fresh: bool,
     max_idle: Duration,
 ) -> Result<Conn, ConnectError> {
-    if !upgrade {
+    if !fresh {
         if let Some(sender) = idle.checkout(max_idle) {
             return Ok(Conn {
                 sender,
@@ -166,32 +169,38 @@ pub async fn obtain(
     })
 }
 
-/// Sends `req` and waits for the response head. Returns the connection for
-/// reuse once the body has been read.
+/// A send that got no response head.
+pub struct Failed {
+    pub error: SendError,
+    /// The request, when hyper never wrote any of it: it can go to
+    /// another connection or backend as is, body included.
+    pub unsent: Option<Request<Body>>,
+}
+
+/// Sends `req` and waits for the response head, at most `response_timeout`
+/// counted from the moment the client's body was fully read (`body_done`
+/// resolves): time spent uploading belongs to the client, not the backend.
+/// Returns the connection for reuse once the body has been read.
 pub async fn send(
     conn: Conn,
     req: Request<Body>,
-    target: Target<'_>,
     response_timeout: Duration,
-) -> Result<(Response<hyper::body::Incoming>, SendRequest<Body>), SendError> {
-    let address = target.address;
-    let Conn { mut sender, pooled } = conn;
-    let attempt = async {
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(resp),
-            Err(mut e) => match e.take_message() {
-                // Never written: the pooled connection was stale. Resend fresh.
-                Some(req) if pooled => {
-                    tracing::debug!(backend = %address, "stale pooled connection; resending on a new one");
-                    sender = connect(target).await?;
-                    Ok(sender.send_request(req).await?)
-                }
-                _ => Err(SendError::Hyper(e.into_error())),
-            },
-        }
+    body_done: impl std::future::Future<Output = ()>,
+) -> Result<(Response<hyper::body::Incoming>, SendRequest<Body>), Failed> {
+    let Conn { mut sender, .. } = conn;
+    let head = sender.try_send_request(req);
+    let deadline = async {
+        body_done.await;
+        tokio::time::sleep(response_timeout).await;
     };
-    let resp = tokio::time::timeout(response_timeout, attempt)
-        .await
-        .map_err(|_| SendError::Timeout(response_timeout))??;
-    Ok((resp, sender))
+    tokio::select! {
+        sent = head => match sent {
+            Ok(resp) => Ok((resp, sender)),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                Err(Failed { error: SendError::Hyper(e.into_error()), unsent })
+            }
+        },
+        _ = deadline => Err(Failed { error: SendError::Timeout(response_timeout), unsent: None }),
+    }
 }

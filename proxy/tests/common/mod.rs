@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A backend: `GET /health` (200, or 503 when told to fail), `/slow` (answers
-/// after 3 s), WebSocket echo
+/// after 3 s), `/upload` (answers once it has read the whole body), WebSocket echo
 /// that prefixes each message with its id, and any other request answered
 /// with its id and the request headers it received.
 pub struct TestBackend {
@@ -57,6 +57,9 @@ impl TestBackend {
                         let (id, unhealthy, requests) =
                             (id.clone(), unhealthy.clone(), requests.clone());
                         async move {
+                            if req.uri().path() == "/upload" {
+                                return Ok(upload_respond(&id, &requests, req).await);
+                            }
                             if req.uri().path() == "/slow" {
                                 tokio::time::sleep(Duration::from_secs(3)).await;
                             }
@@ -95,6 +98,30 @@ impl Drop for TestBackend {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// `/upload`: reads the whole request body before answering, as most real
+/// backends do, so a slow upload keeps the proxy waiting for the answer.
+async fn upload_respond(
+    id: &str,
+    requests: &AtomicUsize,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    requests.fetch_add(1, Relaxed);
+    let (status, body) = match req.into_body().collect().await {
+        Ok(b) => (
+            StatusCode::OK,
+            format!("backend={id}\nbytes={}\n", b.to_bytes().len()),
+        ),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("backend={id}\nbad body: {e}\n"),
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
 }
 
 fn backend_respond(

@@ -131,3 +131,122 @@ async fn client_faults_never_mark_a_backend_down() {
             >= 4.0
     );
 }
+
+/// A keep-alive HTTP/1.1 backend that can die the way a killed process
+/// does from the proxy's point of view: its port refuses, and a pooled
+/// connection takes the next request and closes without an answer (the
+/// proxy cannot see that coming, so this is not a timing race).
+struct DyingBackend {
+    addr: std::net::SocketAddr,
+    dead: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl DyingBackend {
+    async fn start(id: &'static str) -> DyingBackend {
+        use std::sync::atomic::Ordering::Relaxed;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dead = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dead2 = dead.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let dead = dead2.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = tcp.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            if dead.load(Relaxed) {
+                                return; // closes with the request read, unanswered
+                            }
+                            let body = format!("backend={id}\n");
+                            let reply = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if tcp.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        DyingBackend { addr, dead, accept }
+    }
+
+    /// The listener closes; open connections die on their next request.
+    async fn kill(&self) {
+        self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.accept.abort();
+        let addr = self.addr;
+        eventually("the killed backend's port refuses", || async move {
+            TcpStream::connect(addr).await.is_err()
+        })
+        .await;
+    }
+}
+
+/// Defect: a GET that met a pooled connection to a just-killed backend got
+/// 502 instead of going to another backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backend_costs_no_request_on_a_pooled_connection() {
+    let a = DyingBackend::start("a").await;
+    let b = DyingBackend::start("b").await;
+    let mut proxy = ProxyProcess::start(&format!(
+        "[[listen]]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n\
+         [[pool]]\nname = \"nodes\"\naffinity = \"cookie\"\n\
+         [pool.cookie]\nsecret = \"hostile-test-secret-01\"\n\
+         [[pool.backend]]\nid = \"a\"\naddress = \"{}\"\n\
+         [[pool.backend]]\nid = \"b\"\naddress = \"{}\"\n\
+         [[route]]\npool = \"nodes\"\n",
+        a.addr, b.addr
+    ));
+    // A session pinned to a, with keep-alive connections to a pooled.
+    let mut pinned = None;
+    for _ in 0..20 {
+        let r = http(proxy.addr, "GET", "/", &[]).await;
+        if r.backend() == Some("a") {
+            pinned = Some(cookie_pair(
+                r.header("set-cookie").expect("new session cookie"),
+            ));
+            break;
+        }
+    }
+    let cookie = pinned.expect("a session landed on a");
+    for _ in 0..3 {
+        let r = http(proxy.addr, "GET", "/", &[("cookie", &cookie)]).await;
+        assert_eq!(r.backend(), Some("a"), "{}", r.body);
+    }
+
+    a.kill().await;
+    let r = tokio::time::timeout(
+        DEADLINE,
+        http(proxy.addr, "GET", "/", &[("cookie", &cookie)]),
+    )
+    .await
+    .expect("answered in time");
+    assert_eq!(r.status, 200, "the GET after the kill: {}", r.body);
+    assert_eq!(r.backend(), Some("b"));
+    let repinned = cookie_pair(r.header("set-cookie").expect("re-pinned with a new cookie"));
+    assert_ne!(repinned, cookie);
+    let r = http(proxy.addr, "GET", "/", &[("cookie", &repinned)]).await;
+    assert_eq!((r.status, r.backend()), (200, Some("b")));
+    assert!(r.header("set-cookie").is_none(), "the new cookie holds");
+    proxy.proc.assert_alive();
+    assert!(
+        proxy
+            .metric("limpet_proxy_upstream_retries_total{backend=\"a\",pool=\"nodes\"}")
+            .await
+            >= 1.0
+    );
+}

@@ -106,6 +106,22 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, clie
                 }
             }
         }
+        let code = writer_close.borrow().unwrap_or(close::GOING_AWAY);
+        // Acks and errors queued before a close the client caused (or a
+        // drain) are still owed to it, and it is reading: send them first,
+        // within a bounded time. A slow or silent client gets nothing more.
+        if !failed && close::flushes_queue(code) {
+            let deadline = tokio::time::Instant::now() + close::FLUSH_BEFORE_CLOSE;
+            while let Ok(msg) = rx.try_recv() {
+                let len = msg.len();
+                let sent = tokio::time::timeout_at(deadline, sink.send(msg)).await;
+                written(len);
+                if !matches!(sent, Ok(Ok(()))) {
+                    failed = true;
+                    break;
+                }
+            }
+        }
         // Whatever is still queued is dropped here; later deliveries see a
         // closed queue and are not counted.
         rx.close();
@@ -115,12 +131,13 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, clie
         if failed {
             return;
         }
-        let code = writer_close.borrow().unwrap_or(close::GOING_AWAY);
         let reason = match code {
             close::SLOW_CONSUMER => "slow consumer: outbound queue full",
             close::HEARTBEAT => "no pong to the last ping",
             close::MISBEHAVING => "too many errors",
             close::MESSAGE_TOO_BIG => "message too big",
+            close::PROTOCOL_ERROR => "protocol violation",
+            close::INVALID_PAYLOAD => "text frame is not UTF-8",
             _ => "server going away",
         };
         let frame = CloseFrame {
@@ -172,6 +189,14 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, clie
                             let _ = closer.send(Some(close::MESSAGE_TOO_BIG));
                             break "message too big";
                         }
+                        let code = match e {
+                            tokio_tungstenite::tungstenite::Error::Protocol(_) => close::PROTOCOL_ERROR,
+                            tokio_tungstenite::tungstenite::Error::Utf8(_) => close::INVALID_PAYLOAD,
+                            // I/O errors: the peer is gone, no close frame can reach it.
+                            _ => break "connection error",
+                        };
+                        node.metrics.closes.with_label_values(&["protocol_error"]).inc();
+                        let _ = closer.send(Some(code));
                         break "protocol error";
                     }
                     Some(Ok(msg)) => msg,

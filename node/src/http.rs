@@ -84,8 +84,58 @@ fn reject(node: &Node, status: StatusCode, reason: &'static str, text: &'static 
     respond(status, "text/plain", text)
 }
 
+/// Whether a comma-separated header (`Connection`, `Upgrade`) lists `token`,
+/// compared case-insensitively as RFC 6455 section 4.2.1 asks.
+fn lists_token(headers: &hyper::HeaderMap, name: &str, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// The `Origin` check: with an allowlist, a browser's `Origin` must be
+/// one of its entries byte for byte. A value that is not visible ASCII, or
+/// several `Origin` headers, can never match and is refused (before, an
+/// unreadable value skipped the check). No `Origin` at all is a
+/// non-browser client, which the allowlist does not govern.
+fn origin_allowed(allowed: &[String], headers: &hyper::HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let mut origins = headers.get_all("origin").iter();
+    match (origins.next(), origins.next()) {
+        (None, _) => true,
+        (Some(origin), None) => origin
+            .to_str()
+            .is_ok_and(|o| allowed.iter().any(|a| a == o)),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    if req.method() != Method::GET {
+        let mut r = reject(
+            &node,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+            "a WebSocket upgrade is a GET\n",
+        );
+        r.headers_mut()
+            .insert(hyper::header::ALLOW, HeaderValue::from_static("GET"));
+        return r;
+    }
     let headers = req.headers();
+    if !lists_token(headers, "upgrade", "websocket")
+        || !lists_token(headers, "connection", "upgrade")
+    {
+        return reject(
+            &node,
+            StatusCode::BAD_REQUEST,
+            "not_websocket",
+            "expected Upgrade: websocket and Connection: upgrade\n",
+        );
+    }
     let Some(key) = headers.get("sec-websocket-key").cloned() else {
         return reject(
             &node,
@@ -113,19 +163,17 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
             "this node is shutting down\n",
         );
     }
-    let allowed = &node.config.allowed_origins;
-    if !allowed.is_empty() {
-        if let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) {
-            if !allowed.iter().any(|a| a == origin) {
-                tracing::warn!(node = %node.id, %origin, %peer, "refused WebSocket from a foreign origin");
-                return reject(
-                    &node,
-                    StatusCode::FORBIDDEN,
-                    "origin",
-                    "origin not allowed\n",
-                );
-            }
-        }
+    if !origin_allowed(&node.config.allowed_origins, headers) {
+        let origin = headers
+            .get("origin")
+            .map(|o| String::from_utf8_lossy(o.as_bytes()).into_owned());
+        tracing::warn!(node = %node.id, ?origin, %peer, "refused WebSocket from a foreign origin");
+        return reject(
+            &node,
+            StatusCode::FORBIDDEN,
+            "origin",
+            "origin not allowed\n",
+        );
     }
     if node.socket_count() >= node.config.limits.max_connections {
         return reject(
@@ -178,6 +226,54 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
         h.insert("sec-websocket-accept", v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &[u8])]) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn upgrade_tokens_are_case_insensitive_list_items() {
+        let h = headers(&[
+            ("connection", b"keep-alive, Upgrade"),
+            ("upgrade", b"WebSocket"),
+        ]);
+        assert!(lists_token(&h, "connection", "upgrade"));
+        assert!(lists_token(&h, "upgrade", "websocket"));
+        let h = headers(&[("connection", b"keep-alive"), ("upgrade", b"websocketx")]);
+        assert!(!lists_token(&h, "connection", "upgrade"));
+        assert!(!lists_token(&h, "upgrade", "websocket"));
+    }
+
+    #[test]
+    fn origins() {
+        let allow = vec!["https://app.example".to_string()];
+        assert!(origin_allowed(&[], &headers(&[("origin", b"https://x")])));
+        assert!(origin_allowed(&allow, &headers(&[])));
+        assert!(origin_allowed(
+            &allow,
+            &headers(&[("origin", b"https://app.example")])
+        ));
+        assert!(!origin_allowed(
+            &allow,
+            &headers(&[("origin", b"https://app.example\xc3\xa9")])
+        ));
+        assert!(!origin_allowed(
+            &allow,
+            &headers(&[
+                ("origin", b"https://app.example"),
+                ("origin", b"https://evil")
+            ])
+        ));
+    }
 }
 
 #[derive(serde::Deserialize)]

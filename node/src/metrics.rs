@@ -74,7 +74,7 @@ impl Metrics {
             errors: counter_vec("limpet_node_errors_total", "Error frames sent to clients", "code"),
             closes: counter_vec(
                 "limpet_node_closes_total",
-                "Connections closed by the server (slow_consumer, heartbeat, misbehaving, shutdown)",
+                "Connections closed by the server (slow_consumer, heartbeat, misbehaving, protocol_error, shutdown)",
                 "reason",
             ),
             node_down: counter("limpet_node_peer_down_total", "Peer nodes declared dead"),

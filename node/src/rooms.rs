@@ -35,6 +35,21 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4002;
     pub const MISBEHAVING: u16 = 4003;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The client broke RFC 6455 framing (reserved bits, bad opcodes, an
+    /// unmasked frame, ...).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+
+    /// How long queued frames may take to reach a closing client.
+    pub const FLUSH_BEFORE_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// Whether frames already queued are sent before this close: yes when
+    /// the client is still reading (it caused the close, or we drain);
+    /// no for a slow consumer or a client that stopped answering pings.
+    pub fn flushes_queue(code: u16) -> bool {
+        !matches!(code, SLOW_CONSUMER | HEARTBEAT)
+    }
 }
 
 /// One local client, as the rest of the node sees it.

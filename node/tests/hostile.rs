@@ -100,3 +100,136 @@ async fn slow_consumers_cost_bounded_bytes_not_copies() {
     assert_eq!(reader.ok(json!({"op": "ping"})).await["pong"], true);
     node.proc.assert_alive();
 }
+
+/// Reads a raw connection until the server closes it; returns the bytes.
+async fn read_to_close(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .expect("the server closes in time")
+            .unwrap_or(0);
+        if n == 0 {
+            return seen;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Handshakes that are not WebSocket upgrades, a foreign `Origin` in
+/// non-ASCII bytes, a framing violation, and a client closed for errors
+/// while acks are still queued for it. Before: the first three got
+/// `101 Switching Protocols`, the violation was closed with 1001, and the
+/// queued acks were dropped at the 4003 close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_and_close_codes_follow_rfc_6455() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let broker = Broker::start(Kind::Limpet).await;
+    let mut node = NodeProcess::start(
+        "n1",
+        &broker,
+        "allowed_origins = [\"https://app.example\"]\n[limits]\nrate_per_second = 100000\nrate_burst = 100000\nmax_errors_per_minute = 5\noutbound_queue_bytes = \"64mb\"",
+    );
+    node.wait_ready().await;
+    let upgrade = [
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ];
+    assert_eq!(http(node.addr, "POST", "/ws", &upgrade, "").await.0, 405);
+    let mut no_upgrade = upgrade.to_vec();
+    no_upgrade[0] = ("upgrade", "h2c");
+    assert_eq!(http(node.addr, "GET", "/ws", &no_upgrade, "").await.0, 400);
+    let mut no_connection = upgrade.to_vec();
+    no_connection[1] = ("connection", "keep-alive");
+    assert_eq!(
+        http(node.addr, "GET", "/ws", &no_connection, "").await.0,
+        400
+    );
+    let mut foreign = upgrade.to_vec();
+    foreign.push(("origin", "https://app.example\u{e9}"));
+    assert_eq!(http(node.addr, "GET", "/ws", &foreign, "").await.0, 403);
+    let mut allowed =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{}/ws",
+            node.addr
+        ))
+        .unwrap();
+    allowed.headers_mut().insert(
+        "origin",
+        tokio_tungstenite::tungstenite::http::HeaderValue::from_static("https://app.example"),
+    );
+    let (_browser, resp) =
+        tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(allowed))
+            .await
+            .expect("handshake in time")
+            .expect("the allowed origin still upgrades");
+    assert_eq!(resp.status(), 101);
+
+    // A frame with a reserved bit set (masked, empty): a protocol error.
+    let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: n\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+    tcp.write_all(&[0xC1, 0x80, 1, 2, 3, 4]).await.unwrap();
+    let seen = read_to_close(&mut tcp).await;
+    // A close frame (0x88) whose code is 1002 (0x03EA).
+    let close = seen
+        .windows(4)
+        .any(|w| w[0] == 0x88 && w[2] == 0x03 && w[3] == 0xea);
+    assert!(close, "expected a 1002 close frame in {seen:?}");
+
+    // Acks queued before a 4003 close still reach the client: 100 large
+    // self-addressed emits fill the socket buffers, then 6 bad requests
+    // spend the error budget (5).
+    let mut c = Client::connect(&node).await;
+    c.join("r").await;
+    let data = "d".repeat(60_000);
+    let emits = 100;
+    for i in 0..emits {
+        let req =
+            json!({"op": "emit", "room": "r", "event": "e", "self": true, "data": data, "id": i});
+        c.ws.send(Message::text(req.to_string())).await.unwrap();
+    }
+    for i in 0..6 {
+        let req = json!({"op": "dance", "id": 1000 + i});
+        c.ws.send(Message::text(req.to_string())).await.unwrap();
+    }
+    let (mut events, mut acks, mut errors, mut code) = (0, 0, 0, 0);
+    while let Ok(Some(msg)) = tokio::time::timeout(DEADLINE, c.ws.next()).await {
+        match msg {
+            Ok(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                match v["type"].as_str() {
+                    Some("event") => events += 1,
+                    Some("ack") => acks += 1,
+                    Some("error") => errors += 1,
+                    _ => {}
+                }
+            }
+            Ok(Message::Close(f)) => {
+                code = f.map_or(0, |f| u16::from(f.code));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        (events, acks, errors, code),
+        (emits, emits, 6, 4003),
+        "(events, acks, errors, close code) before the connection ended"
+    );
+    node.proc.assert_alive();
+    let mut honest = Client::connect(&node).await;
+    assert_eq!(honest.ok(json!({"op": "ping"})).await["pong"], true);
+    assert_eq!(
+        node.metric("limpet_node_rejected_connections_total{reason=\"method\"}")
+            .await,
+        1.0
+    );
+}

@@ -35,6 +35,10 @@ const OUT_PULL_LIMIT: usize = 64 * 1024;
 /// a client that pipelines without reading gets TCP backpressure.
 const OUT_READ_PAUSE: usize = 1024 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// How long one connection may run commands before it lets the other tasks
+/// on its worker thread go: a pipeline of expensive commands (publishes
+/// matched against many patterns) is served in slices, not in one go.
+const PROCESS_SLICE: Duration = Duration::from_millis(1);
 
 /// When a subscriber must be cut off; shared by every publisher.
 #[derive(Debug)]
@@ -209,6 +213,9 @@ pub struct Session {
     /// Running total of bytes moved from the queue into `out`; they are
     /// already counted in `obuf`, so `process` subtracts them.
     drained: usize,
+    /// `process` stopped before the end of its input (its time slice ran
+    /// out): the connection task yields, then carries on without reading.
+    paused: bool,
 }
 
 impl Session {
@@ -267,7 +274,13 @@ impl Session {
         let start_len = self.out.len();
         let start_drained = self.drained;
         let mut commands = 0u64;
+        let started = Instant::now();
+        self.paused = false;
         while !self.close_after_reply {
+            if commands > 0 && started.elapsed() >= PROCESS_SLICE {
+                self.paused = true;
+                break;
+            }
             match self.parser.next(input) {
                 Ok(Some(args)) => {
                     commands += 1;
@@ -404,6 +417,7 @@ pub fn new_session(
         rx,
         parser,
         drained: 0,
+        paused: false,
     }
 }
 
@@ -413,11 +427,29 @@ pub async fn run(mut s: Session, stream: TcpStream, mut shutdown: watch::Receive
     let timeout = s.broker.config.timeout;
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut reading = true;
+    // The peer half-closed: close once everything it sent is answered.
+    let mut eof = false;
     let idle = tokio::time::sleep(Duration::from_secs(timeout.max(1)));
     tokio::pin!(idle);
     let reason = loop {
         if s.out.len() < OUT_PULL_LIMIT {
             s.pull_pushes();
+        }
+        if s.paused && s.out.len() < OUT_READ_PAUSE {
+            tokio::task::yield_now().await;
+            if handle.kill_reason() != KillReason::None {
+                break "killed";
+            }
+            if *shutdown.borrow() {
+                break "shutdown";
+            }
+            if !s.process(&mut input) {
+                break "closed";
+            }
+            continue;
+        }
+        if eof && !s.paused {
+            s.close_after_reply = true;
         }
         if s.close_after_reply {
             reading = false;
@@ -435,7 +467,7 @@ pub async fn run(mut s: Session, stream: TcpStream, mut shutdown: watch::Receive
                 Err(_) => break "write error",
             }
         }
-        let may_read = reading && s.out.len() < OUT_READ_PAUSE;
+        let may_read = reading && !s.paused && s.out.len() < OUT_READ_PAUSE;
         let idle_applies = timeout > 0 && !s.in_pubsub_mode();
         tokio::select! {
             biased;
@@ -459,7 +491,8 @@ pub async fn run(mut s: Session, stream: TcpStream, mut shutdown: watch::Receive
                         if !s.process(&mut input) {
                             break "closed";
                         }
-                        s.close_after_reply = true;
+                        reading = false;
+                        eof = true;
                     }
                     Ok(n) => {
                         s.broker.metrics.net_input_bytes.inc_by(n as u64);

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub net_output_bytes: IntCounter,
     pub slow_client_disconnects: IntCounterVec,
     pub protocol_errors: IntCounter,
+    /// Commands refused because an argument or the client's subscriptions
+    /// would pass a configured limit; the label is the config key.
+    pub limit_rejections: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -109,8 +112,30 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             protocol_errors: counter("limpet_broker_protocol_errors_total", "Malformed requests"),
+            limit_rejections: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "limpet_broker_limit_rejections_total",
+                        "Commands refused with an error because they would pass a configured limit",
+                    ),
+                    &["limit"],
+                )
+                .expect("valid metric"),
+            ),
             registry,
         }
+    }
+
+    /// Every limit rejection, whatever the limit (INFO's `rejected_calls`).
+    pub fn limit_rejections_total(&self) -> u64 {
+        use prometheus::core::Collector;
+        self.limit_rejections
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().value() as u64)
+            .sum()
     }
 
     pub fn render(&self) -> String {

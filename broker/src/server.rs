@@ -95,6 +95,14 @@ impl Broker {
         m.patterns.set(self.registry.pattern_count() as i64);
     }
 
+    /// Counts a command refused by the limit named by its config key.
+    pub fn note_limit(&self, key: &str) {
+        self.metrics
+            .limit_rejections
+            .with_label_values(&[key])
+            .inc();
+    }
+
     /// Takes a slot for a new client, or `None` when `maxclients` is reached.
     fn admit(self: &Arc<Self>, stream: &TcpStream, peer: SocketAddr) -> Option<client::Session> {
         let local = stream.local_addr().unwrap_or(peer);

@@ -38,6 +38,12 @@ pub struct ProtocolLimits {
     /// Most bytes buffered for one client's unparsed input
     /// (`client-query-buffer-limit`).
     pub query_buffer_limit: ByteSize,
+    /// Longest pattern `PSUBSCRIBE` and `PUBSUB CHANNELS` accept. Matching
+    /// costs up to pattern × channel length steps, so both are bounded
+    /// (Redis bounds neither; it caps the matcher's recursion instead).
+    pub max_pattern_len: ByteSize,
+    /// Longest channel name `(S)PUBLISH` and `(S)SUBSCRIBE` accept.
+    pub max_channel_len: ByteSize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -79,6 +85,8 @@ impl Default for ProtocolLimits {
             max_multibulk_len: 1024 * 1024,
             max_inline_len: ByteSize(64 * 1024),
             query_buffer_limit: ByteSize(1024 * 1024 * 1024),
+            max_pattern_len: ByteSize(256),
+            max_channel_len: ByteSize(4 * 1024),
         }
     }
 }
@@ -158,6 +166,18 @@ impl Validate for BrokerConfig {
             return Err(FieldError::new(
                 "limits.query_buffer_limit",
                 "must be at least limits.max_inline_len",
+            ));
+        }
+        if l.max_pattern_len.bytes() == 0 || l.max_pattern_len.bytes() > l.max_bulk_len.bytes() {
+            return Err(FieldError::new(
+                "limits.max_pattern_len",
+                "must be between 1 and limits.max_bulk_len",
+            ));
+        }
+        if l.max_channel_len.bytes() == 0 || l.max_channel_len.bytes() > l.max_bulk_len.bytes() {
+            return Err(FieldError::new(
+                "limits.max_channel_len",
+                "must be between 1 and limits.max_bulk_len",
             ));
         }
         let o = &self.output_limit;

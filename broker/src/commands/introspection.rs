@@ -247,6 +247,7 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
                     + slow.with_label_values(&["soft"]).get();
                 w("client_output_buffer_limit_disconnections", &cut);
                 w("total_error_replies", &0);
+                w("rejected_calls", &m.limit_rejections_total());
                 w("protocol_errors", &m.protocol_errors.get());
             }
             "replication" => {

@@ -209,6 +209,31 @@ impl Kind {
     }
 }
 
+/// Refuses the command when one of `names` is longer than `max` bytes, with
+/// an error shaped like Redis's own size errors ("string exceeds maximum
+/// allowed size (proto-max-bulk-len)"). Checked before anything changes,
+/// so a refused command has no effect.
+fn refuse_long(s: &mut Session, names: &[Bytes], what: &str, key: &str, max: u64) -> bool {
+    if names.iter().all(|n| n.len() as u64 <= max) {
+        return false;
+    }
+    s.broker.note_limit(key);
+    s.reply().error(&format!(
+        "ERR {what} exceeds maximum allowed size (limits.{key} = {max})"
+    ));
+    true
+}
+
+fn refuse_long_channels(s: &mut Session, names: &[Bytes]) -> bool {
+    let max = s.broker.config.limits.max_channel_len.bytes();
+    refuse_long(s, names, "channel name", "max_channel_len", max)
+}
+
+fn refuse_long_pattern(s: &mut Session, names: &[Bytes]) -> bool {
+    let max = s.broker.config.limits.max_pattern_len.bytes();
+    refuse_long(s, names, "pattern", "max_pattern_len", max)
+}
+
 fn confirm(s: &mut Session, what: &[u8], name: Option<&[u8]>, count: usize) {
     let mut r = s.reply();
     r.push(3);
@@ -221,6 +246,13 @@ fn confirm(s: &mut Session, what: &[u8], name: Option<&[u8]>, count: usize) {
 }
 
 fn add_all(s: &mut Session, args: &[Bytes], kind: Kind, what: &[u8]) -> bool {
+    let refused = match kind {
+        Kind::Pattern => refuse_long_pattern(s, &args[1..]),
+        Kind::Channel | Kind::Shard => refuse_long_channels(s, &args[1..]),
+    };
+    if refused {
+        return true;
+    }
     for name in &args[1..] {
         if kind.set(s).insert(name.clone()) {
             kind.add(s, name);
@@ -282,6 +314,9 @@ fn sunsubscribe(s: &mut Session, args: &[Bytes]) -> bool {
 }
 
 fn publish_in(s: &mut Session, args: &[Bytes], space: Space) -> bool {
+    if refuse_long_channels(s, &args[1..2]) {
+        return true;
+    }
     let done = s
         .broker
         .registry
@@ -302,6 +337,9 @@ fn spublish(s: &mut Session, args: &[Bytes]) -> bool {
 }
 
 fn channel_list(s: &mut Session, args: &[Bytes], space: Space) -> bool {
+    if refuse_long_pattern(s, &args[2..args.len().min(3)]) {
+        return true;
+    }
     let names = s
         .broker
         .registry

@@ -349,3 +349,35 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
         body.to_string(),
     )
 }
+
+/// Config text for the real binary on free ports.
+pub const PORT_ZERO: &str = "bind = [\"127.0.0.1:0\"]\n[metrics]\nbind = \"127.0.0.1:0\"\n";
+
+/// An honest client's whole round trip, all within `within`: connect,
+/// PING, and a message published and received. Hostile-client tests call
+/// it while the attack is under way.
+pub async fn honest_client_served(addr: SocketAddr, within: Duration) {
+    let round_trip = async {
+        let mut sub = Client::connect(addr).await;
+        assert_eq!(
+            sub.call(&["SUBSCRIBE", "honest"]).await,
+            "*3\r\n$9\r\nsubscribe\r\n$6\r\nhonest\r\n:1\r\n"
+        );
+        let mut p = Client::connect(addr).await;
+        assert_eq!(p.call(&["PING"]).await, "+PONG\r\n");
+        assert_eq!(p.call(&["PUBLISH", "honest", "hi"]).await, ":1\r\n");
+        assert_eq!(
+            sub.frame().await,
+            b"*3\r\n$7\r\nmessage\r\n$6\r\nhonest\r\n$2\r\nhi\r\n"
+        );
+    };
+    let started = std::time::Instant::now();
+    tokio::time::timeout(within, round_trip)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "an honest client was not served within {within:?} (gave up after {:?})",
+                started.elapsed()
+            )
+        });
+}

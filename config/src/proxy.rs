@@ -313,10 +313,19 @@ pub struct RouteConfig {
     #[serde(default)]
     pub host: Option<String>,
     pub pool: String,
+    /// `Upgrade` protocols tunnelled on this route (case-insensitive);
+    /// others (h2c, ...) have their upgrade headers removed and go through
+    /// as plain requests. Empty: no upgrades at all.
+    #[serde(default = "websocket_only")]
+    pub upgrade_protocols: Vec<String>,
 }
 
 fn root() -> String {
     "/".into()
+}
+
+fn websocket_only() -> Vec<String> {
+    vec!["websocket".into()]
 }
 
 impl Default for ProxyConfig {
@@ -430,6 +439,14 @@ fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An `Upgrade` protocol: `name` or `name/version`, both tokens.
+fn is_protocol(s: &str) -> bool {
+    match s.split_once('/') {
+        Some((name, version)) => is_token(name) && is_token(version),
+        None => is_token(s),
+    }
 }
 
 impl Validate for ProxyConfig {
@@ -613,6 +630,12 @@ impl Validate for ProxyConfig {
                     "must start with /",
                 ));
             }
+            if let Some(bad) = r.upgrade_protocols.iter().find(|p| !is_protocol(p)) {
+                return Err(FieldError::new(
+                    format!("route.{i}.upgrade_protocols"),
+                    format!("`{bad}` is not a protocol name (token, optionally /version)"),
+                ));
+            }
             if !self.pools.iter().any(|p| p.name == r.pool) {
                 return Err(FieldError::new(
                     format!("route.{i}.pool"),
@@ -717,6 +740,22 @@ pool = "nodes"
             err.contains("timeouts.client_body: must be above 0"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn upgrade_protocols_default_to_websocket() {
+        let cfg = parse(POOL).unwrap();
+        assert_eq!(
+            cfg.routes[0].upgrade_protocols,
+            vec!["websocket".to_string()]
+        );
+        let err = parse(&POOL.replace(
+            "pool = \"nodes\"\n",
+            "pool = \"nodes\"\nupgrade_protocols = [\"web socket\"]\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("route.0.upgrade_protocols"), "{err}");
     }
 
     #[test]

@@ -180,6 +180,22 @@ pub async fn handle(
     peer: SocketAddr,
     scheme: &'static str,
 ) -> Response<Body> {
+    if let Some(problem) = headers::host_problem(req.version(), req.headers()) {
+        proxy
+            .metrics
+            .bad_requests
+            .with_label_values(&[problem])
+            .inc();
+        proxy
+            .metrics
+            .requests
+            .with_label_values(&["", "", "4xx"])
+            .inc();
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "400 bad request: an HTTP/1.1 request needs exactly one Host header",
+        );
+    }
     let host = req
         .headers()
         .get(HOST)
@@ -189,7 +205,7 @@ pub async fn handle(
         .map(str::to_string);
     // This request keeps the routing generation it started with.
     let routing = proxy.routing();
-    let Some(pool_index) = routing.router.find(host.as_deref(), req.uri().path()) else {
+    let Some(route) = routing.router.route(host.as_deref(), req.uri().path()) else {
         proxy
             .metrics
             .requests
@@ -200,7 +216,7 @@ pub async fn handle(
             "404 not found: no route for this request",
         );
     };
-    let pool = routing.pools[pool_index].clone();
+    let pool = routing.pools[route.pool].clone();
     let cfg = &routing.config;
     let trusted = &cfg.trusted_proxies;
     let peer_ip = affinity::canonical(peer.ip());
@@ -214,12 +230,17 @@ pub async fn handle(
             .filter_map(|v| v.to_str().ok()),
         trusted,
     );
-    let upgrade = headers::is_upgrade(req.headers());
+    let upgrade_to = headers::allowed_upgrade(req.headers(), &route.upgrades);
+    if upgrade_to.is_none() && headers::is_upgrade(req.headers()) {
+        // Goes on as a plain request, its upgrade headers removed.
+        proxy.metrics.upgrades_refused.inc();
+    }
+    let upgrade = upgrade_to.is_some();
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (parts, body) = req.into_parts();
     let mut up_headers = parts.headers.clone();
-    headers::strip_hop_by_hop(&mut up_headers, upgrade);
+    headers::strip_hop_by_hop(&mut up_headers, upgrade_to);
     headers::add_forwarded(&mut up_headers, peer_ip, client, scheme, peer_trusted);
     let path = parts
         .uri
@@ -405,7 +426,19 @@ pub async fn handle(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-        headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
+        if switching && !upgrade {
+            // Switching protocols nobody asked for: the connection's state
+            // is unknown, so it is neither relayed nor reused.
+            tracing::warn!(pool = %pool.name(), backend = %backend.id, %client, "101 to a request without an allowed upgrade");
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                "502 bad gateway: the backend switched protocols unasked",
+            );
+        }
+        let keep_upgrade = switching
+            .then(|| resp.headers().get(http::header::UPGRADE).cloned())
+            .flatten();
+        headers::strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
         if let Some(cookie) = &choice.set_cookie {
             if let Ok(v) = HeaderValue::from_str(cookie) {
                 resp.headers_mut().append(SET_COOKIE, v);

@@ -1,10 +1,37 @@
 //! Request and response header rewriting, as nginx's usual WebSocket
 //! config does it: hop-by-hop headers stripped (the upgrade pair kept on an
-//! upgrade), `X-Forwarded-For` appended, `X-Forwarded-Proto`,
-//! `X-Forwarded-Host` and `X-Real-IP` set, `Host` preserved.
+//! upgrade the route allows), `X-Forwarded-For` appended, `Forwarded`
+//! (RFC 7239) appended to when the peer is trusted and replaced otherwise,
+//! `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Real-IP` set, `Host`
+//! preserved. Also the RFC 9112 `Host` checks a request must pass.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::Version;
 use std::net::IpAddr;
+
+/// Headers a client cannot remove by naming them in `Connection`: the
+/// proxy routes on them, or they carry forwarding information a backend
+/// trusts. (Naming `Host` there used to send requests with no Host.)
+const PROTECTED: &[&str] = &[
+    "host",
+    "content-length",
+    "cookie",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// Why a request's `Host` is unacceptable (RFC 9112 §3.2: 400 for an
+/// HTTP/1.1 request without one, or with more than one), as a metric label.
+pub fn host_problem(version: Version, headers: &HeaderMap) -> Option<&'static str> {
+    match headers.get_all(HOST).iter().count() {
+        0 if version == Version::HTTP_11 => Some("missing_host"),
+        0 | 1 => None,
+        _ => Some("duplicate_host"),
+    }
+}
 
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -29,16 +56,44 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Removes hop-by-hop headers; with `upgrade`, puts back
-/// `Connection: upgrade` and the original `Upgrade` value.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let upgrade_value = headers.get(UPGRADE).cloned();
+/// The request's `Upgrade` value cut down to the protocols in `allowed`
+/// (lowercase, `name` or `name/version`); `None` when it asks for no
+/// upgrade or for none of those. A protocol the proxy does not tunnel
+/// (h2c, ...) must not reach the backend as an upgrade: the backend could
+/// switch protocols on a connection the proxy still parses as HTTP/1.1.
+pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
+    if !is_upgrade(headers) {
+        return None;
+    }
+    let kept: Vec<&str> = headers
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| {
+            let p = p.to_ascii_lowercase();
+            let name = p.split('/').next().unwrap_or_default();
+            allowed.iter().any(|a| *a == p || a == name)
+        })
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join(", ")).ok()
+}
+
+/// Removes hop-by-hop headers, and those the `Connection` header names
+/// unless protected; with `upgrade`, puts back `Connection: upgrade` and
+/// that `Upgrade` value.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|name| !PROTECTED.contains(&name.as_str()))
         .collect();
     for name in listed {
         headers.remove(name);
@@ -46,12 +101,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     for name in HOP_BY_HOP {
         headers.remove(*name);
     }
-    if upgrade {
-        if let Some(v) = upgrade_value {
-            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(UPGRADE, v);
-        }
+    if let Some(v) = upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, v);
     }
+}
+
+/// One RFC 7239 `Forwarded` element: `for=...;proto=...;host="..."`.
+fn forwarded_element(peer: IpAddr, proto: &str, host: Option<&str>) -> String {
+    let node = match peer {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={node};proto={proto}");
+    if let Some(host) = host {
+        let quoted: String = host
+            .chars()
+            .flat_map(|c| match c {
+                '"' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        element.push_str(&format!(";host=\"{quoted}\""));
+    }
+    element
 }
 
 /// Adds the forwarding headers toward the backend.
@@ -85,12 +158,29 @@ pub fn add_forwarded(
     if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
         headers.insert(HeaderName::from_static("x-real-ip"), v);
     }
+    // RFC 7239: a chain from a trusted proxy is extended, anyone else's
+    // claim is replaced by what we saw.
+    let fwd = HeaderName::from_static("forwarded");
+    let proto = if proto == "https" { "https" } else { "http" };
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+    let mut element = forwarded_element(peer, proto, host);
+    if peer_trusted {
+        let prior: Vec<&str> = headers
+            .get_all(&fwd)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if !prior.is_empty() {
+            element = format!("{}, {element}", prior.join(", "));
+        }
+    }
+    headers.remove(&fwd);
+    if let Ok(v) = HeaderValue::from_str(&element) {
+        headers.insert(fwd, v);
+    }
     let xfp = HeaderName::from_static("x-forwarded-proto");
     if !(peer_trusted && headers.contains_key(&xfp)) {
-        headers.insert(
-            xfp,
-            HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
-        );
+        headers.insert(xfp, HeaderValue::from_static(proto));
     }
     let xfh = HeaderName::from_static("x-forwarded-host");
     if !(peer_trusted && headers.contains_key(&xfh)) {
@@ -138,7 +228,8 @@ mod tests {
             ("te", "trailers"),
             ("sec-websocket-key", "abc"),
         ]);
-        strip_hop_by_hop(&mut h, true);
+        let upgrade = allowed_upgrade(&h, &["websocket".into()]);
+        strip_hop_by_hop(&mut h, upgrade);
         assert_eq!(h.get("connection").unwrap(), "upgrade");
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert!(
@@ -146,8 +237,39 @@ mod tests {
         );
         assert_eq!(h.get("sec-websocket-key").unwrap(), "abc");
         let mut h = map(&[("connection", "close"), ("upgrade", "websocket")]);
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, None);
         assert!(h.is_empty());
+        // Naming Host (or a forwarding header) in Connection strips nothing.
+        let mut h = map(&[("connection", "host, x-real-ip"), ("host", "a.example")]);
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h.get("host").unwrap(), "a.example");
+    }
+
+    #[test]
+    fn only_allowed_upgrades() {
+        let ws = ["websocket".to_string()];
+        let h2c = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ]);
+        assert_eq!(allowed_upgrade(&h2c, &ws), None);
+        let mixed = map(&[("connection", "upgrade"), ("upgrade", "h2c, WebSocket")]);
+        assert_eq!(allowed_upgrade(&mixed, &ws).unwrap(), "WebSocket");
+        assert_eq!(allowed_upgrade(&mixed, &[]), None);
+    }
+
+    #[test]
+    fn host_rules() {
+        let one = map(&[("host", "a")]);
+        let two = map(&[("host", "a"), ("host", "b")]);
+        assert_eq!(host_problem(Version::HTTP_11, &one), None);
+        assert_eq!(host_problem(Version::HTTP_11, &two), Some("duplicate_host"));
+        assert_eq!(host_problem(Version::HTTP_10, &two), Some("duplicate_host"));
+        assert_eq!(
+            host_problem(Version::HTTP_11, &HeaderMap::new()),
+            Some("missing_host")
+        );
+        assert_eq!(host_problem(Version::HTTP_10, &HeaderMap::new()), None);
     }
 
     #[test]
@@ -160,6 +282,16 @@ mod tests {
         assert_eq!(h.get("x-real-ip").unwrap(), "203.0.113.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
+        assert_eq!(
+            h.get("forwarded").unwrap(),
+            "for=10.0.0.2;proto=http;host=\"example.com\""
+        );
+        let mut h = map(&[("host", "h"), ("forwarded", "for=192.0.2.1")]);
+        add_forwarded(&mut h, "::1".parse().unwrap(), client, "https", true);
+        assert_eq!(
+            h.get("forwarded").unwrap(),
+            "for=192.0.2.1, for=\"[::1]\";proto=https;host=\"h\""
+        );
         // From an untrusted peer the chain is still appended to, but the
         // real IP is the peer and its claimed proto is replaced.
         let mut h = map(&[
@@ -167,7 +299,12 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
         ]);
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
         add_forwarded(&mut h, peer, peer, "http", false);
+        assert_eq!(
+            h.get("forwarded").unwrap(),
+            "for=10.0.0.2;proto=http;host=\"example.com\""
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "6.6.6.6, 10.0.0.2");
         assert_eq!(h.get("x-real-ip").unwrap(), "10.0.0.2");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");

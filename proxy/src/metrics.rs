@@ -21,6 +21,8 @@ pub struct Metrics {
     pub connect_errors: IntCounterVec,
     pub retries: IntCounterVec,
     pub client_body_errors: IntCounterVec,
+    pub bad_requests: IntCounterVec,
+    pub upgrades_refused: IntCounter,
     pub response_seconds: HistogramVec,
     pub health_checks: IntCounterVec,
     pub reloads: IntCounterVec,
@@ -114,6 +116,19 @@ impl Metrics {
                 "limpet_proxy_client_body_errors_total",
                 "Requests whose client broke its own upload (timeout: 408; aborted, invalid: 400); never counted against a backend",
                 &["reason"],
+            ),
+            bad_requests: counter_vec(
+                "limpet_proxy_bad_requests_total",
+                "Requests refused with 400 before routing (missing_host, duplicate_host)",
+                &["reason"],
+            ),
+            upgrades_refused: reg(
+                &r,
+                IntCounter::new(
+                    "limpet_proxy_upgrades_refused_total",
+                    "Upgrade requests for a protocol the route does not tunnel, sent on as plain requests",
+                )
+                .expect("valid"),
             ),
             response_seconds: reg(
                 &r,

@@ -4,9 +4,17 @@
 
 use limpet_config::RouteConfig;
 
+/// What a matched route says about a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub pool: usize,
+    /// `Upgrade` protocols tunnelled here, lowercase.
+    pub upgrades: Vec<String>,
+}
+
 pub struct Router {
-    /// (host, prefix, pool index), most specific first.
-    routes: Vec<(Option<String>, String, usize)>,
+    /// (host, prefix, route), most specific first.
+    routes: Vec<(Option<String>, String, Route)>,
 }
 
 impl Router {
@@ -17,7 +25,14 @@ impl Router {
                 Some((
                     r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                     r.path_prefix.clone(),
-                    pool_index(&r.pool)?,
+                    Route {
+                        pool: pool_index(&r.pool)?,
+                        upgrades: r
+                            .upgrade_protocols
+                            .iter()
+                            .map(|p| p.to_ascii_lowercase())
+                            .collect(),
+                    },
                 ))
             })
             .collect();
@@ -29,8 +44,13 @@ impl Router {
         Router { routes: list }
     }
 
-    /// `host` is the Host header without port.
+    /// The pool index for a request; `host` is the Host header without port.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        self.route(host, path).map(|r| r.pool)
+    }
+
+    /// The matching route; `host` is the Host header without port.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         self.routes
             .iter()
             .find(|(h, prefix, _)| {
@@ -38,7 +58,7 @@ impl Router {
                     && h.as_deref()
                         .is_none_or(|h| host.is_some_and(|x| x.eq_ignore_ascii_case(h)))
             })
-            .map(|(_, _, i)| *i)
+            .map(|(_, _, route)| route)
     }
 }
 
@@ -63,6 +83,7 @@ mod tests {
             path_prefix: prefix.into(),
             host: host.map(String::from),
             pool: pool.into(),
+            upgrade_protocols: vec!["WebSocket".into()],
         };
         let routes = [
             route("/", None, "web"),
@@ -75,6 +96,7 @@ mod tests {
         assert_eq!(r.find(Some("example.com"), "/socket.io/?EIO=4"), Some(1));
         assert_eq!(r.find(Some("API.example.com"), "/x"), Some(2));
         assert_eq!(r.find(None, "/x"), Some(0));
+        assert_eq!(r.route(None, "/x").unwrap().upgrades, vec!["websocket"]);
         let only_io = Router::new(&routes[1..2], |n| names.iter().position(|x| *x == n));
         assert_eq!(only_io.find(None, "/other"), None);
         assert_eq!(host_only("example.com:8080"), "example.com");

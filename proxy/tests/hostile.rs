@@ -250,3 +250,116 @@ async fn a_killed_backend_costs_no_request_on_a_pooled_connection() {
             >= 1.0
     );
 }
+
+/// Defect: header tricks passed through. Two `Host` headers were both
+/// forwarded (routing used the first), HTTP/1.1 without `Host` was served,
+/// `Connection: host` stripped `Host` toward the backend, any `Upgrade`
+/// (h2c) was passed on, and a client's `Forwarded` reached the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_tricks_are_refused_or_neutralised() {
+    let b1 = TestBackend::start("b1").await;
+    let mut proxy = ProxyProcess::start(&config(&[&b1], "", ""));
+    let get = |extra: &str| format!("GET / HTTP/1.1\r\n{extra}Connection: close\r\n\r\n");
+
+    let before = b1.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let two_hosts = raw_request(
+        proxy.addr,
+        get("Host: test.local\r\nHost: evil.example\r\n").as_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(
+        two_hosts.status, 400,
+        "two Host headers: {}",
+        two_hosts.body
+    );
+    let no_host = raw_request(proxy.addr, get("").as_bytes(), false).await;
+    assert_eq!(
+        no_host.status, 400,
+        "HTTP/1.1 without Host: {}",
+        no_host.body
+    );
+    assert_eq!(
+        b1.requests.load(std::sync::atomic::Ordering::Relaxed),
+        before,
+        "refused requests never reach the backend"
+    );
+    let http10 = raw_request(proxy.addr, b"GET / HTTP/1.0\r\n\r\n", false).await;
+    assert_eq!(
+        http10.status, 200,
+        "HTTP/1.0 needs no Host: {}",
+        http10.body
+    );
+
+    // Naming Host in Connection does not strip it toward the backend.
+    let r = raw_request(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: test.local\r\nConnection: close, host\r\n\r\n",
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\nhost: test.local\n"), "{}", r.body);
+
+    // h2c is not tunnelled: its upgrade headers go, the request is served.
+    let r = raw_request(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: test.local\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for gone in ["upgrade:", "http2-settings:", "connection: upgrade"] {
+        assert!(!r.body.contains(gone), "backend got `{gone}`: {}", r.body);
+    }
+    assert!(proxy.metric("limpet_proxy_upgrades_refused_total").await >= 1.0);
+    // WebSocket, the default allowed protocol, still is.
+    let (mut ws, _) = ws_connect(proxy.addr, "/", None).await.expect("websocket");
+    assert_eq!(echo(&mut ws, "hi").await, "b1:hi");
+
+    // A client's own Forwarded is replaced by what the proxy saw.
+    let r = http(
+        proxy.addr,
+        "GET",
+        "/",
+        &[("Forwarded", "for=6.6.6.6;proto=https")],
+    )
+    .await;
+    assert!(
+        r.body
+            .contains("\nforwarded: for=127.0.0.1;proto=http;host=\"test.local\"\n"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("6.6.6.6"), "{}", r.body);
+    // From a trusted proxy, the chain is extended.
+    let mut trusting =
+        ProxyProcess::start(&config(&[&b1], "trusted_proxies = [\"127.0.0.0/8\"]", ""));
+    let r = http(
+        trusting.addr,
+        "GET",
+        "/",
+        &[("Forwarded", "for=198.51.100.7")],
+    )
+    .await;
+    assert!(
+        r.body.contains(
+            "\nforwarded: for=198.51.100.7, for=127.0.0.1;proto=http;host=\"test.local\"\n"
+        ),
+        "{}",
+        r.body
+    );
+
+    proxy.proc.assert_alive();
+    trusting.proc.assert_alive();
+    let honest = tokio::time::timeout(DEADLINE, http(proxy.addr, "GET", "/", &[]))
+        .await
+        .expect("honest request answered in time");
+    assert_eq!((honest.status, honest.backend()), (200, Some("b1")));
+    assert!(
+        proxy
+            .metric("limpet_proxy_bad_requests_total{reason=\"duplicate_host\"}")
+            .await
+            >= 1.0
+    );
+}

@@ -31,8 +31,9 @@ use tokio::sync::{mpsc, watch, Notify};
 /// while it holds less than this, so a slow reader's backlog stays in the
 /// queue where publishers can see it.
 const OUT_PULL_LIMIT: usize = 64 * 1024;
-/// Stop reading requests while this many reply bytes wait for the client:
-/// a client that pipelines without reading gets TCP backpressure.
+/// Stop running and reading requests while this many reply bytes wait for
+/// the client: a client that pipelines without reading gets TCP
+/// backpressure, and holds at most this plus one reply.
 const OUT_READ_PAUSE: usize = 1024 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// How long one connection may run commands before it lets the other tasks
@@ -281,6 +282,10 @@ impl Session {
                 self.paused = true;
                 break;
             }
+            if self.out.len() >= OUT_READ_PAUSE {
+                self.paused = true;
+                break;
+            }
             match self.parser.next(input) {
                 Ok(Some(args)) => {
                     commands += 1;
@@ -321,14 +326,13 @@ impl Session {
         }
         let replies = (self.out.len() - start_len) - self.drained.wrapping_sub(start_drained);
         let used = self.handle.obuf.fetch_add(replies as u64, Relaxed) + replies as u64;
-        if self.in_pubsub_mode() {
-            if let Some(reason) = self
-                .broker
-                .output_policy
-                .exceeded(used, &self.handle.soft_since)
-            {
-                self.handle.kill(reason);
-            }
+        let policy = if self.in_pubsub_mode() {
+            &self.broker.output_policy
+        } else {
+            &self.broker.normal_output_policy
+        };
+        if let Some(reason) = policy.exceeded(used, &self.handle.soft_since) {
+            self.handle.kill(reason);
         }
         true
     }
@@ -429,6 +433,8 @@ pub async fn run(mut s: Session, stream: TcpStream, mut shutdown: watch::Receive
     let mut reading = true;
     // The peer half-closed: close once everything it sent is answered.
     let mut eof = false;
+    // Whether the client owes so many replies that nothing of its runs.
+    let mut backpressured = false;
     let idle = tokio::time::sleep(Duration::from_secs(timeout.max(1)));
     tokio::pin!(idle);
     let reason = loop {
@@ -467,7 +473,12 @@ pub async fn run(mut s: Session, stream: TcpStream, mut shutdown: watch::Receive
                 Err(_) => break "write error",
             }
         }
-        let may_read = reading && !s.paused && s.out.len() < OUT_READ_PAUSE;
+        let full = s.out.len() >= OUT_READ_PAUSE;
+        if full && !backpressured {
+            s.broker.metrics.output_backpressure.inc();
+        }
+        backpressured = full;
+        let may_read = reading && !s.paused && !full;
         let idle_applies = timeout > 0 && !s.in_pubsub_mode();
         tokio::select! {
             biased;
@@ -528,17 +539,24 @@ fn finish(mut s: Session, reason: &str) {
             } else {
                 "soft"
             };
-            s.broker
-                .metrics
-                .slow_client_disconnects
-                .with_label_values(&[which])
-                .inc();
-            tracing::warn!(
-                client = handle.id,
-                peer = %handle.peer,
-                unsent_bytes = handle.output_bytes(),
-                "disconnecting slow subscriber: output {which} limit exceeded"
-            );
+            let m = &s.broker.metrics;
+            if handle.is_pubsub() {
+                m.slow_client_disconnects.with_label_values(&[which]).inc();
+                tracing::warn!(
+                    client = handle.id,
+                    peer = %handle.peer,
+                    unsent_bytes = handle.output_bytes(),
+                    "disconnecting slow subscriber: output {which} limit exceeded"
+                );
+            } else {
+                m.reply_limit_disconnects.with_label_values(&[which]).inc();
+                tracing::warn!(
+                    client = handle.id,
+                    peer = %handle.peer,
+                    unsent_bytes = handle.output_bytes(),
+                    "disconnecting client that does not read its replies: output_limit_normal {which} limit exceeded"
+                );
+            }
         }
         KillReason::Killed => {
             tracing::info!(client = handle.id, peer = %handle.peer, "client killed")

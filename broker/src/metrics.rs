@@ -31,6 +31,10 @@ pub struct Metrics {
     pub net_input_bytes: IntCounter,
     pub net_output_bytes: IntCounter,
     pub slow_client_disconnects: IntCounterVec,
+    /// Clients without subscriptions cut off for unread replies.
+    pub reply_limit_disconnects: IntCounterVec,
+    /// Times a client's commands stopped running until it read its replies.
+    pub output_backpressure: IntCounter,
     pub protocol_errors: IntCounter,
     /// Commands refused because an argument or the client's subscriptions
     /// would pass a configured limit; the label is the config key.
@@ -110,6 +114,21 @@ impl Metrics {
                     &["limit"],
                 )
                 .expect("valid metric"),
+            ),
+            reply_limit_disconnects: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "limpet_broker_reply_limit_disconnects_total",
+                        "Clients without subscriptions cut off for exceeding output_limit_normal",
+                    ),
+                    &["limit"],
+                )
+                .expect("valid metric"),
+            ),
+            output_backpressure: counter(
+                "limpet_broker_output_backpressure_total",
+                "Times a client's commands were paused until it read the replies it owed",
             ),
             protocol_errors: counter("limpet_broker_protocol_errors_total", "Malformed requests"),
             limit_rejections: reg(

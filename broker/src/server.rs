@@ -36,7 +36,10 @@ pub struct Broker {
     pub limits: Limits,
     pub registry: Registry,
     pub metrics: Metrics,
+    /// `output_limit` applies to clients with subscriptions,
+    /// `output_limit_normal` to the others.
     pub output_policy: OutputPolicy,
+    pub normal_output_policy: OutputPolicy,
     pub started: Instant,
     pub run_id: String,
     clients: Mutex<AHashMap<u64, Arc<ClientHandle>>>,
@@ -56,7 +59,15 @@ impl Broker {
             soft_for: Duration::from_secs(config.output_limit.soft_seconds),
             clock: Instant::now(),
         };
+        let n = &config.output_limit_normal;
+        let normal_output_policy = OutputPolicy {
+            hard: n.hard.bytes(),
+            soft: n.soft.bytes(),
+            soft_for: Duration::from_secs(n.soft_seconds),
+            clock: output_policy.clock,
+        };
         Broker {
+            normal_output_policy,
             config,
             config_file,
             limits,

@@ -176,3 +176,75 @@ async fn soft_limit_cuts_off_after_its_grace_period() {
     );
     b.stop().await;
 }
+
+/// A client without subscriptions pipelines `PUBSUB CHANNELS` (a big reply
+/// each) and never reads. Before, every command ran at once and the
+/// replies piled up: +482 MiB RSS for 15 KB of requests. Now its commands
+/// stop running while it owes 1 MiB, and one reply past
+/// `output_limit_normal.hard` cuts it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_replies_is_paused_then_cut_off() {
+    const GROWTH_BOUND_KIB: u64 = 32 * 1024;
+    let mut b = BrokerProcess::start(PORT_ZERO);
+    let metrics = b.metrics.expect("metrics port");
+    let names: Vec<String> = (0..10_000)
+        .map(|i| format!("channel:{i:05}:{}", "x".repeat(80)))
+        .collect();
+    let mut sub = Client::connect(b.addr).await;
+    for chunk in names.chunks(1000) {
+        let mut args = vec!["SUBSCRIBE"];
+        args.extend(chunk.iter().map(String::as_str));
+        sub.cmd(&args).await;
+    }
+    sub.frames(names.len()).await;
+    let base = b.proc.rss_kib();
+
+    let mut attacker = Client::connect(b.addr).await;
+    let one = encode(&["PUBSUB", "CHANNELS"]);
+    attacker.send(&one.repeat(15_000 / one.len())).await;
+    // Either the broker pauses the attacker, or (before the fix) its
+    // memory runs away; both end the wait.
+    limpet_testkit::eventually(
+        "backpressure on the attacker, or runaway memory",
+        || async {
+            metric(metrics, "limpet_broker_output_backpressure_total").await >= 1
+                || b.proc.rss_kib().saturating_sub(base) > GROWTH_BOUND_KIB
+        },
+    )
+    .await;
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    b.proc.assert_alive();
+    let growth = b.proc.rss_kib().saturating_sub(base);
+    assert!(
+        growth < GROWTH_BOUND_KIB,
+        "RSS grew by {growth} KiB for 15 KB of unread requests"
+    );
+
+    // One reply above a small hard limit: the client is cut off, counted.
+    let mut b = BrokerProcess::start(&format!(
+        "{PORT_ZERO}[output_limit_normal]\nhard = \"256kb\"\n"
+    ));
+    let metrics = b.metrics.expect("metrics port");
+    let mut sub = Client::connect(b.addr).await;
+    for chunk in names.chunks(1000) {
+        let mut args = vec!["SUBSCRIBE"];
+        args.extend(chunk.iter().map(String::as_str));
+        sub.cmd(&args).await;
+    }
+    sub.frames(names.len()).await;
+    let mut attacker = Client::connect(b.addr).await;
+    attacker.send(&one).await;
+    // Closed (what the kernel took before the cut may still arrive).
+    attacker.read_to_close().await;
+    limpet_testkit::eventually("the cut is counted", || async {
+        metric(
+            metrics,
+            "limpet_broker_reply_limit_disconnects_total{limit=\"hard\"}",
+        )
+        .await
+            == 1
+    })
+    .await;
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    b.proc.assert_alive();
+}

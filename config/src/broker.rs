@@ -23,6 +23,11 @@ pub struct BrokerConfig {
     pub limits: ProtocolLimits,
     /// `client-output-buffer-limit pubsub`: how far a subscriber may fall behind.
     pub output_limit: OutputLimit,
+    /// `client-output-buffer-limit normal`: how many reply bytes a client
+    /// without subscriptions may leave unread. Commands stop running while
+    /// a client owes more than 1 MiB of replies, so only one huge reply
+    /// (`PUBSUB CHANNELS` on a busy broker) can reach these.
+    pub output_limit_normal: NormalOutputLimit,
     pub metrics: MetricsConfig,
 }
 
@@ -56,6 +61,17 @@ pub struct OutputLimit {
     pub soft_seconds: u64,
 }
 
+/// Same fields as [`OutputLimit`], with the defaults for plain clients.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NormalOutputLimit {
+    /// Unsent bytes at which a client is disconnected at once (0 = no limit).
+    pub hard: ByteSize,
+    /// Unsent bytes a client may hold for at most `soft_seconds` (0 = no limit).
+    pub soft: ByteSize,
+    pub soft_seconds: u64,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -73,6 +89,7 @@ impl Default for BrokerConfig {
             timeout: 0,
             limits: ProtocolLimits::default(),
             output_limit: OutputLimit::default(),
+            output_limit_normal: NormalOutputLimit::default(),
             metrics: MetricsConfig::default(),
         }
     }
@@ -97,6 +114,18 @@ impl Default for OutputLimit {
             hard: ByteSize(32 * 1024 * 1024),
             soft: ByteSize(8 * 1024 * 1024),
             soft_seconds: 60,
+        }
+    }
+}
+
+impl Default for NormalOutputLimit {
+    /// Redis sets no limit for normal clients (`normal 0 0 0`); one reply
+    /// of 64 MiB is far beyond any pub/sub introspection answer.
+    fn default() -> Self {
+        NormalOutputLimit {
+            hard: ByteSize(64 * 1024 * 1024),
+            soft: ByteSize(0),
+            soft_seconds: 0,
         }
     }
 }
@@ -181,20 +210,31 @@ impl Validate for BrokerConfig {
             ));
         }
         let o = &self.output_limit;
-        if o.hard.bytes() != 0 && o.soft.bytes() > o.hard.bytes() {
-            return Err(FieldError::new(
-                "output_limit.soft",
-                format!("{} is above the hard limit {}", o.soft, o.hard),
-            ));
-        }
-        if o.soft.bytes() != 0 && o.soft_seconds == 0 {
-            return Err(FieldError::new(
-                "output_limit.soft_seconds",
-                "must be at least 1 when a soft limit is set (use hard for an immediate cut)",
-            ));
-        }
-        Ok(())
+        check_output_limit("output_limit", o.hard, o.soft, o.soft_seconds)?;
+        let n = &self.output_limit_normal;
+        check_output_limit("output_limit_normal", n.hard, n.soft, n.soft_seconds)
     }
+}
+
+fn check_output_limit(
+    section: &str,
+    hard: ByteSize,
+    soft: ByteSize,
+    soft_seconds: u64,
+) -> Result<(), FieldError> {
+    if hard.bytes() != 0 && soft.bytes() > hard.bytes() {
+        return Err(FieldError::new(
+            format!("{section}.soft"),
+            format!("{soft} is above the hard limit {hard}"),
+        ));
+    }
+    if soft.bytes() != 0 && soft_seconds == 0 {
+        return Err(FieldError::new(
+            format!("{section}.soft_seconds"),
+            "must be at least 1 when a soft limit is set (use hard for an immediate cut)",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -215,6 +255,10 @@ mod tests {
         assert_eq!(cfg.output_limit.hard.bytes(), 32 << 20);
         assert_eq!(cfg.output_limit.soft.bytes(), 8 << 20);
         assert_eq!(cfg.output_limit.soft_seconds, 60);
+        assert_eq!(cfg.output_limit_normal.hard.bytes(), 64 << 20);
+        assert_eq!(cfg.output_limit_normal.soft.bytes(), 0);
+        assert_eq!(cfg.limits.max_pattern_len.bytes(), 256);
+        assert_eq!(cfg.limits.max_channel_len.bytes(), 4096);
     }
 
     #[test]

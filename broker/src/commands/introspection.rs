@@ -210,6 +210,8 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
                 w("maxclients", &b.config.maxclients);
                 w("blocked_clients", &0);
                 w("pubsub_clients", &pubsub);
+                let max_out = clients.iter().map(|c| c.output_bytes()).max();
+                w("client_recent_max_output_buffer", &max_out.unwrap_or(0));
             }
             "memory" => {
                 let rss = resident_bytes();
@@ -242,9 +244,10 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
                 );
                 w("pubsub_messages_published", &m.published.get());
                 w("pubsub_messages_delivered", &m.delivered.get());
-                let slow = &m.slow_client_disconnects;
-                let cut = slow.with_label_values(&["hard"]).get()
-                    + slow.with_label_values(&["soft"]).get();
+                let cut: u64 = [&m.slow_client_disconnects, &m.reply_limit_disconnects]
+                    .iter()
+                    .flat_map(|v| ["hard", "soft"].map(|l| v.with_label_values(&[l]).get()))
+                    .sum();
                 w("client_output_buffer_limit_disconnections", &cut);
                 w("total_error_replies", &0);
                 w("rejected_calls", &m.limit_rejections_total());
@@ -442,6 +445,7 @@ fn command_help(s: &mut Session, _args: &[Bytes]) -> bool {
 fn config_params(s: &Session) -> Vec<(&'static str, String)> {
     let c = &s.broker.config;
     let o = &c.output_limit;
+    let n = &c.output_limit_normal;
     let hosts: Vec<String> = c.bind.iter().map(|a| a.ip().to_string()).collect();
     vec![
         ("bind", hosts.join(" ")),
@@ -461,8 +465,8 @@ fn config_params(s: &Session) -> Vec<(&'static str, String)> {
         (
             "client-output-buffer-limit",
             format!(
-                "normal 0 0 0 slave 0 0 0 pubsub {} {} {}",
-                o.hard, o.soft, o.soft_seconds
+                "normal {} {} {} slave 0 0 0 pubsub {} {} {}",
+                n.hard, n.soft, n.soft_seconds, o.hard, o.soft, o.soft_seconds
             ),
         ),
     ]

@@ -353,6 +353,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
 /// Config text for the real binary on free ports.
 pub const PORT_ZERO: &str = "bind = [\"127.0.0.1:0\"]\n[metrics]\nbind = \"127.0.0.1:0\"\n";
 
+/// How long an honest client may wait during an attack. Far above a
+/// loaded machine's normal answer time, far below what the attacks cost
+/// before they were bounded (tens of seconds and more).
+pub const HONEST_WITHIN: Duration = Duration::from_secs(10);
+
 /// An honest client's whole round trip, all within `within`: connect,
 /// PING, and a message published and received. Hostile-client tests call
 /// it while the attack is under way.
@@ -380,4 +385,14 @@ pub async fn honest_client_served(addr: SocketAddr, within: Duration) {
                 started.elapsed()
             )
         });
+}
+
+/// The value of one Prometheus sample (`name` with its labels, exactly as
+/// printed), or 0 when it is not there yet.
+pub async fn metric(metrics: SocketAddr, sample: &str) -> u64 {
+    let (_, body) = http_get(metrics, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }

@@ -122,6 +122,9 @@ pub struct AdminConfig {
     /// When set, the admin API (not `/metrics`) requires
     /// `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// A request's head, and then its whole body, must arrive within this
+    /// each; past it the connection gets 408 and is closed.
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -355,6 +358,7 @@ impl Default for AdminConfig {
             enabled: true,
             bind: SocketAddr::from(([127, 0, 0, 1], 9180)),
             token: None,
+            request_timeout: Duration::secs(10),
         }
     }
 }
@@ -511,6 +515,9 @@ impl Validate for ProxyConfig {
                     "must be above 0",
                 ));
             }
+        }
+        if self.admin.request_timeout.is_zero() {
+            return Err(FieldError::new("admin.request_timeout", "must be above 0"));
         }
         if self.admin.token.as_ref().is_some_and(|t| t.len() < 8) {
             return Err(FieldError::new(
@@ -738,6 +745,14 @@ pool = "nodes"
             .to_string();
         assert!(
             err.contains("timeouts.client_body: must be above 0"),
+            "{err}"
+        );
+        assert_eq!(cfg.admin.request_timeout.get().as_secs(), 10);
+        let err = parse("[admin]\nrequest_timeout = \"0s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin.request_timeout: must be above 0"),
             "{err}"
         );
     }

@@ -8,6 +8,12 @@
 //!   `ready`, `drain` (no new sessions; cookie holders still reach it, like
 //!   HAProxy's drain) or `maint` (nothing new; cookie holders re-pinned).
 //! * `POST /api/reload` — the same as `SIGHUP`.
+//!
+//! The admin port is private but not trusted: a request body must arrive
+//! within `admin.request_timeout` (a declared length that never comes used
+//! to hold the connection for good), and the bearer token is compared in
+//! constant time, so response timing does not reveal how much of a guess
+//! was right.
 
 use crate::pool::AdminState;
 use crate::server::Proxy;
@@ -21,7 +27,8 @@ use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -41,6 +48,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
             },
         };
         let proxy = proxy.clone();
+        let request_timeout = proxy.routing().config.admin.request_timeout.get();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let proxy = proxy.clone();
@@ -48,7 +56,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
+                .header_read_timeout(request_timeout)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });
@@ -95,12 +103,16 @@ async fn respond(proxy: &Proxy, req: Request<hyper::body::Incoming>) -> Resp {
         );
     }
     if let Some(token) = &proxy.routing().config.admin.token {
-        let ok = req
+        let given = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.strip_prefix("Bearer ") == Some(token.as_str()));
-        if !ok {
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if !given.is_some_and(|given| token_matches(given, token.as_bytes())) {
+            proxy
+                .metrics
+                .admin_errors
+                .with_label_values(&["unauthorized"])
+                .inc();
             return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
     }
@@ -124,6 +136,16 @@ async fn respond(proxy: &Proxy, req: Request<hyper::body::Incoming>) -> Resp {
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
+}
+
+/// Compares digests in constant time: neither the position of the first
+/// wrong byte nor the token's length shows in how long this takes.
+fn token_matches(given: &[u8], token: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(given)
+        .as_slice()
+        .ct_eq(Sha256::digest(token).as_slice())
+        .into()
 }
 
 fn find_pool(proxy: &Proxy, name: &str) -> bool {
@@ -169,9 +191,29 @@ async fn set_state(
     id: &str,
     req: Request<hyper::body::Incoming>,
 ) -> Resp {
-    let body = match Limited::new(req.into_body(), 4096).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 4 KiB"),
+    let limit: Duration = proxy.routing().config.admin.request_timeout.get();
+    let read = tokio::time::timeout(limit, Limited::new(req.into_body(), 4096).collect());
+    let body = match read.await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
+            proxy
+                .metrics
+                .admin_errors
+                .with_label_values(&["body_too_large"])
+                .inc();
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 4 KiB");
+        }
+        Err(_) => {
+            proxy
+                .metrics
+                .admin_errors
+                .with_label_values(&["body_timeout"])
+                .inc();
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {limit:?}"),
+            );
+        }
     };
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -210,4 +252,17 @@ async fn set_state(
         StatusCode::OK,
         json!({"pool": pool, "id": id, "state": state.as_str(), "previous": before.as_str()}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn tokens_match_only_exactly() {
+        assert!(token_matches(b"sesame-0123", b"sesame-0123"));
+        assert!(!token_matches(b"sesame-0124", b"sesame-0123"));
+        assert!(!token_matches(b"sesame-012", b"sesame-0123"));
+        assert!(!token_matches(b"", b"sesame-0123"));
+    }
 }

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub client_body_errors: IntCounterVec,
     pub bad_requests: IntCounterVec,
     pub upgrades_refused: IntCounter,
+    pub admin_errors: IntCounterVec,
     pub response_seconds: HistogramVec,
     pub health_checks: IntCounterVec,
     pub reloads: IntCounterVec,
@@ -129,6 +130,11 @@ impl Metrics {
                     "Upgrade requests for a protocol the route does not tunnel, sent on as plain requests",
                 )
                 .expect("valid"),
+            ),
+            admin_errors: counter_vec(
+                "limpet_proxy_admin_errors_total",
+                "Admin API requests refused (unauthorized, body_timeout, body_too_large)",
+                &["reason"],
             ),
             response_seconds: reg(
                 &r,

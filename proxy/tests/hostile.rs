@@ -363,3 +363,62 @@ async fn header_tricks_are_refused_or_neutralised() {
             >= 1.0
     );
 }
+
+/// Defect: an admin request whose declared body never arrives held its
+/// connection for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_admin_body_is_cut_off() {
+    let b1 = TestBackend::start("b1").await;
+    let mut proxy = ProxyProcess::start(&format!(
+        "[[listen]]\nbind = \"127.0.0.1:0\"\n\
+         [admin]\nbind = \"127.0.0.1:0\"\nrequest_timeout = \"1s\"\n\
+         [[pool]]\nname = \"nodes\"\nbackend_header = true\n\
+         [[pool.backend]]\nid = \"b1\"\naddress = \"{}\"\n\
+         [[route]]\npool = \"nodes\"\n",
+        b1.addr
+    ));
+    // Twenty admin requests declare a body and send only its start.
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(proxy.admin).await.unwrap();
+        s.write_all(
+            b"PUT /api/pools/nodes/backends/b1 HTTP/1.1\r\nHost: admin\r\nContent-Length: 20\r\n\r\n{\"st",
+        )
+        .await
+        .unwrap();
+        stalled.push(s);
+    }
+    // Meanwhile the admin API and the proxy answer honest clients.
+    let pools = tokio::time::timeout(DEADLINE, http(proxy.admin, "GET", "/api/pools", &[]))
+        .await
+        .expect("admin answers in time");
+    assert_eq!(pools.status, 200, "{}", pools.body);
+    let r = http(proxy.addr, "GET", "/", &[]).await;
+    assert_eq!((r.status, r.backend()), (200, Some("b1")));
+
+    // Each stalled request gets 408 and its connection is closed.
+    for mut s in stalled {
+        let mut raw = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
+            .await
+            .expect("a stalled admin request is closed in time")
+            .expect("read");
+        assert_eq!(parse_reply(&raw).status, 408);
+    }
+    proxy.proc.assert_alive();
+    let health = backend_health(&proxy).await;
+    assert_eq!(health, vec![("b1".to_string(), "up".to_string())]);
+    assert!(
+        !http(proxy.admin, "GET", "/api/pools", &[])
+            .await
+            .body
+            .contains("\"drain\""),
+        "no half-sent state change was applied"
+    );
+    assert_eq!(
+        proxy
+            .metric("limpet_proxy_admin_errors_total{reason=\"body_timeout\"}")
+            .await,
+        20.0
+    );
+}

@@ -57,3 +57,70 @@ async fn one_pattern_and_one_publish_cannot_freeze_the_broker() {
     }
     b.proc.assert_alive();
 }
+
+/// One client asking for 200,000 patterns made every PUBLISH match all of
+/// them (11 publishes/s on a debug build, against thousands without).
+/// Now a client holds at most `limits.max_patterns_per_client` patterns
+/// and `limits.max_channels_per_client` channels; a subscribe past either
+/// is refused whole, with an error, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_caps_on_patterns_and_channels() {
+    let mut b = BrokerProcess::start(PORT_ZERO);
+    let metrics = b.metrics.expect("metrics port");
+    let mut attacker = Client::connect(b.addr).await;
+    let batches = 200;
+    for batch in 0..batches {
+        let patterns: Vec<String> = (0..1000).map(|i| format!("pat:{batch}:{i}:*:x")).collect();
+        let mut args = vec!["PSUBSCRIBE"];
+        args.extend(patterns.iter().map(String::as_str));
+        attacker.cmd(&args).await;
+    }
+    // The first batch fits under the default cap of 1024; no other does.
+    attacker.frames(1000).await;
+    for _ in 1..batches {
+        assert_eq!(
+            String::from_utf8_lossy(&attacker.frame().await),
+            "-ERR too many patterns for this client (limits.max_patterns_per_client = 1024)\r\n"
+        );
+    }
+    let mut observer = Client::connect(b.addr).await;
+    assert_eq!(observer.call(&["PUBSUB", "NUMPAT"]).await, ":1000\r\n");
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+
+    // Channels: 100,000 by default, shard channels included.
+    let mut hoarder = Client::connect(b.addr).await;
+    let names: Vec<String> = (0..100_000).map(|i| format!("c{i}")).collect();
+    for chunk in names.chunks(5000) {
+        let mut args = vec!["SUBSCRIBE"];
+        args.extend(chunk.iter().map(String::as_str));
+        hoarder.cmd(&args).await;
+    }
+    hoarder.frames(names.len()).await;
+    assert_eq!(
+        hoarder.call(&["SSUBSCRIBE", "one-more"]).await,
+        "-ERR too many channels for this client (limits.max_channels_per_client = 100000)\r\n"
+    );
+    // Already held: not a new channel, so not refused.
+    assert_eq!(
+        hoarder.call(&["SUBSCRIBE", "c7"]).await,
+        "*3\r\n$9\r\nsubscribe\r\n$2\r\nc7\r\n:100000\r\n"
+    );
+    assert_eq!(
+        metric(
+            metrics,
+            "limpet_broker_limit_rejections_total{limit=\"max_patterns_per_client\"}"
+        )
+        .await,
+        batches - 1
+    );
+    assert_eq!(
+        metric(
+            metrics,
+            "limpet_broker_limit_rejections_total{limit=\"max_channels_per_client\"}"
+        )
+        .await,
+        1
+    );
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    b.proc.assert_alive();
+}

@@ -49,6 +49,12 @@ pub struct ProtocolLimits {
     pub max_pattern_len: ByteSize,
     /// Longest channel name `(S)PUBLISH` and `(S)SUBSCRIBE` accept.
     pub max_channel_len: ByteSize,
+    /// Most patterns one client may hold. Every publish is matched against
+    /// every distinct pattern, so this bounds what one client adds to the
+    /// cost of everyone's PUBLISH (Redis has no cap).
+    pub max_patterns_per_client: usize,
+    /// Most channels plus shard channels one client may hold (Redis has no cap).
+    pub max_channels_per_client: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -104,6 +110,8 @@ impl Default for ProtocolLimits {
             query_buffer_limit: ByteSize(1024 * 1024 * 1024),
             max_pattern_len: ByteSize(256),
             max_channel_len: ByteSize(4 * 1024),
+            max_patterns_per_client: 1024,
+            max_channels_per_client: 100_000,
         }
     }
 }
@@ -209,6 +217,18 @@ impl Validate for BrokerConfig {
                 "must be between 1 and limits.max_bulk_len",
             ));
         }
+        if l.max_patterns_per_client == 0 {
+            return Err(FieldError::new(
+                "limits.max_patterns_per_client",
+                "must be at least 1",
+            ));
+        }
+        if l.max_channels_per_client == 0 {
+            return Err(FieldError::new(
+                "limits.max_channels_per_client",
+                "must be at least 1",
+            ));
+        }
         let o = &self.output_limit;
         check_output_limit("output_limit", o.hard, o.soft, o.soft_seconds)?;
         let n = &self.output_limit_normal;
@@ -259,6 +279,8 @@ mod tests {
         assert_eq!(cfg.output_limit_normal.soft.bytes(), 0);
         assert_eq!(cfg.limits.max_pattern_len.bytes(), 256);
         assert_eq!(cfg.limits.max_channel_len.bytes(), 4096);
+        assert_eq!(cfg.limits.max_patterns_per_client, 1024);
+        assert_eq!(cfg.limits.max_channels_per_client, 100_000);
     }
 
     #[test]

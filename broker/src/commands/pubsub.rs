@@ -234,6 +234,37 @@ fn refuse_long_pattern(s: &mut Session, names: &[Bytes]) -> bool {
     refuse_long(s, names, "pattern", "max_pattern_len", max)
 }
 
+/// Refuses a subscribe that would take the client past its cap on
+/// patterns (or on channels and shard channels together). All or nothing,
+/// so the client knows exactly what it holds.
+fn refuse_over_cap(s: &mut Session, names: &[Bytes], kind: Kind) -> bool {
+    let limits = &s.broker.config.limits;
+    let (held, cap, what, key) = match kind {
+        Kind::Pattern => (
+            s.subs.patterns.len(),
+            limits.max_patterns_per_client,
+            "patterns",
+            "max_patterns_per_client",
+        ),
+        Kind::Channel | Kind::Shard => (
+            s.subs.channels.len() + s.subs.shards.len(),
+            limits.max_channels_per_client,
+            "channels",
+            "max_channels_per_client",
+        ),
+    };
+    let set = kind.set(s);
+    let fresh: ahash::AHashSet<&Bytes> = names.iter().filter(|n| !set.contains(*n)).collect();
+    if held + fresh.len() <= cap {
+        return false;
+    }
+    s.broker.note_limit(key);
+    s.reply().error(&format!(
+        "ERR too many {what} for this client (limits.{key} = {cap})"
+    ));
+    true
+}
+
 fn confirm(s: &mut Session, what: &[u8], name: Option<&[u8]>, count: usize) {
     let mut r = s.reply();
     r.push(3);
@@ -250,7 +281,7 @@ fn add_all(s: &mut Session, args: &[Bytes], kind: Kind, what: &[u8]) -> bool {
         Kind::Pattern => refuse_long_pattern(s, &args[1..]),
         Kind::Channel | Kind::Shard => refuse_long_channels(s, &args[1..]),
     };
-    if refused {
+    if refused || refuse_over_cap(s, &args[1..], kind) {
         return true;
     }
     for name in &args[1..] {

@@ -24,6 +24,13 @@ pub struct NodeConfig {
     /// Bearer token required by `POST /api/publish`; unset: no token needed
     /// (keep the port private then).
     pub api_token: Option<String>,
+    /// Shared by every node of the cluster: envelopes on the broker carry
+    /// an HMAC-SHA256 tag made with it, and envelopes without a valid tag
+    /// are dropped (counted as `limpet_node_backplane_rejected_total{reason="auth"}`).
+    /// Unset: envelopes are trusted as they come, so anyone who can publish
+    /// on the broker can forge them (give the broker a password then).
+    /// At least 16 bytes; every node needs the same value.
+    pub cluster_secret: Option<String>,
     /// Serve files from this folder at `/` (the demo page).
     pub static_dir: Option<String>,
     pub limits: NodeLimits,
@@ -52,6 +59,16 @@ pub struct NodeLimits {
     /// Errors (bad frames, rate limit hits) per minute before the
     /// connection is closed.
     pub max_errors_per_minute: u32,
+    /// Remote members (on other nodes) remembered per room; joins past it
+    /// are not remembered nor announced, and are counted.
+    pub max_remote_members_per_room: usize,
+    /// Remote members remembered across all rooms of this node.
+    pub max_remote_members: usize,
+    /// Peer nodes tracked by heartbeat; heartbeats from more are ignored.
+    pub max_peer_nodes: usize,
+    /// Bytes of broker messages waiting to be handled; messages past it
+    /// are dropped and counted.
+    pub inbound_queue_bytes: ByteSize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -84,6 +101,7 @@ impl Default for NodeConfig {
             cluster: false,
             allowed_origins: Vec::new(),
             api_token: None,
+            cluster_secret: None,
             static_dir: None,
             limits: NodeLimits::default(),
             heartbeat: Heartbeat::default(),
@@ -104,6 +122,10 @@ impl Default for NodeLimits {
             rate_per_second: 100,
             rate_burst: 200,
             max_errors_per_minute: 30,
+            max_remote_members_per_room: 10_000,
+            max_remote_members: 100_000,
+            max_peer_nodes: 1_000,
+            inbound_queue_bytes: ByteSize(64 * 1024 * 1024),
         }
     }
 }
@@ -174,7 +196,33 @@ impl Validate for NodeConfig {
                 "several URLs need cluster = true",
             ));
         }
+        if self.cluster_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(FieldError::new(
+                "cluster_secret",
+                "use at least 16 bytes (the same on every node)",
+            ));
+        }
         let l = &self.limits;
+        if l.max_remote_members_per_room == 0
+            || l.max_remote_members < l.max_remote_members_per_room
+        {
+            return Err(FieldError::new(
+                "limits.max_remote_members",
+                "max_remote_members_per_room must be at least 1 and at most max_remote_members",
+            ));
+        }
+        if l.max_peer_nodes == 0 {
+            return Err(FieldError::new(
+                "limits.max_peer_nodes",
+                "must be at least 1",
+            ));
+        }
+        if l.inbound_queue_bytes.bytes() < l.max_message_bytes.bytes() {
+            return Err(FieldError::new(
+                "limits.inbound_queue_bytes",
+                "must be at least limits.max_message_bytes",
+            ));
+        }
         if l.max_connections == 0 {
             return Err(FieldError::new(
                 "limits.max_connections",
@@ -265,6 +313,22 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("broker.0: `http://x` is not a redis:// URL"),
+            "{err}"
+        );
+        let err = parse_str::<NodeConfig>("cluster_secret = \"short\"\n", Path::new("node.toml"))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cluster_secret: use at least 16 bytes"),
+            "{err}"
+        );
+        let err = parse_str::<NodeConfig>(
+            "[limits]\noutbound_queue_bytes = \"1kb\"\n",
+            Path::new("node.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("limits.outbound_queue_bytes"),
             "{err}"
         );
     }

@@ -9,11 +9,19 @@
 //! every channel; publishes queued meanwhile are dropped and counted, and
 //! the node is told (`Inbound::Reconnected`) so it can resynchronise.
 //! Local delivery never waits for any of this.
+//!
+//! Outgoing envelopes are sealed and incoming ones checked here (see
+//! [`crate::envelope::Seal`]), so a forged envelope is dropped before it
+//! takes a place in the inbound queue. That queue is bounded in bytes
+//! (`limits.inbound_queue_bytes`): a broker (or a publisher on it) that
+//! sends faster than the node handles gets its excess dropped and counted,
+//! instead of growing the node without limit.
 
+use crate::envelope::Seal;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -47,40 +55,74 @@ pub struct Counters {
     pub received: prometheus::IntCounter,
     pub lost: prometheus::IntCounter,
     pub reconnects: prometheus::IntCounter,
+    /// Envelopes dropped, by reason: auth, inbound_full (here), and
+    /// room_members, node_members, peers (in [`crate::inbound`]).
+    pub rejected: prometheus::IntCounterVec,
+    pub inbound_bytes: prometheus::IntGauge,
+}
+
+/// The bytes of messages queued for the node and not yet handled.
+struct InboundBudget {
+    queued: AtomicUsize,
+    max: usize,
+}
+
+/// How the backplane connects and what it accepts.
+pub struct Settings {
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub seal: Seal,
+    pub inbound_queue_bytes: usize,
+}
+
+/// What the connection task shares with the handles.
+struct Shared {
+    connected: AtomicBool,
+    /// When the current broker connection came up.
+    since: parking_lot::Mutex<Option<std::time::Instant>>,
+    seal: Seal,
+    budget: InboundBudget,
+    counters: Arc<Counters>,
 }
 
 #[derive(Clone)]
 pub struct Backplane {
     tx: mpsc::UnboundedSender<Cmd>,
-    connected: Arc<AtomicBool>,
-    /// When the current broker connection came up.
-    since: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
+    shared: Arc<Shared>,
 }
 
 impl Backplane {
     pub fn spawn(
-        urls: Vec<String>,
-        cluster: bool,
+        settings: Settings,
         inbound: mpsc::UnboundedSender<Inbound>,
         counters: Arc<Counters>,
     ) -> Backplane {
         let (tx, rx) = mpsc::unbounded_channel();
-        let connected = Arc::new(AtomicBool::new(false));
-        let since = Arc::new(parking_lot::Mutex::new(None));
+        let shared = Arc::new(Shared {
+            connected: AtomicBool::new(false),
+            since: parking_lot::Mutex::new(None),
+            seal: settings.seal,
+            budget: InboundBudget {
+                queued: AtomicUsize::new(0),
+                max: settings.inbound_queue_bytes,
+            },
+            counters,
+        });
         tokio::spawn(run(
-            urls,
-            cluster,
+            settings.urls,
+            settings.cluster,
             rx,
             inbound,
-            connected.clone(),
-            since.clone(),
-            counters,
+            shared.clone(),
         ));
-        Backplane {
-            tx,
-            connected,
-            since,
-        }
+        Backplane { tx, shared }
+    }
+
+    /// The node has handled a message of `len` bytes: it leaves the
+    /// inbound queue's budget.
+    pub fn handled(&self, len: usize) {
+        self.shared.budget.queued.fetch_sub(len, Relaxed);
+        self.shared.counters.inbound_bytes.sub(len as i64);
     }
 
     pub fn subscribe(&self, channel: String) {
@@ -91,17 +133,59 @@ impl Backplane {
         let _ = self.tx.send(Cmd::Unsubscribe(channel));
     }
 
-    pub fn publish(&self, channel: String, payload: Bytes) {
+    pub fn publish(&self, channel: String, envelope: Bytes) {
+        let payload = self.shared.seal.seal(&channel, envelope);
         let _ = self.tx.send(Cmd::Publish(channel, payload));
     }
 
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Relaxed)
+        self.shared.connected.load(Relaxed)
     }
 
     /// When the current connection came up; `None` while disconnected.
     pub fn connected_since(&self) -> Option<std::time::Instant> {
-        *self.since.lock()
+        *self.shared.since.lock()
+    }
+}
+
+impl Shared {
+    /// Checks a message from the broker and queues it for the node, or
+    /// drops it (forged, or the queue is full) and counts why.
+    fn receive(&self, inbound: &mpsc::UnboundedSender<Inbound>, channel: String, payload: Bytes) {
+        self.counters.received.inc();
+        let envelope = match self.seal.open(&channel, payload) {
+            Ok(e) => e,
+            Err(e) => {
+                let counter = self.counters.rejected.with_label_values(&["auth"]);
+                if counter.get().is_multiple_of(1000) {
+                    tracing::warn!(%channel, "dropping a broker message: {e}");
+                }
+                counter.inc();
+                return;
+            }
+        };
+        let len = envelope.len();
+        let before = self.budget.queued.fetch_add(len, Relaxed);
+        if before.saturating_add(len) > self.budget.max {
+            self.budget.queued.fetch_sub(len, Relaxed);
+            let counter = self.counters.rejected.with_label_values(&["inbound_full"]);
+            if counter.get().is_multiple_of(1000) {
+                tracing::warn!(%channel, queued = before, "dropping a broker message: inbound queue full");
+            }
+            counter.inc();
+            return;
+        }
+        self.counters.inbound_bytes.add(len as i64);
+        if inbound
+            .send(Inbound::Message {
+                channel,
+                payload: envelope,
+            })
+            .is_err()
+        {
+            self.budget.queued.fetch_sub(len, Relaxed);
+            self.counters.inbound_bytes.sub(len as i64);
+        }
     }
 }
 
@@ -209,10 +293,10 @@ async fn run(
     cluster: bool,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     inbound: mpsc::UnboundedSender<Inbound>,
-    connected: Arc<AtomicBool>,
-    since: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 ) {
+    let counters = shared.counters.clone();
+    let (connected, since) = (&shared.connected, &shared.since);
     let mut desired: HashSet<String> = HashSet::new();
     let mut backoff = Duration::from_millis(100);
     let mut ever_connected = false;
@@ -281,8 +365,7 @@ async fn run(
                     },
                     msg = link.next() => match msg {
                         Some((channel, payload)) => {
-                            counters.received.inc();
-                            let _ = inbound.send(Inbound::Message { channel, payload });
+                            shared.receive(&inbound, channel, payload);
                             None
                         }
                         None => break,

@@ -1,14 +1,18 @@
 //! limpet-node: a WebSocket room server whose rooms span every node.
 //!
-//! Module map: [`protocol`] the client JSON protocol; [`rooms`] sockets,
-//! rooms and cross-node envelopes; [`backplane`] the broker connection;
+//! Module map: [`protocol`] the client JSON protocol; [`rooms`] sockets
+//! and rooms; [`envelope`] cross-node envelopes and their seal;
+//! [`inbound`] what arrives from other nodes, within bounds;
+//! [`backplane`] the broker connection;
 //! [`presence`] node heartbeats, dead-node detection, presence queries;
 //! [`connection`] one WebSocket client; [`http`] the port's HTTP side
 //! (upgrade, health, metrics, publish API, static files); [`metrics`].
 
 pub mod backplane;
 pub mod connection;
+pub mod envelope;
 pub mod http;
+pub mod inbound;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;

@@ -13,6 +13,7 @@ pub struct Metrics {
     pub messages_in: IntCounter,
     pub messages_out: IntCounterVec,
     pub outbound_bytes: IntGauge,
+    pub remote_members: IntGauge,
     pub errors: IntCounterVec,
     pub closes: IntCounterVec,
     pub node_down: IntCounter,
@@ -62,6 +63,15 @@ impl Metrics {
                 "limpet_node_broker_reconnects_total",
                 "Broker connections restored",
             ),
+            rejected: counter_vec(
+                "limpet_node_backplane_rejected_total",
+                "Broker messages dropped: auth (no valid cluster_secret tag), inbound_full, room_members, node_members, peers (bounds)",
+                "reason",
+            ),
+            inbound_bytes: gauge(
+                "limpet_node_inbound_queued_bytes",
+                "Bytes of broker messages waiting to be handled",
+            ),
         });
         Metrics {
             connections: gauge("limpet_node_connections", "WebSocket clients connected now"),
@@ -71,6 +81,7 @@ impl Metrics {
             messages_in: counter("limpet_node_messages_in_total", "Client messages received"),
             messages_out: counter_vec("limpet_node_messages_out_total", "Messages queued to local clients, by origin", "scope"),
             outbound_bytes: gauge("limpet_node_outbound_queued_bytes", "Bytes queued to local clients and not yet written (all sockets)"),
+            remote_members: gauge("limpet_node_remote_members", "Members on other nodes remembered, all rooms"),
             errors: counter_vec("limpet_node_errors_total", "Error frames sent to clients", "code"),
             closes: counter_vec(
                 "limpet_node_closes_total",

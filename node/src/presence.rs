@@ -11,7 +11,8 @@
 //! and waits for all of them (or 1 s, then answers with `complete: false`).
 
 use crate::backplane::NODES_CHANNEL;
-use crate::rooms::{Header, Node, WhoQuery};
+use crate::envelope::Header;
+use crate::rooms::{Node, WhoQuery};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

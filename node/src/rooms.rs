@@ -10,16 +10,16 @@
 //! heard of (from join/leave announcements and sync replies), which is how
 //! a dead node's members are reported as left.
 //!
-//! Envelope on the wire: a small JSON header, a newline, then the frame
-//! to hand to clients as is (so remote nodes never re-serialize it).
+//! Envelopes are built in [`crate::envelope`]; what arrives from the
+//! broker is handled in [`crate::inbound`].
 
-use crate::backplane::{node_channel, room_channel, Backplane, Inbound, NODES_CHANNEL};
+use crate::backplane::{node_channel, room_channel, Backplane, Inbound, Settings, NODES_CHANNEL};
+use crate::envelope::{envelope, Header, Seal};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Code, Failure};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use limpet_config::NodeConfig;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -65,50 +65,17 @@ pub struct LocalSocket {
 
 #[derive(Default)]
 pub struct Room {
-    local: HashSet<String>,
+    pub(crate) local: HashSet<String>,
     /// Remote socket id → its node.
-    remote: HashMap<String, String>,
+    pub(crate) remote: HashMap<String, String>,
 }
 
 #[derive(Default)]
 pub struct State {
-    sockets: HashMap<String, LocalSocket>,
-    rooms: HashMap<String, Room>,
-}
-
-/// The header of a backplane envelope.
-#[derive(Debug, Serialize, Deserialize, Default)]
-pub struct Header {
-    /// Kind: emit, join, leave, sync, members, direct, hb, who, found, bye.
-    pub k: String,
-    /// Origin node.
-    pub o: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub r: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub s: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub m: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub q: Option<u64>,
-    /// The body is a binary frame.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub b: bool,
-}
-
-pub fn envelope(header: &Header, body: &[u8]) -> Bytes {
-    let head = serde_json::to_vec(header).expect("headers serialize");
-    let mut out = BytesMut::with_capacity(head.len() + 1 + body.len());
-    out.extend_from_slice(&head);
-    out.extend_from_slice(b"\n");
-    out.extend_from_slice(body);
-    out.freeze()
-}
-
-fn open_envelope(payload: &Bytes) -> Option<(Header, Bytes)> {
-    let nl = payload.iter().position(|&b| b == b'\n')?;
-    let header: Header = serde_json::from_slice(&payload[..nl]).ok()?;
-    Some((header, payload.slice(nl + 1..)))
+    pub(crate) sockets: HashMap<String, LocalSocket>,
+    pub(crate) rooms: HashMap<String, Room>,
+    /// Remote members across all rooms (bounded by `limits.max_remote_members`).
+    pub(crate) remote_total: usize,
 }
 
 /// A frame for clients, text or binary. Both hold reference-counted
@@ -141,7 +108,7 @@ impl Frame {
     }
 
     /// The body of an envelope, kept as a slice of the broker's buffer.
-    fn from_body(body: Bytes, binary: bool) -> Option<Frame> {
+    pub(crate) fn from_body(body: Bytes, binary: bool) -> Option<Frame> {
         if binary {
             Some(Frame::Binary(body))
         } else {
@@ -180,8 +147,12 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
         let backplane = Backplane::spawn(
-            config.broker.clone(),
-            config.cluster,
+            Settings {
+                urls: config.broker.clone(),
+                cluster: config.cluster,
+                seal: Seal::new(config.cluster_secret.as_deref()),
+                inbound_queue_bytes: config.limits.inbound_queue_bytes.bytes() as usize,
+            },
             inbound_tx,
             metrics.backplane.clone(),
         );
@@ -282,7 +253,7 @@ impl Node {
     /// messages closes the socket (slow consumer) instead of blocking
     /// anyone. A frame bigger than the whole byte budget still goes to an
     /// idle socket, so one large message never closes a reader that keeps up.
-    fn deliver(&self, st: &State, id: &str, frame: &Frame, scope: &str) -> bool {
+    pub(crate) fn deliver(&self, st: &State, id: &str, frame: &Frame, scope: &str) -> bool {
         let Some(sock) = st.sockets.get(id) else {
             return false;
         };
@@ -332,7 +303,7 @@ impl Node {
         self.deliver(&st, id, &Frame::text(text), "local");
     }
 
-    fn deliver_room(
+    pub(crate) fn deliver_room(
         &self,
         st: &State,
         room: &str,
@@ -349,11 +320,11 @@ impl Node {
         }
     }
 
-    fn publish(&self, channel: String, header: &Header, body: &[u8]) {
+    pub(crate) fn publish(&self, channel: String, header: &Header, body: &[u8]) {
         self.backplane.publish(channel, envelope(header, body));
     }
 
-    fn header(&self, kind: &str) -> Header {
+    pub(crate) fn header(&self, kind: &str) -> Header {
         Header {
             k: kind.to_string(),
             o: self.id.clone(),
@@ -461,7 +432,10 @@ impl Node {
         self.publish(room_channel(room), &h, frame.as_bytes());
         self.deliver_room(&st, room, &Frame::text(frame), None, "local");
         if now_empty {
-            st.rooms.remove(room);
+            if let Some(gone) = st.rooms.remove(room) {
+                st.remote_total -= gone.remote.len();
+                self.metrics.remote_members.set(st.remote_total as i64);
+            }
             self.metrics.rooms.dec();
             self.backplane.unsubscribe(room_channel(room));
         }
@@ -523,180 +497,11 @@ impl Node {
         Ok(())
     }
 
-    /// Applies a node's full member list for a room: members new to us are
-    /// announced as joined, vanished ones as left.
-    fn apply_members(
-        &self,
-        st: &mut State,
-        room: &str,
-        node: &str,
-        members: &[String],
-        reason: &str,
-    ) {
-        let Some(r) = st.rooms.get_mut(room) else {
-            return;
-        };
-        let had: HashSet<String> = r
-            .remote
-            .iter()
-            .filter(|(_, n)| *n == node)
-            .map(|(s, _)| s.clone())
-            .collect();
-        let now: HashSet<String> = members.iter().cloned().collect();
-        let mut frames = Vec::new();
-        for s in now.difference(&had) {
-            r.remote.insert(s.clone(), node.to_string());
-            frames.push(protocol::joined(room, s, node));
-        }
-        for s in had.difference(&now) {
-            r.remote.remove(s);
-            frames.push(protocol::left(room, s, node, reason));
-        }
-        for f in frames {
-            self.deliver_room(st, room, &Frame::text(f), None, "cross_node");
-        }
-    }
-
-    /// Drops every member of a dead or departed node.
-    pub(crate) fn drop_node(&self, node: &str, reason: &str) {
-        let mut st = self.state.lock();
-        let rooms: Vec<String> = st
-            .rooms
-            .iter()
-            .filter(|(_, r)| r.remote.values().any(|n| n == node))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for room in rooms {
-            self.apply_members(&mut st, &room, node, &[], reason);
-        }
-    }
-
-    fn local_members(&self, st: &State, room: &str) -> Vec<String> {
+    pub(crate) fn local_members(&self, st: &State, room: &str) -> Vec<String> {
         st.rooms
             .get(room)
             .map(|r| r.local.iter().cloned().collect())
             .unwrap_or_default()
-    }
-
-    /// Handles everything that arrives from the broker.
-    pub async fn run_inbound(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Inbound>) {
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                Inbound::Reconnected => self.resync(),
-                Inbound::Message { channel, payload } => self.on_message(&channel, &payload),
-            }
-        }
-    }
-
-    /// After the broker came back: tell every room who is here, and ask
-    /// who is there. (Peers' heartbeat clocks restart with the connection;
-    /// see `run_heartbeats`.)
-    fn resync(&self) {
-        let st = self.state.lock();
-        for room in st.rooms.keys() {
-            let mut h = self.header("members");
-            h.r = Some(room.clone());
-            h.m = Some(self.local_members(&st, room));
-            self.publish(room_channel(room), &h, b"");
-            let mut h = self.header("sync");
-            h.r = Some(room.clone());
-            self.publish(room_channel(room), &h, b"");
-        }
-    }
-
-    fn on_message(&self, _channel: &str, payload: &Bytes) {
-        let Some((h, body)) = open_envelope(payload) else {
-            tracing::debug!(node = %self.id, "ignoring a malformed backplane message");
-            return;
-        };
-        if h.o == self.id {
-            // Our own publish: already delivered locally.
-            return;
-        }
-        match h.k.as_str() {
-            "emit" => {
-                let (Some(room), Some(frame)) = (h.r.as_deref(), Frame::from_body(body, h.b))
-                else {
-                    return;
-                };
-                let st = self.state.lock();
-                self.deliver_room(&st, room, &frame, None, "cross_node");
-            }
-            "join" | "leave" => {
-                let (Some(room), Some(socket)) = (h.r.as_deref(), h.s.as_deref()) else {
-                    return;
-                };
-                let mut st = self.state.lock();
-                let Some(r) = st.rooms.get_mut(room) else {
-                    return;
-                };
-                if h.k == "join" {
-                    r.remote.insert(socket.to_string(), h.o.clone());
-                } else {
-                    r.remote.remove(socket);
-                }
-                if let Some(frame) = Frame::from_body(body, false) {
-                    self.deliver_room(&st, room, &frame, None, "cross_node");
-                }
-            }
-            "sync" => {
-                let Some(room) = h.r.as_deref() else { return };
-                let st = self.state.lock();
-                if st.rooms.contains_key(room) {
-                    let mut reply = self.header("members");
-                    reply.r = Some(room.to_string());
-                    reply.m = Some(self.local_members(&st, room));
-                    self.publish(node_channel(&h.o), &reply, b"");
-                }
-            }
-            "members" => {
-                let (Some(room), Some(members)) = (h.r.as_deref(), h.m.as_ref()) else {
-                    return;
-                };
-                let mut st = self.state.lock();
-                self.apply_members(&mut st, room, &h.o, members, "disconnect");
-            }
-            "direct" => {
-                let (Some(socket), Some(frame)) = (h.s.as_deref(), Frame::from_body(body, h.b))
-                else {
-                    return;
-                };
-                let st = self.state.lock();
-                if !self.deliver(&st, socket, &frame, "cross_node") {
-                    tracing::debug!(node = %self.id, %socket, "direct message for an unknown socket dropped");
-                }
-            }
-            "hb" => {
-                let fresh = self
-                    .peers
-                    .lock()
-                    .insert(h.o.clone(), Instant::now())
-                    .is_none();
-                if fresh {
-                    tracing::info!(node = %self.id, peer = %h.o, "peer node seen");
-                }
-            }
-            "bye" => {
-                self.peers.lock().remove(&h.o);
-                tracing::info!(node = %self.id, peer = %h.o, "peer node left");
-                self.drop_node(&h.o, "node_down");
-            }
-            "who" => {
-                let (Some(room), Some(q)) = (h.r.as_deref(), h.q) else {
-                    return;
-                };
-                let st = self.state.lock();
-                let mut reply = self.header("found");
-                reply.r = Some(room.to_string());
-                reply.q = Some(q);
-                reply.m = Some(self.local_members(&st, room));
-                self.publish(node_channel(&h.o), &reply, b"");
-            }
-            "found" => self.on_found(&h),
-            other => {
-                tracing::debug!(node = %self.id, kind = other, "unknown backplane message kind")
-            }
-        }
     }
 
     pub fn room_count(&self) -> usize {

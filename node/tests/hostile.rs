@@ -233,3 +233,166 @@ async fn handshakes_and_close_codes_follow_rfc_6455() {
         1.0
     );
 }
+
+/// A forged `join` envelope for `room`, as anyone with access to the
+/// broker can publish it.
+fn forged_join(room: &str, node: &str, n: usize) -> String {
+    let socket = format!("{node}.x.{n}");
+    format!(
+        "{{\"k\":\"join\",\"o\":\"{node}\",\"r\":\"{room}\",\"s\":\"{socket}\"}}\n{}",
+        json!({"type": "joined", "room": room, "socket": socket, "node": node})
+    )
+}
+
+/// Publishes `payloads` on `channel` in pipelines of 1,000.
+async fn flood(broker: &Broker, channel: &str, payloads: impl Iterator<Item = Vec<u8>>) {
+    let client = redis::Client::open(broker.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    let mut n = 0;
+    for p in payloads {
+        pipe.cmd("PUBLISH").arg(channel).arg(p).ignore();
+        n += 1;
+        if n % 1000 == 0 {
+            pipe.query_async::<()>(&mut conn).await.unwrap();
+            pipe = redis::pipe();
+        }
+    }
+    if n % 1000 != 0 {
+        pipe.query_async::<()>(&mut conn).await.unwrap();
+    }
+}
+
+/// Anyone who can publish on the broker forges 100,000 joins into a room,
+/// a member list of 50,000 and heartbeats of 5,000 nodes. Before: every
+/// one was remembered and announced (the node grew without bound, the room's
+/// client was flooded with `joined` frames and a join ack listed them all).
+/// Now remote members per room and per node, and peer nodes, are bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_backplane_members_are_bounded() {
+    let broker = Broker::start(Kind::Limpet).await;
+    let limits = "[limits]\nmax_remote_members_per_room = 1000\nmax_remote_members = 1500\nmax_peer_nodes = 100\noutbound_queue = 4096";
+    let mut n1 = NodeProcess::start("n1", &broker, limits);
+    let n2 = NodeProcess::start("n2", &broker, limits);
+    n1.wait_ready().await;
+    n2.wait_ready().await;
+    n1.wait_peers(1).await;
+    let mut a = Client::connect(&n1).await;
+    let mut b = Client::connect(&n2).await;
+    a.join("lobby").await;
+    a.join("side").await;
+    b.join("lobby").await;
+    b.join("side").await;
+    a.about("joined", &b.socket).await;
+    let before = rss_mib(&n1);
+
+    flood(
+        &broker,
+        "limpet:room:lobby",
+        (0..100_000).map(|n| forged_join("lobby", &format!("evil{}", n % 50), n).into_bytes()),
+    )
+    .await;
+    let members: Vec<String> = (0..50_000).map(|n| format!("evilm.x.{n}")).collect();
+    let list = json!({"k": "members", "o": "evilm", "r": "side", "m": members}).to_string() + "\n";
+    flood(
+        &broker,
+        "limpet:room:side",
+        std::iter::once(list.into_bytes()),
+    )
+    .await;
+    flood(
+        &broker,
+        "limpet:nodes",
+        (0..5_000).map(|n| format!("{{\"k\":\"hb\",\"o\":\"evil-hb{n}\"}}\n").into_bytes()),
+    )
+    .await;
+
+    // The broker keeps order on one subscription: once `after` arrives,
+    // the flood before it has been handled (or dropped).
+    b.emit("lobby", "after", json!(1)).await;
+    let e = a.event_named("after").await;
+    assert_eq!(e["from"].as_str(), Some(b.socket.as_str()));
+    n1.proc.assert_alive();
+    let peak = rss_mib(&n1);
+    eprintln!("forged members: RSS {before} MiB before, {peak} MiB after");
+    let mut c = Client::connect(&n1).await;
+    let listed = c.join("lobby").await["members"]
+        .as_array()
+        .map_or(0, Vec::len);
+    // a and c here; b and forged members up to the room's bound.
+    assert!(
+        (3..=1002).contains(&listed),
+        "a join ack listed {listed} members"
+    );
+    let remote = n1.metric("limpet_node_remote_members").await;
+    assert!(remote <= 1500.0, "{remote} remote members remembered");
+    assert!(
+        n1.metric("limpet_node_backplane_rejected_total{reason=\"room_members\"}")
+            .await
+            > 0.0
+    );
+    let (_, health) = http(n1.addr, "GET", "/health", &[], "").await;
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    let peers = health["peers"].as_u64().unwrap_or(u64::MAX);
+    assert!(peers <= 100, "{peers} peer nodes tracked");
+    assert!(
+        peak < before + 40,
+        "node grew from {before} MiB to {peak} MiB under forged joins"
+    );
+    // Honest traffic still flows both ways.
+    a.emit("side", "back", json!(2)).await;
+    assert_eq!(b.event_named("back").await["data"], 2);
+}
+
+/// With `cluster_secret`, envelopes without a valid HMAC tag (unsigned, or
+/// signed with another key) are refused and counted, while the nodes that
+/// share the secret keep talking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_without_the_cluster_secret_are_refused() {
+    let broker = Broker::start(Kind::Limpet).await;
+    let secret = "cluster_secret = \"0123456789abcdef-test\"";
+    let mut n1 = NodeProcess::start("n1", &broker, secret);
+    let n2 = NodeProcess::start("n2", &broker, secret);
+    n1.wait_ready().await;
+    n2.wait_ready().await;
+    n1.wait_peers(1).await;
+    let mut a = Client::connect(&n1).await;
+    let mut b = Client::connect(&n2).await;
+    a.join("lobby").await;
+    b.join("lobby").await;
+    a.about("joined", &b.socket).await;
+
+    let unsigned = (0..1000).map(|n| forged_join("lobby", "evil", n).into_bytes());
+    let wrong_key = (1000..2000).map(|n| {
+        let mut p = vec![7u8; 32];
+        p.extend_from_slice(forged_join("lobby", "evil", n).as_bytes());
+        p
+    });
+    let fake_emit = std::iter::once(
+        format!(
+            "{{\"k\":\"emit\",\"o\":\"evil\",\"r\":\"lobby\"}}\n{}",
+            json!({"type": "event", "room": "lobby", "event": "fake", "from": b.socket, "data": 0})
+        )
+        .into_bytes(),
+    );
+    flood(
+        &broker,
+        "limpet:room:lobby",
+        unsigned.chain(wrong_key).chain(fake_emit),
+    )
+    .await;
+    b.emit("lobby", "real", json!(1)).await;
+    let first = a.next_of("event").await;
+    assert_eq!(first["event"], "real", "a forged emit got through: {first}");
+    let joined = a.drain_of("joined").await;
+    assert!(joined.is_empty(), "forged joins announced: {joined:?}");
+    n1.proc.assert_alive();
+    let presence = a.ok(json!({"op": "presence", "room": "lobby"})).await;
+    assert_eq!(presence["members"].as_array().map(Vec::len), Some(2));
+    eventually("the forged envelopes are counted", || async {
+        n1.metric("limpet_node_backplane_rejected_total{reason=\"auth\"}")
+            .await
+            >= 2001.0
+    })
+    .await;
+}

@@ -61,7 +61,6 @@ impl Outcome {
     }
 }
 
-#[derive(Clone)]
 pub struct Choice {
     pub index: usize,
     pub outcome: Outcome,
@@ -373,9 +372,10 @@ pub async fn handle(
                     }
                 }
                 // Only the backend's own failures count: no head in time
-                // after the upload, or the connection lost once the whole
-                // request was sent.
-                if timed_out || body_state.is_done() {
+                // after the upload, or a fresh connection lost once the
+                // whole request was sent (a pooled one may have lost the
+                // keep-alive race; a dead backend fails its next connect).
+                if timed_out || (body_state.is_done() && !pooled) {
                     backend.record_failure(&pool.config, Instant::now());
                 }
                 if retry {

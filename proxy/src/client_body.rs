@@ -80,9 +80,11 @@ pub struct ClientBody {
     inner: Incoming,
     state: Arc<BodyState>,
     idle: Duration,
-    /// Runs only while we wait on the client: a backend that reads slowly
-    /// (so hyper does not poll us) is not the client's fault.
+    /// Armed only while we wait on the client: a backend that reads slowly
+    /// (so hyper does not poll us) is not the client's fault. Allocated on
+    /// the first wait and reset after that, not once per frame.
     timer: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
 }
 
 impl ClientBody {
@@ -99,6 +101,7 @@ impl ClientBody {
             state: state.clone(),
             idle,
             timer: None,
+            waiting: false,
         };
         (body, state)
     }
@@ -128,31 +131,35 @@ impl Body for ClientBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.timer = None;
+                this.waiting = false;
                 if this.inner.is_end_stream() {
                     this.state.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.timer = None;
+                this.waiting = false;
                 let fault = classify(&e);
                 tracing::debug!("client body failed: {e}");
                 Poll::Ready(Some(Err(this.fail(fault))))
             }
             Poll::Ready(None) => {
-                this.timer = None;
+                this.waiting = false;
                 this.state.finish();
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let idle = this.idle;
-                let timer = this.timer.get_or_insert_with(|| {
-                    Box::pin(tokio::time::sleep_until(Instant::now() + idle))
-                });
+                let deadline = Instant::now() + this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.waiting {
+                    this.waiting = true;
+                    timer.as_mut().reset(deadline);
+                }
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        this.timer = None;
+                        this.waiting = false;
                         Poll::Ready(Some(Err(this.fail(ClientFault::Timeout))))
                     }
                     Poll::Pending => Poll::Pending,

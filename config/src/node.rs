@@ -1,7 +1,7 @@
 //! `limpet-node` settings: where it listens, which broker it uses, the
 //! limits each client connection lives under, heartbeats and shutdown.
 
-use crate::{ByteSize, Duration, FieldError, Validate};
+use crate::{ByteSize, Cidr, Duration, FieldError, Validate};
 use serde::Deserialize;
 use std::net::SocketAddr;
 
@@ -31,6 +31,13 @@ pub struct NodeConfig {
     /// on the broker can forge them (give the broker a password then).
     /// At least 16 bytes; every node needs the same value.
     pub cluster_secret: Option<String>,
+    /// Proxies whose `X-Forwarded-For` is believed (like nginx's
+    /// `set_real_ip_from` with `real_ip_recursive on`): from a peer in one
+    /// of these networks, the client is the rightmost forwarded address
+    /// that is not itself trusted. Empty (the default): the TCP peer is the
+    /// client and forwarded headers are ignored. Per-address limits apply
+    /// to that client address.
+    pub trusted_proxies: Vec<Cidr>,
     /// Serve files from this folder at `/` (the demo page).
     pub static_dir: Option<String>,
     pub limits: NodeLimits,
@@ -69,6 +76,16 @@ pub struct NodeLimits {
     /// Bytes of broker messages waiting to be handled; messages past it
     /// are dropped and counted.
     pub inbound_queue_bytes: ByteSize,
+    /// WebSocket connections from one client address (IPv6: one /64);
+    /// more are refused with 429.
+    pub max_connections_per_address: usize,
+    /// Client messages per second (token bucket) and the burst allowed,
+    /// shared by every socket of one client address.
+    pub address_rate_per_second: u32,
+    pub address_rate_burst: u32,
+    /// Client addresses tracked at once (their connection counts and
+    /// message buckets); a new address past it is refused with 503.
+    pub max_tracked_addresses: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -102,6 +119,7 @@ impl Default for NodeConfig {
             allowed_origins: Vec::new(),
             api_token: None,
             cluster_secret: None,
+            trusted_proxies: Vec::new(),
             static_dir: None,
             limits: NodeLimits::default(),
             heartbeat: Heartbeat::default(),
@@ -126,6 +144,10 @@ impl Default for NodeLimits {
             max_remote_members: 100_000,
             max_peer_nodes: 1_000,
             inbound_queue_bytes: ByteSize(64 * 1024 * 1024),
+            max_connections_per_address: 100,
+            address_rate_per_second: 300,
+            address_rate_burst: 600,
+            max_tracked_addresses: 20_000,
         }
     }
 }
@@ -209,6 +231,18 @@ impl Validate for NodeConfig {
             return Err(FieldError::new(
                 "limits.max_remote_members",
                 "max_remote_members_per_room must be at least 1 and at most max_remote_members",
+            ));
+        }
+        if l.max_connections_per_address == 0 || l.max_tracked_addresses == 0 {
+            return Err(FieldError::new(
+                "limits.max_connections_per_address",
+                "max_connections_per_address and max_tracked_addresses must be at least 1",
+            ));
+        }
+        if l.address_rate_per_second == 0 || l.address_rate_burst == 0 {
+            return Err(FieldError::new(
+                "limits.address_rate_per_second",
+                "address_rate_per_second and address_rate_burst must be at least 1",
             ));
         }
         if l.max_peer_nodes == 0 {

@@ -7,6 +7,8 @@
 //! limit and an error budget; a client past the budget is closed (4003).
 //! A client that misses a pong by the next ping is closed (4001).
 
+use crate::addresses::Admission;
+use crate::bucket::Bucket;
 use crate::protocol::{self, Code, Failure, Request};
 use crate::rooms::{close, Frame, Node};
 use futures_util::{SinkExt, StreamExt};
@@ -21,29 +23,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-
-/// Token bucket for client messages.
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Errors allowed per minute before the client counts as misbehaving.
 struct ErrorBudget {
@@ -63,7 +42,14 @@ impl ErrorBudget {
     }
 }
 
-pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, client: String) {
+/// Serves one client until it leaves. `admission` is its place in its
+/// address's limits, given back when this returns.
+pub async fn serve(
+    node: Arc<Node>,
+    ws: WebSocketStream<TokioIo<Upgraded>>,
+    client: String,
+    admission: Admission,
+) {
     let id = node.next_socket_id();
     let limits = node.config.limits.clone();
     let (tx, mut rx) = mpsc::channel::<Message>(limits.outbound_queue);
@@ -152,12 +138,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, clie
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     });
 
-    let mut bucket = Bucket {
-        tokens: f64::from(limits.rate_burst),
-        rate: f64::from(limits.rate_per_second),
-        burst: f64::from(limits.rate_burst),
-        last: Instant::now(),
-    };
+    let mut bucket = Bucket::new(limits.rate_per_second, limits.rate_burst);
     let mut budget = ErrorBudget {
         count: 0,
         window: Instant::now(),
@@ -209,8 +190,8 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, clie
                         node.metrics.messages_in.inc();
                         if text.len() > max_bytes {
                             Some((None, Failure::new(Code::MessageTooLarge, format!("messages are at most {max_bytes} bytes"))))
-                        } else if !bucket.take() {
-                            Some((None, Failure::new(Code::RateLimited, format!("at most {} messages per second", limits.rate_per_second))))
+                        } else if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
+                            Some((None, f))
                         } else {
                             handle_text(&node, &id, text.as_str()).await
                         }
@@ -219,8 +200,8 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, clie
                         node.metrics.messages_in.inc();
                         if bytes.len() > max_bytes {
                             Some((None, Failure::new(Code::MessageTooLarge, format!("messages are at most {max_bytes} bytes"))))
-                        } else if !bucket.take() {
-                            Some((None, Failure::new(Code::RateLimited, format!("at most {} messages per second", limits.rate_per_second))))
+                        } else if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
+                            Some((None, f))
                         } else {
                             handle_binary(&node, &id, &bytes)
                         }
@@ -252,6 +233,29 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, clie
     });
     let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
     tracing::info!(node = %node.id, socket = %id, %client, seconds = started.elapsed().as_secs(), reason = end, "client disconnected");
+}
+
+/// The socket's own rate limit, then its address's (shared by all the
+/// address's sockets); `Some` when the message is refused.
+fn rate_limited(node: &Node, bucket: &mut Bucket, admission: &Admission) -> Option<Failure> {
+    let limits = &node.config.limits;
+    if !bucket.take() {
+        return Some(Failure::new(
+            Code::RateLimited,
+            format!("at most {} messages per second", limits.rate_per_second),
+        ));
+    }
+    if !admission.take() {
+        node.metrics.address_rate_limited.inc();
+        return Some(Failure::new(
+            Code::RateLimited,
+            format!(
+                "at most {} messages per second from one address",
+                limits.address_rate_per_second
+            ),
+        ));
+    }
+    None
 }
 
 type Outcome = Option<(Option<serde_json::Value>, Failure)>;

@@ -5,6 +5,7 @@
 //! one socket without a WebSocket, like Centrifugo's HTTP API:
 //! `{"room": "r", "event": "e", "data": ...}` or `{"socket": "id", ...}`.
 
+use crate::addresses::{self, Refusal};
 use crate::connection;
 use crate::protocol;
 use crate::rooms::{Frame, Node};
@@ -183,11 +184,41 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
             "too many connections\n",
         );
     }
-    // The proxy tells us who the client is; show that in logs.
-    let client = headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(|| peer.to_string(), |ip| format!("{ip} (via {peer})"));
+    // Behind a trusted proxy the client is who it forwarded for.
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let ip = addresses::client_ip(peer.ip(), &forwarded, &node.config.trusted_proxies);
+    let admission = match node.addresses.admit(ip) {
+        Ok(a) => a,
+        Err(refusal) => {
+            tracing::warn!(node = %node.id, client = %ip, %peer, "refused WebSocket: {refusal}");
+            return match refusal {
+                Refusal::TooManyConnections => reject(
+                    &node,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "address_connections",
+                    "too many connections from this address\n",
+                ),
+                Refusal::TooManyAddresses => reject(
+                    &node,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "addresses",
+                    "too many client addresses\n",
+                ),
+            };
+        }
+    };
+    node.metrics
+        .client_addresses
+        .set(node.addresses.len() as i64);
+    let client = if ip == peer.ip() {
+        peer.to_string()
+    } else {
+        format!("{ip} (via {peer})")
+    };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     // Messages over our limit get an error frame; far over it, the frame is
@@ -212,7 +243,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
                     Some(ws_config),
                 )
                 .await;
-                connection::serve(node2, ws, client).await;
+                connection::serve(node2, ws, client, admission).await;
             }
             Err(e) => tracing::debug!("upgrade failed: {e}"),
         }

@@ -1,6 +1,7 @@
 //! limpet-node: a WebSocket room server whose rooms span every node.
 //!
-//! Module map: [`protocol`] the client JSON protocol; [`rooms`] sockets
+//! Module map: [`protocol`] the client JSON protocol; [`addresses`]
+//! per-client-address limits; [`bucket`] the token bucket; [`rooms`] sockets
 //! and rooms; [`envelope`] cross-node envelopes and their seal;
 //! [`inbound`] what arrives from other nodes, within bounds;
 //! [`backplane`] the broker connection;
@@ -8,7 +9,9 @@
 //! [`connection`] one WebSocket client; [`http`] the port's HTTP side
 //! (upgrade, health, metrics, publish API, static files); [`metrics`].
 
+pub mod addresses;
 pub mod backplane;
+pub mod bucket;
 pub mod connection;
 pub mod envelope;
 pub mod http;

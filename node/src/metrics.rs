@@ -14,6 +14,8 @@ pub struct Metrics {
     pub messages_out: IntCounterVec,
     pub outbound_bytes: IntGauge,
     pub remote_members: IntGauge,
+    pub client_addresses: IntGauge,
+    pub address_rate_limited: IntCounter,
     pub errors: IntCounterVec,
     pub closes: IntCounterVec,
     pub node_down: IntCounter,
@@ -81,6 +83,8 @@ impl Metrics {
             messages_in: counter("limpet_node_messages_in_total", "Client messages received"),
             messages_out: counter_vec("limpet_node_messages_out_total", "Messages queued to local clients, by origin", "scope"),
             outbound_bytes: gauge("limpet_node_outbound_queued_bytes", "Bytes queued to local clients and not yet written (all sockets)"),
+            client_addresses: gauge("limpet_node_client_addresses", "Client addresses tracked for per-address limits"),
+            address_rate_limited: counter("limpet_node_address_rate_limited_total", "Client messages refused by the per-address rate limit"),
             remote_members: gauge("limpet_node_remote_members", "Members on other nodes remembered, all rooms"),
             errors: counter_vec("limpet_node_errors_total", "Error frames sent to clients", "code"),
             closes: counter_vec(

@@ -13,6 +13,7 @@
 //! Envelopes are built in [`crate::envelope`]; what arrives from the
 //! broker is handled in [`crate::inbound`].
 
+use crate::addresses::Addresses;
 use crate::backplane::{node_channel, room_channel, Backplane, Inbound, Settings, NODES_CHANNEL};
 use crate::envelope::{envelope, Header, Seal};
 use crate::metrics::Metrics;
@@ -131,6 +132,7 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub backplane: Backplane,
     pub draining: AtomicBool,
+    pub addresses: Arc<Addresses>,
     pub(crate) state: Mutex<State>,
     /// Peer node → last heartbeat.
     pub(crate) peers: Mutex<HashMap<String, Instant>>,
@@ -157,6 +159,7 @@ impl Node {
             metrics.backplane.clone(),
         );
         let id = config.node_id();
+        let addresses = Addresses::new(&config.limits);
         backplane.subscribe(node_channel(&id));
         backplane.subscribe(NODES_CHANNEL.to_string());
         // Socket ids must not repeat across restarts of the same node id.
@@ -173,6 +176,7 @@ impl Node {
             metrics,
             backplane,
             draining: AtomicBool::new(false),
+            addresses,
             state: Mutex::new(State::default()),
             peers: Mutex::new(HashMap::new()),
             queries: Mutex::new(HashMap::new()),

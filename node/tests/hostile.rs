@@ -396,3 +396,98 @@ async fn envelopes_without_the_cluster_secret_are_refused() {
     })
     .await;
 }
+
+/// Fifty sockets from one client address (forwarded by a trusted proxy)
+/// each send a full per-socket burst. Before: limits were per socket only,
+/// so 50 sockets got 10,000 acks through. Now the address shares one
+/// bucket and may hold at most 50 sockets, while another address behind
+/// the same proxy is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_apply_per_client_address_behind_a_trusted_proxy() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let broker = Broker::start(Kind::Limpet).await;
+    let mut node = NodeProcess::start(
+        "n1",
+        &broker,
+        "trusted_proxies = [\"127.0.0.1/32\"]\n[limits]\nmax_connections_per_address = 50\naddress_rate_per_second = 50\naddress_rate_burst = 100\nmax_errors_per_minute = 100000",
+    );
+    node.wait_ready().await;
+    let attacker = [("x-forwarded-for", "203.0.113.7")];
+    let mut sockets = Vec::new();
+    for _ in 0..50 {
+        sockets.push(
+            Client::connect_with(&node, &attacker)
+                .await
+                .expect("admitted"),
+        );
+    }
+    // The proxy's own hop is appended to the attacker's claim: still the attacker.
+    let refused =
+        Client::connect_with(&node, &[("x-forwarded-for", "203.0.113.7, 127.0.0.1")]).await;
+    assert_eq!(refused.err(), Some(429), "a 51st socket from one address");
+
+    let started = std::time::Instant::now();
+    let per_socket = 200; // the per-socket burst
+    let mut tasks = Vec::new();
+    for mut c in sockets {
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_socket {
+                let req = json!({"op": "ping", "id": i}).to_string();
+                c.ws.feed(Message::text(req)).await.unwrap();
+            }
+            c.ws.flush().await.unwrap();
+            let (mut acks, mut replies) = (0, 0);
+            while replies < per_socket {
+                let msg = tokio::time::timeout(DEADLINE, c.ws.next())
+                    .await
+                    .expect("replies in time")
+                    .expect("open")
+                    .expect("frame");
+                let Message::Text(t) = msg else { continue };
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                match v["type"].as_str() {
+                    Some("ack") => {
+                        acks += 1;
+                        replies += 1;
+                    }
+                    Some("error") => {
+                        assert_eq!(v["code"], "rate_limited");
+                        replies += 1;
+                    }
+                    _ => {}
+                }
+            }
+            (acks, c)
+        }));
+    }
+    let mut acks = 0;
+    let mut keep = Vec::new();
+    for t in tasks {
+        let (n, c) = t.await.unwrap();
+        acks += n;
+        keep.push(c);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!("per address: {acks} acks of 10000 in {elapsed:.1} s");
+    // The burst, plus the rate for the time it took (and a second of slack).
+    let allowed = 100 + (50.0 * (elapsed + 1.0)) as usize;
+    assert!(
+        acks <= allowed,
+        "{acks} acks for one address in {elapsed:.1} s (allowed {allowed})"
+    );
+    node.proc.assert_alive();
+    // Another client behind the same proxy is not limited by the attacker.
+    let mut honest = Client::connect_with(&node, &[("x-forwarded-for", "198.51.100.1")])
+        .await
+        .expect("another address is admitted");
+    for _ in 0..20 {
+        assert_eq!(honest.ok(json!({"op": "ping"})).await["pong"], true);
+    }
+    assert!(node.metric("limpet_node_address_rate_limited_total").await > 0.0);
+    assert_eq!(
+        node.metric("limpet_node_rejected_connections_total{reason=\"address_connections\"}")
+            .await,
+        1.0
+    );
+}

@@ -397,6 +397,43 @@ impl Client {
         c
     }
 
+    /// Connects with extra request headers (`X-Forwarded-For`, `Origin`);
+    /// `Err(status)` when the node refuses the upgrade.
+    pub async fn connect_with(node: &NodeProcess, headers: &[(&str, &str)]) -> Result<Client, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let mut req = format!("ws://{}/ws", node.addr)
+            .into_client_request()
+            .unwrap();
+        for (k, v) in headers {
+            req.headers_mut().append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let ws = match tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect in time")
+        {
+            Ok((ws, _)) => ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                return Err(resp.status().as_u16())
+            }
+            Err(e) => panic!("websocket handshake: {e}"),
+        };
+        let mut c = Client {
+            ws,
+            socket: String::new(),
+            node: String::new(),
+            next_id: 1,
+            pending: VecDeque::new(),
+        };
+        let welcome = c.next_of("welcome").await;
+        c.socket = welcome["socket"].as_str().unwrap().to_string();
+        c.node = welcome["node"].as_str().unwrap().to_string();
+        Ok(c)
+    }
+
     pub async fn send_raw(&mut self, msg: Message) {
         self.ws.send(msg).await.expect("send");
     }

@@ -285,6 +285,14 @@ mod tests {
     }
 
     #[test]
+    fn bearer_tokens() {
+        assert!(token_matches(b"t0ken", b"t0ken"));
+        assert!(!token_matches(b"t0ken", b"t0keN"));
+        assert!(!token_matches(b"t0ken", b"t0ke"));
+        assert!(!token_matches(b"t0ken", b""));
+    }
+
+    #[test]
     fn origins() {
         let allow = vec!["https://app.example".to_string()];
         assert!(origin_allowed(&[], &headers(&[("origin", b"https://x")])));
@@ -307,6 +315,18 @@ mod tests {
     }
 }
 
+/// Compares a bearer token in constant time: both sides are hashed first
+/// (so neither the length nor the first differing byte shows in the time
+/// taken), then the digests are compared with `subtle`.
+fn token_matches(expected: &[u8], given: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    Sha256::digest(expected)
+        .as_slice()
+        .ct_eq(Sha256::digest(given).as_slice())
+        .into()
+}
+
 #[derive(serde::Deserialize)]
 struct PublishBody<'a> {
     room: Option<String>,
@@ -321,8 +341,8 @@ async fn publish_api(node: &Node, req: Request<Incoming>) -> Resp {
         let ok = req
             .headers()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.strip_prefix("Bearer ") == Some(token.as_str()));
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(|given| token_matches(token.as_bytes(), given));
         if !ok {
             return json_reply(
                 StatusCode::UNAUTHORIZED,

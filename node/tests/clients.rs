@@ -231,6 +231,16 @@ async fn http_side_health_publish_api_origin_and_limits() {
         http(n1.addr, "POST", "/api/publish", &[], publish).await.0,
         401
     );
+    for wrong in ["Bearer t0keN", "Bearer t0ke", "Bearer t0ken2", "Bearer "] {
+        let auth = [("authorization", wrong)];
+        assert_eq!(
+            http(n1.addr, "POST", "/api/publish", &auth, publish)
+                .await
+                .0,
+            401,
+            "{wrong}"
+        );
+    }
     let (status, body) = http(
         n1.addr,
         "POST",

@@ -217,6 +217,10 @@ pub struct Session {
     /// `process` stopped before the end of its input (its time slice ran
     /// out): the connection task yields, then carries on without reading.
     paused: bool,
+    /// Failed AUTH attempts on this connection.
+    pub auth_failures: u32,
+    /// Nothing is written, read or run before this (a failed AUTH's hold-back).
+    hold_until: Option<tokio::time::Instant>,
 }
 
 impl Session {
@@ -234,6 +238,12 @@ impl Session {
             self.drained = self.drained.wrapping_add(msg.len());
             self.out.extend_from_slice(&msg);
         }
+    }
+
+    /// Holds the connection back: the replies so far go out, and the next
+    /// command runs, only after `delay`.
+    pub fn hold(&mut self, delay: Duration) {
+        self.hold_until = Some(tokio::time::Instant::now() + delay);
     }
 
     pub fn set_proto(&mut self, proto: Proto) {
@@ -294,6 +304,10 @@ impl Session {
                     }
                     if !commands::dispatch(self, &args) {
                         return false;
+                    }
+                    if self.hold_until.is_some() {
+                        self.paused = true;
+                        break;
                     }
                 }
                 Ok(None) => break,
@@ -422,6 +436,8 @@ pub fn new_session(
         parser,
         drained: 0,
         paused: false,
+        auth_failures: 0,
+        hold_until: None,
     }
 }
 
@@ -438,21 +454,16 @@ pub async fn run(mut s: Session, stream: TcpStream, mut shutdown: watch::Receive
     let idle = tokio::time::sleep(Duration::from_secs(timeout.max(1)));
     tokio::pin!(idle);
     let reason = loop {
+        if let Some(until) = s.hold_until.take() {
+            tokio::select! {
+                biased;
+                _ = handle.kill.notified() => break "killed",
+                _ = shutdown.changed() => break "shutdown",
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
         if s.out.len() < OUT_PULL_LIMIT {
             s.pull_pushes();
-        }
-        if s.paused && s.out.len() < OUT_READ_PAUSE {
-            tokio::task::yield_now().await;
-            if handle.kill_reason() != KillReason::None {
-                break "killed";
-            }
-            if *shutdown.borrow() {
-                break "shutdown";
-            }
-            if !s.process(&mut input) {
-                break "closed";
-            }
-            continue;
         }
         if eof && !s.paused {
             s.close_after_reply = true;
@@ -472,6 +483,20 @@ pub async fn run(mut s: Session, stream: TcpStream, mut shutdown: watch::Receive
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => break "write error",
             }
+        }
+        // After the write, so replies already made go out before more run.
+        if s.paused && s.out.len() < OUT_READ_PAUSE {
+            tokio::task::yield_now().await;
+            if handle.kill_reason() != KillReason::None {
+                break "killed";
+            }
+            if *shutdown.borrow() {
+                break "shutdown";
+            }
+            if !s.process(&mut input) {
+                break "closed";
+            }
+            continue;
         }
         let full = s.out.len() >= OUT_READ_PAUSE;
         if full && !backpressured {

@@ -36,6 +36,9 @@ pub struct Metrics {
     /// Times a client's commands stopped running until it read its replies.
     pub output_backpressure: IntCounter,
     pub protocol_errors: IntCounter,
+    pub auth_failures: IntCounter,
+    pub auth_disconnects: IntCounter,
+    pub auth_tracked_addresses: IntGauge,
     /// Commands refused because an argument or the client's subscriptions
     /// would pass a configured limit; the label is the config key.
     pub limit_rejections: IntCounterVec,
@@ -131,6 +134,18 @@ impl Metrics {
                 "Times a client's commands were paused until it read the replies it owed",
             ),
             protocol_errors: counter("limpet_broker_protocol_errors_total", "Malformed requests"),
+            auth_failures: counter(
+                "limpet_broker_auth_failures_total",
+                "Failed AUTH and HELLO AUTH attempts",
+            ),
+            auth_disconnects: counter(
+                "limpet_broker_auth_failure_disconnects_total",
+                "Connections closed after auth_failures.max_per_connection failures",
+            ),
+            auth_tracked_addresses: gauge(
+                "limpet_broker_auth_failure_addresses",
+                "Addresses whose AUTH failures are remembered (at most auth_failures.max_addresses)",
+            ),
             limit_rejections: reg(
                 &registry,
                 IntCounterVec::new(

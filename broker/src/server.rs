@@ -7,6 +7,7 @@
 //! them. Connections past `maxclients` get Redis's error and are closed
 //! without taking a slot.
 
+use crate::auth_guard::AuthGuard;
 use crate::client::{self, ClientHandle, OutputPolicy};
 use crate::codec::Limits;
 use crate::metrics::Metrics;
@@ -40,6 +41,7 @@ pub struct Broker {
     /// `output_limit_normal` to the others.
     pub output_policy: OutputPolicy,
     pub normal_output_policy: OutputPolicy,
+    pub auth_guard: AuthGuard,
     pub started: Instant,
     pub run_id: String,
     clients: Mutex<AHashMap<u64, Arc<ClientHandle>>>,
@@ -68,6 +70,7 @@ impl Broker {
         };
         Broker {
             normal_output_policy,
+            auth_guard: AuthGuard::new(&config),
             config,
             config_file,
             limits,

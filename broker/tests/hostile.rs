@@ -124,3 +124,64 @@ async fn per_client_caps_on_patterns_and_channels() {
     honest_client_served(b.addr, HONEST_WITHIN).await;
     b.proc.assert_alive();
 }
+
+/// Password guessing. Before: 20,000 pipelined guesses on one connection
+/// were all answered in about half a second, with one WARN line each
+/// (2.2 MB of log). Now a connection is closed after three failures, each
+/// failure's reply is held back for a delay that doubles per failure from
+/// the same address, and the log line is written at most once a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_is_cut_off_slowed_and_quietly_logged() {
+    const PASSWORD: &str = "the-right-one";
+    let config = format!(
+        "requirepass = \"{PASSWORD}\"\n{PORT_ZERO}[auth_failures]\ndelay = \"50ms\"\nmax_delay = \"2s\"\n"
+    );
+    let mut b = BrokerProcess::start(&config);
+    let metrics = b.metrics.expect("metrics port");
+    let log_before = b.log_text().len();
+
+    let mut pipelined = Client::connect(b.addr).await;
+    let guesses: Vec<u8> = (0..20_000)
+        .flat_map(|i| encode(&["AUTH", &format!("guess{i}")]))
+        .collect();
+    // The broker may close before taking it all.
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut pipelined.stream, &guesses).await;
+    let answered = String::from_utf8_lossy(&pipelined.read_to_close().await)
+        .matches("WRONGPASS")
+        .count();
+    assert!(
+        answered <= 3,
+        "{answered} guesses answered on one connection"
+    );
+
+    // The same address again: three more failures, each held back longer
+    // (the address already has three: 400 ms + 800 ms + 1.6 s).
+    let mut again = Client::connect(b.addr).await;
+    let started = std::time::Instant::now();
+    for i in 0..3 {
+        assert_eq!(
+            again.call(&["AUTH", &format!("again{i}")]).await,
+            "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+        );
+    }
+    assert_eq!(again.read_to_close().await, b"", "closed after three");
+    let held = started.elapsed();
+    assert!(
+        held >= std::time::Duration::from_secs(2),
+        "held only {held:?}"
+    );
+
+    // The right password is never held back.
+    honest_client_served_auth(b.addr, Some(PASSWORD), HONEST_WITHIN).await;
+    b.proc.assert_alive();
+    assert_eq!(
+        metric(metrics, "limpet_broker_auth_failures_total").await,
+        6
+    );
+    assert_eq!(
+        metric(metrics, "limpet_broker_auth_failure_disconnects_total").await,
+        2
+    );
+    let logged = b.log_text().len() - log_before;
+    assert!(logged < 4096, "{logged} bytes of log for 6 failures");
+}

@@ -4,7 +4,7 @@
 //! `maxclients`, `timeout`, `proto-max-bulk-len`,
 //! `client-output-buffer-limit pubsub`) so that a Redis user recognises them.
 
-use crate::{ByteSize, FieldError, Validate};
+use crate::{ByteSize, Duration, FieldError, Validate};
 use serde::Deserialize;
 use std::net::SocketAddr;
 
@@ -28,7 +28,29 @@ pub struct BrokerConfig {
     /// a client owes more than 1 MiB of replies, so only one huge reply
     /// (`PUBSUB CHANNELS` on a busy broker) can reach these.
     pub output_limit_normal: NormalOutputLimit,
+    /// What failed `AUTH` attempts cost the guesser.
+    pub auth_failures: AuthFailures,
     pub metrics: MetricsConfig,
+}
+
+/// Password guessing: a connection is closed after a few failures, and
+/// every failure's reply is held back for a delay that doubles with each
+/// earlier failure from the same address (IPv6: the same /64), so opening
+/// more connections does not buy more guesses. Redis has none of this
+/// (it only counts `acl_access_denied_auth`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthFailures {
+    /// Failed `AUTH` / `HELLO ... AUTH` attempts after which the connection is closed.
+    pub max_per_connection: u32,
+    /// Hold-back of the first failure from an address; doubles per failure.
+    pub delay: Duration,
+    /// Longest hold-back.
+    pub max_delay: Duration,
+    /// An address's failures are forgotten this long after its last one.
+    pub forget_after: Duration,
+    /// Most addresses remembered at once; past it the stalest is forgotten.
+    pub max_addresses: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -96,6 +118,7 @@ impl Default for BrokerConfig {
             limits: ProtocolLimits::default(),
             output_limit: OutputLimit::default(),
             output_limit_normal: NormalOutputLimit::default(),
+            auth_failures: AuthFailures::default(),
             metrics: MetricsConfig::default(),
         }
     }
@@ -134,6 +157,18 @@ impl Default for NormalOutputLimit {
             hard: ByteSize(64 * 1024 * 1024),
             soft: ByteSize(0),
             soft_seconds: 0,
+        }
+    }
+}
+
+impl Default for AuthFailures {
+    fn default() -> Self {
+        AuthFailures {
+            max_per_connection: 3,
+            delay: Duration::millis(100),
+            max_delay: Duration::secs(10),
+            forget_after: Duration::secs(600),
+            max_addresses: 10_000,
         }
     }
 }
@@ -229,6 +264,25 @@ impl Validate for BrokerConfig {
                 "must be at least 1",
             ));
         }
+        let a = &self.auth_failures;
+        if a.max_per_connection == 0 {
+            return Err(FieldError::new(
+                "auth_failures.max_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if a.max_delay < a.delay {
+            return Err(FieldError::new(
+                "auth_failures.max_delay",
+                format!("{} is below auth_failures.delay {}", a.max_delay, a.delay),
+            ));
+        }
+        if a.max_addresses == 0 {
+            return Err(FieldError::new(
+                "auth_failures.max_addresses",
+                "must be at least 1",
+            ));
+        }
         let o = &self.output_limit;
         check_output_limit("output_limit", o.hard, o.soft, o.soft_seconds)?;
         let n = &self.output_limit_normal;
@@ -281,6 +335,8 @@ mod tests {
         assert_eq!(cfg.limits.max_channel_len.bytes(), 4096);
         assert_eq!(cfg.limits.max_patterns_per_client, 1024);
         assert_eq!(cfg.limits.max_channels_per_client, 100_000);
+        assert_eq!(cfg.auth_failures.max_per_connection, 3);
+        assert_eq!(cfg.auth_failures.max_addresses, 10_000);
     }
 
     #[test]

@@ -293,10 +293,38 @@ fn auth(s: &mut Session, args: &[Bytes]) -> bool {
         s.set_authenticated(true);
         s.reply().simple("OK");
     } else {
-        tracing::warn!(client = s.handle.id, peer = %s.handle.peer, "AUTH failed");
-        s.reply().error(WRONGPASS);
+        auth_failed(s);
     }
     true
+}
+
+/// WRONGPASS, held back by the address's failure count, and the
+/// connection closed after `auth_failures.max_per_connection` of them
+/// (see [`crate::auth_guard`]).
+fn auth_failed(s: &mut Session) {
+    let broker = s.broker.clone();
+    let guard = &broker.auth_guard;
+    let m = &broker.metrics;
+    m.auth_failures.inc();
+    let delay = guard.failed(s.handle.peer.ip());
+    m.auth_tracked_addresses.set(guard.tracked() as i64);
+    s.auth_failures += 1;
+    let closing = s.auth_failures >= guard.max_per_connection();
+    if let Some(unlogged) = guard.may_log() {
+        tracing::warn!(
+            client = s.handle.id,
+            peer = %s.handle.peer,
+            delay_ms = delay.as_millis() as u64,
+            closing,
+            "AUTH failed ({unlogged} more failures since the last such line)"
+        );
+    }
+    s.reply().error(WRONGPASS);
+    s.hold(delay);
+    if closing {
+        m.auth_disconnects.inc();
+        s.close_after_reply = true;
+    }
 }
 
 fn hello(s: &mut Session, args: &[Bytes]) -> bool {
@@ -342,7 +370,7 @@ fn hello(s: &mut Session, args: &[Bytes]) -> bool {
     }
     if let Some((user, pass)) = creds {
         if !credentials_ok(s, &user, &pass) {
-            s.reply().error(WRONGPASS);
+            auth_failed(s);
             return true;
         }
         s.set_authenticated(true);

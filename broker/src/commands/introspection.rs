@@ -251,6 +251,7 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
                 w("client_output_buffer_limit_disconnections", &cut);
                 w("total_error_replies", &0);
                 w("rejected_calls", &m.limit_rejections_total());
+                w("acl_access_denied_auth", &m.auth_failures.get());
                 w("protocol_errors", &m.protocol_errors.get());
             }
             "replication" => {

@@ -362,13 +362,25 @@ pub const HONEST_WITHIN: Duration = Duration::from_secs(10);
 /// PING, and a message published and received. Hostile-client tests call
 /// it while the attack is under way.
 pub async fn honest_client_served(addr: SocketAddr, within: Duration) {
+    honest_client_served_auth(addr, None, within).await
+}
+
+/// [`honest_client_served`] on a broker with `requirepass`.
+pub async fn honest_client_served_auth(addr: SocketAddr, password: Option<&str>, within: Duration) {
+    let connect = |addr| async move {
+        let mut c = Client::connect(addr).await;
+        if let Some(pass) = password {
+            assert_eq!(c.call(&["AUTH", pass]).await, "+OK\r\n");
+        }
+        c
+    };
     let round_trip = async {
-        let mut sub = Client::connect(addr).await;
+        let mut sub = connect(addr).await;
         assert_eq!(
             sub.call(&["SUBSCRIBE", "honest"]).await,
             "*3\r\n$9\r\nsubscribe\r\n$6\r\nhonest\r\n:1\r\n"
         );
-        let mut p = Client::connect(addr).await;
+        let mut p = connect(addr).await;
         assert_eq!(p.call(&["PING"]).await, "+PONG\r\n");
         assert_eq!(p.call(&["PUBLISH", "honest", "hi"]).await, ":1\r\n");
         assert_eq!(

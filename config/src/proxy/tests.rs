@@ -1,0 +1,130 @@
+//! Parsing and validation tests for the `limpet-proxy` settings, and a
+//! check that the shipped example file loads.
+
+use super::*;
+use crate::parse_str;
+use std::path::Path;
+
+fn parse(text: &str) -> Result<ProxyConfig, crate::ConfigError> {
+    parse_str(text, Path::new("proxy.toml"))
+}
+
+const POOL: &str = r#"
+[[pool]]
+name = "nodes"
+affinity = "cookie"
+[pool.cookie]
+secret = "0123456789abcdef0123"
+[[pool.backend]]
+id = "a"
+address = "127.0.0.1:9001"
+[[pool.backend]]
+id = "b"
+address = "localhost:9002"
+weight = 3
+
+[[route]]
+pool = "nodes"
+"#;
+
+#[test]
+fn empty_file_runs_on_loopback() {
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg, ProxyConfig::default());
+    assert_eq!(cfg.listen[0].bind.to_string(), "127.0.0.1:8080");
+    assert_eq!(cfg.timeouts.tunnel_idle.get().as_secs(), 3600);
+}
+
+#[test]
+fn pools_and_routes() {
+    let cfg = parse(POOL).unwrap();
+    assert_eq!(cfg.pools[0].backends[1].weight, 3);
+    assert_eq!(cfg.pools[0].balancer, Balancer::LeastConn);
+    assert_eq!(cfg.routes[0].path_prefix, "/");
+}
+
+#[test]
+fn errors_point_at_the_field() {
+    let err = parse(&POOL.replace("pool = \"nodes\"", "pool = \"nodez\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("proxy.toml:16:8: route.0.pool: no pool named `nodez`"),
+        "{err}"
+    );
+    let err = parse(&POOL.replace("localhost:9002", "localhost"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pool.0.backend.1.address: `localhost` is not host:port"),
+        "{err}"
+    );
+    let err = parse(&POOL.replace("affinity = \"cookie\"", "affinity = \"sticky\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("proxy.toml:4:12: unknown variant `sticky`"),
+        "{err}"
+    );
+    let err = parse(&POOL.replace("affinity = \"cookie\"", "affinity = \"query\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pool.0.affinity: header and query affinity need affinity_key"),
+        "{err}"
+    );
+    let err = parse("trusted_proxies = [\"10.0.0.0/99\"]")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("proxy.toml:1:"), "{err}");
+}
+
+#[test]
+fn client_body_timeout_and_5xx_counting() {
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg.timeouts.client_body.get().as_secs(), 60);
+    let pool = parse(POOL).unwrap();
+    assert!(!pool.pools[0].passive.fail_on_5xx);
+    let err = parse("[timeouts]\nclient_body = \"0s\"")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("timeouts.client_body: must be above 0"),
+        "{err}"
+    );
+    assert_eq!(cfg.admin.request_timeout.get().as_secs(), 10);
+    let err = parse("[admin]\nrequest_timeout = \"0s\"")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("admin.request_timeout: must be above 0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn upgrade_protocols_default_to_websocket() {
+    let cfg = parse(POOL).unwrap();
+    assert_eq!(
+        cfg.routes[0].upgrade_protocols,
+        vec!["websocket".to_string()]
+    );
+    let err = parse(&POOL.replace(
+        "pool = \"nodes\"\n",
+        "pool = \"nodes\"\nupgrade_protocols = [\"web socket\"]\n",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("route.0.upgrade_protocols"), "{err}");
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for name in ["proxy.toml", "cluster/proxy.toml"] {
+        let path = dir.join(name);
+        if let Err(e) = crate::load_file::<ProxyConfig>(&path) {
+            panic!("{e}");
+        }
+    }
+}

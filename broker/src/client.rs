@@ -321,6 +321,7 @@ impl Session {
         }
         let queued = input.len() + self.parser.pending_bytes();
         if queued as u64 > self.broker.config.limits.query_buffer_limit.bytes() {
+            self.broker.metrics.query_buffer_disconnects.inc();
             tracing::warn!(client = self.handle.id, peer = %self.handle.peer, bytes = queued, "closing client that reached the query buffer limit");
             return false;
         }

@@ -98,9 +98,14 @@ impl RequestParser {
         };
     }
 
-    /// Bytes held by arguments of a partly read request.
+    /// Memory held by a partly read request: its arguments' bytes plus a
+    /// handle for each slot of the argument list. The handles count
+    /// because an empty argument is 6 bytes on the wire and 32 here: a
+    /// request of empty arguments would otherwise cost five times what
+    /// `query_buffer_limit` sees.
     pub fn pending_bytes(&self) -> usize {
-        self.args.iter().map(Bytes::len).sum()
+        self.args.capacity() * std::mem::size_of::<Bytes>()
+            + self.args.iter().map(Bytes::len).sum::<usize>()
     }
 
     /// Takes the next complete request out of `buf`. `Ok(None)` means more
@@ -635,6 +640,16 @@ mod tests {
         let mut buf = BytesMut::from(&b"*1\r\n$"[..]);
         buf.extend_from_slice(&[b'1'; 101]);
         assert_eq!(p.next(&mut buf), Err(ProtocolError::TooBigBulkCount));
+    }
+
+    #[test]
+    fn pending_empty_arguments_count_their_handles() {
+        let mut p = RequestParser::new(Limits::default());
+        let mut buf = BytesMut::from(&b"*1001\r\n"[..]);
+        buf.extend_from_slice(&b"$0\r\n\r\n".repeat(1000));
+        assert_eq!(p.next(&mut buf), Ok(None));
+        assert!(buf.is_empty());
+        assert!(p.pending_bytes() >= 1000 * std::mem::size_of::<Bytes>());
     }
 
     #[test]

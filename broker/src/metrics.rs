@@ -36,6 +36,7 @@ pub struct Metrics {
     /// Times a client's commands stopped running until it read its replies.
     pub output_backpressure: IntCounter,
     pub protocol_errors: IntCounter,
+    pub query_buffer_disconnects: IntCounter,
     pub auth_failures: IntCounter,
     pub auth_disconnects: IntCounter,
     pub auth_tracked_addresses: IntGauge,
@@ -134,6 +135,10 @@ impl Metrics {
                 "Times a client's commands were paused until it read the replies it owed",
             ),
             protocol_errors: counter("limpet_broker_protocol_errors_total", "Malformed requests"),
+            query_buffer_disconnects: counter(
+                "limpet_broker_query_buffer_limit_disconnects_total",
+                "Clients closed for holding more unparsed input than limits.query_buffer_limit",
+            ),
             auth_failures: counter(
                 "limpet_broker_auth_failures_total",
                 "Failed AUTH and HELLO AUTH attempts",

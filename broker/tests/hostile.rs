@@ -185,3 +185,43 @@ async fn password_guessing_is_cut_off_slowed_and_quietly_logged() {
     let logged = b.log_text().len() - log_before;
     assert!(logged < 4096, "{logged} bytes of log for 6 failures");
 }
+
+/// Requests of empty arguments: 6 bytes each on the wire, a 32-byte
+/// handle each in memory, and only the wire bytes were checked against
+/// `limits.query_buffer_limit`. 500 connections × 10,000 empty arguments
+/// (60 KB each, under a 256 KB limit) grew RSS by 190 MiB; now the
+/// handles count too, so each of them passes the limit and is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_arguments_count_against_the_query_buffer_limit() {
+    const GROWTH_BOUND_KIB: u64 = 48 * 1024;
+    let config = format!("{PORT_ZERO}[limits]\nquery_buffer_limit = \"256kb\"\n");
+    let mut b = BrokerProcess::start(&config);
+    let metrics = b.metrics.expect("metrics port");
+    let base = b.proc.rss_kib();
+    let mut request = b"*10001\r\n".to_vec();
+    request.extend(b"$0\r\n\r\n".repeat(10_000));
+    let mut attackers = Vec::new();
+    for _ in 0..500 {
+        let mut c = Client::connect(b.addr).await;
+        // The broker may close before taking it all.
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut c.stream, &request).await;
+        attackers.push(c);
+    }
+    limpet_testkit::eventually("every attacker closed, or runaway memory", || async {
+        metric(
+            metrics,
+            "limpet_broker_query_buffer_limit_disconnects_total",
+        )
+        .await
+            >= 500
+            || b.proc.rss_kib().saturating_sub(base) > GROWTH_BOUND_KIB
+    })
+    .await;
+    let growth = b.proc.rss_kib().saturating_sub(base);
+    assert!(growth < GROWTH_BOUND_KIB, "RSS grew by {growth} KiB");
+    for c in &mut attackers {
+        assert_eq!(c.read_to_close().await, b"");
+    }
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    b.proc.assert_alive();
+}

@@ -248,6 +248,10 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
                     .iter()
                     .flat_map(|v| ["hard", "soft"].map(|l| v.with_label_values(&[l]).get()))
                     .sum();
+                w(
+                    "client_query_buffer_limit_disconnections",
+                    &m.query_buffer_disconnects.get(),
+                );
                 w("client_output_buffer_limit_disconnections", &cut);
                 w("total_error_replies", &0);
                 w("rejected_calls", &m.limit_rejections_total());

@@ -11,6 +11,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// Every bench client connects from 127.0.0.1, so the node's per-address
+/// limits (meant for one hostile host) would refuse most of the load.
+const BENCH_NODE_ADDRESS_LIMITS: &str =
+    "max_connections_per_address = 100000\naddress_rate_per_second = 1000000\naddress_rate_burst = 1000000\n";
+
 struct Proc {
     name: String,
     child: Child,
@@ -440,7 +445,7 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
             dir.join("b.toml"),
             format!("bind = [\"{broker_addr}\"]\n[metrics]\nenabled = false\n"),
         )?;
-        std::fs::write(dir.join("n.toml"), format!("id = \"bench\"\nbind = \"{node_addr}\"\nbroker = [\"redis://{broker_addr}/\"]\n[limits]\nmax_connections = 100000\n"))?;
+        std::fs::write(dir.join("n.toml"), format!("id = \"bench\"\nbind = \"{node_addr}\"\nbroker = [\"redis://{broker_addr}/\"]\n[limits]\nmax_connections = 100000\n{BENCH_NODE_ADDRESS_LIMITS}"))?;
         let _broker = Proc::spawn(
             "limpet-broker",
             Command::new(bin.join("limpet-broker"))
@@ -743,7 +748,7 @@ async fn limpet_stack(dir: &Path, bin: &Path) -> anyhow::Result<Stack> {
     for i in 0..3 {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let path = dir.join(format!("s5-node{i}.toml"));
-        std::fs::write(&path, format!("id = \"n{i}\"\nbind = \"{addr}\"\nbroker = [\"redis://{broker}/\"]\n[limits]\nmax_connections = 100000\nrate_per_second = 1000\nrate_burst = 1000\n"))?;
+        std::fs::write(&path, format!("id = \"n{i}\"\nbind = \"{addr}\"\nbroker = [\"redis://{broker}/\"]\n[limits]\nmax_connections = 100000\nrate_per_second = 1000\nrate_burst = 1000\n{BENCH_NODE_ADDRESS_LIMITS}"))?;
         procs.push(Proc::spawn(
             "limpet-node",
             Command::new(bin.join("limpet-node"))

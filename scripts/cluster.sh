@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Runs the Limpet stack on loopback with the configs in config/examples/cluster/.
+# Runs the Limpet stack on loopback with the configs in config/examples/cluster/,
+# with a random broker password and cluster secret made at each start.
 # Each process's log lines are prefixed with its name; Ctrl-C stops them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-dir=config/examples/cluster
-bin=target/release
+examples=config/examples/cluster
+bin=${LIMPET_BIN:-target/release}   # LIMPET_BIN=target/debug to try a debug build
 lock=${TMPDIR:-/tmp}/limpet-cluster.lock
 
 exec 9>"$lock"
@@ -13,6 +14,19 @@ if ! flock -n 9; then
     echo "make cluster: another cluster is already running (lock $lock held); stop it first" >&2
     exit 1
 fi
+
+# The configs actually run: copies of the examples with a fresh broker
+# password and cluster secret, so no two runs (and no checkout) share them.
+dir=target/cluster
+mkdir -p "$dir"
+chmod 700 "$dir"
+password=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+secret=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+for f in "$examples"/*.toml; do
+    sed -e "s/cluster-dev-password/$password/g" -e "s/cluster-dev-secret-change-me/$secret/g" \
+        "$f" > "$dir/$(basename "$f")"
+    chmod 600 "$dir/$(basename "$f")"
+done
 
 pids=()
 stop() {
@@ -83,6 +97,7 @@ cluster:   limpet-node a  http://127.0.0.1:9001   (ws /ws, /health, /metrics)
 cluster:   limpet-node b  http://127.0.0.1:9002
 cluster:   limpet-node c  http://127.0.0.1:9003
 cluster:   limpet-broker  redis://127.0.0.1:6379  metrics http://127.0.0.1:9121/metrics
+cluster:     password: redis-cli -a "\$(sed -n 's/^requirepass = "\\(.*\\)"/\\1/p' $dir/broker.toml)"
 cluster: Ctrl-C stops everything
 MSG
 wait

@@ -15,7 +15,7 @@
 //! constant time, so response timing does not reveal how much of a guess
 //! was right.
 
-use crate::pool::AdminState;
+use crate::select::AdminState;
 use crate::server::Proxy;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};

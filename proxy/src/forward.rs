@@ -9,154 +9,24 @@
 //! cookie. A client that breaks its own upload gets 400/408 and the
 //! backend is not blamed for it (see `client_body`).
 
-use crate::affinity::{self, client_ip};
-use crate::balancer;
 use crate::client_body::{ClientBody, ClientFault};
-use crate::headers;
+use crate::headers::{self, client_ip};
 use crate::metrics::class;
-use crate::pool::{ActiveGuard, Backend, Pool};
 use crate::relay;
+use crate::select::{self, ActiveGuard, Backend, Choice, NoBackend, Pool, Wish};
 use crate::server::Proxy;
 use crate::tunnel;
 use crate::upstream::{self, Body, SendError};
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, COOKIE, HOST, SET_COOKIE};
+use http::header::{HeaderName, HeaderValue, HOST, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use limpet_config::Affinity;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// How the backend was chosen, for metrics and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Valid cookie, pinned backend available.
-    Hit,
-    /// No cookie: new session.
-    New,
-    /// Cookie forged, stale or naming an unknown backend.
-    Invalid,
-    /// Pinned backend down or unreachable: re-pinned.
-    Down,
-    /// Consistent hash on address, header or query.
-    Hashed,
-    /// No affinity (or no key to hash): balancer.
-    Balanced,
-}
-
-impl Outcome {
-    fn label(self) -> &'static str {
-        match self {
-            Outcome::Hit => "hit",
-            Outcome::New => "new",
-            Outcome::Invalid => "invalid",
-            Outcome::Down => "down",
-            Outcome::Hashed => "hashed",
-            Outcome::Balanced => "balanced",
-        }
-    }
-}
-
-pub struct Choice {
-    pub index: usize,
-    pub outcome: Outcome,
-    /// `Set-Cookie` value to send with the response.
-    pub set_cookie: Option<String>,
-}
-
-/// What a request says about where it wants to go.
-struct Wish<'a> {
-    cookie_backend: Option<Option<usize>>, // None: no cookie; Some(None): unreadable
-    hash_key: Option<Vec<u8>>,
-    pool: &'a Pool,
-}
-
-fn read_wish<'a>(pool: &'a Pool, headers: &HeaderMap, uri: &Uri, client: IpAddr) -> Wish<'a> {
-    let cfg = &pool.config;
-    let mut wish = Wish {
-        cookie_backend: None,
-        hash_key: None,
-        pool,
-    };
-    match cfg.affinity {
-        Affinity::Cookie => {
-            let cookies = headers
-                .get_all(COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok());
-            if let Some(value) = affinity::find_cookie(cookies, &cfg.cookie.name) {
-                wish.cookie_backend =
-                    Some(pool.sealer.open(value).and_then(|id| pool.index_of(&id)));
-            }
-        }
-        Affinity::IpHash => {
-            wish.hash_key = Some(match client {
-                IpAddr::V4(v4) => v4.octets().to_vec(),
-                IpAddr::V6(v6) => v6.octets().to_vec(),
-            })
-        }
-        Affinity::Header => {
-            let name = cfg.affinity_key.as_deref().unwrap_or_default();
-            wish.hash_key = headers
-                .get(name)
-                .map(|v| v.as_bytes().to_vec())
-                .filter(|v| !v.is_empty());
-        }
-        Affinity::Query => {
-            let name = cfg.affinity_key.as_deref().unwrap_or_default();
-            wish.hash_key = affinity::query_param(uri.query(), name).map(|v| v.as_bytes().to_vec());
-        }
-        Affinity::None => {}
-    }
-    wish
-}
-
-fn choose(wish: &Wish<'_>, tried: &[usize]) -> Option<Choice> {
-    let pool = wish.pool;
-    let now = Instant::now();
-    let candidates = balancer::candidates(pool, tried, now);
-    if let Some(key) = &wish.hash_key {
-        let seed = pool.config.hash_seed;
-        let ranked = candidates
-            .iter()
-            .map(|&i| (i, pool.backends[i].id.as_str(), pool.backends[i].weight));
-        return affinity::rendezvous(seed, key, ranked).map(|index| Choice {
-            index,
-            outcome: Outcome::Hashed,
-            set_cookie: None,
-        });
-    }
-    let max = pool.config.max_connections_per_backend;
-    let outcome = match wish.cookie_backend {
-        Some(Some(i)) if !tried.contains(&i) && pool.backends[i].takes_pinned(now, max) => {
-            return Some(Choice {
-                index: i,
-                outcome: Outcome::Hit,
-                set_cookie: None,
-            })
-        }
-        Some(Some(_)) => Outcome::Down,
-        Some(None) => Outcome::Invalid,
-        None if pool.config.affinity == Affinity::Cookie => Outcome::New,
-        None => Outcome::Balanced,
-    };
-    let index = balancer::pick(pool, &candidates)?;
-    let set_cookie = (pool.config.affinity == Affinity::Cookie).then(|| {
-        affinity::set_cookie(
-            &pool.config.cookie,
-            &pool.sealer.seal(&pool.backends[index].id),
-        )
-    });
-    Some(Choice {
-        index,
-        outcome,
-        set_cookie,
-    })
-}
 
 pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
     let mut resp = Response::new(
@@ -218,7 +88,7 @@ pub async fn handle(
     let pool = routing.pools[route.pool].clone();
     let cfg = &routing.config;
     let trusted = &cfg.trusted_proxies;
-    let peer_ip = affinity::canonical(peer.ip());
+    let peer_ip = headers::canonical(peer.ip());
     let peer_trusted = trusted.iter().any(|c| c.contains(peer_ip));
     let xff = HeaderName::from_static("x-forwarded-for");
     let client = client_ip(
@@ -251,7 +121,7 @@ pub async fn handle(
     // connection dies under it: it cannot have changed anything.
     let replayable = body_state.is_done() && is_idempotent(&parts.method);
     let mut body: Option<Body> = Some(body.boxed());
-    let wish = read_wish(&pool, &parts.headers, &parts.uri, client);
+    let wish = Wish::read(&pool, &parts.headers, &parts.uri, client);
 
     let mut tried: Vec<usize> = Vec::new();
     // A request hyper handed back unwritten, for the next attempt.
@@ -260,41 +130,39 @@ pub async fn handle(
     let mut again: Option<Choice> = None;
     loop {
         let fresh = again.is_some();
-        let Some(choice) = again.take().or_else(|| choose(&wish, &tried)) else {
-            let reached_none = !tried.is_empty();
-            proxy
-                .metrics
-                .requests
-                .with_label_values(&[pool.name(), "", "5xx"])
-                .inc();
-            if reached_none {
-                return plain(
-                    StatusCode::BAD_GATEWAY,
-                    "502 bad gateway: no backend could be reached",
-                );
-            }
-            // Up and ready but full (max_connections_per_backend)?
-            let now = Instant::now();
-            let full = pool.backends.iter().any(|b| {
-                b.is_available(now)
-                    && b.admin_state() == crate::pool::AdminState::Ready
-                    && !b.takes_new(now, pool.config.max_connections_per_backend)
-            });
-            if full {
-                proxy
-                    .metrics
-                    .limit_rejections
-                    .with_label_values(&["max_connections_per_backend"])
-                    .inc();
-                return plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "503 service unavailable: every backend is at its connection limit",
-                );
-            }
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "503 service unavailable: no backend is up",
-            );
+        let choice = match again.take() {
+            Some(choice) => choice,
+            None => match select::select(&pool, &wish, &tried) {
+                Ok(choice) => choice,
+                Err(none) => {
+                    proxy
+                        .metrics
+                        .requests
+                        .with_label_values(&[pool.name(), "", "5xx"])
+                        .inc();
+                    return match none {
+                        NoBackend::Unreachable => plain(
+                            StatusCode::BAD_GATEWAY,
+                            "502 bad gateway: no backend could be reached",
+                        ),
+                        NoBackend::AllFull => {
+                            proxy
+                                .metrics
+                                .limit_rejections
+                                .with_label_values(&["max_connections_per_backend"])
+                                .inc();
+                            plain(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "503 service unavailable: every backend is at its connection limit",
+                            )
+                        }
+                        NoBackend::NoneUp => plain(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "503 service unavailable: no backend is up",
+                        ),
+                    };
+                }
+            },
         };
         let backend = pool.backends[choice.index].clone();
         let target = upstream::Target {

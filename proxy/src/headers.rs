@@ -3,11 +3,14 @@
 //! upgrade the route allows), `X-Forwarded-For` appended, `Forwarded`
 //! (RFC 7239) appended to when the peer is trusted and replaced otherwise,
 //! `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Real-IP` set, `Host`
-//! preserved. Also the RFC 9112 `Host` checks a request must pass.
+//! preserved. Also the RFC 9112 `Host` checks a request must pass, and
+//! who the client is: the peer, or behind trusted proxies the address
+//! their `X-Forwarded-For` names (rust-rpxy trusts CIDRs the same way).
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
 use http::Version;
-use std::net::IpAddr;
+use limpet_config::Cidr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Headers a client cannot remove by naming them in `Connection`: the
 /// proxy routes on them, or they carry forwarding information a backend
@@ -190,6 +193,52 @@ pub fn add_forwarded(
     }
 }
 
+/// The client's address: the peer, or, when the peer is a trusted proxy,
+/// the rightmost `X-Forwarded-For` hop that is not itself trusted.
+pub fn client_ip<'a>(
+    peer: SocketAddr,
+    forwarded_for: impl Iterator<Item = &'a str>,
+    trusted: &[Cidr],
+) -> IpAddr {
+    let peer_ip = canonical(peer.ip());
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer_ip) {
+        return peer_ip;
+    }
+    let hops: Vec<&str> = forwarded_for.flat_map(|h| h.split(',')).collect();
+    let mut client = peer_ip;
+    for hop in hops.iter().rev() {
+        match parse_hop(hop) {
+            Some(ip) => {
+                client = ip;
+                if !is_trusted(ip) {
+                    break;
+                }
+            }
+            // Garbage in the chain: stop at the last address we could trust.
+            None => break,
+        }
+    }
+    client
+}
+
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    // Some proxies append a port: "1.2.3.4:5678" or "[::1]:5678".
+    hop.parse::<SocketAddr>().ok().map(|s| canonical(s.ip()))
+}
+
+/// IPv4 clients seen through a dual-stack socket are still IPv4 clients.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,5 +357,39 @@ mod tests {
         assert_eq!(h.get("x-forwarded-for").unwrap(), "6.6.6.6, 10.0.0.2");
         assert_eq!(h.get("x-real-ip").unwrap(), "10.0.0.2");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_peers() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let peer: SocketAddr = "10.0.0.5:1234".parse().unwrap();
+        let xff = ["203.0.113.7, 10.0.0.9"];
+        assert_eq!(
+            client_ip(peer, xff.iter().copied(), &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        // A spoofed leftmost entry does not win over the rightmost untrusted hop.
+        let xff = ["1.1.1.1, 203.0.113.7"];
+        assert_eq!(
+            client_ip(peer, xff.iter().copied(), &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        let stranger: SocketAddr = "198.51.100.1:1".parse().unwrap();
+        assert_eq!(
+            client_ip(stranger, xff.iter().copied(), &trusted),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+        let v6: SocketAddr = "[::ffff:10.0.0.5]:1".parse().unwrap();
+        let xff = ["[2001:db8::1]:443"];
+        assert_eq!(
+            client_ip(v6, xff.iter().copied(), &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        // All hops trusted: the leftmost one is the best we know.
+        let xff = ["10.1.1.1"];
+        assert_eq!(
+            client_ip(peer, xff.iter().copied(), &trusted),
+            "10.1.1.1".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! successes bring a down one back (HAProxy's `rise`/`fall`).
 
 use crate::metrics::Metrics;
-use crate::pool::{Backend, Pool};
+use crate::select::{Backend, Pool};
 use crate::upstream;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};

@@ -2,7 +2,7 @@
 //! path; per-backend gauges (health, open requests, tunnels) are read from
 //! the live pool state when `/metrics` is scraped, so they are never stale.
 
-use crate::pool::Pool;
+use crate::select::Pool;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,

@@ -3,7 +3,7 @@
 //! idle list and the backend's in-flight count drops; a body cut short
 //! takes its connection with it, since its state is unknown.
 
-use crate::pool::{ActiveGuard, Backend};
+use crate::select::{ActiveGuard, Backend};
 use crate::upstream::{Body, BoxError};
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};

@@ -9,9 +9,9 @@
 use crate::forward;
 use crate::health;
 use crate::metrics::Metrics;
-use crate::pool::Pool;
 use crate::proxy_protocol;
 use crate::router::Router;
+use crate::select::Pool;
 use crate::tls;
 use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
@@ -397,7 +397,7 @@ async fn serve_connection(
     let cfg = &routing.config;
     let mut client = peer;
     if mode.proxy_protocol {
-        let peer_ip = crate::affinity::canonical(peer.ip());
+        let peer_ip = crate::headers::canonical(peer.ip());
         if !cfg.trusted_proxies.iter().any(|c| c.contains(peer_ip)) {
             tracing::warn!(%peer, "PROXY header from an untrusted peer refused; add it to trusted_proxies");
             proxy
@@ -436,7 +436,7 @@ async fn serve_connection(
     }
     let per_ip = cfg.limits.max_connections_per_ip;
     if per_ip > 0 {
-        let ip = crate::affinity::canonical(client.ip());
+        let ip = crate::headers::canonical(client.ip());
         let over = {
             let mut map = proxy.per_ip.lock();
             let n = map.entry(ip).or_insert(0);

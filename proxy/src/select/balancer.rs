@@ -1,8 +1,10 @@
-//! Picking a backend for a new session: least connections, round robin,
-//! smooth weighted round robin. Only backends that are available and not
-//! already tried for this request are candidates.
+//! The balancers, for a session no cookie or hash key decides: least
+//! connections, round robin, smooth weighted round robin (the pool's
+//! `balancer`, a plain enum from the config, is the whole interface).
+//! Only backends that are available and not already tried for this
+//! request are candidates.
 
-use crate::pool::Pool;
+use super::pool::Pool;
 use limpet_config::Balancer;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -32,7 +34,8 @@ pub fn pick(pool: &Pool, candidates: &[usize]) -> Option<usize> {
             for k in 0..candidates.len() {
                 let i = candidates[(start + k) % candidates.len()];
                 let b = &pool.backends[i];
-                // active/weight compared without division: scale by the product of weights.
+                // active/weight in thousandths: plain integer division would
+                // rank 1 active on weight 3 (1/3 = 0) level with an idle backend.
                 let load = (b.active.load(Relaxed) as u64 * 1000) / u64::from(b.weight);
                 if best.is_none_or(|(l, _)| load < l) {
                     best = Some((load, i));
@@ -65,29 +68,14 @@ pub fn pick(pool: &Pool, candidates: &[usize]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use limpet_config::PoolConfig;
 
     fn pool(balancer: Balancer, weights: &[u32]) -> Pool {
-        let text = format!(
-            "[[pool]]\nname = \"p\"\nbalancer = \"{}\"\n{}",
-            match balancer {
-                Balancer::RoundRobin => "round_robin",
-                Balancer::LeastConn => "least_conn",
-                Balancer::Weighted => "weighted",
-            },
-            weights
-                .iter()
-                .enumerate()
-                .map(|(i, w)| format!(
-                    "[[pool.backend]]\nid = \"b{i}\"\naddress = \"127.0.0.1:{}\"\nweight = {w}\n",
-                    1000 + i
-                ))
-                .collect::<String>()
-        );
-        let cfg: limpet_config::ProxyConfig =
-            limpet_config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
-        let pc: PoolConfig = cfg.pools[0].clone();
-        Pool::new(pc, None).unwrap()
+        let name = match balancer {
+            Balancer::RoundRobin => "round_robin",
+            Balancer::LeastConn => "least_conn",
+            Balancer::Weighted => "weighted",
+        };
+        Pool::for_test(&format!("balancer = \"{name}\""), weights)
     }
 
     fn run(p: &Pool, n: usize) -> Vec<usize> {
@@ -135,7 +123,7 @@ mod tests {
 
     #[test]
     fn drain_and_maint_take_no_new_sessions() {
-        use crate::pool::AdminState;
+        use crate::select::AdminState;
         let p = pool(Balancer::RoundRobin, &[1, 1, 1]);
         let now = Instant::now();
         p.backends[0].set_admin_state(AdminState::Drain);

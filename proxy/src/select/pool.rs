@@ -3,9 +3,11 @@
 //! A backend is available when its active health check says up and
 //! passive checks have not taken it out (nginx's `max_fails` within
 //! `fail_timeout`, then out for `fail_timeout`). The counters here feed
-//! least-connections balancing and the metrics.
+//! least-connections balancing and the metrics. A pool also keeps the
+//! state its selection needs across requests and reloads: the cookie
+//! key, the round-robin position and the smooth weighted counters.
 
-use crate::affinity::Sealer;
+use super::cookie::Sealer;
 use crate::upstream::IdleConns;
 use limpet_config::{BackendConfig, PoolConfig};
 use parking_lot::Mutex;
@@ -265,5 +267,27 @@ impl Pool {
 
     pub fn index_of(&self, id: &str) -> Option<usize> {
         self.backends.iter().position(|b| b.id == id)
+    }
+}
+
+#[cfg(test)]
+impl Pool {
+    /// A pool of backends `b0`, `b1`, ... with these weights, for tests.
+    pub(crate) fn for_test(extra: &str, weights: &[u32]) -> Pool {
+        let text = format!(
+            "[[pool]]\nname = \"p\"\n{extra}\n{}",
+            weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| format!(
+                    "[[pool.backend]]\nid = \"b{i}\"\naddress = \"127.0.0.1:{}\"\nweight = {w}\n",
+                    1000 + i
+                ))
+                .collect::<String>()
+        );
+        let cfg: limpet_config::ProxyConfig =
+            limpet_config::parse_str(&text, std::path::Path::new("t.toml"))
+                .expect("a valid test pool");
+        Pool::new(cfg.pools[0].clone(), None).expect("a test pool builds")
     }
 }

@@ -1,0 +1,223 @@
+//! Choosing a backend: the one place that decides where a request goes.
+//!
+//! The request path asks twice: [`Wish::read`] once per request (what the
+//! cookie, the hash key or nothing says; the cookie is opened once), then
+//! [`select`] once per attempt with the backends already tried. The answer
+//! is the backend and what to tell the client (a fresh `Set-Cookie` when
+//! the client was pinned anew), or why there is none.
+//!
+//! The pool's `affinity` picks the strategy, a plain enum like sozu's
+//! `LoadBalancingAlgorithm` rather than a trait:
+//! * cookie ([`cookie`]): a valid cookie naming a backend that can take a
+//!   pinned client wins (a drained one still can); otherwise the balancer
+//!   picks and the client gets a new cookie, as rust-rpxy does;
+//! * ip, header, query ([`hash`]): weighted rendezvous over the backends
+//!   that may take new sessions; no key (header or query missing) falls
+//!   back to the balancer;
+//! * none: the balancer ([`balancer`]).
+//!
+//! [`pool`] holds the backends and their health, and the state these
+//! strategies keep between requests.
+
+pub mod balancer;
+pub mod cookie;
+pub mod hash;
+pub mod pool;
+
+pub use pool::{ActiveGuard, AdminState, Backend, Pool};
+
+use http::header::{HeaderMap, COOKIE};
+use http::Uri;
+use limpet_config::Affinity;
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// How the backend was chosen, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Valid cookie, pinned backend available.
+    Hit,
+    /// No cookie: new session.
+    New,
+    /// Cookie forged, stale or naming an unknown backend.
+    Invalid,
+    /// Pinned backend down or unreachable: re-pinned.
+    Down,
+    /// Consistent hash on address, header or query.
+    Hashed,
+    /// No affinity (or no key to hash): balancer.
+    Balanced,
+}
+
+impl Outcome {
+    /// Label of `limpet_proxy_affinity_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::New => "new",
+            Outcome::Invalid => "invalid",
+            Outcome::Down => "down",
+            Outcome::Hashed => "hashed",
+            Outcome::Balanced => "balanced",
+        }
+    }
+}
+
+/// The backend for one attempt, and what the client is told about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// Index into `Pool::backends`.
+    pub index: usize,
+    pub outcome: Outcome,
+    /// `Set-Cookie` value to send with the response.
+    pub set_cookie: Option<String>,
+}
+
+/// What a sticky cookie said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pinned {
+    /// No cookie: a new session.
+    Absent,
+    /// Forged, sealed under another key, or naming a backend this pool
+    /// no longer has.
+    Unreadable,
+    /// The backend it names (index into `Pool::backends`).
+    Backend(usize),
+}
+
+/// What a request says about where it wants to go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wish {
+    /// `affinity = "cookie"`.
+    Cookie(Pinned),
+    /// Hashed affinity, with the key the request carried.
+    Key(Vec<u8>),
+    /// No affinity, or hashed affinity without a key.
+    Any,
+}
+
+impl Wish {
+    /// Reads the pool's affinity key from a request; `client` is the
+    /// address `headers::client_ip` believes.
+    pub fn read(pool: &Pool, headers: &HeaderMap, uri: &Uri, client: IpAddr) -> Wish {
+        let cfg = &pool.config;
+        let key = |k: Option<Vec<u8>>| k.map_or(Wish::Any, Wish::Key);
+        match cfg.affinity {
+            Affinity::Cookie => {
+                let cookies = headers
+                    .get_all(COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok());
+                Wish::Cookie(match cookie::find_cookie(cookies, &cfg.cookie.name) {
+                    None => Pinned::Absent,
+                    Some(value) => pool
+                        .sealer
+                        .open(value)
+                        .and_then(|id| pool.index_of(&id))
+                        .map_or(Pinned::Unreadable, Pinned::Backend),
+                })
+            }
+            Affinity::IpHash => Wish::Key(match client {
+                IpAddr::V4(v4) => v4.octets().to_vec(),
+                IpAddr::V6(v6) => v6.octets().to_vec(),
+            }),
+            Affinity::Header => {
+                let name = cfg.affinity_key.as_deref().unwrap_or_default();
+                key(headers
+                    .get(name)
+                    .map(|v| v.as_bytes().to_vec())
+                    .filter(|v| !v.is_empty()))
+            }
+            Affinity::Query => {
+                let name = cfg.affinity_key.as_deref().unwrap_or_default();
+                key(hash::query_param(uri.query(), name).map(|v| v.as_bytes().to_vec()))
+            }
+            Affinity::None => Wish::Any,
+        }
+    }
+}
+
+/// Why no backend could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoBackend {
+    /// Every candidate was tried for this request and failed.
+    Unreachable,
+    /// Some are up and ready but at `max_connections_per_backend`.
+    AllFull,
+    /// None is up (health checks, passive failures, drain or maint).
+    NoneUp,
+}
+
+/// The backend for the next attempt of a request, never one in `tried`.
+pub fn select(pool: &Pool, wish: &Wish, tried: &[usize]) -> Result<Choice, NoBackend> {
+    let now = Instant::now();
+    let candidates = balancer::candidates(pool, tried, now);
+    let chosen = match wish {
+        Wish::Key(key) => {
+            let ranked = candidates
+                .iter()
+                .map(|&i| (i, pool.backends[i].id.as_str(), pool.backends[i].weight));
+            hash::rendezvous(pool.config.hash_seed, key, ranked).map(|index| Choice {
+                index,
+                outcome: Outcome::Hashed,
+                set_cookie: None,
+            })
+        }
+        Wish::Cookie(pinned) => pick_pinned(pool, *pinned, tried, &candidates, now),
+        Wish::Any => balancer::pick(pool, &candidates).map(|index| Choice {
+            index,
+            outcome: Outcome::Balanced,
+            set_cookie: None,
+        }),
+    };
+    chosen.ok_or_else(|| why_none(pool, tried, now))
+}
+
+/// Cookie affinity: the pinned backend if it can take the client, else
+/// the balancer's pick and a fresh cookie naming it.
+fn pick_pinned(
+    pool: &Pool,
+    pinned: Pinned,
+    tried: &[usize],
+    candidates: &[usize],
+    now: Instant,
+) -> Option<Choice> {
+    let max = pool.config.max_connections_per_backend;
+    let outcome = match pinned {
+        Pinned::Backend(i) if !tried.contains(&i) && pool.backends[i].takes_pinned(now, max) => {
+            return Some(Choice {
+                index: i,
+                outcome: Outcome::Hit,
+                set_cookie: None,
+            })
+        }
+        Pinned::Backend(_) => Outcome::Down,
+        Pinned::Unreadable => Outcome::Invalid,
+        Pinned::Absent => Outcome::New,
+    };
+    let index = balancer::pick(pool, candidates)?;
+    let sealed = pool.sealer.seal(&pool.backends[index].id);
+    Some(Choice {
+        index,
+        outcome,
+        set_cookie: Some(cookie::set_cookie(&pool.config.cookie, &sealed)),
+    })
+}
+
+fn why_none(pool: &Pool, tried: &[usize], now: Instant) -> NoBackend {
+    if !tried.is_empty() {
+        return NoBackend::Unreachable;
+    }
+    let max = pool.config.max_connections_per_backend;
+    let full = pool.backends.iter().any(|b| {
+        b.is_available(now) && b.admin_state() == AdminState::Ready && !b.takes_new(now, max)
+    });
+    if full {
+        NoBackend::AllFull
+    } else {
+        NoBackend::NoneUp
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -65,10 +65,8 @@ impl Router {
 /// The host part of a Host header (`example.com:8080` → `example.com`).
 pub fn host_only(host: &str) -> &str {
     if host.starts_with('[') {
-        return host
-            .split(']')
-            .next()
-            .map_or(host, |h| &host[..h.len() + 1]);
+        // No closing bracket: not an IPv6 literal, so no port to cut.
+        return host.find(']').map_or(host, |end| &host[..=end]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -102,5 +100,17 @@ mod tests {
         assert_eq!(host_only("example.com:8080"), "example.com");
         assert_eq!(host_only("[::1]:8080"), "[::1]");
         assert_eq!(host_only("example.com"), "example.com");
+    }
+
+    /// Found by the fuzz target `proxy_head` (its input's Host is the
+    /// first case): a Host starting with `[` and no closing bracket sliced
+    /// past its end and panicked the task serving the request.
+    #[test]
+    fn host_with_an_unclosed_bracket_does_not_panic() {
+        assert_eq!(host_only("[:yyyy&y 1"), "[:yyyy&y 1");
+        assert_eq!(host_only("["), "[");
+        assert_eq!(host_only("[::1"), "[::1");
+        assert_eq!(host_only("[::1]"), "[::1]");
+        assert_eq!(host_only("[]:80"), "[]");
     }
 }

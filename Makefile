@@ -48,3 +48,9 @@ bench-deps: test-deps
 # PUBLISH throughput, limpet-broker vs redis-server, back to back.
 bench-broker: release test-deps
 	@./bench/broker_publish.sh
+
+# Every fuzz target in fuzz/ for FUZZ_SECONDS each (nightly; installs cargo-fuzz when missing).
+.PHONY: fuzz
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) ./fuzz/run.sh

@@ -187,6 +187,9 @@ pub fn add_forwarded(
     }
     let xfh = HeaderName::from_static("x-forwarded-host");
     if !(peer_trusted && headers.contains_key(&xfh)) {
+        // An HTTP/1.0 request may have no Host to put in its place; the
+        // untrusted claim goes all the same.
+        headers.remove(&xfh);
         if let Some(host) = headers.get(HOST).cloned() {
             headers.insert(xfh, host);
         }
@@ -357,6 +360,20 @@ mod tests {
         assert_eq!(h.get("x-forwarded-for").unwrap(), "6.6.6.6, 10.0.0.2");
         assert_eq!(h.get("x-real-ip").unwrap(), "10.0.0.2");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    /// Found by the fuzz target `proxy_head`: an HTTP/1.0 request (no
+    /// Host) from an untrusted client kept its own X-Forwarded-Host on
+    /// the way to the backend.
+    #[test]
+    fn untrusted_x_forwarded_host_goes_without_a_host() {
+        let peer: IpAddr = "198.51.100.7".parse().unwrap();
+        let mut h = map(&[("x-forwarded-host", "evil.example")]);
+        add_forwarded(&mut h, peer, peer, "http", false);
+        assert_eq!(h.get("x-forwarded-host"), None);
+        let mut h = map(&[("x-forwarded-host", "lb.example")]);
+        add_forwarded(&mut h, peer, peer, "http", true);
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "lb.example");
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //! every receiver. Queuing never blocks: each receiver's queue is bounded
 //! by its output limit instead (see [`crate::client::ClientHandle::deliver`]).
 //!
+//! Matching a publish against every pattern is the one step whose cost a
+//! client can raise (many patterns, long channels); when it is large it
+//! runs under `block_in_place`, so connections sharing the worker thread
+//! are moved elsewhere instead of waiting.
+//!
 //! Ordering: a publisher queues while it holds the map's read lock, and a
 //! subscriber changes its subscriptions under the write lock, so every
 //! message for a channel queued before an `UNSUBSCRIBE` is already in the
@@ -26,6 +31,17 @@ use parking_lot::RwLock;
 use std::sync::Arc;
 
 type Subscribers = AHashMap<u64, Arc<ClientHandle>>;
+
+/// Patterns × channel bytes above which a publish's pattern matching is
+/// run with `block_in_place` (about a millisecond of matching): many
+/// patterns and a long channel must not hold a runtime worker, and the
+/// connections queued on it, for that long.
+const HEAVY_MATCH_WORK: usize = 1 << 20;
+
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
 
 struct PatternEntry {
     glob: Glob,
@@ -178,14 +194,24 @@ impl Registry {
         }
         if space == Space::Global {
             let patterns = self.patterns.read();
-            for (pattern, entry) in patterns.iter() {
-                if entry.glob.matches(channel) {
-                    Encoded::new(b"pmessage", Some(pattern), channel, payload).send_all(
-                        &entry.subscribers,
-                        policy,
-                        &mut done,
-                    );
+            let mut match_all = || {
+                for (pattern, entry) in patterns.iter() {
+                    if entry.glob.matches(channel) {
+                        Encoded::new(b"pmessage", Some(pattern), channel, payload).send_all(
+                            &entry.subscribers,
+                            policy,
+                            &mut done,
+                        );
+                    }
                 }
+            };
+            let work = patterns.len().saturating_mul(channel.len() + 64);
+            if work > HEAVY_MATCH_WORK && on_multi_thread_runtime() {
+                // Long matching: the runtime moves this worker's other
+                // connections to another thread meanwhile.
+                tokio::task::block_in_place(match_all);
+            } else {
+                match_all();
             }
         }
         done

@@ -56,6 +56,30 @@ async fn one_pattern_and_one_publish_cannot_freeze_the_broker() {
         assert_eq!(p.frame().await, b":0\r\n");
     }
     b.proc.assert_alive();
+
+    // The worst that fits the default limits: 1,000 patterns of 256 bytes
+    // with a long `?` run (matched bit-parallel, off the async workers)
+    // against 4 KB channels, in pipelined publishes.
+    let b = BrokerProcess::start(PORT_ZERO);
+    let mut attacker = Client::connect(b.addr).await;
+    for i in 0..1000 {
+        let tail = format!("{i}b*");
+        let p = format!("*{}{tail}", "?".repeat(255 - tail.len()));
+        attacker.cmd(&["PSUBSCRIBE", &p]).await;
+    }
+    attacker.frames(1000).await;
+    let channel = "a".repeat(4096);
+    let mut publishers = Vec::new();
+    for _ in 0..2 {
+        let mut p = Client::connect(b.addr).await;
+        let one = encode(&["PUBLISH", &channel, "x"]);
+        p.send(&one.repeat(2)).await;
+        publishers.push(p);
+    }
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    for p in &mut publishers {
+        assert_eq!(p.frames(2).await, b":0\r\n:0\r\n");
+    }
 }
 
 /// One client asking for 200,000 patterns made every PUBLISH match all of

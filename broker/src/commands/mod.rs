@@ -7,6 +7,7 @@
 //! [`connection`] (PING, AUTH, HELLO, CLIENT ...), [`pubsub`] (SUBSCRIBE,
 //! PUBLISH, PUBSUB ...) and [`introspection`] (INFO, COMMAND, CONFIG).
 
+mod auth;
 mod connection;
 mod introspection;
 mod pubsub;

@@ -1,357 +1,428 @@
-//! The request path: route, pick a backend (affinity first, then the
-//! balancer), forward, relay the answer, and on `101` hand both sockets to
-//! the tunnel.
+//! The request path: route, ask `select` for a backend, send, relay the
+//! answer, and on `101` hand both sockets to the tunnel.
 //!
 //! Failures are attributed to whoever caused them. A backend that refuses
 //! the connection, or whose connection dies before any response byte, is
 //! skipped and another tried (when the request was never written, or is
 //! idempotent without a body); the client is then re-pinned with a fresh
 //! cookie. A client that breaks its own upload gets 400/408 and the
-//! backend is not blamed for it (see `client_body`).
+//! backend is not blamed for it (see `client_body`). Whatever gives up
+//! returns a [`ForwardError`]; [`fail`] counts it and answers.
 
-use crate::client_body::{ClientBody, ClientFault};
+use crate::client_body::{BodyState, ClientBody};
+use crate::error::ForwardError;
 use crate::headers::{self, client_ip};
 use crate::metrics::class;
 use crate::relay;
-use crate::select::{self, ActiveGuard, Backend, Choice, NoBackend, Pool, Wish};
-use crate::server::Proxy;
+use crate::router::{host_only, Route};
+use crate::select::{self, ActiveGuard, Backend, Choice, Pool, Wish};
+use crate::server::{Proxy, Routing};
 use crate::tunnel;
-use crate::upstream::{self, Body, SendError};
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, HOST, SET_COOKIE};
+use crate::upstream::{self, Body, Conn, SendError};
+use http::header::{HeaderMap, HeaderName, HeaderValue, HOST, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use limpet_config::ProxyConfig;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
-
-pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from(format!("{text}\n")))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
+use std::time::{Duration, Instant};
 
 /// Serves one client request.
 pub async fn handle(
     proxy: Arc<Proxy>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     peer: SocketAddr,
     scheme: &'static str,
 ) -> Response<Body> {
     if let Some(problem) = headers::host_problem(req.version(), req.headers()) {
-        proxy
-            .metrics
-            .bad_requests
-            .with_label_values(&[problem])
-            .inc();
-        proxy
-            .metrics
-            .requests
-            .with_label_values(&["", "", "4xx"])
-            .inc();
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "400 bad request: an HTTP/1.1 request needs exactly one Host header",
-        );
+        return fail(&proxy, ["", ""], ForwardError::BadHost(problem));
     }
+    // This request keeps the routing generation it started with.
+    let routing = proxy.routing();
     let host = req
         .headers()
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .or(req.uri().host())
-        .map(crate::router::host_only)
-        .map(str::to_string);
-    // This request keeps the routing generation it started with.
-    let routing = proxy.routing();
-    let Some(route) = routing.router.route(host.as_deref(), req.uri().path()) else {
-        proxy
-            .metrics
-            .requests
-            .with_label_values(&["", "", "4xx"])
-            .inc();
-        return plain(
-            StatusCode::NOT_FOUND,
-            "404 not found: no route for this request",
-        );
+        .map(host_only);
+    let Some(route) = routing.router.route(host, req.uri().path()) else {
+        return fail(&proxy, ["", ""], ForwardError::NoRoute);
     };
     let pool = routing.pools[route.pool].clone();
-    let cfg = &routing.config;
-    let trusted = &cfg.trusted_proxies;
-    let peer_ip = headers::canonical(peer.ip());
-    let peer_trusted = trusted.iter().any(|c| c.contains(peer_ip));
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let client = client_ip(
-        peer,
-        req.headers()
-            .get_all(&xff)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-        trusted,
-    );
-    let upgrade_to = headers::allowed_upgrade(req.headers(), &route.upgrades);
-    if upgrade_to.is_none() && headers::is_upgrade(req.headers()) {
-        // Goes on as a plain request, its upgrade headers removed.
-        proxy.metrics.upgrades_refused.inc();
+    let outgoing = Outgoing::new(&proxy, &routing, &pool, route, req, peer, scheme);
+    forward(&proxy, &routing.config, &pool, outgoing).await
+}
+
+/// Counts a failure and answers it. Every request the proxy answers
+/// itself goes through here.
+fn fail(proxy: &Proxy, labels: [&str; 2], error: ForwardError) -> Response<Body> {
+    let metrics = &proxy.metrics;
+    match error {
+        ForwardError::BadHost(problem) => metrics.bad_requests.with_label_values(&[problem]).inc(),
+        ForwardError::AllFull => metrics
+            .limit_rejections
+            .with_label_values(&["max_connections_per_backend"])
+            .inc(),
+        ForwardError::ClientBody(fault) => metrics
+            .client_body_errors
+            .with_label_values(&[fault.label()])
+            .inc(),
+        _ => {}
     }
-    let upgrade = upgrade_to.is_some();
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // A 101 nobody asked for was counted when it arrived.
+    if error != ForwardError::SwitchedUnasked {
+        let status = class(error.status().as_u16());
+        metrics
+            .requests
+            .with_label_values(&[labels[0], labels[1], status])
+            .inc();
+    }
+    error.response()
+}
 
-    let (parts, body) = req.into_parts();
-    let mut up_headers = parts.headers.clone();
-    headers::strip_hop_by_hop(&mut up_headers, upgrade_to);
-    headers::add_forwarded(&mut up_headers, peer_ip, client, scheme, peer_trusted);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let (body, body_state) = ClientBody::new(body, cfg.timeouts.client_body.get());
-    // Without a body, an idempotent request can be sent again after a
-    // connection dies under it: it cannot have changed anything.
-    let replayable = body_state.is_done() && is_idempotent(&parts.method);
-    let mut body: Option<Body> = Some(body.boxed());
-    let wish = Wish::read(&pool, &parts.headers, &parts.uri, client);
+/// A client request made ready for the backends.
+struct Outgoing {
+    method: Method,
+    path: String,
+    /// Rewritten for the backend (hop-by-hop out, forwarding headers in).
+    headers: HeaderMap,
+    /// The client's body, until the first attempt takes it.
+    body: Option<Body>,
+    body_state: Arc<BodyState>,
+    /// Without a body, an idempotent request can be sent again after a
+    /// connection dies under it: it cannot have changed anything.
+    replayable: bool,
+    client: IpAddr,
+    /// The client's side of an upgrade the route allows.
+    upgrade: Option<OnUpgrade>,
+    wish: Wish,
+}
 
+impl Outgoing {
+    fn new(
+        proxy: &Proxy,
+        routing: &Routing,
+        pool: &Pool,
+        route: &Route,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: &'static str,
+    ) -> Outgoing {
+        let cfg = &routing.config;
+        let trusted = &cfg.trusted_proxies;
+        let peer_ip = headers::canonical(peer.ip());
+        let peer_trusted = trusted.iter().any(|c| c.contains(peer_ip));
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let client = client_ip(
+            peer,
+            req.headers()
+                .get_all(&xff)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            trusted,
+        );
+        let upgrade_to = headers::allowed_upgrade(req.headers(), &route.upgrades);
+        if upgrade_to.is_none() && headers::is_upgrade(req.headers()) {
+            // Goes on as a plain request, its upgrade headers removed.
+            proxy.metrics.upgrades_refused.inc();
+        }
+        let upgrade = upgrade_to.is_some().then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let mut up_headers = parts.headers.clone();
+        headers::strip_hop_by_hop(&mut up_headers, upgrade_to);
+        headers::add_forwarded(&mut up_headers, peer_ip, client, scheme, peer_trusted);
+        let (body, body_state) = ClientBody::new(body, cfg.timeouts.client_body.get());
+        Outgoing {
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            headers: up_headers,
+            body: Some(body.boxed()),
+            replayable: body_state.is_done() && is_idempotent(&parts.method),
+            body_state,
+            client,
+            upgrade,
+            wish: Wish::read(pool, &parts.headers, &parts.uri, client),
+            method: parts.method,
+        }
+    }
+
+    /// The request for the backend: the client's body the first time, an
+    /// empty one after that (only a replayable request is sent again).
+    fn request(&mut self) -> Request<Body> {
+        let body = self.body.take().unwrap_or_else(empty_body);
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// What to do after a send that got no response head.
+enum Next {
+    /// A pooled connection failed: the same backend once more, fresh.
+    Again,
+    /// Another backend.
+    Another,
+    Fail(ForwardError),
+}
+
+/// Tries backends until one answers or none is left.
+async fn forward(
+    proxy: &Arc<Proxy>,
+    cfg: &ProxyConfig,
+    pool: &Arc<Pool>,
+    mut out: Outgoing,
+) -> Response<Body> {
     let mut tried: Vec<usize> = Vec::new();
     // A request hyper handed back unwritten, for the next attempt.
     let mut unsent: Option<Request<Body>> = None;
-    // A pooled connection failed: the same backend once more, fresh.
     let mut again: Option<Choice> = None;
     loop {
         let fresh = again.is_some();
         let choice = match again.take() {
             Some(choice) => choice,
-            None => match select::select(&pool, &wish, &tried) {
+            None => match select::select(pool, &out.wish, &tried) {
                 Ok(choice) => choice,
-                Err(none) => {
-                    proxy
-                        .metrics
-                        .requests
-                        .with_label_values(&[pool.name(), "", "5xx"])
-                        .inc();
-                    return match none {
-                        NoBackend::Unreachable => plain(
-                            StatusCode::BAD_GATEWAY,
-                            "502 bad gateway: no backend could be reached",
-                        ),
-                        NoBackend::AllFull => {
-                            proxy
-                                .metrics
-                                .limit_rejections
-                                .with_label_values(&["max_connections_per_backend"])
-                                .inc();
-                            plain(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "503 service unavailable: every backend is at its connection limit",
-                            )
-                        }
-                        NoBackend::NoneUp => plain(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "503 service unavailable: no backend is up",
-                        ),
-                    };
-                }
+                Err(none) => return fail(proxy, [pool.name(), ""], none.into()),
             },
         };
         let backend = pool.backends[choice.index].clone();
-        let target = upstream::Target {
-            address: &backend.address,
-            tls: pool.upstream_tls.as_deref(),
-            connect_timeout: cfg.timeouts.connect.get(),
-        };
-        let conn = match upstream::obtain(
-            &backend.idle,
-            target,
-            upgrade || fresh,
-            cfg.timeouts.upstream_idle.get(),
-        )
-        .await
-        {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(pool = %pool.name(), backend = %backend.id, "{e}; trying another backend");
-                proxy
-                    .metrics
-                    .connect_errors
-                    .with_label_values(&[pool.name(), &backend.id])
-                    .inc();
-                if backend.record_failure(&pool.config, Instant::now()) {
-                    tracing::warn!(pool = %pool.name(), backend = %backend.id, "backend taken out for {} after failures", pool.config.passive.fail_timeout);
-                }
-                tried.push(choice.index);
-                continue;
-            }
+        let Some(conn) = connect(proxy, cfg, pool, &backend, out.upgrade.is_some() || fresh).await
+        else {
+            tried.push(choice.index);
+            continue;
         };
         let pooled = conn.pooled;
-        // The first attempt takes the client's body; a retry gets the
-        // request hyper handed back, or (replayable) an empty body again.
-        let up_req = match unsent.take() {
-            Some(req) => req,
-            None => {
-                let body = body.take().unwrap_or_else(empty_body);
-                let mut up_req = Request::new(body);
-                *up_req.method_mut() = parts.method.clone();
-                *up_req.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
-                *up_req.version_mut() = Version::HTTP_11;
-                *up_req.headers_mut() = up_headers.clone();
-                up_req
-            }
-        };
+        let up_req = unsent.take().unwrap_or_else(|| out.request());
         let guard = ActiveGuard::new(backend.clone());
         let started = Instant::now();
-        let sent = upstream::send(
-            conn,
-            up_req,
-            cfg.timeouts.response.get(),
-            body_state.wait_done(),
-        )
-        .await;
-        let labels = [pool.name(), backend.id.as_str()];
-        let (mut resp, sender) = match sent {
-            Ok(ok) => ok,
-            Err(failed) => {
-                let error = failed.error;
-                if let Some(fault) = body_state.fault() {
-                    // The client broke its own request: not the backend's failure.
-                    return client_fault(&proxy, &pool, &backend, client, fault);
-                }
-                let timed_out = matches!(error, SendError::Timeout(_));
-                let retry = !timed_out && (failed.unsent.is_some() || replayable);
-                if retry {
-                    tracing::info!(pool = %pool.name(), backend = %backend.id, %client, pooled, "{error}; sending the request again");
-                    proxy.metrics.retries.with_label_values(&labels).inc();
-                    unsent = failed.unsent;
-                    if pooled {
-                        // Likely the keep-alive race: try the same backend
-                        // on a new connection before blaming it.
-                        again = Some(choice);
-                        continue;
-                    }
-                }
-                // Only the backend's own failures count: no head in time
-                // after the upload, or a fresh connection lost once the
-                // whole request was sent (a pooled one may have lost the
-                // keep-alive race; a dead backend fails its next connect).
-                if timed_out || (body_state.is_done() && !pooled) {
-                    backend.record_failure(&pool.config, Instant::now());
-                }
-                if retry {
-                    tried.push(choice.index);
-                    continue;
-                }
-                tracing::warn!(pool = %pool.name(), backend = %backend.id, %client, "upstream request failed: {error}");
-                proxy
-                    .metrics
-                    .requests
-                    .with_label_values(&[labels[0], labels[1], "5xx"])
-                    .inc();
-                return match error {
-                    SendError::Timeout(_) => plain(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "504 gateway timeout: the backend did not answer in time",
-                    ),
-                    SendError::Hyper(_) => plain(
-                        StatusCode::BAD_GATEWAY,
-                        "502 bad gateway: the backend connection failed",
-                    ),
-                };
-            }
-        };
-        proxy
-            .metrics
-            .affinity
-            .with_label_values(&[pool.name(), choice.outcome.label()])
-            .inc();
-        proxy
-            .metrics
-            .response_seconds
-            .with_label_values(&labels)
-            .observe(started.elapsed().as_secs_f64());
-        let status = resp.status();
-        if !status.is_server_error() {
-            backend.record_success();
-        } else if pool.config.passive.fail_on_5xx {
-            backend.record_failure(&pool.config, Instant::now());
-        }
-        proxy
-            .metrics
-            .requests
-            .with_label_values(&[labels[0], labels[1], class(status.as_u16())])
-            .inc();
-        backend
-            .requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-
-        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-        if switching && !upgrade {
-            // Switching protocols nobody asked for: the connection's state
-            // is unknown, so it is neither relayed nor reused.
-            tracing::warn!(pool = %pool.name(), backend = %backend.id, %client, "101 to a request without an allowed upgrade");
-            return plain(
-                StatusCode::BAD_GATEWAY,
-                "502 bad gateway: the backend switched protocols unasked",
-            );
-        }
-        let keep_upgrade = switching
-            .then(|| resp.headers().get(http::header::UPGRADE).cloned())
-            .flatten();
-        headers::strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
-        if let Some(cookie) = &choice.set_cookie {
-            if let Ok(v) = HeaderValue::from_str(cookie) {
-                resp.headers_mut().append(SET_COOKIE, v);
-            }
-        }
-        if pool.config.backend_header {
-            if let Ok(v) = HeaderValue::from_str(&backend.id) {
-                resp.headers_mut()
-                    .insert(HeaderName::from_static("x-limpet-backend"), v);
-            }
-        }
-        if switching {
-            if let Some(client_upgrade) = client_upgrade {
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                proxy.metrics.upgrades.with_label_values(&labels).inc();
-                tokio::spawn(run_tunnel(
-                    proxy.clone(),
-                    pool.clone(),
-                    backend.clone(),
-                    client,
-                    guard.into_tunnel(),
-                    cfg.timeouts.tunnel_idle.get(),
-                    client_upgrade,
-                    upstream_upgrade,
+        let response_timeout = cfg.timeouts.response.get();
+        let sent = upstream::send(conn, up_req, response_timeout, out.body_state.wait_done()).await;
+        let failed = match sent {
+            Ok((resp, sender)) => {
+                let answer = Answer {
+                    choice,
+                    backend,
+                    guard,
+                    started,
+                    resp,
                     sender,
-                ));
-                let (parts, _) = resp.into_parts();
-                return Response::from_parts(
-                    parts,
-                    http_body_util::Empty::new()
-                        .map_err(|never| match never {})
-                        .boxed(),
-                );
+                };
+                return respond(proxy, cfg, pool, &mut out, answer);
             }
+            Err(failed) => failed,
+        };
+        let labels = [pool.name(), backend.id.as_str()];
+        match after_failure(
+            proxy,
+            pool,
+            &backend,
+            &out,
+            &failed.error,
+            failed.unsent.is_some(),
+            pooled,
+        ) {
+            Next::Again => {
+                unsent = failed.unsent;
+                again = Some(choice);
+            }
+            Next::Another => {
+                unsent = failed.unsent;
+                tried.push(choice.index);
+            }
+            Next::Fail(error) => return fail(proxy, labels, error),
+        }
+    }
+}
+
+/// A connection to `backend`, or `None` after counting the failure
+/// against it (the caller tries another).
+async fn connect(
+    proxy: &Proxy,
+    cfg: &ProxyConfig,
+    pool: &Pool,
+    backend: &Backend,
+    fresh: bool,
+) -> Option<Conn> {
+    let target = upstream::Target {
+        address: &backend.address,
+        tls: pool.upstream_tls.as_deref(),
+        connect_timeout: cfg.timeouts.connect.get(),
+    };
+    let idle = cfg.timeouts.upstream_idle.get();
+    match upstream::obtain(&backend.idle, target, fresh, idle).await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            tracing::warn!(pool = %pool.name(), backend = %backend.id, "{e}; trying another backend");
+            proxy
+                .metrics
+                .connect_errors
+                .with_label_values(&[pool.name(), &backend.id])
+                .inc();
+            if backend.record_failure(&pool.config, Instant::now()) {
+                tracing::warn!(pool = %pool.name(), backend = %backend.id, "backend taken out for {} after failures", pool.config.passive.fail_timeout);
+            }
+            None
+        }
+    }
+}
+
+/// Decides who broke a send that got no response head, and what next.
+fn after_failure(
+    proxy: &Proxy,
+    pool: &Pool,
+    backend: &Backend,
+    out: &Outgoing,
+    error: &SendError,
+    unsent: bool,
+    pooled: bool,
+) -> Next {
+    let client = out.client;
+    if let Some(fault) = out.body_state.fault() {
+        // The client broke its own request: not the backend's failure.
+        tracing::info!(pool = %pool.name(), backend = %backend.id, %client, "{fault}");
+        return Next::Fail(fault.into());
+    }
+    let timed_out = matches!(error, SendError::Timeout(_));
+    let retry = !timed_out && (unsent || out.replayable);
+    if retry {
+        tracing::info!(pool = %pool.name(), backend = %backend.id, %client, pooled, "{error}; sending the request again");
+        proxy
+            .metrics
+            .retries
+            .with_label_values(&[pool.name(), backend.id.as_str()])
+            .inc();
+        if pooled {
+            // Likely the keep-alive race: try the same backend on a new
+            // connection before blaming it.
+            return Next::Again;
+        }
+    }
+    // Only the backend's own failures count: no head in time after the
+    // upload, or a fresh connection lost once the whole request was sent
+    // (a pooled one may have lost the keep-alive race; a dead backend
+    // fails its next connect).
+    if timed_out || (out.body_state.is_done() && !pooled) {
+        backend.record_failure(&pool.config, Instant::now());
+    }
+    if retry {
+        return Next::Another;
+    }
+    tracing::warn!(pool = %pool.name(), backend = %backend.id, %client, "upstream request failed: {error}");
+    Next::Fail(error.into())
+}
+
+/// A backend's response head, and what came with it.
+struct Answer {
+    choice: Choice,
+    backend: Arc<Backend>,
+    guard: ActiveGuard,
+    started: Instant,
+    resp: Response<Incoming>,
+    sender: SendRequest<Body>,
+}
+
+/// Counts the answer, judges the backend by it, and passes it on: its
+/// body relayed, or on `101` both connections handed to a tunnel.
+fn respond(
+    proxy: &Arc<Proxy>,
+    cfg: &ProxyConfig,
+    pool: &Arc<Pool>,
+    out: &mut Outgoing,
+    answer: Answer,
+) -> Response<Body> {
+    let Answer {
+        choice,
+        backend,
+        guard,
+        started,
+        mut resp,
+        sender,
+    } = answer;
+    let client = out.client;
+    let labels = [pool.name(), backend.id.as_str()];
+    let metrics = &proxy.metrics;
+    metrics
+        .affinity
+        .with_label_values(&[pool.name(), choice.outcome.label()])
+        .inc();
+    metrics
+        .response_seconds
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    let status = resp.status();
+    if !status.is_server_error() {
+        backend.record_success();
+    } else if pool.config.passive.fail_on_5xx {
+        backend.record_failure(&pool.config, Instant::now());
+    }
+    metrics
+        .requests
+        .with_label_values(&[labels[0], labels[1], class(status.as_u16())])
+        .inc();
+    backend
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let client_upgrade = out.upgrade.take();
+    if switching && client_upgrade.is_none() {
+        tracing::warn!(pool = %pool.name(), backend = %backend.id, %client, "101 to a request without an allowed upgrade");
+        return fail(proxy, labels, ForwardError::SwitchedUnasked);
+    }
+    let keep_upgrade = switching
+        .then(|| resp.headers().get(http::header::UPGRADE).cloned())
+        .flatten();
+    headers::strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
+    if let Some(cookie) = &choice.set_cookie {
+        if let Ok(v) = HeaderValue::from_str(cookie) {
+            resp.headers_mut().append(SET_COOKIE, v);
+        }
+    }
+    if pool.config.backend_header {
+        if let Ok(v) = HeaderValue::from_str(&backend.id) {
+            resp.headers_mut()
+                .insert(HeaderName::from_static("x-limpet-backend"), v);
+        }
+    }
+    match client_upgrade {
+        Some(client_upgrade) if switching => {
+            metrics.upgrades.with_label_values(&labels).inc();
+            let tunnel = Tunnel {
+                pool: pool.clone(),
+                client,
+                guard: guard.into_tunnel(),
+                idle: cfg.timeouts.tunnel_idle.get(),
+                client_upgrade,
+                upstream_upgrade: hyper::upgrade::on(&mut resp),
+                sender,
+                backend,
+            };
+            tokio::spawn(run_tunnel(proxy.clone(), tunnel));
+            let (parts, _) = resp.into_parts();
+            Response::from_parts(parts, empty_body())
         }
         // A non-101 answer to an upgrade request is relayed as is; that
         // connection is not reused, since it was asked to switch protocols.
-        let reuse = (!upgrade).then_some((sender, backend.clone()));
-        let (parts, incoming) = resp.into_parts();
-        let tracked = relay::Tracked {
-            inner: incoming,
-            guard: Some(guard),
-            conn: reuse,
-        };
-        return Response::from_parts(parts, BodyExt::boxed(tracked));
+        upgrade => {
+            let reuse = upgrade.is_none().then_some((sender, backend));
+            let (parts, incoming) = resp.into_parts();
+            let tracked = relay::Tracked {
+                inner: incoming,
+                guard: Some(guard),
+                conn: reuse,
+            };
+            Response::from_parts(parts, BodyExt::boxed(tracked))
+        }
     }
 }
 
@@ -368,50 +439,29 @@ fn empty_body() -> Body {
         .boxed()
 }
 
-/// Answers a request whose client broke its own upload: 408 when it went
-/// quiet, 400 otherwise (the client is usually gone by then).
-fn client_fault(
-    proxy: &Proxy,
-    pool: &Pool,
-    backend: &Backend,
-    client: IpAddr,
-    fault: ClientFault,
-) -> Response<Body> {
-    tracing::info!(pool = %pool.name(), backend = %backend.id, %client, "{fault}");
-    proxy
-        .metrics
-        .client_body_errors
-        .with_label_values(&[fault.label()])
-        .inc();
-    proxy
-        .metrics
-        .requests
-        .with_label_values(&[pool.name(), backend.id.as_str(), "4xx"])
-        .inc();
-    match fault {
-        ClientFault::Timeout => plain(
-            StatusCode::REQUEST_TIMEOUT,
-            "408 request timeout: the request body stopped arriving",
-        ),
-        ClientFault::Aborted | ClientFault::Invalid => plain(
-            StatusCode::BAD_REQUEST,
-            "400 bad request: the request body was cut short or malformed",
-        ),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_tunnel(
-    proxy: Arc<Proxy>,
+/// Both halves of an upgraded exchange, waiting for hyper to let go.
+struct Tunnel {
     pool: Arc<Pool>,
     backend: Arc<Backend>,
     client: IpAddr,
     guard: ActiveGuard,
-    idle: std::time::Duration,
-    client_upgrade: hyper::upgrade::OnUpgrade,
-    upstream_upgrade: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    client_upgrade: OnUpgrade,
+    upstream_upgrade: OnUpgrade,
     sender: SendRequest<Body>,
-) {
+}
+
+async fn run_tunnel(proxy: Arc<Proxy>, t: Tunnel) {
+    let Tunnel {
+        pool,
+        backend,
+        client,
+        guard,
+        idle,
+        client_upgrade,
+        upstream_upgrade,
+        sender,
+    } = t;
     let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
         Ok(pair) => pair,
         Err(e) => {

@@ -8,10 +8,12 @@
 //! broke it); [`relay`] the backend's answer back to the client and its
 //! connection back to the pool; [`proxy_protocol`] PROXY v1/v2 headers; [`upstream`] backend connections and pooling;
 //! [`tls`] rustls certificates (SNI, reload) and upstream TLS; [`tunnel`] upgraded byte copying; [`headers`] forwarding headers and client addresses;
-//! [`metrics`] and [`admin`] the Prometheus endpoint.
+//! [`error`] every forwarding failure and its answer; [`metrics`] and
+//! [`admin`] the Prometheus endpoint.
 
 pub mod admin;
 pub mod client_body;
+pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod health;

@@ -589,7 +589,7 @@ where
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
             let port = https_port.map(|p| format!(":{p}")).unwrap_or_default();
             let location = format!("https://{host}{port}{path}");
-            let mut resp = forward::plain(
+            let mut resp = crate::error::plain(
                 hyper::StatusCode::MOVED_PERMANENTLY,
                 &format!("moved to {location}"),
             );

@@ -1,0 +1,192 @@
+//! Every way forwarding a request can fail, and the answer each one gets.
+//!
+//! The request path returns a [`ForwardError`] wherever it gives up, and
+//! this is the one place that says which status that is and what short
+//! text the client reads (`<code> <reason>: <what happened>`), so the
+//! same failure always looks the same. Who is to blame decides the class:
+//! the client's own mistakes are 4xx, the backends' are 5xx.
+
+use crate::client_body::ClientFault;
+use crate::select::NoBackend;
+use crate::upstream::{Body, SendError};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+/// Why the proxy answers a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// RFC 9112 §3.2; carries the `limpet_proxy_bad_requests_total` label.
+    #[error("an HTTP/1.1 request needs exactly one Host header")]
+    BadHost(&'static str),
+    #[error("no route for this request")]
+    NoRoute,
+    /// Every candidate was tried and failed.
+    #[error("no backend could be reached")]
+    Unreachable,
+    /// Backends are up but at `max_connections_per_backend`.
+    #[error("every backend is at its connection limit")]
+    AllFull,
+    #[error("no backend is up")]
+    NoneUp,
+    /// No response head within `timeouts.response` after the upload.
+    #[error("the backend did not answer in time")]
+    BackendTimeout,
+    /// The connection died before a response head, with no retry left.
+    #[error("the backend connection failed")]
+    BackendFailed,
+    /// A `101` to a request that asked for no allowed upgrade: that
+    /// connection's state is unknown, so it is neither relayed nor reused.
+    #[error("the backend switched protocols unasked")]
+    SwitchedUnasked,
+    /// The client broke its own upload (see `client_body`).
+    #[error("{}", client_body_text(*.0))]
+    ClientBody(ClientFault),
+}
+
+fn client_body_text(fault: ClientFault) -> &'static str {
+    match fault {
+        ClientFault::Timeout => "the request body stopped arriving",
+        ClientFault::Aborted | ClientFault::Invalid => {
+            "the request body was cut short or malformed"
+        }
+    }
+}
+
+impl ForwardError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ForwardError::BadHost(_) => StatusCode::BAD_REQUEST,
+            ForwardError::NoRoute => StatusCode::NOT_FOUND,
+            ForwardError::Unreachable
+            | ForwardError::BackendFailed
+            | ForwardError::SwitchedUnasked => StatusCode::BAD_GATEWAY,
+            ForwardError::AllFull | ForwardError::NoneUp => StatusCode::SERVICE_UNAVAILABLE,
+            ForwardError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ForwardError::ClientBody(ClientFault::Timeout) => StatusCode::REQUEST_TIMEOUT,
+            ForwardError::ClientBody(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The text the client reads, e.g. `504 gateway timeout: the backend
+    /// did not answer in time`.
+    pub fn body(self) -> String {
+        let status = self.status();
+        let reason = status.canonical_reason().unwrap_or_default();
+        format!(
+            "{} {}: {self}",
+            status.as_u16(),
+            reason.to_ascii_lowercase()
+        )
+    }
+
+    pub fn response(self) -> Response<Body> {
+        plain(self.status(), &self.body())
+    }
+}
+
+impl From<NoBackend> for ForwardError {
+    fn from(none: NoBackend) -> ForwardError {
+        match none {
+            NoBackend::Unreachable => ForwardError::Unreachable,
+            NoBackend::AllFull => ForwardError::AllFull,
+            NoBackend::NoneUp => ForwardError::NoneUp,
+        }
+    }
+}
+
+impl From<&SendError> for ForwardError {
+    fn from(e: &SendError) -> ForwardError {
+        match e {
+            SendError::Timeout(_) => ForwardError::BackendTimeout,
+            SendError::Hyper(_) => ForwardError::BackendFailed,
+        }
+    }
+}
+
+impl From<ClientFault> for ForwardError {
+    fn from(fault: ClientFault) -> ForwardError {
+        ForwardError::ClientBody(fault)
+    }
+}
+
+/// A short `text/plain` answer of the proxy's own: these errors, and the
+/// https redirect.
+pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(format!("{text}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact texts clients (and people reading curl output) saw before
+    /// the errors were gathered here.
+    #[test]
+    fn every_failure_keeps_its_status_and_text() {
+        let cases = [
+            (
+                ForwardError::BadHost("missing_host"),
+                "400 bad request: an HTTP/1.1 request needs exactly one Host header",
+            ),
+            (
+                ForwardError::NoRoute,
+                "404 not found: no route for this request",
+            ),
+            (
+                ForwardError::Unreachable,
+                "502 bad gateway: no backend could be reached",
+            ),
+            (
+                ForwardError::AllFull,
+                "503 service unavailable: every backend is at its connection limit",
+            ),
+            (
+                ForwardError::NoneUp,
+                "503 service unavailable: no backend is up",
+            ),
+            (
+                ForwardError::BackendTimeout,
+                "504 gateway timeout: the backend did not answer in time",
+            ),
+            (
+                ForwardError::BackendFailed,
+                "502 bad gateway: the backend connection failed",
+            ),
+            (
+                ForwardError::SwitchedUnasked,
+                "502 bad gateway: the backend switched protocols unasked",
+            ),
+            (
+                ForwardError::ClientBody(ClientFault::Timeout),
+                "408 request timeout: the request body stopped arriving",
+            ),
+            (
+                ForwardError::ClientBody(ClientFault::Aborted),
+                "400 bad request: the request body was cut short or malformed",
+            ),
+            (
+                ForwardError::ClientBody(ClientFault::Invalid),
+                "400 bad request: the request body was cut short or malformed",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.body(), text);
+            assert_eq!(error.status().as_u16().to_string(), text[..3]);
+            let resp = error.response();
+            assert_eq!(resp.status(), error.status());
+            assert_eq!(resp.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
+        }
+    }
+}

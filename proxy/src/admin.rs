@@ -15,8 +15,8 @@
 //! constant time, so response timing does not reveal how much of a guess
 //! was right.
 
+use crate::live::Proxy;
 use crate::select::AdminState;
-use crate::server::Proxy;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::server::conn::http1;

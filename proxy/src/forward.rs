@@ -12,11 +12,11 @@
 use crate::client_body::{BodyState, ClientBody};
 use crate::error::ForwardError;
 use crate::headers::{self, client_ip};
+use crate::live::{Proxy, Routing};
 use crate::metrics::class;
 use crate::relay;
 use crate::router::{host_only, Route};
 use crate::select::{self, ActiveGuard, Backend, Choice, Pool, Wish};
-use crate::server::{Proxy, Routing};
 use crate::tunnel;
 use crate::upstream::{self, Body, Conn, SendError};
 use http::header::{HeaderMap, HeaderName, HeaderValue, HOST, SET_COOKIE};

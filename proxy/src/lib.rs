@@ -1,28 +1,40 @@
 //! limpet-proxy: a sticky HTTP/WebSocket reverse proxy.
 //!
-//! Module map: [`server`] listeners and shared state; [`forward`] the
-//! request path; [`router`] routes to pools; [`select`] picks the backend
-//! (sealed cookies, consistent hashing, balancers) from a pool's backends
-//! and their health state; [`health`]
-//! active checks; [`client_body`] the client's upload (idle timeout, who
-//! broke it); [`relay`] the backend's answer back to the client and its
-//! connection back to the pool; [`proxy_protocol`] PROXY v1/v2 headers; [`upstream`] backend connections and pooling;
-//! [`tls`] rustls certificates (SNI, reload) and upstream TLS; [`tunnel`] upgraded byte copying; [`headers`] forwarding headers and client addresses;
-//! [`error`] every forwarding failure and its answer; [`metrics`] and
-//! [`admin`] the Prometheus endpoint.
+//! A request flows down this list, and each module uses only those below
+//! it (no import loops):
+//!
+//! * [`listen`] accepts clients and applies the connection [`limits`];
+//!   [`handshake`] reads the PROXY header ([`proxy_protocol`]) and does
+//!   the TLS handshake ([`tls`]); [`connection`] serves HTTP/1.1 on it.
+//! * [`forward`] is the request path: [`router`] finds the pool,
+//!   [`headers`] rewrites forwarding headers and finds the client address,
+//!   [`select`] picks the backend (sticky cookies, rendezvous hashing,
+//!   balancers, the pools and their health state), [`upstream`] connects
+//!   and sends with the client's body in [`client_body`], [`relay`]
+//!   carries the answer back and [`tunnel`] copies upgraded bytes; every
+//!   failure becomes an answer in [`error`].
+//! * [`live`] holds the state all of them read (the routing generation in
+//!   force, metrics, counts); [`reload`] replaces it from a changed config
+//!   or certificate; [`health`] runs active checks.
+//! * [`metrics`] and [`admin`]: the Prometheus endpoint and the admin API.
 
 pub mod admin;
 pub mod client_body;
+pub mod connection;
 pub mod error;
 pub mod forward;
+pub mod handshake;
 pub mod headers;
 pub mod health;
+pub mod limits;
+pub mod listen;
+pub mod live;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod reload;
 pub mod router;
 pub mod select;
-pub mod server;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use limpet_config::ProxyConfig;
-use limpet_proxy::{admin, server};
+use limpet_proxy::{admin, listen, live};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -75,9 +75,9 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: ProxyConfig, path: Option<PathBuf>) -> anyhow::Result<()> {
-    let listeners = server::Listeners::bind(&config).await?;
+    let listeners = listen::Listeners::bind(&config).await?;
     let admin_cfg = config.admin.clone();
-    let proxy = server::Proxy::new(config, path).map_err(anyhow::Error::msg)?;
+    let proxy = live::Proxy::new(config, path).map_err(anyhow::Error::msg)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if admin_cfg.enabled {
         let listener = tokio::net::TcpListener::bind(admin_cfg.bind)

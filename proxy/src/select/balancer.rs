@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn drain_and_maint_take_no_new_sessions() {
-        use crate::select::AdminState;
+        use super::super::pool::AdminState;
         let p = pool(Balancer::RoundRobin, &[1, 1, 1]);
         let now = Instant::now();
         p.backends[0].set_admin_state(AdminState::Drain);

@@ -1,0 +1,212 @@
+//! Client listeners: accept, the connection limits, then each connection
+//! through its handshakes (`handshake`) to HTTP (`connection`).
+//!
+//! A connection over a limit is answered at once with a short error and
+//! closed, instead of being accepted and left to stall: 503 past
+//! `limits.max_connections`, 429 past `limits.max_connections_per_ip`
+//! (counted once the real client address is known, after a PROXY header).
+//! On shutdown a listener stops accepting and waits for its connections'
+//! requests in flight; tunnels follow the drain deadline.
+
+use crate::connection::{serve_http, serve_redirect};
+use crate::handshake;
+use crate::headers::canonical;
+use crate::limits::Slot;
+use crate::live::Proxy;
+use crate::tls;
+use hyper_util::rt::TokioIo;
+use limpet_config::{ListenConfig, ProxyConfig};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub struct Listeners {
+    listeners: Vec<(TcpListener, ListenConfig)>,
+}
+
+impl Listeners {
+    pub async fn bind(config: &ProxyConfig) -> io::Result<Listeners> {
+        let mut listeners = Vec::new();
+        for l in &config.listen {
+            let listener = TcpListener::bind(l.bind).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
+            })?;
+            listeners.push((listener, l.clone()));
+        }
+        Ok(Listeners { listeners })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` turns true, then lets connections finish
+    /// their requests (tunnels run on until `Proxy::close_tunnels`).
+    pub async fn run(self, proxy: Arc<Proxy>, shutdown: watch::Receiver<bool>) {
+        let mut tasks = JoinSet::new();
+        for (listener, cfg) in self.listeners {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, proxy_protocol = cfg.proxy_protocol, "listening for HTTP and WebSocket clients");
+            }
+            let index = proxy
+                .listen
+                .iter()
+                .position(|l| l.bind == cfg.bind)
+                .unwrap_or(0);
+            let mode = Mode {
+                proxy_protocol: cfg.proxy_protocol,
+                tls: proxy.tls.get(index).cloned().flatten(),
+                listener: index,
+            };
+            tasks.spawn(accept_loop(proxy.clone(), listener, mode, shutdown.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// How a listener treats its connections.
+#[derive(Clone)]
+struct Mode {
+    proxy_protocol: bool,
+    tls: Option<Arc<tls::ServerTls>>,
+    /// Index into `Proxy::listen`.
+    listener: usize,
+}
+
+async fn accept_loop(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    mode: Mode,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::error!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        proxy.metrics.connections.inc();
+        let max = proxy.routing().config.limits.max_connections;
+        let Some(slot) = proxy.connections.admit(max) else {
+            proxy
+                .metrics
+                .limit_rejections
+                .with_label_values(&["max_connections"])
+                .inc();
+            tokio::spawn(refuse(
+                tcp,
+                "503 Service Unavailable",
+                "too many connections",
+            ));
+            continue;
+        };
+        conns.spawn(serve_connection(
+            proxy.clone(),
+            tcp,
+            peer,
+            mode.clone(),
+            slot,
+            shutdown.clone(),
+        ));
+    }
+    // Stop accepting; connections finish their requests.
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+/// Answers with a short error and closes, instead of accepting and stalling.
+async fn refuse(mut tcp: TcpStream, status: &str, why: &str) {
+    let body = format!("{why}\n");
+    let resp = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tcp.write_all(resp.as_bytes()).await;
+        let _ = tcp.shutdown().await;
+        // Read what the client sent until it closes: closing with unread
+        // bytes would send a reset that can destroy our answer in flight.
+        let mut sink = [0u8; 4096];
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+async fn serve_connection(
+    proxy: Arc<Proxy>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    mode: Mode,
+    mut slot: Slot,
+    shutdown: watch::Receiver<bool>,
+) {
+    let routing = proxy.routing();
+    let cfg = &routing.config;
+    let client = if mode.proxy_protocol {
+        match handshake::proxy_header(cfg, &proxy.metrics, &mut tcp, peer).await {
+            Some(client) => client,
+            None => return,
+        }
+    } else {
+        peer
+    };
+    let per_ip = cfg.limits.max_connections_per_ip;
+    if per_ip > 0 && !slot.count_address(canonical(client.ip()), per_ip) {
+        proxy
+            .metrics
+            .limit_rejections
+            .with_label_values(&["max_connections_per_ip"])
+            .inc();
+        refuse(
+            tcp,
+            "429 Too Many Requests",
+            "too many connections from your address",
+        )
+        .await;
+        return;
+    }
+    let listen = &proxy.listen[mode.listener];
+    match (&mode.tls, &listen.tls) {
+        (Some(server), Some(tls_cfg)) => {
+            let timeout = tls_cfg.handshake_timeout.get();
+            let Some(stream) = handshake::tls(server, timeout, &proxy.metrics, tcp, client).await
+            else {
+                return;
+            };
+            let hsts = tls_cfg
+                .hsts_max_age
+                .map(|d| format!("max-age={}", d.get().as_secs()));
+            serve_http(
+                &proxy,
+                TokioIo::new(stream),
+                client,
+                "https",
+                hsts,
+                shutdown,
+            )
+            .await;
+        }
+        _ if listen.redirect_https => {
+            serve_redirect(&proxy, TokioIo::new(tcp), listen.https_port).await
+        }
+        _ => serve_http(&proxy, TokioIo::new(tcp), client, "http", None, shutdown).await,
+    }
+    drop(slot);
+}

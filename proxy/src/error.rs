@@ -1,10 +1,11 @@
-//! Every way forwarding a request can fail, and the answer each one gets.
+//! Every way serving a client can fail, and the answer each one gets.
 //!
 //! The request path returns a [`ForwardError`] wherever it gives up, and
 //! this is the one place that says which status that is and what short
 //! text the client reads (`<code> <reason>: <what happened>`), so the
 //! same failure always looks the same. Who is to blame decides the class:
-//! the client's own mistakes are 4xx, the backends' are 5xx.
+//! the client's own mistakes are 4xx, the backends' are 5xx. Connections
+//! refused at the connection limits get their answer here too.
 
 use crate::client_body::ClientFault;
 use crate::select::NoBackend;
@@ -43,6 +44,13 @@ pub enum ForwardError {
     /// The client broke its own upload (see `client_body`).
     #[error("{}", client_body_text(*.0))]
     ClientBody(ClientFault),
+    /// A connection past `limits.max_connections`, refused before its
+    /// request is read (see [`ForwardError::refusal`]).
+    #[error("too many connections")]
+    TooManyConnections,
+    /// A connection past `limits.max_connections_per_ip`, likewise.
+    #[error("too many connections from your address")]
+    TooManyFromAddress,
 }
 
 fn client_body_text(fault: ClientFault) -> &'static str {
@@ -62,7 +70,10 @@ impl ForwardError {
             ForwardError::Unreachable
             | ForwardError::BackendFailed
             | ForwardError::SwitchedUnasked => StatusCode::BAD_GATEWAY,
-            ForwardError::AllFull | ForwardError::NoneUp => StatusCode::SERVICE_UNAVAILABLE,
+            ForwardError::AllFull | ForwardError::NoneUp | ForwardError::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ForwardError::TooManyFromAddress => StatusCode::TOO_MANY_REQUESTS,
             ForwardError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             ForwardError::ClientBody(ClientFault::Timeout) => StatusCode::REQUEST_TIMEOUT,
             ForwardError::ClientBody(_) => StatusCode::BAD_REQUEST,
@@ -83,6 +94,20 @@ impl ForwardError {
 
     pub fn response(self) -> Response<Body> {
         plain(self.status(), &self.body())
+    }
+
+    /// The whole answer to a connection refused before any request was
+    /// read, written straight to the socket (there is no HTTP connection
+    /// yet to answer through); its body is the bare reason.
+    pub fn refusal(self) -> String {
+        let status = self.status();
+        let body = format!("{self}\n");
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default(),
+            body.len()
+        )
     }
 }
 
@@ -188,5 +213,17 @@ mod tests {
             assert_eq!(resp.status(), error.status());
             assert_eq!(resp.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
         }
+    }
+
+    #[test]
+    fn refused_connections_keep_their_exact_bytes() {
+        assert_eq!(
+            ForwardError::TooManyConnections.refusal(),
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n"
+        );
+        assert_eq!(
+            ForwardError::TooManyFromAddress.refusal(),
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain\r\ncontent-length: 39\r\nconnection: close\r\n\r\ntoo many connections from your address\n"
+        );
     }
 }

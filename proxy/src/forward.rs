@@ -7,7 +7,7 @@
 //! idempotent without a body); the client is then re-pinned with a fresh
 //! cookie. A client that breaks its own upload gets 400/408 and the
 //! backend is not blamed for it (see `client_body`). Whatever gives up
-//! returns a [`ForwardError`]; [`fail`] counts it and answers.
+//! returns a [`ForwardError`]; `fail` counts it and answers.
 
 use crate::client_body::{BodyState, ClientBody};
 use crate::error::ForwardError;

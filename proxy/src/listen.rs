@@ -9,6 +9,7 @@
 //! requests in flight; tunnels follow the drain deadline.
 
 use crate::connection::{serve_http, serve_redirect};
+use crate::error::ForwardError;
 use crate::handshake;
 use crate::headers::canonical;
 use crate::limits::Slot;
@@ -110,11 +111,7 @@ async fn accept_loop(
                 .limit_rejections
                 .with_label_values(&["max_connections"])
                 .inc();
-            tokio::spawn(refuse(
-                tcp,
-                "503 Service Unavailable",
-                "too many connections",
-            ));
+            tokio::spawn(refuse(tcp, ForwardError::TooManyConnections));
             continue;
         };
         conns.spawn(serve_connection(
@@ -132,12 +129,8 @@ async fn accept_loop(
 }
 
 /// Answers with a short error and closes, instead of accepting and stalling.
-async fn refuse(mut tcp: TcpStream, status: &str, why: &str) {
-    let body = format!("{why}\n");
-    let resp = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
+async fn refuse(mut tcp: TcpStream, why: ForwardError) {
+    let resp = why.refusal();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = tcp.write_all(resp.as_bytes()).await;
         let _ = tcp.shutdown().await;
@@ -174,12 +167,7 @@ async fn serve_connection(
             .limit_rejections
             .with_label_values(&["max_connections_per_ip"])
             .inc();
-        refuse(
-            tcp,
-            "429 Too Many Requests",
-            "too many connections from your address",
-        )
-        .await;
+        refuse(tcp, ForwardError::TooManyFromAddress).await;
         return;
     }
     let listen = &proxy.listen[mode.listener];

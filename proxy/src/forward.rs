@@ -25,11 +25,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use limpet_config::ProxyConfig;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Serves one client request.
 pub async fn handle(
@@ -397,7 +396,7 @@ fn respond(
     match client_upgrade {
         Some(client_upgrade) if switching => {
             metrics.upgrades.with_label_values(&labels).inc();
-            let tunnel = Tunnel {
+            let handoff = tunnel::Handoff {
                 pool: pool.clone(),
                 client,
                 guard: guard.into_tunnel(),
@@ -407,7 +406,7 @@ fn respond(
                 sender,
                 backend,
             };
-            tokio::spawn(run_tunnel(proxy.clone(), tunnel));
+            tokio::spawn(tunnel::serve(proxy.clone(), handoff));
             let (parts, _) = resp.into_parts();
             Response::from_parts(parts, empty_body())
         }
@@ -437,69 +436,4 @@ fn empty_body() -> Body {
     http_body_util::Empty::new()
         .map_err(|never| match never {})
         .boxed()
-}
-
-/// Both halves of an upgraded exchange, waiting for hyper to let go.
-struct Tunnel {
-    pool: Arc<Pool>,
-    backend: Arc<Backend>,
-    client: IpAddr,
-    guard: ActiveGuard,
-    idle: Duration,
-    client_upgrade: OnUpgrade,
-    upstream_upgrade: OnUpgrade,
-    sender: SendRequest<Body>,
-}
-
-async fn run_tunnel(proxy: Arc<Proxy>, t: Tunnel) {
-    let Tunnel {
-        pool,
-        backend,
-        client,
-        guard,
-        idle,
-        client_upgrade,
-        upstream_upgrade,
-        sender,
-    } = t;
-    let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::warn!(pool = %pool.name(), backend = %backend.id, %client, "upgrade failed: {e}");
-            return;
-        }
-    };
-    drop(sender);
-    let started = Instant::now();
-    proxy
-        .tunnels
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(pool = %pool.name(), backend = %backend.id, %client, "tunnel open");
-    let metrics = &proxy.metrics;
-    let to_backend = metrics.tunnel_bytes.with_label_values(&["to_backend"]);
-    let to_client = metrics.tunnel_bytes.with_label_values(&["to_client"]);
-    let mut close = proxy.close_tunnels.subscribe();
-    let copy = tunnel::run(TokioIo::new(client_io), TokioIo::new(upstream_io), idle);
-    let out = tokio::select! {
-        out = copy => out,
-        // The shutdown drain deadline cuts the tunnel.
-        _ = close.wait_for(|closed| *closed) => tunnel::Outcome { end: tunnel::End::Deadline, to_upstream: 0, to_client: 0 },
-    };
-    // Bytes are added once the tunnel ends (copy_bidirectional counts them).
-    to_backend.inc_by(out.to_upstream);
-    to_client.inc_by(out.to_client);
-    drop(guard);
-    proxy
-        .tunnels
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(
-        pool = %pool.name(),
-        backend = %backend.id,
-        %client,
-        duration_ms = started.elapsed().as_millis() as u64,
-        bytes_to_backend = out.to_upstream,
-        bytes_to_client = out.to_client,
-        end = ?out.end,
-        "tunnel closed"
-    );
 }

@@ -6,7 +6,18 @@
 //! directions have finished, when either side errors, or when no byte has
 //! moved for the idle timeout (nginx's `proxy_read_timeout`, but counting
 //! both directions, so a server that only pushes keeps the tunnel alive).
+//!
+//! [`serve`] is the tunnel's whole life after the request path hands it
+//! over: the counts the shutdown drain waits for, the drain deadline that
+//! cuts it, and one log line when it opens and one when it closes.
 
+use crate::live::Proxy;
+use crate::select::{ActiveGuard, Backend, Pool};
+use crate::upstream::Body;
+use hyper::client::conn::http1::SendRequest;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -126,6 +137,75 @@ where
         to_upstream: up_bytes.load(Relaxed),
         to_client: down_bytes.load(Relaxed),
     }
+}
+
+/// Both halves of an upgraded exchange, as the request path hands them
+/// over: hyper lets go of the sockets once the `101` reaches the client.
+pub struct Handoff {
+    pub pool: Arc<Pool>,
+    pub backend: Arc<Backend>,
+    pub client: IpAddr,
+    /// Counts the tunnel against its backend until it ends.
+    pub guard: ActiveGuard,
+    /// `timeouts.tunnel_idle`.
+    pub idle: Duration,
+    pub client_upgrade: OnUpgrade,
+    pub upstream_upgrade: OnUpgrade,
+    /// The backend connection's handle, held until both upgrades resolve
+    /// so the connection is not shut down under the `101`.
+    pub sender: SendRequest<Body>,
+}
+
+/// Waits for both upgrades, then copies until the tunnel ends; counted
+/// in `Proxy::tunnels` (what the shutdown drain waits for) and logged
+/// when it opens and closes.
+pub async fn serve(proxy: Arc<Proxy>, handoff: Handoff) {
+    let Handoff {
+        pool,
+        backend,
+        client,
+        guard,
+        idle,
+        client_upgrade,
+        upstream_upgrade,
+        sender,
+    } = handoff;
+    let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(pool = %pool.name(), backend = %backend.id, %client, "upgrade failed: {e}");
+            return;
+        }
+    };
+    drop(sender);
+    let started = Instant::now();
+    proxy.tunnels.fetch_add(1, Relaxed);
+    tracing::info!(pool = %pool.name(), backend = %backend.id, %client, "tunnel open");
+    let metrics = &proxy.metrics;
+    let to_backend = metrics.tunnel_bytes.with_label_values(&["to_backend"]);
+    let to_client = metrics.tunnel_bytes.with_label_values(&["to_client"]);
+    let mut close = proxy.close_tunnels.subscribe();
+    let copy = run(TokioIo::new(client_io), TokioIo::new(upstream_io), idle);
+    let out = tokio::select! {
+        out = copy => out,
+        // The shutdown drain deadline cuts the tunnel.
+        _ = close.wait_for(|closed| *closed) => Outcome { end: End::Deadline, to_upstream: 0, to_client: 0 },
+    };
+    // Bytes are added once the tunnel ends (copy_bidirectional counts them).
+    to_backend.inc_by(out.to_upstream);
+    to_client.inc_by(out.to_client);
+    drop(guard);
+    proxy.tunnels.fetch_sub(1, Relaxed);
+    tracing::info!(
+        pool = %pool.name(),
+        backend = %backend.id,
+        %client,
+        duration_ms = started.elapsed().as_millis() as u64,
+        bytes_to_backend = out.to_upstream,
+        bytes_to_client = out.to_client,
+        end = ?out.end,
+        "tunnel closed"
+    );
 }
 
 #[cfg(test)]

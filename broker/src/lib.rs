@@ -1,17 +1,25 @@
 //! limpet-broker: a pub/sub broker that speaks the Redis protocol.
 //!
-//! Module map: [`codec`] reads requests and writes RESP2/RESP3 replies;
-//! [`commands`] holds the command table and handlers; [`registry`] keeps
-//! subscriptions and fans messages out; [`client`] is one connection's
-//! task and output queue; [`glob`] matches Redis patterns; [`server`] owns
-//! listeners and shutdown; [`metrics`] serves Prometheus `/metrics`;
+//! Module map, top-down (each module uses only those below it):
+//! [`server`] listens and accepts; [`connection`] is one connection's
+//! socket loop; [`requests`] runs a batch of its requests; [`commands`]
+//! holds the command table and handlers; [`session`] is one connection's
+//! protocol state; [`state`] is what all connections share ([`state::Broker`]);
+//! [`registry`] keeps subscriptions and fans messages out; [`handle`] is
+//! the shared half of a client (output queue, limits, kill flag). Leaves:
+//! [`codec`] reads requests and writes RESP2/RESP3 replies; [`glob`]
+//! matches Redis patterns; [`metrics`] serves Prometheus `/metrics`;
 //! [`auth_guard`] makes password guessing slow and its logging cheap.
 
 pub mod auth_guard;
-pub mod client;
 pub mod codec;
 pub mod commands;
+pub mod connection;
 pub mod glob;
+pub mod handle;
 pub mod metrics;
 pub mod registry;
+pub mod requests;
 pub mod server;
+pub mod session;
+pub mod state;

@@ -9,7 +9,7 @@
 //! A message is encoded at most once per reply dialect (RESP2 array, RESP3
 //! push) and per pattern, and the same reference-counted bytes are queued to
 //! every receiver. Queuing never blocks: each receiver's queue is bounded
-//! by its output limit instead (see [`crate::client::ClientHandle::deliver`]).
+//! by its output limit instead (see [`crate::handle::ClientHandle::deliver`]).
 //!
 //! Matching a publish against every pattern is the one step whose cost a
 //! client can raise (many patterns, long channels); when it is large it
@@ -22,9 +22,9 @@
 //! subscriber's queue when the unsubscribe returns; the session drains the
 //! queue before writing its reply, exactly as Redis orders them.
 
-use crate::client::{ClientHandle, OutputPolicy};
 use crate::codec::{encode_message, Proto};
 use crate::glob::{glob_match, Glob};
+use crate::handle::{ClientHandle, OutputPolicy};
 use ahash::AHashMap;
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -98,10 +98,11 @@ impl<'a> Encoded<'a> {
         }
     }
 
-    fn get(&mut self, proto: Proto) -> &Bytes {
-        let slot = match proto {
-            Proto::Resp2 => &mut self.resp2,
-            Proto::Resp3 => &mut self.resp3,
+    fn get(&mut self, resp3: bool) -> &Bytes {
+        let (slot, proto) = if resp3 {
+            (&mut self.resp3, Proto::Resp3)
+        } else {
+            (&mut self.resp2, Proto::Resp2)
         };
         slot.get_or_insert_with(|| {
             encode_message(proto, self.kind, self.pattern, self.channel, self.payload)
@@ -110,7 +111,7 @@ impl<'a> Encoded<'a> {
 
     fn send_all(&mut self, subscribers: &Subscribers, policy: &OutputPolicy, done: &mut Published) {
         for client in subscribers.values() {
-            let msg = self.get(client.proto());
+            let msg = self.get(client.resp3());
             done.bytes += msg.len();
             client.deliver(msg, policy);
         }

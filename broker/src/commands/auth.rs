@@ -2,7 +2,7 @@
 //! attempt costs: the WRONGPASS reply held back and the connection closed
 //! after a few (the per-address accounting is [`crate::auth_guard`]).
 
-use crate::client::Session;
+use crate::session::Session;
 use bytes::Bytes;
 
 /// Checks a user/password pair against the single `default` user.

@@ -2,10 +2,10 @@
 //! Password checks and what a failure costs live in [`super::auth`].
 
 use super::auth::{auth, auth_failed, credentials_ok};
-use super::{int_arg, reply_help, truncate, Command};
-use crate::client::{ClientHandle, KillReason, Session};
+use super::{int_arg, reply_help, truncate, Command, REDIS_VERSION};
 use crate::codec::Proto;
-use crate::server::REDIS_VERSION;
+use crate::handle::{ClientHandle, KillReason};
+use crate::session::Session;
 use bytes::Bytes;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -453,7 +453,7 @@ pub fn client_line(c: &ClientHandle, now_ms: u64) -> String {
         omem,
         if omem > 0 { "rw" } else { "r" },
         info.last_cmd,
-        if c.proto() == Proto::Resp3 { 3 } else { 2 },
+        if c.resp3() { 3 } else { 2 },
         show(&info.lib_name),
         show(&info.lib_ver),
     );

@@ -5,12 +5,11 @@
 //! save), so each answers truthfully about this broker: the commands it
 //! really has, the settings that really apply, empty answers otherwise.
 
-use super::{lookup, reply_help, Command, COMMANDS};
-use crate::client::Session;
+use super::{lookup, reply_help, Command, COMMANDS, REDIS_VERSION};
 use crate::codec::Reply;
 use crate::glob::glob_match;
 use crate::registry::Space;
-use crate::server::REDIS_VERSION;
+use crate::session::Session;
 use bytes::Bytes;
 use std::fmt::Write;
 

@@ -12,8 +12,13 @@ mod connection;
 mod introspection;
 mod pubsub;
 
-use crate::client::Session;
+use crate::session::Session;
 use bytes::Bytes;
+
+/// Redis version reported to clients (HELLO, INFO). Some clients gate
+/// features on it; 7.2 is the release whose pub/sub and `CLIENT SETINFO`
+/// behaviour the command table follows.
+pub const REDIS_VERSION: &str = "7.2.0";
 
 /// Runs a command. Returning false closes the connection at once, with no
 /// further reply (Redis does this when an HTTP request hits its port).

@@ -6,8 +6,8 @@
 //! alone for the sharded ones).
 
 use super::{reply_help, Command};
-use crate::client::Session;
 use crate::registry::Space;
+use crate::session::Session;
 use bytes::Bytes;
 
 const PUBSUB_ACL: &[&str] = &["@pubsub", "@slow"];

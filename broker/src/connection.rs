@@ -1,0 +1,177 @@
+//! The socket loop of one connection: read requests, write what is owed,
+//! and close on EOF, errors, `CLIENT KILL`, an output limit, the idle
+//! timeout or shutdown.
+//!
+//! It decides only *when* to read and write: running the requests is
+//! [`crate::requests`], the connection's state is [`Session`]. Reading
+//! stops while the client owes more than `OUT_READ_PAUSE` reply bytes (TCP
+//! backpressure instead of memory), and pushes are pulled from the queue
+//! only while less than `OUT_PULL_LIMIT` waits, so a slow subscriber's
+//! backlog stays where publishers can see it and cut it off.
+
+use crate::handle::{ClientHandle, KillReason};
+use crate::requests;
+use crate::session::{Session, OUT_PULL_LIMIT, OUT_READ_PAUSE, READ_CHUNK};
+use crate::state::Broker;
+use bytes::{Bytes, BytesMut};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+/// Serves one connection until it closes, is killed, or the broker stops.
+pub async fn run(
+    broker: Arc<Broker>,
+    handle: Arc<ClientHandle>,
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    stream: TcpStream,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut s = Session::new(broker, handle.clone(), rx);
+    let timeout = s.broker.config.timeout;
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    let mut reading = true;
+    // The peer half-closed: close once everything it sent is answered.
+    let mut eof = false;
+    // Whether the client owes so many replies that nothing of its runs.
+    let mut backpressured = false;
+    let idle = tokio::time::sleep(Duration::from_secs(timeout.max(1)));
+    tokio::pin!(idle);
+    let reason = loop {
+        if let Some(until) = s.hold_until.take() {
+            tokio::select! {
+                biased;
+                _ = handle.killed() => break "killed",
+                _ = shutdown.changed() => break "shutdown",
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+        s.move_pushes(OUT_PULL_LIMIT);
+        if eof && !s.paused {
+            s.close_after_reply = true;
+        }
+        if s.close_after_reply {
+            reading = false;
+            if s.out.is_empty() {
+                break "closed";
+            }
+        }
+        if !s.out.is_empty() {
+            match stream.try_write(&s.out) {
+                Ok(n) => {
+                    s.wrote(n);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => break "write error",
+            }
+        }
+        // After the write, so replies already made go out before more run.
+        if s.paused && s.out.len() < OUT_READ_PAUSE {
+            tokio::task::yield_now().await;
+            if handle.kill_reason() != KillReason::None {
+                break "killed";
+            }
+            if *shutdown.borrow() {
+                break "shutdown";
+            }
+            if !requests::process(&mut s, &mut input) {
+                break "closed";
+            }
+            continue;
+        }
+        let full = s.out.len() >= OUT_READ_PAUSE;
+        if full && !backpressured {
+            s.broker.metrics.output_backpressure.inc();
+        }
+        backpressured = full;
+        let may_read = reading && !s.paused && !full;
+        let idle_applies = timeout > 0 && !s.in_pubsub_mode();
+        tokio::select! {
+            biased;
+            _ = handle.killed() => break "killed",
+            _ = shutdown.changed() => break "shutdown",
+            r = stream.writable(), if !s.out.is_empty() => {
+                if r.is_err() {
+                    break "write error";
+                }
+            }
+            r = stream.readable(), if may_read => {
+                if r.is_err() {
+                    break "read error";
+                }
+                if input.capacity() - input.len() < READ_CHUNK / 4 {
+                    input.reserve(READ_CHUNK);
+                }
+                match stream.try_read_buf(&mut input) {
+                    Ok(0) => {
+                        // Half-close: answer what was sent, then close.
+                        if !requests::process(&mut s, &mut input) {
+                            break "closed";
+                        }
+                        reading = false;
+                        eof = true;
+                    }
+                    Ok(n) => {
+                        s.broker.metrics.net_input_bytes.inc_by(n as u64);
+                        if timeout > 0 {
+                            idle.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(timeout));
+                        }
+                        if !requests::process(&mut s, &mut input) {
+                            break "closed";
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break "read error",
+                }
+            }
+            msg = s.rx.recv(), if s.out.len() < OUT_PULL_LIMIT => {
+                if let Some(msg) = msg {
+                    s.append_push(&msg);
+                }
+            }
+            _ = &mut idle, if idle_applies => break "idle timeout",
+        }
+    };
+    finish(s, reason);
+}
+
+fn finish(mut s: Session, reason: &str) {
+    let handle = s.handle.clone();
+    match handle.kill_reason() {
+        KillReason::HardLimit | KillReason::SoftLimit => {
+            let which = if handle.kill_reason() == KillReason::HardLimit {
+                "hard"
+            } else {
+                "soft"
+            };
+            let m = &s.broker.metrics;
+            if handle.is_pubsub() {
+                m.slow_client_disconnects.with_label_values(&[which]).inc();
+                tracing::warn!(
+                    client = handle.id,
+                    peer = %handle.peer,
+                    unsent_bytes = handle.output_bytes(),
+                    "disconnecting slow subscriber: output {which} limit exceeded"
+                );
+            } else {
+                m.reply_limit_disconnects.with_label_values(&[which]).inc();
+                tracing::warn!(
+                    client = handle.id,
+                    peer = %handle.peer,
+                    unsent_bytes = handle.output_bytes(),
+                    "disconnecting client that does not read its replies: output_limit_normal {which} limit exceeded"
+                );
+            }
+        }
+        KillReason::Killed => {
+            tracing::info!(client = handle.id, peer = %handle.peer, "client killed")
+        }
+        KillReason::None => {
+            tracing::debug!(client = handle.id, peer = %handle.peer, reason, "client disconnected")
+        }
+    }
+    s.drop_subscriptions();
+    s.broker.unregister(handle.id);
+}

@@ -1,0 +1,200 @@
+//! [`Session`]: one connection's protocol state, which only its own task
+//! touches — reply dialect, authentication, subscriptions, the request
+//! parser, the output buffer and the queue of pushed messages.
+//!
+//! The commands work on a `Session` and nothing else, so this module knows
+//! nothing of sockets or of the command table: the socket loop is
+//! [`crate::connection`], running a batch of requests is
+//! [`crate::requests`]. That keeps it testable without a socket (see
+//! `requests::tests`).
+
+use crate::codec::{Proto, Reply, RequestParser};
+use crate::handle::ClientHandle;
+use crate::registry::Space;
+use crate::state::Broker;
+use ahash::AHashSet;
+use bytes::{Buf, Bytes, BytesMut};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Pushed messages are moved from the queue into the output buffer only
+/// while it holds less than this, so a slow reader's backlog stays in the
+/// queue where publishers can see it.
+pub const OUT_PULL_LIMIT: usize = 64 * 1024;
+/// Stop running and reading requests while this many reply bytes wait for
+/// the client: a client that pipelines without reading gets TCP
+/// backpressure, and holds at most this plus one reply.
+pub const OUT_READ_PAUSE: usize = 1024 * 1024;
+/// Initial size of the input and output buffers, and the read size.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Subscriptions held by one client.
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    pub channels: AHashSet<Bytes>,
+    pub patterns: AHashSet<Bytes>,
+    pub shards: AHashSet<Bytes>,
+}
+
+/// Publish counters gathered during one read batch.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    pub published: u64,
+    pub delivered: u64,
+    pub delivered_bytes: u64,
+}
+
+/// The connection task's private state.
+pub struct Session {
+    pub broker: Arc<Broker>,
+    pub handle: Arc<ClientHandle>,
+    pub out: BytesMut,
+    pub proto: Proto,
+    pub authenticated: bool,
+    pub subs: Subscriptions,
+    /// Set by QUIT, protocol errors and EOF: flush what is owed, then close.
+    pub close_after_reply: bool,
+    pub last_cmd: &'static str,
+    /// Publish counters gathered during one read batch and added to the
+    /// shared metrics once per batch, not once per command.
+    pub stats: BatchStats,
+    /// Failed AUTH attempts on this connection.
+    pub auth_failures: u32,
+    pub(crate) rx: mpsc::UnboundedReceiver<Bytes>,
+    pub(crate) parser: RequestParser,
+    /// Running total of bytes moved from the queue into `out`; they are
+    /// already counted in the handle's output bytes, so a batch subtracts
+    /// them from what it adds.
+    pub(crate) drained: usize,
+    /// A batch stopped before the end of its input (its time slice ran
+    /// out): the connection task yields, then carries on without reading.
+    pub(crate) paused: bool,
+    /// Nothing is written, read or run before this (a failed AUTH's hold-back).
+    pub(crate) hold_until: Option<tokio::time::Instant>,
+}
+
+impl Session {
+    /// The session of a freshly admitted client (see [`Broker::admit`]).
+    pub fn new(
+        broker: Arc<Broker>,
+        handle: Arc<ClientHandle>,
+        rx: mpsc::UnboundedReceiver<Bytes>,
+    ) -> Session {
+        let authenticated = broker.config.requirepass.is_none();
+        let limits = broker.limits;
+        let mut parser = RequestParser::new(limits);
+        parser.set_unauthenticated(!authenticated, limits);
+        Session {
+            broker,
+            handle,
+            out: BytesMut::with_capacity(READ_CHUNK),
+            proto: Proto::Resp2,
+            authenticated,
+            subs: Subscriptions::default(),
+            close_after_reply: false,
+            last_cmd: "NULL",
+            stats: BatchStats::default(),
+            auth_failures: 0,
+            rx,
+            parser,
+            drained: 0,
+            paused: false,
+            hold_until: None,
+        }
+    }
+
+    pub fn reply(&mut self) -> Reply<'_> {
+        Reply {
+            buf: &mut self.out,
+            proto: self.proto,
+        }
+    }
+
+    /// Moves queued pushes into the output buffer while it holds less than
+    /// `limit` bytes. The only way pushes reach `out`, so their bytes are
+    /// counted once.
+    pub fn move_pushes(&mut self, limit: usize) {
+        while self.out.len() < limit {
+            match self.rx.try_recv() {
+                Ok(msg) => self.append_push(&msg),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Appends one push already taken off the queue.
+    pub fn append_push(&mut self, msg: &Bytes) {
+        self.drained = self.drained.wrapping_add(msg.len());
+        self.out.extend_from_slice(msg);
+    }
+
+    /// Moves every queued push into the output buffer, so that a reply
+    /// written next comes after them, as in Redis's single stream.
+    pub fn drain_pushes(&mut self) {
+        self.move_pushes(usize::MAX);
+    }
+
+    /// Holds the connection back: the replies so far go out, and the next
+    /// command runs, only after `delay`.
+    pub fn hold(&mut self, delay: Duration) {
+        self.hold_until = Some(tokio::time::Instant::now() + delay);
+    }
+
+    pub fn set_proto(&mut self, proto: Proto) {
+        self.proto = proto;
+        self.handle.set_resp3(proto == Proto::Resp3);
+    }
+
+    pub fn set_authenticated(&mut self, yes: bool) {
+        self.authenticated = yes;
+        let limits = self.broker.limits;
+        self.parser.set_unauthenticated(!yes, limits);
+    }
+
+    /// Channels plus patterns: the count Redis puts in (P)(UN)SUBSCRIBE replies.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.channels.len() + self.subs.patterns.len()
+    }
+
+    /// Any subscription at all puts a RESP2 client in subscribed mode.
+    pub fn in_pubsub_mode(&self) -> bool {
+        self.subscription_count() + self.subs.shards.len() > 0
+    }
+
+    pub fn sync_sub_counts(&self) {
+        self.handle
+            .sub_count
+            .store(self.subs.channels.len(), Relaxed);
+        self.handle
+            .psub_count
+            .store(self.subs.patterns.len(), Relaxed);
+        self.handle
+            .ssub_count
+            .store(self.subs.shards.len(), Relaxed);
+    }
+
+    /// Records that `n` bytes of `out` reached the socket.
+    pub fn wrote(&mut self, n: usize) {
+        self.out.advance(n);
+        self.handle.wrote(n as u64);
+        self.broker.metrics.net_output_bytes.inc_by(n as u64);
+    }
+
+    /// Unsubscribes from everything without replying (RESET, disconnect).
+    pub fn drop_subscriptions(&mut self) {
+        let registry = &self.broker.registry;
+        for ch in self.subs.channels.drain() {
+            registry.unsubscribe(Space::Global, &ch, self.handle.id);
+        }
+        for ch in self.subs.shards.drain() {
+            registry.unsubscribe(Space::Shard, &ch, self.handle.id);
+        }
+        for p in self.subs.patterns.drain() {
+            registry.punsubscribe(&p, self.handle.id);
+        }
+        self.sync_sub_counts();
+        self.broker.update_channel_gauges();
+    }
+}

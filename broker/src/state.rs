@@ -1,0 +1,140 @@
+//! [`Broker`]: the state every connection shares — configuration, limits,
+//! the subscription registry, metrics, the AUTH guard and the list of
+//! connected clients.
+//!
+//! It sits apart from [`crate::server`] (which listens and accepts) so that
+//! the commands, which need this state, do not depend on the accept loop.
+
+use crate::auth_guard::AuthGuard;
+use crate::codec::Limits;
+use crate::handle::{ClientHandle, OutputPolicy};
+use crate::metrics::Metrics;
+use crate::registry::{Registry, Space};
+use ahash::AHashMap;
+use bytes::Bytes;
+use limpet_config::BrokerConfig;
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// State shared by all connections.
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub config_file: Option<String>,
+    pub limits: Limits,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    /// `output_limit` applies to clients with subscriptions,
+    /// `output_limit_normal` to the others.
+    pub output_policy: OutputPolicy,
+    pub normal_output_policy: OutputPolicy,
+    pub auth_guard: AuthGuard,
+    pub started: Instant,
+    pub run_id: String,
+    clients: Mutex<AHashMap<u64, Arc<ClientHandle>>>,
+    next_id: AtomicU64,
+}
+
+impl Broker {
+    pub fn new(config: BrokerConfig, config_file: Option<String>) -> Broker {
+        let limits = Limits {
+            max_bulk_len: config.limits.max_bulk_len.bytes(),
+            max_multibulk_len: config.limits.max_multibulk_len,
+            max_inline_len: config.limits.max_inline_len.bytes() as usize,
+        };
+        let output_policy = OutputPolicy {
+            hard: config.output_limit.hard.bytes(),
+            soft: config.output_limit.soft.bytes(),
+            soft_for: Duration::from_secs(config.output_limit.soft_seconds),
+            clock: Instant::now(),
+        };
+        let n = &config.output_limit_normal;
+        let normal_output_policy = OutputPolicy {
+            hard: n.hard.bytes(),
+            soft: n.soft.bytes(),
+            soft_for: Duration::from_secs(n.soft_seconds),
+            clock: output_policy.clock,
+        };
+        Broker {
+            normal_output_policy,
+            auth_guard: AuthGuard::new(&config),
+            config,
+            config_file,
+            limits,
+            registry: Registry::default(),
+            metrics: Metrics::new(),
+            output_policy,
+            started: Instant::now(),
+            run_id: make_run_id(),
+            clients: Mutex::new(AHashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn clients(&self) -> Vec<Arc<ClientHandle>> {
+        let mut list: Vec<_> = self.clients.lock().values().cloned().collect();
+        list.sort_by_key(|c| c.id);
+        list
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.lock().len()
+    }
+
+    /// Takes a slot for a new client and returns its handle and push
+    /// queue, or `None` when `maxclients` is reached. Refused clients
+    /// still use up an id, as in Redis.
+    pub fn admit(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        fd: i32,
+    ) -> Option<(Arc<ClientHandle>, mpsc::UnboundedReceiver<Bytes>)> {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let (handle, rx) = ClientHandle::new(id, peer, local, fd);
+        let mut clients = self.clients.lock();
+        if clients.len() >= self.config.maxclients {
+            return None;
+        }
+        clients.insert(id, handle.clone());
+        Some((handle, rx))
+    }
+
+    pub fn unregister(&self, id: u64) {
+        if self.clients.lock().remove(&id).is_some() {
+            self.metrics.clients.dec();
+        }
+    }
+
+    pub fn update_channel_gauges(&self) {
+        let m = &self.metrics;
+        m.channels
+            .set(self.registry.channel_count(Space::Global) as i64);
+        m.shard_channels
+            .set(self.registry.channel_count(Space::Shard) as i64);
+        m.patterns.set(self.registry.pattern_count() as i64);
+    }
+
+    /// Counts a command refused by the limit named by its config key.
+    pub fn note_limit(&self, key: &str) {
+        self.metrics
+            .limit_rejections
+            .with_label_values(&[key])
+            .inc();
+    }
+}
+
+fn make_run_id() -> String {
+    let state = ahash::RandomState::new();
+    (0..5)
+        .map(|i| {
+            format!(
+                "{:08x}",
+                state.hash_one((i, std::process::id(), Instant::now())) as u32
+            )
+        })
+        .collect()
+}

@@ -76,6 +76,18 @@ pub struct NodeLimits {
     /// Bytes of broker messages waiting to be handled; messages past it
     /// are dropped and counted.
     pub inbound_queue_bytes: ByteSize,
+    /// Bytes of publishes waiting to go to the broker. A room or direct
+    /// message past it is dropped and counted
+    /// (`limpet_node_shed_total{path="node_to_broker",reason="queue_full"}`);
+    /// joins, leaves and member lists may use as much again before they are
+    /// dropped too.
+    pub publish_queue_bytes: ByteSize,
+    /// How long a room or direct message may wait in any one queue of the
+    /// node (to the broker, from the broker, to a client) before it is
+    /// dropped rather than delivered late, like socket.io's volatile
+    /// emits. Counted as `limpet_node_shed_total{reason="too_old"}`.
+    /// Acks, errors, joins and leaves are never dropped for age. 0: off.
+    pub max_queue_delay: Duration,
     /// WebSocket connections from one client address (IPv6: one /64);
     /// more are refused with 429.
     pub max_connections_per_address: usize,
@@ -143,7 +155,9 @@ impl Default for NodeLimits {
             max_remote_members_per_room: 10_000,
             max_remote_members: 100_000,
             max_peer_nodes: 1_000,
-            inbound_queue_bytes: ByteSize(64 * 1024 * 1024),
+            inbound_queue_bytes: ByteSize(8 * 1024 * 1024),
+            publish_queue_bytes: ByteSize(1024 * 1024),
+            max_queue_delay: Duration::millis(200),
             max_connections_per_address: 100,
             address_rate_per_second: 300,
             address_rate_burst: 600,
@@ -257,6 +271,12 @@ impl Validate for NodeConfig {
                 "must be at least limits.max_message_bytes",
             ));
         }
+        if l.publish_queue_bytes.bytes() < l.max_message_bytes.bytes() {
+            return Err(FieldError::new(
+                "limits.publish_queue_bytes",
+                "must be at least limits.max_message_bytes",
+            ));
+        }
         if l.max_connections == 0 {
             return Err(FieldError::new(
                 "limits.max_connections",
@@ -322,6 +342,8 @@ mod tests {
         assert_eq!(cfg.node_id(), "node-9001");
         assert_eq!(cfg.limits.max_message_bytes.bytes(), 64 * 1024);
         assert_eq!(cfg.heartbeat.ping_interval.get().as_secs(), 25);
+        assert_eq!(cfg.limits.publish_queue_bytes.bytes(), 1024 * 1024);
+        assert_eq!(cfg.limits.max_queue_delay.get().as_millis(), 200);
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         for name in [
             "node.toml",
@@ -363,6 +385,15 @@ mod tests {
         .unwrap_err();
         assert!(
             err.to_string().contains("limits.outbound_queue_bytes"),
+            "{err}"
+        );
+        let err = parse_str::<NodeConfig>(
+            "[limits]\npublish_queue_bytes = \"1kb\"\n",
+            Path::new("node.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("limits.publish_queue_bytes"),
             "{err}"
         );
     }

@@ -15,15 +15,24 @@
 //! takes a place in the inbound queue. That queue is bounded in bytes
 //! (`limits.inbound_queue_bytes`): a broker (or a publisher on it) that
 //! sends faster than the node handles gets its excess dropped and counted,
-//! instead of growing the node without limit.
+//! instead of growing the node without limit. The broker connection is
+//! read by its own task, so those messages are counted against the budget
+//! as soon as they arrive, even while a publish is waiting for the broker
+//! (the Redis client would otherwise buffer them without limit).
+//!
+//! Publishes wait in a queue bounded in bytes too
+//! (`limits.publish_queue_bytes`), and room and direct messages that wait
+//! longer than `limits.max_queue_delay` are dropped instead of sent late;
+//! see [`crate::shed`].
 
 use crate::envelope::Seal;
+use crate::shed::{self, ByteBudget, MaxAge};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// The channel names every node agrees on.
@@ -40,12 +49,26 @@ pub const NODES_CHANNEL: &str = "limpet:nodes";
 enum Cmd {
     Subscribe(String),
     Unsubscribe(String),
-    Publish(String, Bytes),
+    Publish(Publish),
+}
+
+/// A sealed envelope waiting to go to the broker.
+struct Publish {
+    channel: String,
+    payload: Bytes,
+    since: Instant,
+    /// A room or direct message: shed first, and when it is too old.
+    volatile: bool,
 }
 
 /// What the backplane hands to the node.
 pub enum Inbound {
-    Message { channel: String, payload: Bytes },
+    Message {
+        channel: String,
+        payload: Bytes,
+        /// When it came off the broker connection (for the age limit).
+        since: Instant,
+    },
     Reconnected,
 }
 
@@ -59,12 +82,9 @@ pub struct Counters {
     /// room_members, node_members, peers (in [`crate::inbound`]).
     pub rejected: prometheus::IntCounterVec,
     pub inbound_bytes: prometheus::IntGauge,
-}
-
-/// The bytes of messages queued for the node and not yet handled.
-struct InboundBudget {
-    queued: AtomicUsize,
-    max: usize,
+    pub publish_bytes: prometheus::IntGauge,
+    /// Messages shed on the message path, by path and reason.
+    pub shed: prometheus::IntCounterVec,
 }
 
 /// How the backplane connects and what it accepts.
@@ -73,6 +93,8 @@ pub struct Settings {
     pub cluster: bool,
     pub seal: Seal,
     pub inbound_queue_bytes: usize,
+    pub publish_queue_bytes: usize,
+    pub max_age: MaxAge,
 }
 
 /// What the connection task shares with the handles.
@@ -81,7 +103,11 @@ struct Shared {
     /// When the current broker connection came up.
     since: parking_lot::Mutex<Option<std::time::Instant>>,
     seal: Seal,
-    budget: InboundBudget,
+    /// Messages from the broker not yet handled by the node.
+    budget: ByteBudget,
+    /// Publishes not yet handed to the broker.
+    outbox: ByteBudget,
+    max_age: MaxAge,
     counters: Arc<Counters>,
 }
 
@@ -102,10 +128,9 @@ impl Backplane {
             connected: AtomicBool::new(false),
             since: parking_lot::Mutex::new(None),
             seal: settings.seal,
-            budget: InboundBudget {
-                queued: AtomicUsize::new(0),
-                max: settings.inbound_queue_bytes,
-            },
+            budget: ByteBudget::new(settings.inbound_queue_bytes),
+            outbox: ByteBudget::new(settings.publish_queue_bytes),
+            max_age: settings.max_age,
             counters,
         });
         tokio::spawn(run(
@@ -121,7 +146,7 @@ impl Backplane {
     /// The node has handled a message of `len` bytes: it leaves the
     /// inbound queue's budget.
     pub fn handled(&self, len: usize) {
-        self.shared.budget.queued.fetch_sub(len, Relaxed);
+        self.shared.budget.release(len);
         self.shared.counters.inbound_bytes.sub(len as i64);
     }
 
@@ -133,9 +158,28 @@ impl Backplane {
         let _ = self.tx.send(Cmd::Unsubscribe(channel));
     }
 
-    pub fn publish(&self, channel: String, envelope: Bytes) {
+    /// Queues an envelope for the broker, or drops and counts it when the
+    /// queue is full. `volatile` (room and direct messages) are dropped at
+    /// the budget; joins, leaves and member lists get as much again, since
+    /// losing them leaves rooms inconsistent until the next sync.
+    pub fn publish(&self, channel: String, envelope: Bytes, volatile: bool) {
         let payload = self.shared.seal.seal(&channel, envelope);
-        let _ = self.tx.send(Cmd::Publish(channel, payload));
+        let len = payload.len();
+        if !self.shared.outbox.take(len, if volatile { 1 } else { 2 }) {
+            let c = &self.shared.counters;
+            shed::count(&c.shed, shed::Path::NodeToBroker, shed::Reason::QueueFull);
+            return;
+        }
+        self.shared.counters.publish_bytes.add(len as i64);
+        let publish = Publish {
+            channel,
+            payload,
+            since: Instant::now(),
+            volatile,
+        };
+        if self.tx.send(Cmd::Publish(publish)).is_err() {
+            self.shared.sent(len);
+        }
     }
 
     pub fn is_connected(&self) -> bool {
@@ -149,6 +193,12 @@ impl Backplane {
 }
 
 impl Shared {
+    /// A publish of `len` bytes has left the queue.
+    fn sent(&self, len: usize) {
+        self.outbox.release(len);
+        self.counters.publish_bytes.sub(len as i64);
+    }
+
     /// Checks a message from the broker and queues it for the node, or
     /// drops it (forged, or the queue is full) and counts why.
     fn receive(&self, inbound: &mpsc::UnboundedSender<Inbound>, channel: String, payload: Bytes) {
@@ -165,14 +215,17 @@ impl Shared {
             }
         };
         let len = envelope.len();
-        let before = self.budget.queued.fetch_add(len, Relaxed);
-        if before.saturating_add(len) > self.budget.max {
-            self.budget.queued.fetch_sub(len, Relaxed);
+        if !self.budget.take(len, 1) {
             let counter = self.counters.rejected.with_label_values(&["inbound_full"]);
             if counter.get().is_multiple_of(1000) {
-                tracing::warn!(%channel, queued = before, "dropping a broker message: inbound queue full");
+                tracing::warn!(%channel, queued = self.budget.queued(), "dropping a broker message: inbound queue full");
             }
             counter.inc();
+            shed::count(
+                &self.counters.shed,
+                shed::Path::BrokerToNode,
+                shed::Reason::QueueFull,
+            );
             return;
         }
         self.counters.inbound_bytes.add(len as i64);
@@ -180,29 +233,35 @@ impl Shared {
             .send(Inbound::Message {
                 channel,
                 payload: envelope,
+                since: Instant::now(),
             })
             .is_err()
         {
-            self.budget.queued.fetch_sub(len, Relaxed);
+            self.budget.release(len);
             self.counters.inbound_bytes.sub(len as i64);
         }
     }
 }
 
-/// An open connection set, standalone or cluster.
+/// An open connection set, standalone or cluster: the side that sends
+/// commands. What the broker pushes is read from [`Incoming`].
 enum Link {
     Standalone {
         publisher: redis::aio::MultiplexedConnection,
         sink: redis::aio::PubSubSink,
-        stream: redis::aio::PubSubStream,
     },
     Cluster {
         conn: redis::cluster_async::ClusterConnection,
-        pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
     },
 }
 
-async fn open(urls: &[String], cluster: bool) -> redis::RedisResult<Link> {
+/// The messages the broker pushes on an open connection set.
+enum Incoming {
+    Standalone(redis::aio::PubSubStream),
+    Cluster(mpsc::UnboundedReceiver<redis::PushInfo>),
+}
+
+async fn open(urls: &[String], cluster: bool) -> redis::RedisResult<(Link, Incoming)> {
     if cluster {
         let (tx, pushes) = mpsc::unbounded_channel();
         let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
@@ -210,48 +269,50 @@ async fn open(urls: &[String], cluster: bool) -> redis::RedisResult<Link> {
             .push_sender(tx)
             .build()?;
         let conn = client.get_async_connection().await?;
-        return Ok(Link::Cluster { conn, pushes });
+        return Ok((Link::Cluster { conn }, Incoming::Cluster(pushes)));
     }
     let client = redis::Client::open(urls[0].as_str())?;
     let publisher = client.get_multiplexed_async_connection().await?;
     let (sink, stream) = client.get_async_pubsub().await?.split();
-    Ok(Link::Standalone {
-        publisher,
-        sink,
-        stream,
-    })
+    Ok((
+        Link::Standalone { publisher, sink },
+        Incoming::Standalone(stream),
+    ))
 }
 
 impl Link {
     async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
             Link::Standalone { sink, .. } => sink.subscribe(channel).await,
-            Link::Cluster { conn, .. } => conn.ssubscribe(channel).await,
+            Link::Cluster { conn } => conn.ssubscribe(channel).await,
         }
     }
 
     async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
             Link::Standalone { sink, .. } => sink.unsubscribe(channel).await,
-            Link::Cluster { conn, .. } => conn.sunsubscribe(channel).await,
+            Link::Cluster { conn } => conn.sunsubscribe(channel).await,
         }
     }
 
-    async fn publish(&mut self, batch: &[(String, Bytes)]) -> redis::RedisResult<()> {
+    async fn publish(&mut self, batch: &[Publish]) -> redis::RedisResult<()> {
         match self {
             Link::Standalone { publisher, .. } => {
                 let mut pipe = redis::pipe();
-                for (ch, msg) in batch {
-                    pipe.cmd("PUBLISH").arg(ch).arg(&msg[..]).ignore();
+                for p in batch {
+                    pipe.cmd("PUBLISH")
+                        .arg(&p.channel)
+                        .arg(&p.payload[..])
+                        .ignore();
                 }
                 pipe.query_async(publisher).await
             }
-            Link::Cluster { conn, .. } => {
+            Link::Cluster { conn } => {
                 // Shard channels live on different nodes: one command each.
-                for (ch, msg) in batch {
+                for p in batch {
                     let _: i64 = redis::cmd("SPUBLISH")
-                        .arg(ch)
-                        .arg(&msg[..])
+                        .arg(&p.channel)
+                        .arg(&p.payload[..])
                         .query_async(conn)
                         .await?;
                 }
@@ -259,18 +320,20 @@ impl Link {
             }
         }
     }
+}
 
+impl Incoming {
     /// The next message, or `None` when the connection is gone.
     async fn next(&mut self) -> Option<(String, Bytes)> {
         match self {
-            Link::Standalone { stream, .. } => {
+            Incoming::Standalone(stream) => {
                 let msg = stream.next().await?;
                 Some((
                     msg.get_channel_name().to_string(),
                     Bytes::copy_from_slice(msg.get_payload_bytes()),
                 ))
             }
-            Link::Cluster { pushes, .. } => loop {
+            Incoming::Cluster(pushes) => loop {
                 let push = pushes.recv().await?;
                 match push.kind {
                     redis::PushKind::Disconnection => return None,
@@ -285,6 +348,23 @@ impl Link {
                 }
             },
         }
+    }
+
+    /// Reads until the connection is gone, queueing (or shedding) each
+    /// message as it arrives.
+    async fn drain(mut self, inbound: mpsc::UnboundedSender<Inbound>, shared: Arc<Shared>) {
+        while let Some((channel, payload)) = self.next().await {
+            shared.receive(&inbound, channel, payload);
+        }
+    }
+}
+
+/// Aborts the connection's reader when the connection is given up.
+struct Reader(tokio::task::JoinHandle<()>);
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -309,12 +389,12 @@ async fn run(
             cmd = rx.recv() => {
                 match cmd {
                     None => return,
-                    Some(cmd) => apply_offline(cmd, &mut desired, &counters),
+                    Some(cmd) => apply_offline(cmd, &mut desired, &shared),
                 }
                 continue;
             }
         };
-        let mut link = match link {
+        let (mut link, incoming) = match link {
             Ok(link) => link,
             Err(e) => {
                 tracing::warn!(broker = %target, "broker unreachable: {e}; retrying in {backoff:?}");
@@ -324,7 +404,7 @@ async fn run(
                         _ = tokio::time::sleep_until(deadline) => break,
                         cmd = rx.recv() => match cmd {
                             None => return,
-                            Some(cmd) => apply_offline(cmd, &mut desired, &counters),
+                            Some(cmd) => apply_offline(cmd, &mut desired, &shared),
                         },
                     }
                 }
@@ -332,6 +412,9 @@ async fn run(
                 continue;
             }
         };
+        let mut reader = Reader(tokio::spawn(
+            incoming.drain(inbound.clone(), shared.clone()),
+        ));
         let mut healthy = true;
         for ch in &desired {
             if let Err(e) = link.subscribe(ch).await {
@@ -357,22 +440,16 @@ async fn run(
 
         loop {
             let cmd = match pending.take() {
-                Some(cmd) => Some(cmd),
+                Some(cmd) => cmd,
                 None => tokio::select! {
                     cmd = rx.recv() => match cmd {
                         None => return,
-                        Some(cmd) => Some(cmd),
+                        Some(cmd) => cmd,
                     },
-                    msg = link.next() => match msg {
-                        Some((channel, payload)) => {
-                            shared.receive(&inbound, channel, payload);
-                            None
-                        }
-                        None => break,
-                    },
+                    // The reader ends when the connection is gone.
+                    _ = &mut reader.0 => break,
                 },
             };
-            let Some(cmd) = cmd else { continue };
             let result = match cmd {
                 Cmd::Subscribe(ch) => {
                     if desired.insert(ch.clone()) {
@@ -388,20 +465,17 @@ async fn run(
                         Ok(())
                     }
                 }
-                Cmd::Publish(ch, msg) => {
-                    let mut batch = vec![(ch, msg)];
-                    while batch.len() < 512 {
-                        match rx.try_recv() {
-                            Ok(Cmd::Publish(ch, msg)) => batch.push((ch, msg)),
-                            Ok(other) => {
-                                pending = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                Cmd::Publish(first) => {
+                    let batch = next_batch(first, &mut rx, &mut pending, &shared);
                     let n = batch.len() as u64;
-                    let r = link.publish(&batch).await;
+                    let r = if batch.is_empty() {
+                        Ok(())
+                    } else {
+                        link.publish(&batch).await
+                    };
+                    for p in &batch {
+                        shared.sent(p.payload.len());
+                    }
                     if r.is_ok() {
                         counters.published.inc_by(n);
                     } else {
@@ -415,13 +489,53 @@ async fn run(
                 break;
             }
         }
+        drop(reader);
         connected.store(false, Relaxed);
         *since.lock() = None;
         tracing::warn!(broker = %target, "lost the broker connection; local delivery continues, cross-node messages are dropped until it is back");
     }
 }
 
-fn apply_offline(cmd: Cmd, desired: &mut HashSet<String>, counters: &Counters) {
+/// The publishes queued right now, up to 512 or 256 KiB, as one pipeline. A room or
+/// direct message that waited past the age limit is dropped here rather
+/// than sent late. A command other than a publish ends the batch and is
+/// kept in `pending`, so commands still run in order.
+fn next_batch(
+    first: Publish,
+    rx: &mut mpsc::UnboundedReceiver<Cmd>,
+    pending: &mut Option<Cmd>,
+    shared: &Shared,
+) -> Vec<Publish> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(p) = next.take() {
+        if p.volatile && shared.max_age.expired(p.since) {
+            shared.sent(p.payload.len());
+            shed::count(
+                &shared.counters.shed,
+                shed::Path::NodeToBroker,
+                shed::Reason::TooOld,
+            );
+        } else {
+            bytes += p.payload.len();
+            batch.push(p);
+        }
+        // A pipeline must come back within the client's response timeout
+        // even on a slow link, so it is bounded in bytes too.
+        if batch.len() >= 512 || bytes >= 256 * 1024 {
+            break;
+        }
+        match rx.try_recv() {
+            Ok(Cmd::Publish(p)) => next = Some(p),
+            Ok(other) => *pending = Some(other),
+            Err(_) => {}
+        }
+    }
+    batch
+}
+
+fn apply_offline(cmd: Cmd, desired: &mut HashSet<String>, shared: &Shared) {
     match cmd {
         Cmd::Subscribe(ch) => {
             desired.insert(ch);
@@ -429,7 +543,10 @@ fn apply_offline(cmd: Cmd, desired: &mut HashSet<String>, counters: &Counters) {
         Cmd::Unsubscribe(ch) => {
             desired.remove(&ch);
         }
-        Cmd::Publish(..) => counters.lost.inc(),
+        Cmd::Publish(p) => {
+            shared.sent(p.payload.len());
+            shared.counters.lost.inc();
+        }
     }
 }
 
@@ -443,10 +560,9 @@ mod tests {
             connected: AtomicBool::new(true),
             since: parking_lot::Mutex::new(None),
             seal: Seal::new(secret),
-            budget: InboundBudget {
-                queued: AtomicUsize::new(0),
-                max,
-            },
+            budget: ByteBudget::new(max),
+            outbox: ByteBudget::new(max),
+            max_age: MaxAge::new(Duration::from_millis(100)),
             counters: metrics.backplane.clone(),
         }
     }
@@ -464,7 +580,7 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(Inbound::Message { .. })));
         assert!(rx.try_recv().is_err());
         // Handling it frees the room for the next one.
-        s.budget.queued.fetch_sub(60, Relaxed);
+        s.budget.release(60);
         s.receive(&tx, "c".into(), Bytes::from(vec![b'x'; 60]));
         assert!(matches!(rx.try_recv(), Ok(Inbound::Message { .. })));
     }

@@ -10,7 +10,8 @@
 use crate::addresses::Admission;
 use crate::bucket::Bucket;
 use crate::protocol::{self, Code, Failure, Request};
-use crate::rooms::{close, Frame, Node};
+use crate::rooms::{close, Frame, Node, Outgoing};
+use crate::shed;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -52,7 +53,7 @@ pub async fn serve(
 ) {
     let id = node.next_socket_id();
     let limits = node.config.limits.clone();
-    let (tx, mut rx) = mpsc::channel::<Message>(limits.outbound_queue);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(limits.outbound_queue);
     let queued = Arc::new(AtomicUsize::new(0));
     let (closer, mut close_rx) = watch::channel::<Option<u16>>(None);
     node.add_socket(&id, tx, queued.clone(), closer.clone());
@@ -66,6 +67,7 @@ pub async fn serve(
     let (mut sink, mut stream) = ws.split();
     let mut writer_close = close_rx.clone();
     let metrics = node.metrics.clone();
+    let max_age = node.max_age;
     let writer = tokio::spawn(async move {
         // Frames leave the byte count once written (or dropped), never
         // when merely dequeued: until then their bytes are still held.
@@ -78,9 +80,16 @@ pub async fn serve(
             tokio::select! {
                 biased;
                 _ = writer_close.changed() => break,
-                msg = rx.recv() => {
-                    let Some(msg) = msg else { break };
+                out = rx.recv() => {
+                    let Some(Outgoing { msg, since }) = out else { break };
                     let len = msg.len();
+                    // A room message that waited too long (the node or this
+                    // client is behind) is dropped, not delivered late.
+                    if since.is_some_and(|t| max_age.expired(t)) {
+                        written(len);
+                        shed::count(&metrics.backplane.shed, shed::Path::NodeToClient, shed::Reason::TooOld);
+                        continue;
+                    }
                     tokio::select! {
                         r = sink.send(msg) => {
                             written(len);
@@ -98,7 +107,7 @@ pub async fn serve(
         // within a bounded time. A slow or silent client gets nothing more.
         if !failed && close::flushes_queue(code) {
             let deadline = tokio::time::Instant::now() + close::FLUSH_BEFORE_CLOSE;
-            while let Ok(msg) = rx.try_recv() {
+            while let Ok(Outgoing { msg, .. }) = rx.try_recv() {
                 let len = msg.len();
                 let sent = tokio::time::timeout_at(deadline, sink.send(msg)).await;
                 written(len);
@@ -111,8 +120,8 @@ pub async fn serve(
         // Whatever is still queued is dropped here; later deliveries see a
         // closed queue and are not counted.
         rx.close();
-        while let Ok(msg) = rx.try_recv() {
-            written(msg.len());
+        while let Ok(out) = rx.try_recv() {
+            written(out.msg.len());
         }
         if failed {
             return;

@@ -14,6 +14,7 @@ use crate::backplane::{node_channel, room_channel, Inbound};
 use crate::envelope::open_envelope;
 use crate::protocol;
 use crate::rooms::{Frame, Node, State};
+use crate::shed;
 use bytes::Bytes;
 use limpet_config::NodeLimits;
 use std::collections::HashSet;
@@ -109,7 +110,7 @@ impl Node {
         }
         self.metrics.remote_members.set(st.remote_total as i64);
         for f in frames {
-            self.deliver_room(st, room, &Frame::text(f), None, "cross_node");
+            self.deliver_room(st, room, &Frame::text(f), None, "cross_node", false);
         }
     }
 
@@ -132,8 +133,12 @@ impl Node {
         while let Some(msg) = rx.recv().await {
             match msg {
                 Inbound::Reconnected => self.resync(),
-                Inbound::Message { channel, payload } => {
-                    self.on_message(&channel, &payload);
+                Inbound::Message {
+                    channel,
+                    payload,
+                    since,
+                } => {
+                    self.on_message(&channel, &payload, since);
                     self.backplane.handled(payload.len());
                 }
             }
@@ -156,13 +161,23 @@ impl Node {
         }
     }
 
-    fn on_message(&self, _channel: &str, payload: &Bytes) {
+    /// `since`: when it came off the broker connection; a room or direct
+    /// message that waited past `limits.max_queue_delay` is dropped.
+    fn on_message(&self, _channel: &str, payload: &Bytes, since: Instant) {
         let Some((h, body)) = open_envelope(payload) else {
             tracing::debug!(node = %self.id, "ignoring a malformed backplane message");
             return;
         };
         if h.o == self.id {
             // Our own publish: already delivered locally.
+            return;
+        }
+        if matches!(h.k.as_str(), "emit" | "direct") && self.max_age.expired(since) {
+            shed::count(
+                &self.metrics.backplane.shed,
+                shed::Path::BrokerToNode,
+                shed::Reason::TooOld,
+            );
             return;
         }
         match h.k.as_str() {
@@ -172,7 +187,7 @@ impl Node {
                     return;
                 };
                 let st = self.state.lock();
-                self.deliver_room(&st, room, &frame, None, "cross_node");
+                self.deliver_room(&st, room, &frame, None, "cross_node", true);
             }
             "join" | "leave" => {
                 let (Some(room), Some(socket)) = (h.r.as_deref(), h.s.as_deref()) else {
@@ -195,7 +210,7 @@ impl Node {
                 self.metrics.remote_members.set(st.remote_total as i64);
                 if news {
                     if let Some(frame) = Frame::from_body(body, false) {
-                        self.deliver_room(&st, room, &frame, None, "cross_node");
+                        self.deliver_room(&st, room, &frame, None, "cross_node", false);
                     }
                 }
             }
@@ -222,7 +237,7 @@ impl Node {
                     return;
                 };
                 let st = self.state.lock();
-                if !self.deliver(&st, socket, &frame, "cross_node") {
+                if !self.deliver_as(&st, socket, &frame, "cross_node", true) {
                     tracing::debug!(node = %self.id, %socket, "direct message for an unknown socket dropped");
                 }
             }

@@ -4,7 +4,8 @@
 //! per-client-address limits; [`bucket`] the token bucket; [`rooms`] sockets
 //! and rooms; [`envelope`] cross-node envelopes and their seal;
 //! [`inbound`] what arrives from other nodes, within bounds;
-//! [`backplane`] the broker connection;
+//! [`backplane`] the broker connection; [`shed`] the byte budgets and
+//! age limit that keep the message path's queues short under load;
 //! [`presence`] node heartbeats, dead-node detection, presence queries;
 //! [`connection`] one WebSocket client; [`http`] the port's HTTP side
 //! (upgrade, health, metrics, publish API, static files); [`metrics`].
@@ -20,3 +21,4 @@ pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod rooms;
+pub mod shed;

@@ -74,6 +74,21 @@ impl Metrics {
                 "limpet_node_inbound_queued_bytes",
                 "Bytes of broker messages waiting to be handled",
             ),
+            publish_bytes: gauge(
+                "limpet_node_publish_queued_bytes",
+                "Bytes of publishes waiting to go to the broker",
+            ),
+            shed: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "limpet_node_shed_total",
+                        "Room and direct messages dropped under load, by path (node_to_broker, broker_to_node, node_to_client) and reason (queue_full, too_old)",
+                    ),
+                    &["path", "reason"],
+                )
+                .expect("valid metric"),
+            ),
         });
         Metrics {
             connections: gauge("limpet_node_connections", "WebSocket clients connected now"),

@@ -18,6 +18,7 @@ use crate::backplane::{node_channel, room_channel, Backplane, Inbound, Settings,
 use crate::envelope::{envelope, Header, Seal};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Code, Failure};
+use crate::shed::MaxAge;
 use bytes::Bytes;
 use limpet_config::NodeConfig;
 use parking_lot::Mutex;
@@ -53,9 +54,16 @@ pub mod close {
     }
 }
 
+/// A frame queued for one client. `since` is set for room and direct
+/// messages: the writer drops them when they waited too long.
+pub struct Outgoing {
+    pub msg: Message,
+    pub since: Option<Instant>,
+}
+
 /// One local client, as the rest of the node sees it.
 pub struct LocalSocket {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Outgoing>,
     /// Bytes of frames queued for this socket and not yet written; the
     /// writer subtracts what it has sent.
     queued: Arc<AtomicUsize>,
@@ -140,6 +148,8 @@ pub struct Node {
     pub(crate) next_query: AtomicU64,
     incarnation: String,
     next_socket: AtomicU64,
+    /// How long a room or direct message may wait in one queue.
+    pub(crate) max_age: MaxAge,
 }
 
 impl Node {
@@ -147,6 +157,7 @@ impl Node {
     /// messages for [`Node::run_inbound`].
     pub fn new(config: NodeConfig) -> (Arc<Node>, mpsc::UnboundedReceiver<Inbound>) {
         let metrics = Arc::new(Metrics::new());
+        let max_age = MaxAge::new(config.limits.max_queue_delay.get());
         let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
         let backplane = Backplane::spawn(
             Settings {
@@ -154,6 +165,8 @@ impl Node {
                 cluster: config.cluster,
                 seal: Seal::new(config.cluster_secret.as_deref()),
                 inbound_queue_bytes: config.limits.inbound_queue_bytes.bytes() as usize,
+                publish_queue_bytes: config.limits.publish_queue_bytes.bytes() as usize,
+                max_age,
             },
             inbound_tx,
             metrics.backplane.clone(),
@@ -183,6 +196,7 @@ impl Node {
             next_query: AtomicU64::new(1),
             incarnation,
             next_socket: AtomicU64::new(1),
+            max_age,
         });
         (node, inbound_rx)
     }
@@ -199,7 +213,7 @@ impl Node {
     pub fn add_socket(
         &self,
         id: &str,
-        tx: mpsc::Sender<Message>,
+        tx: mpsc::Sender<Outgoing>,
         queued: Arc<AtomicUsize>,
         closer: watch::Sender<Option<u16>>,
     ) {
@@ -258,6 +272,19 @@ impl Node {
     /// anyone. A frame bigger than the whole byte budget still goes to an
     /// idle socket, so one large message never closes a reader that keeps up.
     pub(crate) fn deliver(&self, st: &State, id: &str, frame: &Frame, scope: &str) -> bool {
+        self.deliver_as(st, id, frame, scope, false)
+    }
+
+    /// [`Node::deliver`], for a room or direct message when `volatile`:
+    /// the writer drops it if it waits past `limits.max_queue_delay`.
+    pub(crate) fn deliver_as(
+        &self,
+        st: &State,
+        id: &str,
+        frame: &Frame,
+        scope: &str,
+        volatile: bool,
+    ) -> bool {
         let Some(sock) = st.sockets.get(id) else {
             return false;
         };
@@ -268,7 +295,11 @@ impl Node {
         let result = if full {
             Err(mpsc::error::TrySendError::Full(()))
         } else {
-            sock.tx.try_send(frame.to_message()).map_err(|e| match e {
+            let out = Outgoing {
+                msg: frame.to_message(),
+                since: volatile.then(Instant::now),
+            };
+            sock.tx.try_send(out).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
                 mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
             })
@@ -297,7 +328,7 @@ impl Node {
     /// Queues a control message (ping) for one socket.
     pub fn reply_message(&self, id: &str, msg: Message) {
         if let Some(sock) = self.state.lock().sockets.get(id) {
-            let _ = sock.tx.try_send(msg);
+            let _ = sock.tx.try_send(Outgoing { msg, since: None });
         }
     }
 
@@ -314,18 +345,23 @@ impl Node {
         frame: &Frame,
         except: Option<&str>,
         scope: &str,
+        volatile: bool,
     ) {
         if let Some(r) = st.rooms.get(room) {
             for member in &r.local {
                 if Some(member.as_str()) != except {
-                    self.deliver(st, member, frame, scope);
+                    self.deliver_as(st, member, frame, scope, volatile);
                 }
             }
         }
     }
 
+    /// Room and direct messages are volatile on the backplane (shed
+    /// first); membership and control envelopes are not.
     pub(crate) fn publish(&self, channel: String, header: &Header, body: &[u8]) {
-        self.backplane.publish(channel, envelope(header, body));
+        let volatile = matches!(header.k.as_str(), "emit" | "direct");
+        self.backplane
+            .publish(channel, envelope(header, body), volatile);
     }
 
     pub(crate) fn header(&self, kind: &str) -> Header {
@@ -406,7 +442,7 @@ impl Node {
         h.r = Some(room.to_string());
         h.s = Some(socket.to_string());
         self.publish(room_channel(room), &h, frame.as_bytes());
-        self.deliver_room(&st, room, &Frame::text(frame), Some(socket), "local");
+        self.deliver_room(&st, room, &Frame::text(frame), Some(socket), "local", false);
         Ok(self.known_members(&st, room))
     }
 
@@ -434,7 +470,7 @@ impl Node {
         h.r = Some(room.to_string());
         h.s = Some(socket.to_string());
         self.publish(room_channel(room), &h, frame.as_bytes());
-        self.deliver_room(&st, room, &Frame::text(frame), None, "local");
+        self.deliver_room(&st, room, &Frame::text(frame), None, "local", false);
         if now_empty {
             if let Some(gone) = st.rooms.remove(room) {
                 st.remote_total -= gone.remote.len();
@@ -469,7 +505,7 @@ impl Node {
             }
         }
         let except = if include_self { None } else { socket };
-        self.deliver_room(&st, room, &frame, except, "local");
+        self.deliver_room(&st, room, &frame, except, "local", true);
         drop(st);
         let mut h = self.header("emit");
         h.r = Some(room.to_string());
@@ -491,7 +527,7 @@ impl Node {
                     format!("no socket `{to}`"),
                 ));
             }
-            self.deliver(&st, to, &frame, "local");
+            self.deliver_as(&st, to, &frame, "local", true);
             return Ok(());
         }
         let mut h = self.header("direct");

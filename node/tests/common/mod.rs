@@ -244,6 +244,12 @@ static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new
 impl NodeProcess {
     /// Starts a node; `extra` is appended to its TOML config.
     pub fn start(id: &str, broker: &Broker, extra: &str) -> NodeProcess {
+        Self::start_with(id, &broker.node_config(), extra)
+    }
+
+    /// Starts a node whose `broker = ...` lines are `broker_lines` (e.g. a
+    /// relay in front of the broker).
+    pub fn start_with(id: &str, broker_lines: &str, extra: &str) -> NodeProcess {
         let dir = std::env::temp_dir().join(format!("limpet-node-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!(
@@ -257,10 +263,7 @@ impl NodeProcess {
         } else {
             format!("{extra}\n{fast}")
         };
-        let text = format!(
-            "id = \"{id}\"\nbind = \"127.0.0.1:0\"\n{}\n{extra}\n",
-            broker.node_config()
-        );
+        let text = format!("id = \"{id}\"\nbind = \"127.0.0.1:0\"\n{broker_lines}\n{extra}\n");
         std::fs::write(&path, text).unwrap();
         let mut proc = limpet_testkit::Logged::spawn(
             &format!("node {id}"),

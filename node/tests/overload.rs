@@ -1,0 +1,148 @@
+//! Overload against real limpet-node processes: a client floods a room
+//! faster than the node's broker link can carry it. The node must shed
+//! (drop and count) instead of queueing without limit, so that a later
+//! message from an honest client still crosses the cluster in time.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Bytes per second the relay lets through from the node to the broker.
+const LINK_BYTES_PER_SECOND: usize = 512 * 1024;
+
+/// A TCP relay in front of the broker whose node → broker direction
+/// carries at most [`LINK_BYTES_PER_SECOND`]: a slow broker link, the way
+/// an overloaded broker or a congested network looks to the node.
+async fn slow_link(broker: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = TcpStream::connect(broker).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut ur, mut uw) = upstream.into_split();
+            tokio::spawn(async move {
+                let chunk = 8 * 1024;
+                let pause = Duration::from_secs_f64(chunk as f64 / LINK_BYTES_PER_SECOND as f64);
+                let mut buf = vec![0u8; chunk];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if uw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut ur, &mut cw).await;
+            });
+        }
+    });
+    addr
+}
+
+/// One client floods a room with 60,000 messages of 1 KB (60 MB) from node
+/// A, whose broker link carries 512 KB/s; the room's other member is on
+/// node B. Before: every publish waited in an unbounded queue, so the
+/// node held the whole flood and an honest message sent after it would
+/// have crossed after about two minutes. Now the publish queue is bounded
+/// (`publish_queue_bytes`): the flood is shed and counted, the flooder
+/// still gets its acks, and the honest message arrives in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_shed_and_counted_while_an_honest_message_gets_through() {
+    let broker = Broker::start(Kind::Limpet).await;
+    let link = slow_link(broker.addr).await;
+    let limits = "[limits]\nrate_per_second = 1000000\nrate_burst = 1000000\naddress_rate_per_second = 1000000\naddress_rate_burst = 1000000\npublish_queue_bytes = \"64kb\"";
+    let mut a = NodeProcess::start_with("a", &format!("broker = [\"redis://{link}/\"]"), limits);
+    let mut b = NodeProcess::start("b", &broker, limits);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    a.wait_peers(1).await;
+    b.wait_peers(1).await;
+
+    let mut member = Client::connect(&b).await;
+    member.join("busy").await;
+    let mut flooder = Client::connect(&a).await;
+    flooder.join("busy").await;
+    // The room spans both nodes before the flood starts.
+    member.about("joined", &flooder.socket).await;
+    // The member reads all along, as an honest client does.
+    let receiving = tokio::spawn(async move {
+        let later = member.event_named("later").await;
+        (member, later)
+    });
+
+    let before = a.proc.rss_kib() / 1024;
+    let mut peak = before;
+    let filler = "f".repeat(1000);
+    let total = 60_000;
+    for i in 0..total {
+        // No request id: fire and forget, as fast as the socket takes them.
+        let frame =
+            json!({"op": "emit", "room": "busy", "event": "flood", "data": {"i": i, "p": filler}});
+        flooder
+            .send_raw(tokio_tungstenite::tungstenite::Message::text(
+                frame.to_string(),
+            ))
+            .await;
+        if i % 2000 == 0 {
+            peak = peak.max(a.proc.rss_kib() / 1024);
+        }
+    }
+    // The flooder is still answered: its emit is accepted (acked) even
+    // when the copy for other nodes is shed.
+    let ack = tokio::time::timeout(
+        DEADLINE,
+        flooder.ok(json!({"op": "emit", "room": "busy", "event": "flood", "data": {"last": true}})),
+    )
+    .await
+    .expect("the flooder's ack comes in time");
+    assert_eq!(ack["room"], "busy");
+    peak = peak.max(a.proc.rss_kib() / 1024);
+
+    // What was kept drains quickly: the queue never held more than its
+    // budget. (Before, 60 MB at 512 KB/s: about two minutes.)
+    eventually("node a's publish queue drains", || async {
+        a.metric("limpet_node_publish_queued_bytes").await == 0.0
+    })
+    .await;
+    let mut honest = Client::connect(&a).await;
+    honest.join("busy").await;
+    honest.emit("busy", "later", json!({"n": 1})).await;
+    let (mut member, got) = tokio::time::timeout(DEADLINE, receiving)
+        .await
+        .expect("the honest message crosses the cluster in time, not behind the flood")
+        .expect("member task");
+    assert_eq!(got["data"]["n"], 1);
+    assert_eq!(got["from"], honest.socket.as_str());
+
+    let shed = a
+        .metric("limpet_node_shed_total{path=\"node_to_broker\",reason=\"queue_full\"}")
+        .await;
+    eprintln!("overload: {shed} publishes shed; RSS {before} MiB before, {peak} MiB peak");
+    assert!(shed > 0.0, "the flood was shed and counted");
+    // Before, the backlog made publishes time out: node a dropped its
+    // broker connection over and over (losing everything queued), and
+    // node b, missing a's heartbeats, reported a's members as gone.
+    assert_eq!(a.metric("limpet_node_broker_reconnects_total").await, 0.0);
+    assert_eq!(b.metric("limpet_node_peer_down_total").await, 0.0);
+    a.proc.assert_alive();
+    b.proc.assert_alive();
+    // Before, the node held the whole 60 MB flood in its publish queue.
+    assert!(
+        peak < before + 30,
+        "node a grew from {before} MiB to {peak} MiB under the flood"
+    );
+    // Both nodes still answer everyone.
+    assert_eq!(member.ok(json!({"op": "ping"})).await["pong"], true);
+    assert_eq!(honest.ok(json!({"op": "ping"})).await["pong"], true);
+}

@@ -5,7 +5,8 @@
 //! count (channels + patterns for the classic commands, shard channels
 //! alone for the sharded ones).
 
-use super::{reply_help, Command};
+use super::common::reply_help;
+use super::spec::{cmd, Command};
 use crate::registry::Space;
 use crate::session::Session;
 use bytes::Bytes;
@@ -13,152 +14,160 @@ use bytes::Bytes;
 const PUBSUB_ACL: &[&str] = &["@pubsub", "@slow"];
 const SUB_FLAGS: &[&str] = &["pubsub", "noscript", "loading", "stale"];
 
-macro_rules! cmd {
-    ($name:literal, $arity:expr, $flags:expr, $since:literal, $summary:literal, $run:expr) => {
-        cmd!($name, $arity, $flags, $since, $summary, $run, 0, 0)
-    };
-    ($name:literal, $arity:expr, $flags:expr, $since:literal, $summary:literal, $run:expr, $first:expr, $last:expr) => {
-        Command {
-            name: $name,
-            arity: $arity,
-            flags: $flags,
-            acl: PUBSUB_ACL,
-            group: "pubsub",
-            since: $since,
-            summary: $summary,
-            first_key: $first,
-            last_key: $last,
-            run: $run,
-            subcommands: &[],
-        }
-    };
-}
+const GROUP: &str = "pubsub";
 
 pub const PUBLISH: Command = cmd!(
+    GROUP,
     "publish",
     3,
     &["pubsub", "loading", "stale", "fast", "may_replicate"],
+    PUBSUB_ACL,
     "2.0.0",
     "Posts a message to a channel.",
     publish
 );
 pub const SUBSCRIBE: Command = cmd!(
+    GROUP,
     "subscribe",
     -2,
     SUB_FLAGS,
+    PUBSUB_ACL,
     "2.0.0",
     "Listens for messages published to channels.",
     subscribe
 );
 pub const UNSUBSCRIBE: Command = cmd!(
+    GROUP,
     "unsubscribe",
     -1,
     SUB_FLAGS,
+    PUBSUB_ACL,
     "2.0.0",
     "Stops listening to messages posted to channels.",
     unsubscribe
 );
 pub const PSUBSCRIBE: Command = cmd!(
+    GROUP,
     "psubscribe",
     -2,
     SUB_FLAGS,
+    PUBSUB_ACL,
     "2.0.0",
     "Listens for messages published to channels that match one or more patterns.",
     psubscribe
 );
 pub const PUNSUBSCRIBE: Command = cmd!(
+    GROUP,
     "punsubscribe",
     -1,
     SUB_FLAGS,
+    PUBSUB_ACL,
     "2.0.0",
     "Stops listening to messages published to channels that match one or more patterns.",
     punsubscribe
 );
 pub const SPUBLISH: Command = cmd!(
+    GROUP,
     "spublish",
     3,
     &["pubsub", "loading", "stale", "fast", "may_replicate"],
+    PUBSUB_ACL,
     "7.0.0",
     "Post a message to a shard channel",
     spublish,
-    1,
-    1
+    keys = (1, 1)
 );
 pub const SSUBSCRIBE: Command = cmd!(
+    GROUP,
     "ssubscribe",
     -2,
     SUB_FLAGS,
+    PUBSUB_ACL,
     "7.0.0",
     "Listens for messages published to shard channels.",
     ssubscribe,
-    1,
-    -1
+    keys = (1, -1)
 );
 pub const SUNSUBSCRIBE: Command = cmd!(
+    GROUP,
     "sunsubscribe",
     -1,
     SUB_FLAGS,
+    PUBSUB_ACL,
     "7.0.0",
     "Stops listening to messages posted to shard channels.",
     sunsubscribe,
-    1,
-    -1
+    keys = (1, -1)
 );
 pub const PUBSUB: Command = Command {
     subcommands: &[
         cmd!(
+            GROUP,
             "pubsub|channels",
             -2,
             &["pubsub", "loading", "stale"],
+            PUBSUB_ACL,
             "2.8.0",
             "Returns the active channels.",
             pubsub_channels
         ),
         cmd!(
+            GROUP,
             "pubsub|numsub",
             -2,
             &["pubsub", "loading", "stale"],
+            PUBSUB_ACL,
             "2.8.0",
             "Returns a count of subscribers to channels.",
             pubsub_numsub
         ),
         cmd!(
+            GROUP,
             "pubsub|numpat",
             2,
             &["pubsub", "loading", "stale"],
+            PUBSUB_ACL,
             "2.8.0",
             "Returns a count of unique pattern subscriptions.",
             pubsub_numpat
         ),
         cmd!(
+            GROUP,
             "pubsub|shardchannels",
             -2,
             &["pubsub", "loading", "stale"],
+            PUBSUB_ACL,
             "7.0.0",
             "Returns the active shard channels.",
             pubsub_shardchannels
         ),
         cmd!(
+            GROUP,
             "pubsub|shardnumsub",
             -2,
             &["pubsub", "loading", "stale"],
+            PUBSUB_ACL,
             "7.0.0",
             "Returns the count of subscribers of shard channels.",
             pubsub_shardnumsub
         ),
         cmd!(
+            GROUP,
             "pubsub|help",
             2,
             &["loading", "stale"],
+            PUBSUB_ACL,
             "6.2.0",
             "Returns helpful text about the different subcommands.",
             pubsub_help
         ),
     ],
     ..cmd!(
+        GROUP,
         "pubsub",
         -2,
         &[],
+        PUBSUB_ACL,
         "2.8.0",
         "A container for Pub/Sub commands.",
         pubsub_help

@@ -53,15 +53,18 @@ impl Listeners {
     /// their requests (tunnels run on until `Proxy::close_tunnels`).
     pub async fn run(self, proxy: Arc<Proxy>, shutdown: watch::Receiver<bool>) {
         let mut tasks = JoinSet::new();
-        for (listener, cfg) in self.listeners {
+        // `bind` cannot name a listener: several may bind port 0. They are
+        // bound in config order, the order of `Proxy::listen`.
+        for (index, (listener, cfg)) in self.listeners.into_iter().enumerate() {
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, proxy_protocol = cfg.proxy_protocol, "listening for HTTP and WebSocket clients");
+                tracing::info!(
+                    %addr,
+                    proxy_protocol = cfg.proxy_protocol,
+                    tls = cfg.tls.is_some(),
+                    redirect_https = cfg.redirect_https,
+                    "listening for HTTP and WebSocket clients"
+                );
             }
-            let index = proxy
-                .listen
-                .iter()
-                .position(|l| l.bind == cfg.bind)
-                .unwrap_or(0);
             let mode = Mode {
                 proxy_protocol: cfg.proxy_protocol,
                 tls: proxy.tls.get(index).cloned().flatten(),

@@ -324,6 +324,50 @@ async fn http_listener_redirects_to_https() {
     );
 }
 
+/// Two listeners on port 0 have the same `bind`, and each was matched to
+/// its settings by that address: both got the first one's, so the
+/// redirect listener proxied plain HTTP instead of redirecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_on_port_zero_keep_their_own_settings() {
+    let b1 = TestBackend::start("b1").await;
+    let text = format!(
+        "[[listen]]\nbind = \"127.0.0.1:0\"\n[[listen]]\nbind = \"127.0.0.1:0\"\nredirect_https = true\nhttps_port = 8443\n[admin]\nbind = \"127.0.0.1:0\"\n[[pool]]\nname = \"nodes\"\nbackend_header = true\n[[pool.backend]]\nid = \"b1\"\naddress = \"{}\"\n[[route]]\npool = \"nodes\"\n",
+        b1.addr
+    );
+    let proxy = ProxyProcess::start(&text);
+    // Which port is which: the log line of each listener says.
+    let addr_of = |marker: &str| -> Option<std::net::SocketAddr> {
+        proxy
+            .log_text()
+            .lines()
+            .find(|l| l.contains("listening for HTTP") && l.contains(marker))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+    };
+    eventually("both listeners are logged", || {
+        let both =
+            addr_of("redirect_https=false").is_some() && addr_of("redirect_https=true").is_some();
+        async move { both }
+    })
+    .await;
+    let (plain, redirect) = (
+        addr_of("redirect_https=false").unwrap(),
+        addr_of("redirect_https=true").unwrap(),
+    );
+    assert_ne!(plain, redirect);
+    let r = http(plain, "GET", "/room/1", &[]).await;
+    assert_eq!((r.status, r.backend()), (200, Some("b1")), "{}", r.body);
+    let r = http(redirect, "GET", "/room/1", &[]).await;
+    assert_eq!(r.status, 301, "{}", r.body);
+    assert_eq!(r.header("location"), Some("https://test.local:8443/room/1"));
+    assert_eq!(
+        b1.requests.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "only the plain listener's request reached the backend"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_backends_are_verified_against_the_configured_ca() {
     let pki = Pki::new(&temp_dir("upstream"));

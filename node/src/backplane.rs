@@ -381,7 +381,8 @@ async fn run(
     let mut backoff = Duration::from_millis(100);
     let mut ever_connected = false;
     let mut pending: Option<Cmd> = None;
-    let target = urls.join(",");
+    // Shown in logs: never with the password (see crate::redact).
+    let target = crate::redact::broker_urls(&urls);
     loop {
         let link = tokio::select! {
             r = open(&urls, cluster) => r,

@@ -7,6 +7,7 @@
 //! [`backplane`] the broker connection; [`shed`] the byte budgets and
 //! age limit that keep the message path's queues short under load;
 //! [`presence`] node heartbeats, dead-node detection, presence queries;
+//! [`redact`] broker URLs as logs show them (no password);
 //! [`connection`] one WebSocket client; [`http`] the port's HTTP side
 //! (upgrade, health, metrics, publish API, static files); [`metrics`].
 
@@ -20,5 +21,6 @@ pub mod inbound;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
+pub mod redact;
 pub mod rooms;
 pub mod shed;

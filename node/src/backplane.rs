@@ -11,7 +11,7 @@
 //! Local delivery never waits for any of this.
 //!
 //! Outgoing envelopes are sealed and incoming ones checked here (see
-//! [`crate::envelope::Seal`]), so a forged envelope is dropped before it
+//! [`crate::seal::Seal`]), so a forged envelope is dropped before it
 //! takes a place in the inbound queue. That queue is bounded in bytes
 //! (`limits.inbound_queue_bytes`): a broker (or a publisher on it) that
 //! sends faster than the node handles gets its excess dropped and counted,
@@ -25,7 +25,7 @@
 //! longer than `limits.max_queue_delay` are dropped instead of sent late;
 //! see [`crate::shed`].
 
-use crate::envelope::Seal;
+use crate::seal::Seal;
 use crate::shed::{self, ByteBudget, MaxAge};
 use bytes::Bytes;
 use futures_util::StreamExt;

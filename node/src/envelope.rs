@@ -1,118 +1,146 @@
-//! Backplane envelopes: what one node publishes for the others, and the
-//! optional seal that proves a node of this cluster wrote it.
+//! Backplane envelopes: what one node publishes for the others.
 //!
 //! An envelope is a small JSON header, a newline, then the frame to hand
-//! to clients as is (so remote nodes never re-serialize it).
-//!
-//! Anyone who can publish on the broker can otherwise forge envelopes
-//! (the broker has no password by default). With `cluster_secret` set,
-//! every envelope is prefixed with HMAC-SHA256(secret, channel, 0, envelope)
-//! (32 bytes); the channel is covered so an envelope cannot be replayed
-//! into another room. Envelopes without a valid tag are dropped before
-//! they are queued, and counted. (A captured envelope can still be
-//! replayed on its own channel: the seal authenticates, it does not
-//! number messages.)
+//! to clients as is (so remote nodes never re-serialize it). The header is
+//! [`Envelope`], tagged on `k` with the kind; every kind names its origin
+//! node (`o`) and carries exactly the fields it needs, so a header missing
+//! one, or of an unknown kind, does not parse and is dropped whole.
+//! (Sealing against forgery is [`crate::seal`]'s job, on the bytes built
+//! here.)
 
 use bytes::{Bytes, BytesMut};
-use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 /// The header of a backplane envelope.
-#[derive(Debug, Serialize, Deserialize, Default)]
-pub struct Header {
-    /// Kind: emit, join, leave, sync, members, direct, hb, who, found, bye.
-    pub k: String,
-    /// Origin node.
-    pub o: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub r: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub s: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub m: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub q: Option<u64>,
-    /// The body is a binary frame.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub b: bool,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "lowercase")]
+pub enum Envelope {
+    /// A room message; the body is the frame for the room's members.
+    Emit {
+        #[serde(rename = "o")]
+        origin: String,
+        #[serde(rename = "r")]
+        room: String,
+        /// The body is a binary frame.
+        #[serde(rename = "b", default, skip_serializing_if = "std::ops::Not::not")]
+        binary: bool,
+    },
+    /// A message for one socket of the node whose channel it is sent on.
+    Direct {
+        #[serde(rename = "o")]
+        origin: String,
+        #[serde(rename = "s")]
+        socket: String,
+        #[serde(rename = "b", default, skip_serializing_if = "std::ops::Not::not")]
+        binary: bool,
+    },
+    /// A socket joined a room; the body is the `joined` frame.
+    Join {
+        #[serde(rename = "o")]
+        origin: String,
+        #[serde(rename = "r")]
+        room: String,
+        #[serde(rename = "s")]
+        socket: String,
+    },
+    /// A socket left a room; the body is the `left` frame.
+    Leave {
+        #[serde(rename = "o")]
+        origin: String,
+        #[serde(rename = "r")]
+        room: String,
+        #[serde(rename = "s")]
+        socket: String,
+    },
+    /// "Send me your members of this room" (answered with `members`).
+    Sync {
+        #[serde(rename = "o")]
+        origin: String,
+        #[serde(rename = "r")]
+        room: String,
+    },
+    /// A node's full list of its members of a room.
+    Members {
+        #[serde(rename = "o")]
+        origin: String,
+        #[serde(rename = "r")]
+        room: String,
+        #[serde(rename = "m")]
+        members: Vec<String>,
+    },
+    /// "I am alive" on the nodes channel.
+    #[serde(rename = "hb")]
+    Heartbeat {
+        #[serde(rename = "o")]
+        origin: String,
+    },
+    /// "I am leaving" (graceful shutdown).
+    Bye {
+        #[serde(rename = "o")]
+        origin: String,
+    },
+    /// A presence query: who of yours is in this room?
+    Who {
+        #[serde(rename = "o")]
+        origin: String,
+        #[serde(rename = "r")]
+        room: String,
+        #[serde(rename = "q")]
+        query: u64,
+    },
+    /// The answer to `who`.
+    Found {
+        #[serde(rename = "o")]
+        origin: String,
+        #[serde(rename = "r")]
+        room: String,
+        #[serde(rename = "q")]
+        query: u64,
+        #[serde(rename = "m")]
+        members: Vec<String>,
+    },
 }
 
-pub fn envelope(header: &Header, body: &[u8]) -> Bytes {
-    let head = serde_json::to_vec(header).expect("headers serialize");
-    let mut out = BytesMut::with_capacity(head.len() + 1 + body.len());
-    out.extend_from_slice(&head);
-    out.extend_from_slice(b"\n");
-    out.extend_from_slice(body);
-    out.freeze()
-}
-
-pub fn open_envelope(payload: &Bytes) -> Option<(Header, Bytes)> {
-    let nl = payload.iter().position(|&b| b == b'\n')?;
-    let header: Header = serde_json::from_slice(&payload[..nl]).ok()?;
-    Some((header, payload.slice(nl + 1..)))
-}
-/// Length of the seal's tag.
-const TAG: usize = 32;
-
-/// Seals outgoing envelopes and checks incoming ones.
-#[derive(Clone)]
-pub struct Seal {
-    /// Keyed once; cloned per message (cheaper than re-keying).
-    mac: Option<Hmac<Sha256>>,
-}
-
-/// Why an incoming envelope was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SealError {
-    #[error("envelope without a valid cluster_secret tag")]
-    BadTag,
-}
-
-impl Seal {
-    /// `None`: envelopes travel unsealed and are accepted as they come.
-    pub fn new(secret: Option<&str>) -> Seal {
-        Seal {
-            mac: secret.map(|s| {
-                <Hmac<Sha256> as KeyInit>::new_from_slice(s.as_bytes())
-                    .expect("HMAC takes keys of any length")
-            }),
+impl Envelope {
+    /// The node that published it.
+    pub fn origin(&self) -> &str {
+        match self {
+            Envelope::Emit { origin, .. }
+            | Envelope::Direct { origin, .. }
+            | Envelope::Join { origin, .. }
+            | Envelope::Leave { origin, .. }
+            | Envelope::Sync { origin, .. }
+            | Envelope::Members { origin, .. }
+            | Envelope::Heartbeat { origin }
+            | Envelope::Bye { origin }
+            | Envelope::Who { origin, .. }
+            | Envelope::Found { origin, .. } => origin,
         }
     }
 
-    fn tag(mac: &Hmac<Sha256>, channel: &str, envelope: &[u8]) -> Hmac<Sha256> {
-        let mut mac = mac.clone();
-        mac.update(channel.as_bytes());
-        mac.update(&[0]);
-        mac.update(envelope);
-        mac
+    /// Room and direct messages: shed first under load, and dropped when
+    /// they waited too long. Membership and control envelopes are not.
+    pub fn volatile(&self) -> bool {
+        matches!(self, Envelope::Emit { .. } | Envelope::Direct { .. })
     }
 
-    /// The payload to publish on `channel`.
-    pub fn seal(&self, channel: &str, envelope: Bytes) -> Bytes {
-        let Some(mac) = &self.mac else {
-            return envelope;
-        };
-        let tag = Self::tag(mac, channel, &envelope).finalize().into_bytes();
-        let mut out = BytesMut::with_capacity(TAG + envelope.len());
-        out.extend_from_slice(&tag);
-        out.extend_from_slice(&envelope);
+    /// The bytes to publish: this header, a newline, `body`.
+    pub fn encode(&self, body: &[u8]) -> Bytes {
+        // Strings, numbers and a bool: serializing cannot fail.
+        let head = serde_json::to_vec(self).unwrap_or_default();
+        let mut out = BytesMut::with_capacity(head.len() + 1 + body.len());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(b"\n");
+        out.extend_from_slice(body);
         out.freeze()
     }
 
-    /// The envelope inside a payload received on `channel`, if its tag is
-    /// valid (checked in constant time).
-    pub fn open(&self, channel: &str, payload: Bytes) -> Result<Bytes, SealError> {
-        let Some(mac) = &self.mac else {
-            return Ok(payload);
-        };
-        if payload.len() < TAG {
-            return Err(SealError::BadTag);
-        }
-        Self::tag(mac, channel, &payload[TAG..])
-            .verify_slice(&payload[..TAG])
-            .map_err(|_| SealError::BadTag)?;
-        Ok(payload.slice(TAG..))
+    /// The header and body of a received envelope (the body a slice of
+    /// the same buffer); `None` when the header is not a valid envelope.
+    pub fn decode(payload: &Bytes) -> Option<(Envelope, Bytes)> {
+        let nl = payload.iter().position(|&b| b == b'\n')?;
+        let header: Envelope = serde_json::from_slice(&payload[..nl]).ok()?;
+        Some((header, payload.slice(nl + 1..)))
     }
 }
 
@@ -121,36 +149,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sealed_envelopes_open_only_with_the_same_secret_and_channel() {
-        let h = Header {
-            k: "join".into(),
-            o: "n1".into(),
-            ..Header::default()
+    fn the_wire_format_is_the_one_letter_header() {
+        let e = Envelope::Emit {
+            origin: "n1".into(),
+            room: "r".into(),
+            binary: false,
         };
-        let env = envelope(&h, b"body");
-        let seal = Seal::new(Some("0123456789abcdef"));
-        let sealed = seal.seal("limpet:room:a", env.clone());
-        assert_eq!(seal.open("limpet:room:a", sealed.clone()), Ok(env.clone()));
         assert_eq!(
-            seal.open("limpet:room:b", sealed.clone()),
-            Err(SealError::BadTag)
+            &e.encode(b"x")[..],
+            b"{\"k\":\"emit\",\"o\":\"n1\",\"r\":\"r\"}\nx"
         );
-        let other = Seal::new(Some("another secret!!"));
+        let hb = Envelope::Heartbeat {
+            origin: "n2".into(),
+        };
+        assert_eq!(&hb.encode(b"")[..], b"{\"k\":\"hb\",\"o\":\"n2\"}\n");
+        let found = Envelope::Found {
+            origin: "n3".into(),
+            room: "r".into(),
+            query: 7,
+            members: vec!["a".into()],
+        };
+        let bytes = found.encode(b"");
+        assert_eq!(Envelope::decode(&bytes), Some((found, Bytes::new())));
+        let (d, body) = Envelope::decode(&Bytes::from_static(
+            b"{\"k\":\"direct\",\"o\":\"n1\",\"s\":\"n2.a.1\",\"b\":true}\nbin\nary",
+        ))
+        .unwrap();
         assert_eq!(
-            other.open("limpet:room:a", sealed.clone()),
-            Err(SealError::BadTag)
+            d,
+            Envelope::Direct {
+                origin: "n1".into(),
+                socket: "n2.a.1".into(),
+                binary: true
+            }
         );
-        assert_eq!(
-            seal.open("limpet:room:a", env.clone()),
-            Err(SealError::BadTag)
-        );
-        assert_eq!(
-            seal.open("c", Bytes::from_static(b"short")),
-            Err(SealError::BadTag)
-        );
-        let open = Seal::new(None);
-        assert_eq!(open.seal("c", env.clone()), env);
-        let (header, body) = open_envelope(&env).unwrap();
-        assert_eq!((header.k.as_str(), &body[..]), ("join", &b"body"[..]));
+        assert_eq!(&body[..], b"bin\nary");
+        assert!(d.volatile() && !hb.volatile());
+    }
+
+    #[test]
+    fn malformed_headers_do_not_parse() {
+        for bad in [
+            &b"{\"k\":\"emit\",\"o\":\"n1\"}\n"[..],        // no room
+            b"{\"k\":\"join\",\"o\":\"n1\",\"r\":\"r\"}\n", // no socket
+            b"{\"k\":\"nope\",\"o\":\"n1\"}\n",
+            b"{\"o\":\"n1\"}\n",
+            b"{\"k\":\"hb\"}\n",            // no origin
+            b"{\"k\":\"hb\",\"o\":\"n1\"}", // no newline
+            b"not json\n",
+        ] {
+            assert_eq!(Envelope::decode(&Bytes::copy_from_slice(bad)), None);
+        }
     }
 }

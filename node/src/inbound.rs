@@ -11,12 +11,13 @@
 //! counted in `limpet_node_backplane_rejected_total{reason}`.
 
 use crate::backplane::{node_channel, room_channel, Inbound};
-use crate::envelope::open_envelope;
+use crate::envelope::Envelope;
 use crate::protocol;
 use crate::rooms::{Frame, Node, State};
 use crate::shed;
 use bytes::Bytes;
 use limpet_config::NodeLimits;
+use parking_lot::MutexGuard;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
@@ -151,28 +152,32 @@ impl Node {
     fn resync(&self) {
         let st = self.state.lock();
         for room in st.rooms.keys() {
-            let mut h = self.header("members");
-            h.r = Some(room.clone());
-            h.m = Some(self.local_members(&st, room));
-            self.publish(room_channel(room), &h, b"");
-            let mut h = self.header("sync");
-            h.r = Some(room.clone());
-            self.publish(room_channel(room), &h, b"");
+            let members = Envelope::Members {
+                origin: self.id.clone(),
+                room: room.clone(),
+                members: self.local_members(&st, room),
+            };
+            self.publish(room_channel(room), &members, b"");
+            let sync = Envelope::Sync {
+                origin: self.id.clone(),
+                room: room.clone(),
+            };
+            self.publish(room_channel(room), &sync, b"");
         }
     }
 
     /// `since`: when it came off the broker connection; a room or direct
     /// message that waited past `limits.max_queue_delay` is dropped.
     fn on_message(&self, _channel: &str, payload: &Bytes, since: Instant) {
-        let Some((h, body)) = open_envelope(payload) else {
+        let Some((envelope, body)) = Envelope::decode(payload) else {
             tracing::debug!(node = %self.id, "ignoring a malformed backplane message");
             return;
         };
-        if h.o == self.id {
+        if envelope.origin() == self.id {
             // Our own publish: already delivered locally.
             return;
         }
-        if matches!(h.k.as_str(), "emit" | "direct") && self.max_age.expired(since) {
+        if envelope.volatile() && self.max_age.expired(since) {
             shed::count(
                 &self.metrics.backplane.shed,
                 shed::Path::BrokerToNode,
@@ -180,70 +185,68 @@ impl Node {
             );
             return;
         }
-        match h.k.as_str() {
-            "emit" => {
-                let (Some(room), Some(frame)) = (h.r.as_deref(), Frame::from_body(body, h.b))
-                else {
+        match envelope {
+            Envelope::Emit { room, binary, .. } => {
+                let Some(frame) = Frame::from_body(body, binary) else {
                     return;
                 };
                 let st = self.state.lock();
-                self.deliver_room(&st, room, &frame, None, "cross_node", true);
+                self.deliver_room(&st, &room, &frame, None, "cross_node", true);
             }
-            "join" | "leave" => {
-                let (Some(room), Some(socket)) = (h.r.as_deref(), h.s.as_deref()) else {
-                    return;
-                };
+            Envelope::Join {
+                origin,
+                room,
+                socket,
+            } => {
                 let mut st = self.state.lock();
-                // Only news is announced: a join we already know of, one past
-                // the bounds, or a leave of someone we never listed is not.
-                let news = if h.k == "join" {
-                    match st.add_remote(room, socket, &h.o, &self.config.limits) {
-                        Ok(added) => added,
-                        Err(reason) => {
-                            self.refuse_remote(reason, room, &h.o);
-                            false
-                        }
+                // Only news is announced: a join we already know of, or one
+                // past the bounds, is not.
+                let news = match st.add_remote(&room, &socket, &origin, &self.config.limits) {
+                    Ok(added) => added,
+                    Err(reason) => {
+                        self.refuse_remote(reason, &room, &origin);
+                        false
                     }
-                } else {
-                    st.remove_remote(room, socket)
                 };
-                self.metrics.remote_members.set(st.remote_total as i64);
-                if news {
-                    if let Some(frame) = Frame::from_body(body, false) {
-                        self.deliver_room(&st, room, &frame, None, "cross_node", false);
-                    }
+                self.announce(st, &room, body, news);
+            }
+            Envelope::Leave { room, socket, .. } => {
+                let mut st = self.state.lock();
+                // Nor is a leave of someone we never listed.
+                let news = st.remove_remote(&room, &socket);
+                self.announce(st, &room, body, news);
+            }
+            Envelope::Sync { origin, room } => {
+                let st = self.state.lock();
+                if st.rooms.contains_key(&room) {
+                    let reply = Envelope::Members {
+                        origin: self.id.clone(),
+                        members: self.local_members(&st, &room),
+                        room,
+                    };
+                    self.publish(node_channel(&origin), &reply, b"");
                 }
             }
-            "sync" => {
-                let Some(room) = h.r.as_deref() else { return };
-                let st = self.state.lock();
-                if st.rooms.contains_key(room) {
-                    let mut reply = self.header("members");
-                    reply.r = Some(room.to_string());
-                    reply.m = Some(self.local_members(&st, room));
-                    self.publish(node_channel(&h.o), &reply, b"");
-                }
-            }
-            "members" => {
-                let (Some(room), Some(members)) = (h.r.as_deref(), h.m.as_ref()) else {
-                    return;
-                };
+            Envelope::Members {
+                origin,
+                room,
+                members,
+            } => {
                 let mut st = self.state.lock();
-                self.apply_members(&mut st, room, &h.o, members, "disconnect");
+                self.apply_members(&mut st, &room, &origin, &members, "disconnect");
             }
-            "direct" => {
-                let (Some(socket), Some(frame)) = (h.s.as_deref(), Frame::from_body(body, h.b))
-                else {
+            Envelope::Direct { socket, binary, .. } => {
+                let Some(frame) = Frame::from_body(body, binary) else {
                     return;
                 };
                 let st = self.state.lock();
-                if !self.deliver_as(&st, socket, &frame, "cross_node", true) {
+                if !self.deliver_as(&st, &socket, &frame, "cross_node", true) {
                     tracing::debug!(node = %self.id, %socket, "direct message for an unknown socket dropped");
                 }
             }
-            "hb" => {
+            Envelope::Heartbeat { origin } => {
                 let mut peers = self.peers.lock();
-                let fresh = !peers.contains_key(&h.o);
+                let fresh = !peers.contains_key(&origin);
                 if fresh && peers.len() >= self.config.limits.max_peer_nodes {
                     drop(peers);
                     self.metrics
@@ -253,31 +256,47 @@ impl Node {
                         .inc();
                     return;
                 }
-                peers.insert(h.o.clone(), Instant::now());
+                peers.insert(origin.clone(), Instant::now());
                 drop(peers);
                 if fresh {
-                    tracing::info!(node = %self.id, peer = %h.o, "peer node seen");
+                    tracing::info!(node = %self.id, peer = %origin, "peer node seen");
                 }
             }
-            "bye" => {
-                self.peers.lock().remove(&h.o);
-                tracing::info!(node = %self.id, peer = %h.o, "peer node left");
-                self.drop_node(&h.o, "node_down");
+            Envelope::Bye { origin } => {
+                self.peers.lock().remove(&origin);
+                tracing::info!(node = %self.id, peer = %origin, "peer node left");
+                self.drop_node(&origin, "node_down");
             }
-            "who" => {
-                let (Some(room), Some(q)) = (h.r.as_deref(), h.q) else {
-                    return;
-                };
+            Envelope::Who {
+                origin,
+                room,
+                query,
+            } => {
                 let st = self.state.lock();
-                let mut reply = self.header("found");
-                reply.r = Some(room.to_string());
-                reply.q = Some(q);
-                reply.m = Some(self.local_members(&st, room));
-                self.publish(node_channel(&h.o), &reply, b"");
+                let reply = Envelope::Found {
+                    origin: self.id.clone(),
+                    members: self.local_members(&st, &room),
+                    room,
+                    query,
+                };
+                self.publish(node_channel(&origin), &reply, b"");
             }
-            "found" => self.on_found(&h),
-            other => {
-                tracing::debug!(node = %self.id, kind = other, "unknown backplane message kind")
+            Envelope::Found {
+                origin,
+                query,
+                members,
+                ..
+            } => self.on_found(&origin, query, &members),
+        }
+    }
+
+    /// After a remote join or leave: updates the gauge and, when it was
+    /// news, hands the body (the `joined`/`left` frame) to local members.
+    fn announce(&self, st: MutexGuard<'_, State>, room: &str, body: Bytes, news: bool) {
+        self.metrics.remote_members.set(st.remote_total as i64);
+        if news {
+            if let Some(frame) = Frame::from_body(body, false) {
+                self.deliver_room(&st, room, &frame, None, "cross_node", false);
             }
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! Module map: [`protocol`] the client JSON protocol; [`addresses`]
 //! per-client-address limits; [`bucket`] the token bucket; [`rooms`] sockets
-//! and rooms; [`envelope`] cross-node envelopes and their seal;
+//! and rooms; [`envelope`] cross-node envelopes; [`seal`] their HMAC seal;
 //! [`inbound`] what arrives from other nodes, within bounds;
 //! [`backplane`] the broker connection; [`shed`] the byte budgets and
 //! age limit that keep the message path's queues short under load;
@@ -23,4 +23,5 @@ pub mod presence;
 pub mod protocol;
 pub mod redact;
 pub mod rooms;
+pub mod seal;
 pub mod shed;

@@ -11,7 +11,7 @@
 //! and waits for all of them (or 1 s, then answers with `complete: false`).
 
 use crate::backplane::NODES_CHANNEL;
-use crate::envelope::Header;
+use crate::envelope::Envelope;
 use crate::rooms::{Node, WhoQuery};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
@@ -37,7 +37,10 @@ impl Node {
             let Some(up_since) = self.backplane.connected_since() else {
                 continue;
             };
-            self.publish_header(NODES_CHANNEL.to_string(), &self.new_header("hb"));
+            let hb = Envelope::Heartbeat {
+                origin: self.id.clone(),
+            };
+            self.publish(NODES_CHANNEL.to_string(), &hb, b"");
             let now = Instant::now();
             let dead: Vec<String> = {
                 let mut peers = self.peers.lock();
@@ -67,7 +70,10 @@ impl Node {
 
     /// Tells peers we are leaving (graceful shutdown).
     pub fn say_bye(&self) {
-        self.publish_header(NODES_CHANNEL.to_string(), &self.new_header("bye"));
+        let bye = Envelope::Bye {
+            origin: self.id.clone(),
+        };
+        self.publish(NODES_CHANNEL.to_string(), &bye, b"");
     }
 
     /// Everyone in `room` across the cluster: ((socket, node) sorted, complete).
@@ -89,10 +95,12 @@ impl Node {
                 done: Some(tx),
             },
         );
-        let mut h = self.new_header("who");
-        h.r = Some(room.to_string());
-        h.q = Some(q);
-        self.publish_header(NODES_CHANNEL.to_string(), &h);
+        let who = Envelope::Who {
+            origin: self.id.clone(),
+            room: room.to_string(),
+            query: q,
+        };
+        self.publish(NODES_CHANNEL.to_string(), &who, b"");
         let complete = tokio::time::timeout(QUERY_TIMEOUT, rx).await.is_ok();
         let query = self.queries.lock().remove(&q);
         if let Some(query) = query {
@@ -102,18 +110,16 @@ impl Node {
         (members, complete)
     }
 
-    pub(crate) fn on_found(&self, h: &Header) {
-        let (Some(q), Some(found)) = (h.q, h.m.as_ref()) else {
-            return;
-        };
+    /// A node's answer to our presence query `q`.
+    pub(crate) fn on_found(&self, origin: &str, q: u64, found: &[String]) {
         let mut queries = self.queries.lock();
         let Some(query) = queries.get_mut(&q) else {
             return;
         };
-        if query.answered.insert(h.o.clone()) {
+        if query.answered.insert(origin.to_string()) {
             query
                 .members
-                .extend(found.iter().map(|s| (s.clone(), h.o.clone())));
+                .extend(found.iter().map(|s| (s.clone(), origin.to_string())));
         }
         if query.expected.is_subset(&query.answered) {
             if let Some(done) = query.done.take() {

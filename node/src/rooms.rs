@@ -15,9 +15,10 @@
 
 use crate::addresses::Addresses;
 use crate::backplane::{node_channel, room_channel, Backplane, Inbound, Settings, NODES_CHANNEL};
-use crate::envelope::{envelope, Header, Seal};
+use crate::envelope::Envelope;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Code, Failure};
+use crate::seal::Seal;
 use crate::shed::MaxAge;
 use bytes::Bytes;
 use limpet_config::NodeConfig;
@@ -358,18 +359,9 @@ impl Node {
 
     /// Room and direct messages are volatile on the backplane (shed
     /// first); membership and control envelopes are not.
-    pub(crate) fn publish(&self, channel: String, header: &Header, body: &[u8]) {
-        let volatile = matches!(header.k.as_str(), "emit" | "direct");
+    pub(crate) fn publish(&self, channel: String, envelope: &Envelope, body: &[u8]) {
         self.backplane
-            .publish(channel, envelope(header, body), volatile);
-    }
-
-    pub(crate) fn header(&self, kind: &str) -> Header {
-        Header {
-            k: kind.to_string(),
-            o: self.id.clone(),
-            ..Header::default()
-        }
+            .publish(channel, envelope.encode(body), envelope.volatile());
     }
 
     pub fn validate_room(&self, room: Option<&str>) -> Result<String, Failure> {
@@ -433,15 +425,19 @@ impl Node {
             // Subscribe first: the backplane runs commands in order, so the
             // announcements below go out after the subscription is live.
             self.backplane.subscribe(room_channel(room));
-            let mut h = self.header("sync");
-            h.r = Some(room.to_string());
-            self.publish(room_channel(room), &h, b"");
+            let sync = Envelope::Sync {
+                origin: self.id.clone(),
+                room: room.to_string(),
+            };
+            self.publish(room_channel(room), &sync, b"");
         }
         let frame = protocol::joined(room, socket, &self.id);
-        let mut h = self.header("join");
-        h.r = Some(room.to_string());
-        h.s = Some(socket.to_string());
-        self.publish(room_channel(room), &h, frame.as_bytes());
+        let envelope = Envelope::Join {
+            origin: self.id.clone(),
+            room: room.to_string(),
+            socket: socket.to_string(),
+        };
+        self.publish(room_channel(room), &envelope, frame.as_bytes());
         self.deliver_room(&st, room, &Frame::text(frame), Some(socket), "local", false);
         Ok(self.known_members(&st, room))
     }
@@ -466,10 +462,12 @@ impl Node {
             None => true,
         };
         let frame = protocol::left(room, socket, &self.id, reason);
-        let mut h = self.header("leave");
-        h.r = Some(room.to_string());
-        h.s = Some(socket.to_string());
-        self.publish(room_channel(room), &h, frame.as_bytes());
+        let envelope = Envelope::Leave {
+            origin: self.id.clone(),
+            room: room.to_string(),
+            socket: socket.to_string(),
+        };
+        self.publish(room_channel(room), &envelope, frame.as_bytes());
         self.deliver_room(&st, room, &Frame::text(frame), None, "local", false);
         if now_empty {
             if let Some(gone) = st.rooms.remove(room) {
@@ -507,10 +505,12 @@ impl Node {
         let except = if include_self { None } else { socket };
         self.deliver_room(&st, room, &frame, except, "local", true);
         drop(st);
-        let mut h = self.header("emit");
-        h.r = Some(room.to_string());
-        h.b = matches!(frame, Frame::Binary(_));
-        self.publish(room_channel(room), &h, frame.bytes());
+        let envelope = Envelope::Emit {
+            origin: self.id.clone(),
+            room: room.to_string(),
+            binary: matches!(frame, Frame::Binary(_)),
+        };
+        self.publish(room_channel(room), &envelope, frame.bytes());
         Ok(())
     }
 
@@ -530,10 +530,12 @@ impl Node {
             self.deliver_as(&st, to, &frame, "local", true);
             return Ok(());
         }
-        let mut h = self.header("direct");
-        h.s = Some(to.to_string());
-        h.b = matches!(frame, Frame::Binary(_));
-        self.publish(node_channel(node), &h, frame.bytes());
+        let envelope = Envelope::Direct {
+            origin: self.id.clone(),
+            socket: to.to_string(),
+            binary: matches!(frame, Frame::Binary(_)),
+        };
+        self.publish(node_channel(node), &envelope, frame.bytes());
         Ok(())
     }
 
@@ -555,14 +557,6 @@ impl Node {
             .into_iter()
             .map(|s| (s, self.id.clone()))
             .collect()
-    }
-
-    pub(crate) fn publish_header(&self, channel: String, header: &Header) {
-        self.publish(channel, header, b"");
-    }
-
-    pub(crate) fn new_header(&self, kind: &str) -> Header {
-        self.header(kind)
     }
 
     /// Turns a raw data payload into an event frame.

@@ -1,39 +1,16 @@
-//! The cross-node backplane: one Redis-protocol connection set per node,
-//! to limpet-broker, a Redis server, or a Redis Cluster (sharded pub/sub).
+//! The backplane as the node sees it: a small trait (subscribe,
+//! unsubscribe, publish) and the names of the channels every node agrees on.
 //!
-//! A single task owns the connections. Callers queue commands without
-//! waiting: subscribe, unsubscribe, publish. Commands run in the order they
-//! were queued (a join's subscribe completes before the join is announced),
-//! and consecutive publishes go out as one pipeline. When the broker goes
-//! away the task reconnects with exponential backoff and resubscribes
-//! every channel; publishes queued meanwhile are dropped and counted, and
-//! the node is told (`Inbound::Reconnected`) so it can resynchronise.
-//! Local delivery never waits for any of this.
-//!
-//! Outgoing envelopes are sealed and incoming ones checked here (see
-//! [`crate::seal::Seal`]), so a forged envelope is dropped before it
-//! takes a place in the inbound queue. That queue is bounded in bytes
-//! (`limits.inbound_queue_bytes`): a broker (or a publisher on it) that
-//! sends faster than the node handles gets its excess dropped and counted,
-//! instead of growing the node without limit. The broker connection is
-//! read by its own task, so those messages are counted against the budget
-//! as soon as they arrive, even while a publish is waiting for the broker
-//! (the Redis client would otherwise buffer them without limit).
-//!
-//! Publishes wait in a queue bounded in bytes too
-//! (`limits.publish_queue_bytes`), and room and direct messages that wait
-//! longer than `limits.max_queue_delay` are dropped instead of sent late;
-//! see [`crate::shed`].
+//! The node never talks to the broker itself: it queues commands on a
+//! [`Backplane`] and reads what other nodes sent as [`Inbound`] messages.
+//! The real implementation is [`crate::broker::Broker`] (limpet-broker,
+//! Redis or Redis Cluster); [`Memory`] records what the node asked for, so
+//! the node's logic can be unit-tested without a broker or a runtime.
 
 use crate::seal::Seal;
-use crate::shed::{self, ByteBudget, MaxAge};
 use bytes::Bytes;
-use futures_util::StreamExt;
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use parking_lot::Mutex;
+use std::time::Instant;
 
 /// The channel names every node agrees on.
 pub fn room_channel(room: &str) -> String {
@@ -46,21 +23,6 @@ pub fn node_channel(node: &str) -> String {
 
 pub const NODES_CHANNEL: &str = "limpet:nodes";
 
-enum Cmd {
-    Subscribe(String),
-    Unsubscribe(String),
-    Publish(Publish),
-}
-
-/// A sealed envelope waiting to go to the broker.
-struct Publish {
-    channel: String,
-    payload: Bytes,
-    since: Instant,
-    /// A room or direct message: shed first, and when it is too old.
-    volatile: bool,
-}
-
 /// What the backplane hands to the node.
 pub enum Inbound {
     Message {
@@ -72,540 +34,93 @@ pub enum Inbound {
     Reconnected,
 }
 
-/// Counters the backplane updates.
-pub struct Counters {
-    pub published: prometheus::IntCounter,
-    pub received: prometheus::IntCounter,
-    pub lost: prometheus::IntCounter,
-    pub reconnects: prometheus::IntCounter,
-    /// Envelopes dropped, by reason: auth, inbound_full (here), and
-    /// room_members, node_members, peers (in [`crate::inbound`]).
-    pub rejected: prometheus::IntCounterVec,
-    pub inbound_bytes: prometheus::IntGauge,
-    pub publish_bytes: prometheus::IntGauge,
-    /// Messages shed on the message path, by path and reason.
-    pub shed: prometheus::IntCounterVec,
-}
-
-/// How the backplane connects and what it accepts.
-pub struct Settings {
-    pub urls: Vec<String>,
-    pub cluster: bool,
-    pub seal: Seal,
-    pub inbound_queue_bytes: usize,
-    pub publish_queue_bytes: usize,
-    pub max_age: MaxAge,
-}
-
-/// What the connection task shares with the handles.
-struct Shared {
-    connected: AtomicBool,
-    /// When the current broker connection came up.
-    since: parking_lot::Mutex<Option<std::time::Instant>>,
-    seal: Seal,
-    /// Messages from the broker not yet handled by the node.
-    budget: ByteBudget,
-    /// Publishes not yet handed to the broker.
-    outbox: ByteBudget,
-    max_age: MaxAge,
-    counters: Arc<Counters>,
-}
-
-#[derive(Clone)]
-pub struct Backplane {
-    tx: mpsc::UnboundedSender<Cmd>,
-    shared: Arc<Shared>,
-}
-
-impl Backplane {
-    pub fn spawn(
-        settings: Settings,
-        inbound: mpsc::UnboundedSender<Inbound>,
-        counters: Arc<Counters>,
-    ) -> Backplane {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            connected: AtomicBool::new(false),
-            since: parking_lot::Mutex::new(None),
-            seal: settings.seal,
-            budget: ByteBudget::new(settings.inbound_queue_bytes),
-            outbox: ByteBudget::new(settings.publish_queue_bytes),
-            max_age: settings.max_age,
-            counters,
-        });
-        tokio::spawn(run(
-            settings.urls,
-            settings.cluster,
-            rx,
-            inbound,
-            shared.clone(),
-        ));
-        Backplane { tx, shared }
-    }
-
-    /// The node has handled a message of `len` bytes: it leaves the
-    /// inbound queue's budget.
-    pub fn handled(&self, len: usize) {
-        self.shared.budget.release(len);
-        self.shared.counters.inbound_bytes.sub(len as i64);
-    }
-
-    pub fn subscribe(&self, channel: String) {
-        let _ = self.tx.send(Cmd::Subscribe(channel));
-    }
-
-    pub fn unsubscribe(&self, channel: String) {
-        let _ = self.tx.send(Cmd::Unsubscribe(channel));
-    }
-
-    /// Queues an envelope for the broker, or drops and counts it when the
-    /// queue is full. `volatile` (room and direct messages) are dropped at
-    /// the budget; joins, leaves and member lists get as much again, since
-    /// losing them leaves rooms inconsistent until the next sync.
-    pub fn publish(&self, channel: String, envelope: Bytes, volatile: bool) {
-        let payload = self.shared.seal.seal(&channel, envelope);
-        let len = payload.len();
-        if !self.shared.outbox.take(len, if volatile { 1 } else { 2 }) {
-            let c = &self.shared.counters;
-            shed::count(&c.shed, shed::Path::NodeToBroker, shed::Reason::QueueFull);
-            return;
-        }
-        self.shared.counters.publish_bytes.add(len as i64);
-        let publish = Publish {
-            channel,
-            payload,
-            since: Instant::now(),
-            volatile,
-        };
-        if self.tx.send(Cmd::Publish(publish)).is_err() {
-            self.shared.sent(len);
-        }
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.shared.connected.load(Relaxed)
-    }
-
+/// What the node needs from a backplane. Every call returns at once:
+/// commands run later, in the order they were queued (a subscribe before a
+/// publish on the same channel takes effect first).
+pub trait Backplane: Send + Sync {
+    fn subscribe(&self, channel: String);
+    fn unsubscribe(&self, channel: String);
+    /// Queues an envelope for `channel`. `volatile` (room and direct
+    /// messages) may be shed under load; the others are kept longer.
+    fn publish(&self, channel: String, envelope: Bytes, volatile: bool);
+    /// The node has handled an inbound message of `len` bytes (it leaves
+    /// the inbound byte budget).
+    fn handled(&self, len: usize);
+    fn is_connected(&self) -> bool;
     /// When the current connection came up; `None` while disconnected.
-    pub fn connected_since(&self) -> Option<std::time::Instant> {
-        *self.shared.since.lock()
-    }
+    fn connected_since(&self) -> Option<Instant>;
 }
 
-impl Shared {
-    /// A publish of `len` bytes has left the queue.
-    fn sent(&self, len: usize) {
-        self.outbox.release(len);
-        self.counters.publish_bytes.sub(len as i64);
-    }
-
-    /// Checks a message from the broker and queues it for the node, or
-    /// drops it (forged, or the queue is full) and counts why.
-    fn receive(&self, inbound: &mpsc::UnboundedSender<Inbound>, channel: String, payload: Bytes) {
-        self.counters.received.inc();
-        let envelope = match self.seal.open(&channel, payload) {
-            Ok(e) => e,
-            Err(e) => {
-                let counter = self.counters.rejected.with_label_values(&["auth"]);
-                if counter.get().is_multiple_of(1000) {
-                    tracing::warn!(%channel, "dropping a broker message: {e}");
-                }
-                counter.inc();
-                return;
-            }
-        };
-        let len = envelope.len();
-        if !self.budget.take(len, 1) {
-            let counter = self.counters.rejected.with_label_values(&["inbound_full"]);
-            if counter.get().is_multiple_of(1000) {
-                tracing::warn!(%channel, queued = self.budget.queued(), "dropping a broker message: inbound queue full");
-            }
-            counter.inc();
-            shed::count(
-                &self.counters.shed,
-                shed::Path::BrokerToNode,
-                shed::Reason::QueueFull,
-            );
-            return;
-        }
-        self.counters.inbound_bytes.add(len as i64);
-        if inbound
-            .send(Inbound::Message {
-                channel,
-                payload: envelope,
-                since: Instant::now(),
-            })
-            .is_err()
-        {
-            self.budget.release(len);
-            self.counters.inbound_bytes.sub(len as i64);
-        }
-    }
-}
-
-/// An open connection set, standalone or cluster: the side that sends
-/// commands. What the broker pushes is read from [`Incoming`].
-enum Link {
-    Standalone {
-        publisher: redis::aio::MultiplexedConnection,
-        sink: redis::aio::PubSubSink,
-    },
-    Cluster {
-        conn: redis::cluster_async::ClusterConnection,
+/// One command a [`Memory`] backplane was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+    Publish {
+        channel: String,
+        envelope: Bytes,
+        volatile: bool,
     },
 }
 
-/// The messages the broker pushes on an open connection set.
-enum Incoming {
-    Standalone(redis::aio::PubSubStream),
-    Cluster(mpsc::UnboundedReceiver<redis::PushInfo>),
+/// A backplane that only records: for tests of the node.
+pub struct Memory {
+    commands: Mutex<Vec<Command>>,
+    since: Instant,
+    seal: Seal,
 }
 
-async fn open(urls: &[String], cluster: bool) -> redis::RedisResult<(Link, Incoming)> {
-    if cluster {
-        let (tx, pushes) = mpsc::unbounded_channel();
-        let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
-            .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(tx)
-            .build()?;
-        let conn = client.get_async_connection().await?;
-        return Ok((Link::Cluster { conn }, Incoming::Cluster(pushes)));
-    }
-    let client = redis::Client::open(urls[0].as_str())?;
-    let publisher = client.get_multiplexed_async_connection().await?;
-    let (sink, stream) = client.get_async_pubsub().await?.split();
-    Ok((
-        Link::Standalone { publisher, sink },
-        Incoming::Standalone(stream),
-    ))
-}
-
-impl Link {
-    async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
-        match self {
-            Link::Standalone { sink, .. } => sink.subscribe(channel).await,
-            Link::Cluster { conn } => conn.ssubscribe(channel).await,
-        }
-    }
-
-    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
-        match self {
-            Link::Standalone { sink, .. } => sink.unsubscribe(channel).await,
-            Link::Cluster { conn } => conn.sunsubscribe(channel).await,
-        }
-    }
-
-    async fn publish(&mut self, batch: &[Publish]) -> redis::RedisResult<()> {
-        match self {
-            Link::Standalone { publisher, .. } => {
-                let mut pipe = redis::pipe();
-                for p in batch {
-                    pipe.cmd("PUBLISH")
-                        .arg(&p.channel)
-                        .arg(&p.payload[..])
-                        .ignore();
-                }
-                pipe.query_async(publisher).await
-            }
-            Link::Cluster { conn } => {
-                // Shard channels live on different nodes: one command each.
-                for p in batch {
-                    let _: i64 = redis::cmd("SPUBLISH")
-                        .arg(&p.channel)
-                        .arg(&p.payload[..])
-                        .query_async(conn)
-                        .await?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Incoming {
-    /// The next message, or `None` when the connection is gone.
-    async fn next(&mut self) -> Option<(String, Bytes)> {
-        match self {
-            Incoming::Standalone(stream) => {
-                let msg = stream.next().await?;
-                Some((
-                    msg.get_channel_name().to_string(),
-                    Bytes::copy_from_slice(msg.get_payload_bytes()),
-                ))
-            }
-            Incoming::Cluster(pushes) => loop {
-                let push = pushes.recv().await?;
-                match push.kind {
-                    redis::PushKind::Disconnection => return None,
-                    redis::PushKind::SMessage | redis::PushKind::Message => {
-                        let msg = redis::Msg::from_push_info(push)?;
-                        return Some((
-                            msg.get_channel_name().to_string(),
-                            Bytes::copy_from_slice(msg.get_payload_bytes()),
-                        ));
-                    }
-                    _ => continue,
-                }
-            },
-        }
-    }
-
-    /// Reads until the connection is gone, queueing (or shedding) each
-    /// message as it arrives.
-    async fn drain(mut self, inbound: mpsc::UnboundedSender<Inbound>, shared: Arc<Shared>) {
-        while let Some((channel, payload)) = self.next().await {
-            shared.receive(&inbound, channel, payload);
-        }
-    }
-}
-
-/// Aborts the connection's reader when the connection is given up.
-struct Reader(tokio::task::JoinHandle<()>);
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn run(
-    urls: Vec<String>,
-    cluster: bool,
-    mut rx: mpsc::UnboundedReceiver<Cmd>,
-    inbound: mpsc::UnboundedSender<Inbound>,
-    shared: Arc<Shared>,
-) {
-    let counters = shared.counters.clone();
-    let (connected, since) = (&shared.connected, &shared.since);
-    let mut desired: HashSet<String> = HashSet::new();
-    let mut backoff = Duration::from_millis(100);
-    let mut ever_connected = false;
-    let mut pending: Option<Cmd> = None;
-    // Shown in logs: never with the password (see crate::redact).
-    let target = crate::redact::broker_urls(&urls);
-    loop {
-        let link = tokio::select! {
-            r = open(&urls, cluster) => r,
-            // Keep the wish list current while connecting.
-            cmd = rx.recv() => {
-                match cmd {
-                    None => return,
-                    Some(cmd) => apply_offline(cmd, &mut desired, &shared),
-                }
-                continue;
-            }
-        };
-        let (mut link, incoming) = match link {
-            Ok(link) => link,
-            Err(e) => {
-                tracing::warn!(broker = %target, "broker unreachable: {e}; retrying in {backoff:?}");
-                let deadline = tokio::time::Instant::now() + backoff;
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(deadline) => break,
-                        cmd = rx.recv() => match cmd {
-                            None => return,
-                            Some(cmd) => apply_offline(cmd, &mut desired, &shared),
-                        },
-                    }
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        let mut reader = Reader(tokio::spawn(
-            incoming.drain(inbound.clone(), shared.clone()),
-        ));
-        let mut healthy = true;
-        for ch in &desired {
-            if let Err(e) = link.subscribe(ch).await {
-                tracing::warn!(broker = %target, "resubscribe failed: {e}");
-                healthy = false;
-                break;
-            }
-        }
-        if !healthy {
-            continue;
-        }
-        backoff = Duration::from_millis(100);
-        *since.lock() = Some(std::time::Instant::now());
-        connected.store(true, Relaxed);
-        if ever_connected {
-            counters.reconnects.inc();
-            tracing::info!(broker = %target, channels = desired.len(), "broker connection restored; resubscribed");
-            let _ = inbound.send(Inbound::Reconnected);
-        } else {
-            tracing::info!(broker = %target, "connected to broker");
-        }
-        ever_connected = true;
-
-        loop {
-            let cmd = match pending.take() {
-                Some(cmd) => cmd,
-                None => tokio::select! {
-                    cmd = rx.recv() => match cmd {
-                        None => return,
-                        Some(cmd) => cmd,
-                    },
-                    // The reader ends when the connection is gone.
-                    _ = &mut reader.0 => break,
-                },
-            };
-            let result = match cmd {
-                Cmd::Subscribe(ch) => {
-                    if desired.insert(ch.clone()) {
-                        link.subscribe(&ch).await
-                    } else {
-                        Ok(())
-                    }
-                }
-                Cmd::Unsubscribe(ch) => {
-                    if desired.remove(&ch) {
-                        link.unsubscribe(&ch).await
-                    } else {
-                        Ok(())
-                    }
-                }
-                Cmd::Publish(first) => {
-                    let batch = next_batch(first, &mut rx, &mut pending, &shared);
-                    let n = batch.len() as u64;
-                    let r = if batch.is_empty() {
-                        Ok(())
-                    } else {
-                        link.publish(&batch).await
-                    };
-                    for p in &batch {
-                        shared.sent(p.payload.len());
-                    }
-                    if r.is_ok() {
-                        counters.published.inc_by(n);
-                    } else {
-                        counters.lost.inc_by(n);
-                    }
-                    r
-                }
-            };
-            if let Err(e) = result {
-                tracing::warn!(broker = %target, "broker command failed: {e}");
-                break;
-            }
-        }
-        drop(reader);
-        connected.store(false, Relaxed);
-        *since.lock() = None;
-        tracing::warn!(broker = %target, "lost the broker connection; local delivery continues, cross-node messages are dropped until it is back");
-    }
-}
-
-/// The publishes queued right now, up to 512 or 256 KiB, as one pipeline. A room or
-/// direct message that waited past the age limit is dropped here rather
-/// than sent late. A command other than a publish ends the batch and is
-/// kept in `pending`, so commands still run in order.
-fn next_batch(
-    first: Publish,
-    rx: &mut mpsc::UnboundedReceiver<Cmd>,
-    pending: &mut Option<Cmd>,
-    shared: &Shared,
-) -> Vec<Publish> {
-    let mut batch = Vec::new();
-    let mut bytes = 0;
-    let mut next = Some(first);
-    while let Some(p) = next.take() {
-        if p.volatile && shared.max_age.expired(p.since) {
-            shared.sent(p.payload.len());
-            shed::count(
-                &shared.counters.shed,
-                shed::Path::NodeToBroker,
-                shed::Reason::TooOld,
-            );
-        } else {
-            bytes += p.payload.len();
-            batch.push(p);
-        }
-        // A pipeline must come back within the client's response timeout
-        // even on a slow link, so it is bounded in bytes too.
-        if batch.len() >= 512 || bytes >= 256 * 1024 {
-            break;
-        }
-        match rx.try_recv() {
-            Ok(Cmd::Publish(p)) => next = Some(p),
-            Ok(other) => *pending = Some(other),
-            Err(_) => {}
-        }
-    }
-    batch
-}
-
-fn apply_offline(cmd: Cmd, desired: &mut HashSet<String>, shared: &Shared) {
-    match cmd {
-        Cmd::Subscribe(ch) => {
-            desired.insert(ch);
-        }
-        Cmd::Unsubscribe(ch) => {
-            desired.remove(&ch);
-        }
-        Cmd::Publish(p) => {
-            shared.sent(p.payload.len());
-            shared.counters.lost.inc();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn shared(secret: Option<&str>, max: usize) -> Shared {
-        let metrics = crate::metrics::Metrics::new();
-        Shared {
-            connected: AtomicBool::new(true),
-            since: parking_lot::Mutex::new(None),
+impl Memory {
+    /// `secret`: the cluster's, checked on what [`Memory::receive`] gets.
+    pub fn new(secret: Option<&str>) -> Memory {
+        Memory {
+            commands: Mutex::new(Vec::new()),
+            since: Instant::now(),
             seal: Seal::new(secret),
-            budget: ByteBudget::new(max),
-            outbox: ByteBudget::new(max),
-            max_age: MaxAge::new(Duration::from_millis(100)),
-            counters: metrics.backplane.clone(),
         }
     }
 
-    #[test]
-    fn the_inbound_queue_is_bounded_in_bytes() {
-        let s = shared(None, 100);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        for _ in 0..3 {
-            s.receive(&tx, "c".into(), Bytes::from(vec![b'x'; 60]));
-        }
-        let rejected = |why: &str| s.counters.rejected.with_label_values(&[why]).get();
-        assert_eq!(rejected("inbound_full"), 2);
-        assert_eq!(s.counters.inbound_bytes.get(), 60);
-        assert!(matches!(rx.try_recv(), Ok(Inbound::Message { .. })));
-        assert!(rx.try_recv().is_err());
-        // Handling it frees the room for the next one.
-        s.budget.release(60);
-        s.receive(&tx, "c".into(), Bytes::from(vec![b'x'; 60]));
-        assert!(matches!(rx.try_recv(), Ok(Inbound::Message { .. })));
+    /// What the node is handed for a broker message, after the same seal
+    /// check the broker connection makes; `None` when it is refused.
+    pub fn receive(&self, channel: &str, payload: Bytes) -> Option<Inbound> {
+        let envelope = self.seal.open(channel, payload).ok()?;
+        Some(Inbound::Message {
+            channel: channel.to_string(),
+            payload: envelope,
+            since: Instant::now(),
+        })
     }
 
-    #[test]
-    fn unsealed_messages_are_refused_with_a_secret() {
-        let s = shared(Some("0123456789abcdef"), 1 << 20);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        s.receive(
-            &tx,
-            "c".into(),
-            Bytes::from_static(b"{\"k\":\"hb\",\"o\":\"x\"}\n"),
-        );
-        assert!(rx.try_recv().is_err());
-        assert_eq!(s.counters.rejected.with_label_values(&["auth"]).get(), 1);
-        let sealed = s
-            .seal
-            .seal("c", Bytes::from_static(b"{\"k\":\"hb\",\"o\":\"x\"}\n"));
-        s.receive(&tx, "c".into(), sealed);
-        match rx.try_recv() {
-            Ok(Inbound::Message { payload, .. }) => {
-                assert_eq!(&payload[..], b"{\"k\":\"hb\",\"o\":\"x\"}\n")
-            }
-            _ => panic!("the sealed message is queued, unsealed"),
-        }
+    /// The commands given since the last call.
+    pub fn take(&self) -> Vec<Command> {
+        std::mem::take(&mut *self.commands.lock())
+    }
+}
+
+impl Backplane for Memory {
+    fn subscribe(&self, channel: String) {
+        self.commands.lock().push(Command::Subscribe(channel));
+    }
+
+    fn unsubscribe(&self, channel: String) {
+        self.commands.lock().push(Command::Unsubscribe(channel));
+    }
+
+    fn publish(&self, channel: String, envelope: Bytes, volatile: bool) {
+        self.commands.lock().push(Command::Publish {
+            channel,
+            envelope,
+            volatile,
+        });
+    }
+
+    fn handled(&self, _len: usize) {}
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+
+    fn connected_since(&self) -> Option<Instant> {
+        Some(self.since)
     }
 }

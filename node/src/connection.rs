@@ -9,9 +9,10 @@
 
 use crate::addresses::Admission;
 use crate::bucket::Bucket;
+use crate::node::Node;
 use crate::protocol::{self, Code, Failure, Request};
-use crate::rooms::{close, Frame, Node, Outgoing};
 use crate::shed;
+use crate::sockets::{close, Frame, Outgoing};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;

@@ -7,8 +7,9 @@
 
 use crate::addresses::{self, Refusal};
 use crate::connection;
+use crate::node::Node;
 use crate::protocol;
-use crate::rooms::{Frame, Node};
+use crate::sockets::Frame;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;

@@ -12,62 +12,21 @@
 
 use crate::backplane::{node_channel, room_channel, Inbound};
 use crate::envelope::Envelope;
+use crate::membership::{Bound, State};
+use crate::node::Node;
 use crate::protocol;
-use crate::rooms::{Frame, Node, State};
 use crate::shed;
+use crate::sockets::Frame;
 use bytes::Bytes;
-use limpet_config::NodeLimits;
 use parking_lot::MutexGuard;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-impl State {
-    /// Remembers `socket` (on `node`) as a member of `room`, within the
-    /// bounds. `Ok(true)`: new member; `Ok(false)`: known already, or the
-    /// room has no local members (so nobody here cares). `Err`: the bound
-    /// that refused it.
-    pub(crate) fn add_remote(
-        &mut self,
-        room: &str,
-        socket: &str,
-        node: &str,
-        limits: &NodeLimits,
-    ) -> Result<bool, &'static str> {
-        let total = self.remote_total;
-        let Some(r) = self.rooms.get_mut(room) else {
-            return Ok(false);
-        };
-        if r.remote.contains_key(socket) {
-            return Ok(false);
-        }
-        if r.remote.len() >= limits.max_remote_members_per_room {
-            return Err("room_members");
-        }
-        if total >= limits.max_remote_members {
-            return Err("node_members");
-        }
-        r.remote.insert(socket.to_string(), node.to_string());
-        self.remote_total += 1;
-        Ok(true)
-    }
-
-    /// Forgets a remote member; whether it was known.
-    pub(crate) fn remove_remote(&mut self, room: &str, socket: &str) -> bool {
-        let removed = self
-            .rooms
-            .get_mut(room)
-            .is_some_and(|r| r.remote.remove(socket).is_some());
-        if removed {
-            self.remote_total -= 1;
-        }
-        removed
-    }
-}
-
 impl Node {
-    fn refuse_remote(&self, reason: &'static str, room: &str, node: &str) {
+    fn refuse_remote(&self, bound: Bound, room: &str, node: &str) {
+        let reason = bound.as_str();
         let counter = self.metrics.backplane.rejected.with_label_values(&[reason]);
         // One line per thousand refusals: a flood must not flood the log.
         if counter.get().is_multiple_of(1000) {
@@ -118,13 +77,7 @@ impl Node {
     /// Drops every member of a dead or departed node.
     pub(crate) fn drop_node(&self, node: &str, reason: &str) {
         let mut st = self.state.lock();
-        let rooms: Vec<String> = st
-            .rooms
-            .iter()
-            .filter(|(_, r)| r.remote.values().any(|n| n == node))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for room in rooms {
+        for room in st.rooms_of_node(node) {
             self.apply_members(&mut st, &room, node, &[], reason);
         }
     }
@@ -132,16 +85,21 @@ impl Node {
     /// Handles everything that arrives from the broker.
     pub async fn run_inbound(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Inbound>) {
         while let Some(msg) = rx.recv().await {
-            match msg {
-                Inbound::Reconnected => self.resync(),
-                Inbound::Message {
-                    channel,
-                    payload,
-                    since,
-                } => {
-                    self.on_message(&channel, &payload, since);
-                    self.backplane.handled(payload.len());
-                }
+            self.on_inbound(msg);
+        }
+    }
+
+    /// Handles one message from the backplane.
+    pub fn on_inbound(&self, msg: Inbound) {
+        match msg {
+            Inbound::Reconnected => self.resync(),
+            Inbound::Message {
+                channel,
+                payload,
+                since,
+            } => {
+                self.on_message(&channel, &payload, since);
+                self.backplane.handled(payload.len());
             }
         }
     }
@@ -155,7 +113,7 @@ impl Node {
             let members = Envelope::Members {
                 origin: self.id.clone(),
                 room: room.clone(),
-                members: self.local_members(&st, room),
+                members: st.local_members(room),
             };
             self.publish(room_channel(room), &members, b"");
             let sync = Envelope::Sync {
@@ -221,7 +179,7 @@ impl Node {
                 if st.rooms.contains_key(&room) {
                     let reply = Envelope::Members {
                         origin: self.id.clone(),
-                        members: self.local_members(&st, &room),
+                        members: st.local_members(&room),
                         room,
                     };
                     self.publish(node_channel(&origin), &reply, b"");
@@ -245,25 +203,19 @@ impl Node {
                 }
             }
             Envelope::Heartbeat { origin } => {
-                let mut peers = self.peers.lock();
-                let fresh = !peers.contains_key(&origin);
-                if fresh && peers.len() >= self.config.limits.max_peer_nodes {
-                    drop(peers);
-                    self.metrics
+                match self.peers.heard(&origin, self.config.limits.max_peer_nodes) {
+                    Ok(true) => tracing::info!(node = %self.id, peer = %origin, "peer node seen"),
+                    Ok(false) => {}
+                    Err(full) => self
+                        .metrics
                         .backplane
                         .rejected
-                        .with_label_values(&["peers"])
-                        .inc();
-                    return;
-                }
-                peers.insert(origin.clone(), Instant::now());
-                drop(peers);
-                if fresh {
-                    tracing::info!(node = %self.id, peer = %origin, "peer node seen");
+                        .with_label_values(&[&full.to_string()])
+                        .inc(),
                 }
             }
             Envelope::Bye { origin } => {
-                self.peers.lock().remove(&origin);
+                self.peers.forget(&origin);
                 tracing::info!(node = %self.id, peer = %origin, "peer node left");
                 self.drop_node(&origin, "node_down");
             }
@@ -275,7 +227,7 @@ impl Node {
                 let st = self.state.lock();
                 let reply = Envelope::Found {
                     origin: self.id.clone(),
-                    members: self.local_members(&st, &room),
+                    members: st.local_members(&room),
                     room,
                     query,
                 };
@@ -286,7 +238,7 @@ impl Node {
                 query,
                 members,
                 ..
-            } => self.on_found(&origin, query, &members),
+            } => self.peers.answer(query, &origin, &members),
         }
     }
 
@@ -299,5 +251,243 @@ impl Node {
                 self.deliver_room(&st, room, &frame, None, "cross_node", false);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backplane::{Command, Memory};
+    use limpet_config::NodeConfig;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::sync::{mpsc, watch};
+
+    const SECRET: &str = "0123456789abcdef";
+
+    /// A node "n1" on an in-memory backplane.
+    fn node(edit: impl FnOnce(&mut NodeConfig)) -> (Arc<Node>, Arc<Memory>) {
+        let mut config = NodeConfig {
+            id: Some("n1".into()),
+            ..NodeConfig::default()
+        };
+        edit(&mut config);
+        let memory = Arc::new(Memory::new(config.cluster_secret.as_deref()));
+        let node = Node::with_backplane(config, memory.clone());
+        (node, memory)
+    }
+
+    /// A local socket; its queue, to read what it was sent.
+    fn socket(node: &Node, id: &str) -> mpsc::Receiver<crate::sockets::Outgoing> {
+        let (tx, rx) = mpsc::channel(64);
+        let (closer, _) = watch::channel(None);
+        node.add_socket(id, tx, Arc::new(AtomicUsize::new(0)), closer);
+        rx
+    }
+
+    /// The text frames queued for a socket so far.
+    fn frames(rx: &mut mpsc::Receiver<crate::sockets::Outgoing>) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            let text = o.msg.to_text().unwrap_or_default().to_string();
+            out.push(serde_json::from_str(&text).unwrap_or_default());
+        }
+        out
+    }
+
+    /// What the broker would hand the node, sealed with the node's own
+    /// secret (if any), as a peer of the same cluster would.
+    fn feed(node: &Node, memory: &Memory, envelope: &Envelope, body: &str) {
+        let channel = match envelope {
+            Envelope::Direct { .. } => node_channel(&node.id),
+            _ => room_channel("r"),
+        };
+        let payload = envelope.encode(body.as_bytes());
+        let payload =
+            crate::seal::Seal::new(node.config.cluster_secret.as_deref()).seal(&channel, payload);
+        feed_raw(node, memory, &channel, payload);
+    }
+
+    fn feed_raw(node: &Node, memory: &Memory, channel: &str, payload: Bytes) {
+        if let Some(msg) = memory.receive(channel, payload) {
+            node.on_inbound(msg);
+        }
+    }
+
+    fn join(from: &str, socket: &str) -> (Envelope, String) {
+        let e = Envelope::Join {
+            origin: from.into(),
+            room: "r".into(),
+            socket: socket.into(),
+        };
+        (e, protocol::joined("r", socket, from))
+    }
+
+    fn remote(node: &Node) -> Vec<(String, String)> {
+        let st = node.state.lock();
+        let mut list: Vec<_> = st
+            .rooms
+            .get("r")
+            .map(|r| {
+                r.remote
+                    .iter()
+                    .map(|(s, n)| (s.clone(), n.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        list.sort();
+        list
+    }
+
+    #[test]
+    fn a_local_join_subscribes_then_announces() {
+        let (node, memory) = node(|_| {});
+        let _a = socket(&node, "n1.x.1");
+        memory.take();
+        node.join("n1.x.1", "r").unwrap();
+        let cmds = memory.take();
+        assert_eq!(cmds[0], Command::Subscribe(room_channel("r")));
+        let kinds: Vec<Envelope> = cmds[1..]
+            .iter()
+            .filter_map(|c| match c {
+                Command::Publish { envelope, .. } => Envelope::decode(envelope).map(|(e, _)| e),
+                _ => None,
+            })
+            .collect();
+        assert!(matches!(kinds[0], Envelope::Sync { .. }));
+        assert!(matches!(kinds[1], Envelope::Join { ref socket, .. } if socket == "n1.x.1"));
+    }
+
+    #[test]
+    fn a_join_from_another_node_is_remembered_and_announced_once() {
+        let (node, memory) = node(|_| {});
+        let mut a = socket(&node, "n1.x.1");
+        node.join("n1.x.1", "r").unwrap();
+        frames(&mut a);
+        let (e, body) = join("n2", "n2.y.1");
+        feed(&node, &memory, &e, &body);
+        feed(&node, &memory, &e, &body);
+        assert_eq!(remote(&node), vec![("n2.y.1".into(), "n2".into())]);
+        let got = frames(&mut a);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["type"], "joined");
+        assert_eq!(got[0]["socket"], "n2.y.1");
+        assert_eq!(node.metrics.remote_members.get(), 1);
+        // The local member list now includes the remote member.
+        let members = node.join("n1.x.1", "r").unwrap();
+        assert!(members.contains(&("n2.y.1".into(), "n2".into())));
+    }
+
+    #[test]
+    fn a_leave_from_another_node_removes_the_member() {
+        let (node, memory) = node(|_| {});
+        let mut a = socket(&node, "n1.x.1");
+        node.join("n1.x.1", "r").unwrap();
+        let (e, body) = join("n2", "n2.y.1");
+        feed(&node, &memory, &e, &body);
+        frames(&mut a);
+        let leave = Envelope::Leave {
+            origin: "n2".into(),
+            room: "r".into(),
+            socket: "n2.y.1".into(),
+        };
+        let left = protocol::left("r", "n2.y.1", "n2", "leave");
+        feed(&node, &memory, &leave, &left);
+        // A second leave is not news.
+        feed(&node, &memory, &leave, &left);
+        assert!(remote(&node).is_empty());
+        let got = frames(&mut a);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["type"], "left");
+        assert_eq!(node.metrics.remote_members.get(), 0);
+    }
+
+    #[test]
+    fn an_emit_reaches_each_local_member_once_and_no_one_else() {
+        let (node, memory) = node(|_| {});
+        let mut a = socket(&node, "n1.x.1");
+        let mut b = socket(&node, "n1.x.2");
+        let mut outsider = socket(&node, "n1.x.3");
+        node.join("n1.x.1", "r").unwrap();
+        node.join("n1.x.2", "r").unwrap();
+        for s in [&mut a, &mut b, &mut outsider] {
+            frames(s);
+        }
+        let emit = |origin: &str| Envelope::Emit {
+            origin: origin.into(),
+            room: "r".into(),
+            binary: false,
+        };
+        let body = protocol::event("r", "chat", "n2.y.1", None);
+        feed(&node, &memory, &emit("n2"), &body);
+        // Our own envelope coming back from the broker is not delivered again.
+        feed(&node, &memory, &emit("n1"), &body);
+        for s in [&mut a, &mut b] {
+            let got = frames(s);
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert_eq!(got[0]["event"], "chat");
+        }
+        assert!(frames(&mut outsider).is_empty());
+    }
+
+    #[test]
+    fn remote_members_stay_within_their_bounds() {
+        let (node, memory) = node(|c| {
+            c.limits.max_remote_members_per_room = 2;
+            c.limits.max_remote_members = 3;
+        });
+        let _a = socket(&node, "n1.x.1");
+        node.join("n1.x.1", "r").unwrap();
+        for i in 0..5 {
+            let (e, body) = join("n2", &format!("n2.y.{i}"));
+            feed(&node, &memory, &e, &body);
+        }
+        assert_eq!(remote(&node).len(), 2);
+        let rejected = |why: &str| {
+            node.metrics
+                .backplane
+                .rejected
+                .with_label_values(&[why])
+                .get()
+        };
+        assert_eq!(rejected("room_members"), 3);
+        // A member list cannot go past the bound either.
+        let list = Envelope::Members {
+            origin: "n3".into(),
+            room: "r".into(),
+            members: (0..10).map(|i| format!("n3.z.{i}")).collect(),
+        };
+        feed(&node, &memory, &list, "");
+        assert_eq!(remote(&node).len(), 2);
+        assert_eq!(rejected("room_members"), 13);
+        // Nor heartbeats from more peers than allowed.
+        let max = node.config.limits.max_peer_nodes;
+        for i in 0..max + 5 {
+            let hb = Envelope::Heartbeat {
+                origin: format!("p{i}"),
+            };
+            feed(&node, &memory, &hb, "");
+        }
+        assert_eq!(node.peer_count(), max);
+        assert_eq!(rejected("peers"), 5);
+    }
+
+    #[test]
+    fn an_unsealed_envelope_is_dropped_when_a_secret_is_set() {
+        let (node, memory) = node(|c| c.cluster_secret = Some(SECRET.into()));
+        let mut a = socket(&node, "n1.x.1");
+        node.join("n1.x.1", "r").unwrap();
+        frames(&mut a);
+        let (e, body) = join("n2", "n2.y.1");
+        let channel = room_channel("r");
+        feed_raw(&node, &memory, &channel, e.encode(body.as_bytes()));
+        let forged = crate::seal::Seal::new(Some("another secret!!"))
+            .seal(&channel, e.encode(body.as_bytes()));
+        feed_raw(&node, &memory, &channel, forged);
+        assert!(remote(&node).is_empty());
+        assert!(frames(&mut a).is_empty());
+        // Sealed with the cluster's secret, the same join is taken.
+        feed(&node, &memory, &e, &body);
+        assert_eq!(remote(&node).len(), 1);
+        assert_eq!(frames(&mut a).len(), 1);
     }
 }

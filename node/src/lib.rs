@@ -1,27 +1,37 @@
 //! limpet-node: a WebSocket room server whose rooms span every node.
 //!
-//! Module map: [`protocol`] the client JSON protocol; [`addresses`]
-//! per-client-address limits; [`bucket`] the token bucket; [`rooms`] sockets
-//! and rooms; [`envelope`] cross-node envelopes; [`seal`] their HMAC seal;
-//! [`inbound`] what arrives from other nodes, within bounds;
-//! [`backplane`] the broker connection; [`shed`] the byte budgets and
-//! age limit that keep the message path's queues short under load;
-//! [`presence`] node heartbeats, dead-node detection, presence queries;
-//! [`redact`] broker URLs as logs show them (no password);
-//! [`connection`] one WebSocket client; [`http`] the port's HTTP side
-//! (upgrade, health, metrics, publish API, static files); [`metrics`].
+//! Module map, from the client in to the broker:
+//! [`http`] the port's HTTP side (upgrade, health, metrics, publish API,
+//! static files); [`addresses`] per-client-address limits; [`bucket`] the
+//! token bucket; [`connection`] one WebSocket client; [`protocol`] the
+//! client JSON protocol; [`node`] the node's shared state and delivery
+//! plumbing; [`sockets`] local clients and their bounded queues;
+//! [`rooms`] join, leave, room and direct messages; [`membership`] who is
+//! in which room; [`inbound`] what arrives from other nodes, within
+//! bounds; [`presence`] node heartbeats, dead-node detection, presence
+//! queries; [`peers`] the peer table and open queries; [`envelope`]
+//! cross-node envelopes; [`seal`] their HMAC seal; [`backplane`] the
+//! backplane trait and channel names; [`broker`] the backplane over a
+//! Redis-protocol broker; [`shed`] the byte budgets and age limit that keep
+//! the message path's queues short under load; [`redact`] broker URLs as
+//! logs show them (no password); [`metrics`].
 
 pub mod addresses;
 pub mod backplane;
+pub mod broker;
 pub mod bucket;
 pub mod connection;
 pub mod envelope;
 pub mod http;
 pub mod inbound;
+pub mod membership;
 pub mod metrics;
+pub mod node;
+pub mod peers;
 pub mod presence;
 pub mod protocol;
 pub mod redact;
 pub mod rooms;
 pub mod seal;
 pub mod shed;
+pub mod sockets;

@@ -1,8 +1,22 @@
 //! Prometheus metrics for a node, served at `/metrics` on the node's port.
 
-use crate::backplane::Counters;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::sync::Arc;
+
+/// Counters the broker connection updates ([`crate::broker`]).
+pub struct Counters {
+    pub published: prometheus::IntCounter,
+    pub received: prometheus::IntCounter,
+    pub lost: prometheus::IntCounter,
+    pub reconnects: prometheus::IntCounter,
+    /// Envelopes dropped, by reason: auth, inbound_full (here), and
+    /// room_members, node_members, peers (in [`crate::inbound`]).
+    pub rejected: prometheus::IntCounterVec,
+    pub inbound_bytes: prometheus::IntGauge,
+    pub publish_bytes: prometheus::IntGauge,
+    /// Messages shed on the message path, by path and reason.
+    pub shed: prometheus::IntCounterVec,
+}
 
 pub struct Metrics {
     registry: Registry,

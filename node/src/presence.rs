@@ -9,15 +9,14 @@
 //!
 //! A presence query asks every live node for its local members of the room
 //! and waits for all of them (or 1 s, then answers with `complete: false`).
+//! The peer table and the open queries are [`crate::peers`].
 
 use crate::backplane::NODES_CHANNEL;
 use crate::envelope::Envelope;
-use crate::rooms::{Node, WhoQuery};
-use std::collections::HashSet;
-use std::sync::atomic::Ordering::Relaxed;
+use crate::node::Node;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -41,21 +40,8 @@ impl Node {
                 origin: self.id.clone(),
             };
             self.publish(NODES_CHANNEL.to_string(), &hb, b"");
-            let now = Instant::now();
-            let dead: Vec<String> = {
-                let mut peers = self.peers.lock();
-                let dead: Vec<String> = peers
-                    .iter()
-                    // Silence during our own outage does not count.
-                    .filter(|(_, seen)| now.duration_since((**seen).max(up_since)) > timeout)
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                for n in &dead {
-                    peers.remove(n);
-                }
-                dead
-            };
-            for peer in dead {
+            // Silence during our own outage does not count.
+            for peer in self.peers.expire(Instant::now(), up_since, timeout) {
                 self.metrics.node_down.inc();
                 tracing::warn!(node = %self.id, %peer, "peer node silent for {timeout:?}: reporting its members as left");
                 self.drop_node(&peer, "node_down");
@@ -65,7 +51,7 @@ impl Node {
 
     /// Peer nodes heard from within the timeout.
     pub fn peer_count(&self) -> usize {
-        self.peers.lock().len()
+        self.peers.count()
     }
 
     /// Tells peers we are leaving (graceful shutdown).
@@ -79,22 +65,12 @@ impl Node {
     /// Everyone in `room` across the cluster: ((socket, node) sorted, complete).
     pub async fn presence(&self, room: &str) -> (Vec<(String, String)>, bool) {
         let mut members = self.local_list(room);
-        let expected: HashSet<String> = self.peers.lock().keys().cloned().collect();
+        let expected = self.peers.names();
         if expected.is_empty() {
             members.sort();
             return (members, self.backplane.is_connected());
         }
-        let q = self.next_query.fetch_add(1, Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.queries.lock().insert(
-            q,
-            WhoQuery {
-                expected: expected.clone(),
-                members: Vec::new(),
-                answered: HashSet::new(),
-                done: Some(tx),
-            },
-        );
+        let (q, rx) = self.peers.ask(expected);
         let who = Envelope::Who {
             origin: self.id.clone(),
             room: room.to_string(),
@@ -102,29 +78,8 @@ impl Node {
         };
         self.publish(NODES_CHANNEL.to_string(), &who, b"");
         let complete = tokio::time::timeout(QUERY_TIMEOUT, rx).await.is_ok();
-        let query = self.queries.lock().remove(&q);
-        if let Some(query) = query {
-            members.extend(query.members);
-        }
+        members.extend(self.peers.close(q));
         members.sort();
         (members, complete)
-    }
-
-    /// A node's answer to our presence query `q`.
-    pub(crate) fn on_found(&self, origin: &str, q: u64, found: &[String]) {
-        let mut queries = self.queries.lock();
-        let Some(query) = queries.get_mut(&q) else {
-            return;
-        };
-        if query.answered.insert(origin.to_string()) {
-            query
-                .members
-                .extend(found.iter().map(|s| (s.clone(), origin.to_string())));
-        }
-        if query.expected.is_subset(&query.answered) {
-            if let Some(done) = query.done.take() {
-                let _ = done.send(());
-            }
-        }
     }
 }

@@ -10,7 +10,7 @@
 use crate::addresses::Admission;
 use crate::bucket::Bucket;
 use crate::node::Node;
-use crate::protocol::{self, Code, Failure, Request};
+use crate::protocol::{self, BinaryOp, Code, Failure, Op};
 use crate::shed;
 use crate::sockets::{close, Frame, Outgoing};
 use futures_util::{SinkExt, StreamExt};
@@ -276,7 +276,11 @@ async fn handle_text(node: &Arc<Node>, id: &str, text: &str) -> Outcome {
         Err(f) => return Some((None, f)),
     };
     let ack_id = req.id.clone();
-    match run(node, id, &req).await {
+    let result = match req.op(node.config.limits.max_room_name_bytes) {
+        Ok(op) => run(node, id, op).await,
+        Err(f) => Err(f),
+    };
+    match result {
         Ok(result) => {
             if let Some(ack_id) = &ack_id {
                 node.reply(id, protocol::ack(ack_id, result));
@@ -287,48 +291,35 @@ async fn handle_text(node: &Arc<Node>, id: &str, text: &str) -> Outcome {
     }
 }
 
-async fn run(node: &Arc<Node>, id: &str, req: &Request<'_>) -> Result<serde_json::Value, Failure> {
-    let event = || {
-        req.event
-            .as_deref()
-            .ok_or_else(|| Failure::new(Code::BadRequest, "`event` is required"))
-    };
-    match req.op {
-        Some("join") => {
-            let room = node.validate_room(req.room.as_deref())?;
+async fn run(node: &Arc<Node>, id: &str, op: Op<'_>) -> Result<serde_json::Value, Failure> {
+    match op {
+        Op::Join { room } => {
             let members = node.join(id, &room)?;
             Ok(json!({"room": room, "members": members_json(&members)}))
         }
-        Some("leave") => {
-            let room = node.validate_room(req.room.as_deref())?;
+        Op::Leave { room } => {
             node.leave(id, &room, "leave")?;
             Ok(json!({"room": room}))
         }
-        Some("emit") => {
-            let room = node.validate_room(req.room.as_deref())?;
-            let frame = Node::event_frame(&room, event()?, id, req.data);
-            node.emit(Some(id), &room, frame, req.include_self)?;
+        Op::Emit {
+            room,
+            event,
+            data,
+            include_self,
+        } => {
+            let frame = Node::event_frame(&room, event, id, data);
+            node.emit(Some(id), &room, frame, include_self)?;
             Ok(json!({"room": room}))
         }
-        Some("send") => {
-            let to = req
-                .to
-                .as_deref()
-                .ok_or_else(|| Failure::new(Code::BadRequest, "`to` is required"))?;
-            node.send_to(to, Frame::text(protocol::direct(event()?, id, req.data)))?;
+        Op::Send { to, event, data } => {
+            node.send_to(to, Frame::text(protocol::direct(event, id, data)))?;
             Ok(json!({"to": to}))
         }
-        Some("presence") => {
-            let room = node.validate_room(req.room.as_deref())?;
+        Op::Presence { room } => {
             let (members, complete) = node.presence(&room).await;
             Ok(json!({"room": room, "members": members_json(&members), "complete": complete}))
         }
-        Some("ping") => Ok(json!({"pong": true})),
-        Some(other) => Err(Failure::new(
-            Code::UnknownOp,
-            format!("unknown op `{other}` (join, leave, emit, send, presence, ping)"),
-        )),
-        None => Err(Failure::new(Code::BadRequest, "`op` is required")),
+        Op::Ping => Ok(json!({"pong": true})),
     }
 }
 
@@ -346,28 +337,26 @@ fn handle_binary(node: &Arc<Node>, id: &str, bytes: &[u8]) -> Outcome {
         Ok(split) => split,
         Err(f) => return Some((None, f)),
     };
-    let event = req.event.as_deref().unwrap_or("binary");
-    let result = match req.op {
-        Some("emit") => node.validate_room(req.room.as_deref()).and_then(|room| {
-            let mut out = protocol::event(&room, event, id, None).into_bytes();
-            out.push(b'\n');
-            out.extend_from_slice(payload);
-            node.emit(Some(id), &room, Frame::Binary(out.into()), req.include_self)
-        }),
-        Some("send") => match req.to.as_deref() {
-            Some(to) => {
+    let result = req
+        .binary_op(node.config.limits.max_room_name_bytes)
+        .and_then(|op| match op {
+            BinaryOp::Emit {
+                room,
+                event,
+                include_self,
+            } => {
+                let mut out = protocol::event(&room, event, id, None).into_bytes();
+                out.push(b'\n');
+                out.extend_from_slice(payload);
+                node.emit(Some(id), &room, Frame::Binary(out.into()), include_self)
+            }
+            BinaryOp::Send { to, event } => {
                 let mut out = protocol::direct(event, id, None).into_bytes();
                 out.push(b'\n');
                 out.extend_from_slice(payload);
                 node.send_to(to, Frame::Binary(out.into()))
             }
-            None => Err(Failure::new(Code::BadRequest, "`to` is required")),
-        },
-        _ => Err(Failure::new(
-            Code::BinaryNotSupported,
-            "binary frames carry emit or send only",
-        )),
-    };
+        });
     match result {
         Ok(()) => {
             if let Some(ack_id) = &req.id {

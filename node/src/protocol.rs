@@ -25,6 +25,134 @@ pub struct Request<'a> {
     pub include_self: bool,
 }
 
+/// What a client asks for: one variant per `op`, holding the fields that
+/// op needs, present and checked. Built from a [`Request`] by
+/// [`Request::op`], the one place that knows which op needs which field.
+///
+/// (Not a `#[serde(tag = "op")]` enum: serde buffers an internally tagged
+/// enum before choosing the variant, and a buffered `data` cannot stay raw
+/// JSON; serde's own missing-field errors would also replace the error
+/// codes clients rely on.)
+#[derive(Debug)]
+pub enum Op<'r> {
+    Join {
+        room: String,
+    },
+    Leave {
+        room: String,
+    },
+    Emit {
+        room: String,
+        event: &'r str,
+        data: Option<&'r RawValue>,
+        include_self: bool,
+    },
+    Send {
+        to: &'r str,
+        event: &'r str,
+        data: Option<&'r RawValue>,
+    },
+    Presence {
+        room: String,
+    },
+    Ping,
+}
+
+/// What a binary frame's request line may ask for; the payload follows it.
+#[derive(Debug, PartialEq)]
+pub enum BinaryOp<'r> {
+    Emit {
+        room: String,
+        event: &'r str,
+        include_self: bool,
+    },
+    Send {
+        to: &'r str,
+        event: &'r str,
+    },
+}
+
+impl<'a> Request<'a> {
+    /// The op and its fields, in the order clients see errors: the op,
+    /// then the room (present, non-empty, at most `max_room` bytes), then
+    /// `event` / `to`.
+    pub fn op(&self, max_room: usize) -> Result<Op<'_>, Failure> {
+        let event = || {
+            self.event
+                .as_deref()
+                .ok_or_else(|| Failure::new(Code::BadRequest, "`event` is required"))
+        };
+        let room = || room(self.room.as_deref(), max_room);
+        match self.op {
+            Some("join") => Ok(Op::Join { room: room()? }),
+            Some("leave") => Ok(Op::Leave { room: room()? }),
+            Some("emit") => Ok(Op::Emit {
+                room: room()?,
+                event: event()?,
+                data: self.data,
+                include_self: self.include_self,
+            }),
+            Some("send") => Ok(Op::Send {
+                to: self.to()?,
+                event: event()?,
+                data: self.data,
+            }),
+            Some("presence") => Ok(Op::Presence { room: room()? }),
+            Some("ping") => Ok(Op::Ping),
+            Some(other) => Err(Failure::new(
+                Code::UnknownOp,
+                format!("unknown op `{other}` (join, leave, emit, send, presence, ping)"),
+            )),
+            None => Err(Failure::new(Code::BadRequest, "`op` is required")),
+        }
+    }
+
+    /// The op of a binary frame's request line: `emit` or `send` only;
+    /// `event` defaults to `binary`.
+    pub fn binary_op(&self, max_room: usize) -> Result<BinaryOp<'_>, Failure> {
+        let event = self.event.as_deref().unwrap_or("binary");
+        match self.op {
+            Some("emit") => Ok(BinaryOp::Emit {
+                room: room(self.room.as_deref(), max_room)?,
+                event,
+                include_self: self.include_self,
+            }),
+            Some("send") => Ok(BinaryOp::Send {
+                to: self.to()?,
+                event,
+            }),
+            _ => Err(Failure::new(
+                Code::BinaryNotSupported,
+                "binary frames carry emit or send only",
+            )),
+        }
+    }
+
+    fn to(&self) -> Result<&str, Failure> {
+        self.to
+            .as_deref()
+            .ok_or_else(|| Failure::new(Code::BadRequest, "`to` is required"))
+    }
+}
+
+/// A room name as given: present, non-empty, at most `max` bytes.
+pub fn room(room: Option<&str>, max: usize) -> Result<String, Failure> {
+    let room = room.ok_or_else(|| Failure::new(Code::BadRequest, "`room` is required"))?;
+    if room.is_empty() {
+        return Err(Failure::new(
+            Code::InvalidRoom,
+            "room names cannot be empty",
+        ));
+    }
+    if room.len() > max {
+        return Err(Failure::new(
+            Code::RoomNameTooLong,
+            format!("room names are at most {max} bytes"),
+        ));
+    }
+    Ok(room.to_string())
+}
+
 /// Error codes sent in `error` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
@@ -190,6 +318,84 @@ mod tests {
         assert_eq!(r.id, Some(json!(7)));
         assert_eq!(parse("{").unwrap_err().code, Code::BadJson);
         assert_eq!(parse("[1]").unwrap_err().code, Code::BadJson);
+    }
+
+    #[test]
+    fn ops_need_their_fields_in_order() {
+        let op = |text: &str| {
+            let req = parse(text).unwrap();
+            req.op(8).map(|_| ()).map_err(|f| (f.code, f.message))
+        };
+        let err = |code: Code, msg: &str| Err((code, msg.to_string()));
+        assert_eq!(op(r#"{"op":"ping"}"#), Ok(()));
+        assert_eq!(op(r#"{"id":1}"#), err(Code::BadRequest, "`op` is required"));
+        assert_eq!(
+            op(r#"{"op":"fly"}"#),
+            err(
+                Code::UnknownOp,
+                "unknown op `fly` (join, leave, emit, send, presence, ping)"
+            )
+        );
+        assert_eq!(
+            op(r#"{"op":"join"}"#),
+            err(Code::BadRequest, "`room` is required")
+        );
+        // The room is checked before the event.
+        assert_eq!(
+            op(r#"{"op":"emit","room":""}"#),
+            err(Code::InvalidRoom, "room names cannot be empty")
+        );
+        assert_eq!(
+            op(r#"{"op":"emit","room":"123456789"}"#),
+            err(Code::RoomNameTooLong, "room names are at most 8 bytes")
+        );
+        assert_eq!(
+            op(r#"{"op":"emit","room":"r"}"#),
+            err(Code::BadRequest, "`event` is required")
+        );
+        assert_eq!(
+            op(r#"{"op":"send","event":"e"}"#),
+            err(Code::BadRequest, "`to` is required")
+        );
+        assert_eq!(
+            op(r#"{"op":"send","to":"n.a.1"}"#),
+            err(Code::BadRequest, "`event` is required")
+        );
+        let req =
+            parse(r#"{"op":"emit","room":"r","event":"e","data":[1, 2],"self":true}"#).unwrap();
+        match req.op(8) {
+            Ok(Op::Emit {
+                room,
+                event,
+                data,
+                include_self,
+            }) => {
+                assert_eq!((room.as_str(), event, include_self), ("r", "e", true));
+                assert_eq!(data.map(|d| d.get()), Some("[1, 2]"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let binary = |text: &str| {
+            let req = parse(text).unwrap();
+            req.binary_op(8)
+                .map(|op| format!("{op:?}"))
+                .map_err(|f| f.code)
+        };
+        assert_eq!(
+            binary(r#"{"op":"send","to":"n.a.1"}"#),
+            Ok(format!(
+                "{:?}",
+                BinaryOp::Send {
+                    to: "n.a.1",
+                    event: "binary"
+                }
+            ))
+        );
+        assert_eq!(
+            binary(r#"{"op":"join","room":"r"}"#),
+            Err(Code::BinaryNotSupported)
+        );
+        assert_eq!(binary(r#"{"room":"r"}"#), Err(Code::BinaryNotSupported));
     }
 
     #[test]

@@ -24,22 +24,10 @@ pub use crate::node::Node;
 pub use crate::sockets::close;
 
 impl Node {
+    /// A room name from a client or the publish API, within
+    /// `limits.max_room_name_bytes`.
     pub fn validate_room(&self, room: Option<&str>) -> Result<String, Failure> {
-        let room = room.ok_or_else(|| Failure::new(Code::BadRequest, "`room` is required"))?;
-        if room.is_empty() {
-            return Err(Failure::new(
-                Code::InvalidRoom,
-                "room names cannot be empty",
-            ));
-        }
-        let max = self.config.limits.max_room_name_bytes;
-        if room.len() > max {
-            return Err(Failure::new(
-                Code::RoomNameTooLong,
-                format!("room names are at most {max} bytes"),
-            ));
-        }
-        Ok(room.to_string())
+        protocol::room(room, self.config.limits.max_room_name_bytes)
     }
 
     pub fn join(&self, socket: &str, room: &str) -> Result<Vec<(String, String)>, Failure> {

@@ -241,7 +241,12 @@ async fn open(urls: &[String], cluster: bool) -> redis::RedisResult<(Link, Incom
         let conn = client.get_async_connection().await?;
         return Ok((Link::Cluster { conn }, Incoming::Cluster(pushes)));
     }
-    let client = redis::Client::open(urls[0].as_str())?;
+    // Without TCP_NODELAY (the Redis client's default is off) a pipeline's
+    // last segment can wait for a delayed ACK, tens of milliseconds per
+    // batch, which caps what the node can publish.
+    let info = redis::IntoConnectionInfo::into_connection_info(urls[0].as_str())?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let client = redis::Client::open(info)?;
     let publisher = client.get_multiplexed_async_connection().await?;
     let (sink, stream) = client.get_async_pubsub().await?.split();
     Ok((

@@ -1,70 +1,30 @@
 //! `limpet-broker` command line: load the config, serve, stop on a signal.
 
 use anyhow::Context;
-use clap::Parser;
 use limpet_broker::{metrics, server};
 use limpet_config::BrokerConfig;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// A pub/sub broker that speaks the Redis protocol (RESP2 and RESP3).
-#[derive(Parser, Debug)]
-#[command(name = "limpet-broker", version, about)]
-struct Args {
-    /// TOML config file; without one the broker runs on 127.0.0.1:6379 with defaults.
-    #[arg(short, long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Check the config file and exit (like `nginx -t`).
-    #[arg(long)]
-    check: bool,
-}
-
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let config = match limpet_config::load_or_default::<BrokerConfig>(args.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("limpet-broker: {e}");
-            return std::process::ExitCode::from(1);
-        }
-    };
-    if args.check {
-        let name = args
-            .config
-            .as_ref()
-            .map_or("(defaults)".into(), |p| p.display().to_string());
-        println!("limpet-broker: configuration {name} is ok");
-        return std::process::ExitCode::SUCCESS;
+    limpet_startup::Program {
+        name: "limpet-broker",
+        version: env!("CARGO_PKG_VERSION"),
+        about: env!("CARGO_PKG_DESCRIPTION"),
+        config_help:
+            "TOML config file; without one the broker runs on 127.0.0.1:6379 with defaults",
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("limpet-broker: cannot start the runtime: {e}");
-            return std::process::ExitCode::from(1);
-        }
-    };
-    let file = args.config.map(|p| p.display().to_string());
-    match runtime.block_on(serve(config, file)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("limpet-broker: {e:#}");
-            std::process::ExitCode::from(1)
-        }
-    }
+    .main(
+        |_| Ok(()),
+        |config, path| async move {
+            let file = path.map(|p| p.display().to_string());
+            // The broker also logs why it stops, for those who read only its log.
+            serve(config, file)
+                .await
+                .inspect_err(|e| tracing::error!("{e:#}"))
+        },
+    )
 }
 
 async fn serve(config: BrokerConfig, file: Option<String>) -> anyhow::Result<()> {

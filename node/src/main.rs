@@ -1,69 +1,20 @@
 //! `limpet-node` command line: load the config, serve, drain on SIGTERM.
 
 use anyhow::Context;
-use clap::Parser;
 use limpet_config::NodeConfig;
 use limpet_node::{http, protocol, rooms};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// WebSocket room server; rooms span every node through the broker.
-#[derive(Parser, Debug)]
-#[command(name = "limpet-node", version, about)]
-struct Args {
-    /// TOML config file; without one the node listens on 127.0.0.1:9001
-    /// and uses the broker at redis://127.0.0.1:6379/.
-    #[arg(short, long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Check the config file and exit (like `nginx -t`).
-    #[arg(long)]
-    check: bool,
-}
-
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let config = match limpet_config::load_or_default::<NodeConfig>(args.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("limpet-node: {e}");
-            return std::process::ExitCode::from(1);
-        }
-    };
-    if args.check {
-        let name = args
-            .config
-            .as_ref()
-            .map_or("(defaults)".into(), |p| p.display().to_string());
-        println!("limpet-node: configuration {name} is ok");
-        return std::process::ExitCode::SUCCESS;
+    limpet_startup::Program {
+        name: "limpet-node",
+        version: env!("CARGO_PKG_VERSION"),
+        about: env!("CARGO_PKG_DESCRIPTION"),
+        config_help: "TOML config file; without one the node listens on 127.0.0.1:9001 and uses the broker at redis://127.0.0.1:6379/",
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("limpet-node: cannot start the runtime: {e}");
-            return std::process::ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(serve(config)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("limpet-node: {e:#}");
-            std::process::ExitCode::from(1)
-        }
-    }
+    .main(|_| Ok(()), |config, _| serve(config))
 }
 
 async fn serve(config: NodeConfig) -> anyhow::Result<()> {

@@ -1,7 +1,6 @@
 //! `limpet-proxy` command line: load the config, serve, stop on a signal.
 
 use anyhow::Context;
-use clap::Parser;
 use limpet_config::ProxyConfig;
 use limpet_proxy::{admin, listen, live};
 use std::path::PathBuf;
@@ -9,69 +8,27 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Sticky HTTP/WebSocket reverse proxy.
-#[derive(Parser, Debug)]
-#[command(name = "limpet-proxy", version, about)]
-struct Args {
-    /// TOML config file; without one the proxy listens on 127.0.0.1:8080 with no routes.
-    #[arg(short, long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Check the config file and exit (like `nginx -t`).
-    #[arg(long)]
-    check: bool,
+fn main() -> std::process::ExitCode {
+    limpet_startup::Program {
+        name: "limpet-proxy",
+        version: env!("CARGO_PKG_VERSION"),
+        about: env!("CARGO_PKG_DESCRIPTION"),
+        config_help:
+            "TOML config file; without one the proxy listens on 127.0.0.1:8080 with no routes",
+    }
+    .main(check, serve)
 }
 
-fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let config = match limpet_config::load_or_default::<ProxyConfig>(args.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("limpet-proxy: {e}");
-            return std::process::ExitCode::from(1);
-        }
-    };
-    if args.check {
-        // Like `nginx -t`, load the certificates too.
-        for l in &config.listen {
-            if let Some(tls) = &l.tls {
-                if let Err(e) = limpet_proxy::tls::server(tls) {
-                    eprintln!("limpet-proxy: TLS for {}: {e}", l.bind);
-                    return std::process::ExitCode::from(1);
-                }
+/// Like `nginx -t`, `--check` loads the certificates too.
+fn check(config: &ProxyConfig) -> anyhow::Result<()> {
+    for l in &config.listen {
+        if let Some(tls) = &l.tls {
+            if let Err(e) = limpet_proxy::tls::server(tls) {
+                anyhow::bail!("TLS for {}: {e}", l.bind);
             }
         }
-        let name = args
-            .config
-            .as_ref()
-            .map_or("(defaults)".into(), |p| p.display().to_string());
-        println!("limpet-proxy: configuration {name} is ok");
-        return std::process::ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("limpet-proxy: cannot start the runtime: {e}");
-            return std::process::ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(serve(config, args.config)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("limpet-proxy: {e:#}");
-            std::process::ExitCode::from(1)
-        }
-    }
+    Ok(())
 }
 
 async fn serve(config: ProxyConfig, path: Option<PathBuf>) -> anyhow::Result<()> {

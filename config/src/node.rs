@@ -222,7 +222,7 @@ impl Validate for NodeConfig {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(FieldError::new(
                     format!("broker.{i}"),
-                    format!("`{url}` is not a redis:// URL"),
+                    format!("`{}` is not a redis:// URL", without_password(url)),
                 ));
             }
         }
@@ -330,6 +330,16 @@ impl Validate for NodeConfig {
     }
 }
 
+/// `url` as an error message may show it: whatever precedes its last `@`
+/// (a password, perhaps) replaced by `***`.
+fn without_password(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
+        (None, Some(at)) => format!("***@{}", &url[at + 1..]),
+        (_, None) => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +379,16 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("broker.0: `http://x` is not a redis:// URL"),
+            "{err}"
+        );
+        let err = parse_str::<NodeConfig>(
+            "broker = [\"http://:PASSWORD@x\"]\n",
+            Path::new("node.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("broker.0: `http://***@x` is not a redis:// URL"),
             "{err}"
         );
         let err = parse_str::<NodeConfig>("cluster_secret = \"short\"\n", Path::new("node.toml"))

@@ -5,9 +5,13 @@
 //! * `limpet-bench run [--quick] [--out bench/results]` — every scenario,
 //!   every contender, one after another on this machine; writes
 //!   `latest.md` and `latest.svg`.
+//! * `limpet-bench overload [--clients 400] [--seconds 5]` — scenario 5 at
+//!   twice each stack's saturation rate (limpet with and without load
+//!   shedding, and socket.io); prints p99, delivered/s and counted drops.
 
 mod echo_server;
 mod load;
+mod overload;
 mod scenarios;
 
 use clap::{Parser, Subcommand};
@@ -67,6 +71,25 @@ enum Cmd {
         #[arg(long, default_value = "target/release")]
         bin: PathBuf,
     },
+    /// Scenario 5 (whole stack, rooms of 4) at twice each stack's
+    /// saturation rate; prints a table (markdown) of p99 and drops.
+    Overload {
+        #[arg(long, default_value_t = 400)]
+        clients: usize,
+        /// Seconds per rate step.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Only these stacks: on (limpet, shedding on), off (limpet,
+        /// shedding off), socketio. Default: all three.
+        #[arg(long)]
+        stack: Vec<String>,
+        /// Skip the saturation search: run at this rate per client only.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Folder with the release binaries of limpet.
+        #[arg(long, default_value = "target/release")]
+        bin: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,6 +126,13 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Cmd::Run { quick, out, bin } => scenarios::run(quick, &out, &bin).await,
+            Cmd::Overload {
+                clients,
+                seconds,
+                bin,
+                stack,
+                rate,
+            } => overload::run(&bin, clients, seconds, &stack, rate).await,
         }
     })
 }

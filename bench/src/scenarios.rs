@@ -709,20 +709,22 @@ fn svg(groups: &[(String, Vec<(String, f64)>)]) -> String {
 }
 
 /// A running stack for scenario 5: its processes and the address clients use.
-struct Stack {
-    name: &'static str,
+pub(crate) struct Stack {
+    pub name: &'static str,
     procs: Vec<Proc>,
-    entry: SocketAddr,
-    proto: load::RoomProto,
+    pub entry: SocketAddr,
+    pub proto: load::RoomProto,
+    /// limpet-node ports (their `/metrics`); empty for other stacks.
+    pub nodes: Vec<SocketAddr>,
 }
 
 impl Stack {
-    fn rss_kib(&self) -> u64 {
+    pub fn rss_kib(&self) -> u64 {
         self.procs.iter().map(Proc::rss_kib).sum()
     }
 
     /// Names of processes that have exited.
-    fn dead(&mut self) -> Vec<String> {
+    pub fn dead(&mut self) -> Vec<String> {
         self.procs
             .iter_mut()
             .filter_map(|p| matches!(p.child.try_wait(), Ok(Some(_))).then(|| p.name.clone()))
@@ -730,7 +732,13 @@ impl Stack {
     }
 }
 
-async fn limpet_stack(dir: &Path, bin: &Path) -> anyhow::Result<Stack> {
+/// `node_limits` is appended to each node's `[limits]`.
+pub(crate) async fn limpet_stack(
+    dir: &Path,
+    bin: &Path,
+    name: &'static str,
+    node_limits: &str,
+) -> anyhow::Result<Stack> {
     let broker: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     std::fs::write(
         dir.join("s5-broker.toml"),
@@ -745,10 +753,11 @@ async fn limpet_stack(dir: &Path, bin: &Path) -> anyhow::Result<Stack> {
     )?];
     wait_port(broker).await;
     let mut backends = String::new();
+    let mut nodes = Vec::new();
     for i in 0..3 {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let path = dir.join(format!("s5-node{i}.toml"));
-        std::fs::write(&path, format!("id = \"n{i}\"\nbind = \"{addr}\"\nbroker = [\"redis://{broker}/\"]\n[limits]\nmax_connections = 100000\nrate_per_second = 1000\nrate_burst = 1000\n{BENCH_NODE_ADDRESS_LIMITS}"))?;
+        std::fs::write(&path, format!("id = \"n{i}\"\nbind = \"{addr}\"\nbroker = [\"redis://{broker}/\"]\n[limits]\nmax_connections = 100000\nrate_per_second = 1000\nrate_burst = 1000\n{BENCH_NODE_ADDRESS_LIMITS}{node_limits}"))?;
         procs.push(Proc::spawn(
             "limpet-node",
             Command::new(bin.join("limpet-node"))
@@ -757,6 +766,7 @@ async fn limpet_stack(dir: &Path, bin: &Path) -> anyhow::Result<Stack> {
                 .env("RUST_LOG", "warn"),
         )?);
         wait_port(addr).await;
+        nodes.push(addr);
         let _ = write!(
             backends,
             "[[pool.backend]]\nid = \"n{i}\"\naddress = \"{addr}\"\n"
@@ -776,14 +786,15 @@ async fn limpet_stack(dir: &Path, bin: &Path) -> anyhow::Result<Stack> {
     // Let the nodes see each other before rooms span them.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     Ok(Stack {
-        name: "limpet (proxy + 3 nodes + broker)",
+        name,
         procs,
         entry,
         proto: load::RoomProto::Limpet,
+        nodes,
     })
 }
 
-async fn socketio_stack(dir: &Path) -> anyhow::Result<Stack> {
+pub(crate) async fn socketio_stack(dir: &Path) -> anyhow::Result<Stack> {
     let fixtures = std::env::current_dir()?.join("tests/socketio");
     anyhow::ensure!(
         fixtures
@@ -832,6 +843,7 @@ async fn socketio_stack(dir: &Path) -> anyhow::Result<Stack> {
         procs,
         entry,
         proto: load::RoomProto::SocketIo,
+        nodes: Vec::new(),
     })
 }
 
@@ -847,7 +859,7 @@ async fn whole_stack(md: &mut String, quick: bool, dir: &Path, bin: &Path) {
     );
     for which in 0..2 {
         let stack = if which == 0 {
-            limpet_stack(dir, bin).await
+            limpet_stack(dir, bin, "limpet (proxy + 3 nodes + broker)", "").await
         } else {
             socketio_stack(dir).await
         };

@@ -1,0 +1,218 @@
+//! Scenario 5 under overload (`limpet-bench overload`): the whole stack
+//! (proxy + 3 nodes + broker, rooms of 4) pushed to twice its saturation
+//! rate, next to the same stack with load shedding turned off (the old
+//! behaviour: every queue grows) and the socket.io stack (nginx + 3
+//! socket.io nodes + Redis adapter + Redis).
+//!
+//! For each stack the rate per client is doubled step by step until the
+//! stack saturates (it delivers less than 90% of what is offered, or p99
+//! passes 500 ms); the last rate before that is its saturation rate. Then
+//! it runs once more at twice that rate, and the bench prints delivered
+//! messages per second, p50/p99 of delivered messages, what is missing,
+//! and the drops the limpet nodes counted (`limpet_node_shed_total`, read
+//! from each node's `/metrics`). It prints figures; it asserts nothing.
+
+use crate::load::{self, Latency};
+use crate::scenarios::{limpet_stack, socketio_stack, Stack};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The old behaviour, for comparison in the same run: no age limit and
+/// budgets too big to matter.
+const SHEDDING_OFF: &str =
+    "max_queue_delay = \"0s\"\npublish_queue_bytes = \"1gb\"\ninbound_queue_bytes = \"1gb\"\n";
+
+/// One run of the room load at one rate.
+struct Step {
+    rate: f64,
+    expected: f64,
+    lat: Latency,
+    /// limpet nodes' shed counters, summed, by `path` label.
+    shed: Vec<(String, f64)>,
+    dead: Vec<String>,
+}
+
+impl Step {
+    fn saturated(&self) -> bool {
+        self.lat.per_sec < 0.9 * self.expected || self.lat.p99_us > 500_000
+    }
+}
+
+pub async fn run(
+    bin: &Path,
+    clients: usize,
+    secs: u64,
+    only: &[String],
+    fixed_rate: Option<f64>,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("limpet-overload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut md = format!(
+        "## 5b. Whole stack at twice its saturation rate: {clients} clients in rooms of 4, {secs} s per step\n\n\
+         | stack | saturation (msgs/s per client) | run at | expected deliveries/s | delivered/s | p50 ms | p99 ms | missing | drops counted by the nodes | status |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for (which, key) in ["on", "off", "socketio"].into_iter().enumerate() {
+        if !only.is_empty() && !only.iter().any(|o| o == key) {
+            continue;
+        }
+        let stack = match which {
+            0 => limpet_stack(&dir, bin, "limpet (shedding on, defaults)", "").await,
+            1 => {
+                limpet_stack(
+                    &dir,
+                    bin,
+                    "limpet (shedding off: old behaviour)",
+                    SHEDDING_OFF,
+                )
+                .await
+            }
+            _ => socketio_stack(&dir).await,
+        };
+        let mut stack = match stack {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = writeln!(md, "| stack {which} | | | | | | | | | not run: {e:#} |");
+                continue;
+            }
+        };
+        let mut saturation = fixed_rate.map(|r| r / 2.0);
+        let search: &[f64] = if fixed_rate.is_some() {
+            &[]
+        } else {
+            &[10.0, 20.0, 40.0, 80.0, 160.0, 320.0]
+        };
+        for &rate in search {
+            let s = step(&mut stack, clients, secs, rate).await;
+            eprintln!(
+                "limpet-bench: overload {} at {rate}/s: {:.0} of {:.0} delivered/s, p99 {} µs",
+                stack.name, s.lat.per_sec, s.expected, s.lat.p99_us
+            );
+            if s.saturated() || !s.dead.is_empty() {
+                break;
+            }
+            saturation = Some(rate);
+        }
+        let Some(saturation) = saturation else {
+            let _ = writeln!(
+                md,
+                "| {} | below 10 | | | | | | | | saturated at the first step |",
+                stack.name
+            );
+            continue;
+        };
+        let s = step(&mut stack, clients, secs, 2.0 * saturation).await;
+        let shed = if stack.nodes.is_empty() {
+            "not counted".to_string()
+        } else {
+            let total: f64 = s.shed.iter().map(|(_, n)| n).sum();
+            let parts: Vec<String> = s.shed.iter().map(|(p, n)| format!("{p} {n:.0}")).collect();
+            format!("{total:.0} ({})", parts.join(", "))
+        };
+        let status = if s.dead.is_empty() {
+            "ok".to_string()
+        } else {
+            format!("crashed: {}", s.dead.join(", "))
+        };
+        let row = format!(
+            "| {} | {saturation} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0}% | {shed} | {status} |",
+            stack.name,
+            s.rate,
+            s.expected,
+            s.lat.per_sec,
+            s.lat.p50_us as f64 / 1000.0,
+            s.lat.p99_us as f64 / 1000.0,
+            (100.0 * (1.0 - s.lat.per_sec / s.expected)).max(0.0),
+        );
+        eprintln!("limpet-bench: {row}");
+        md.push_str(&row);
+        md.push('\n');
+    }
+    println!("{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Runs the room load once at `rate` and reads the nodes' drop counters
+/// (their growth during the run).
+async fn step(stack: &mut Stack, clients: usize, secs: u64, rate: f64) -> Step {
+    let before = shed_counters(&stack.nodes).await;
+    let lat = load::rooms(
+        stack.proto,
+        stack.entry,
+        clients,
+        4,
+        rate,
+        Duration::from_secs(secs),
+    )
+    .await;
+    let after = shed_counters(&stack.nodes).await;
+    let shed = after
+        .into_iter()
+        .map(|(path, n)| {
+            let was = before
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map_or(0.0, |(_, n)| *n);
+            (path, n - was)
+        })
+        .collect();
+    // Each client sends once at start, then `rate` a second, to 3 others.
+    let expected = clients as f64 * (rate * secs as f64 + 1.0) * 3.0 / secs as f64;
+    // Let queues empty before the next step.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Step {
+        rate,
+        expected,
+        lat,
+        shed,
+        dead: stack.dead(),
+    }
+}
+
+/// `limpet_node_shed_total` of every node, summed by `path`.
+async fn shed_counters(nodes: &[SocketAddr]) -> Vec<(String, f64)> {
+    let mut sums: Vec<(String, f64)> = Vec::new();
+    for &node in nodes {
+        for line in metrics(node).await.lines() {
+            let Some(rest) = line.strip_prefix("limpet_node_shed_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            let path = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("path=\""))
+                .map(|p| p.trim_end_matches('"').to_string())
+                .unwrap_or_default();
+            let n: f64 = value.trim().parse().unwrap_or(0.0);
+            match sums.iter_mut().find(|(p, _)| *p == path) {
+                Some((_, total)) => *total += n,
+                None => sums.push((path, n)),
+            }
+        }
+    }
+    sums
+}
+
+/// The body of `GET /metrics`, or empty.
+async fn metrics(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.ok()?;
+        Some(String::from_utf8_lossy(&raw).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}

@@ -273,7 +273,7 @@ fn mask(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_bytes_as_redis_server() {
-    let redis = RealRedis::start().await;
+    let redis = RedisServer::start(&[]).await;
     let limpet = TestBroker::default().await;
     let mut failures = Vec::new();
     for (name, script) in SESSIONS {

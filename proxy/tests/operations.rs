@@ -168,13 +168,7 @@ fn raw_config(
     let mut text = format!(
         "{top}\n[[listen]]\nbind = \"127.0.0.1:0\"\n{listen}\n[admin]\nbind = \"127.0.0.1:0\"\n{admin}\n[[pool]]\nname = \"nodes\"\nbackend_header = true\n{pool}\n"
     );
-    for b in backends {
-        text.push_str(&format!(
-            "[[pool.backend]]\nid = \"{}\"\naddress = \"{}\"\n",
-            b.id, b.addr
-        ));
-    }
-    text.push_str("[[route]]\npool = \"nodes\"\n");
+    text.push_str(&backends_and_route(backends));
     text
 }
 

@@ -8,6 +8,7 @@
 
 mod common;
 use common::*;
+use limpet_testkit::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -27,14 +28,6 @@ impl Drop for Node {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn start_nodes(dir: &Path) -> (Vec<Node>, Vec<(String, u16)>) {

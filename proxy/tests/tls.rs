@@ -92,13 +92,7 @@ fn tls_config(pki: &Pki, backends: &[&TestBackend], extra_tls: &str) -> String {
         "[[listen]]\nbind = \"127.0.0.1:0\"\n[listen.tls]\nhsts_max_age = \"1d\"\n{extra_tls}\n[[listen.tls.cert]]\ncert = \"{}\"\nkey = \"{}\"\nnames = [\"a.test\", \"*.a.test\"]\n[[listen.tls.cert]]\ncert = \"{}\"\nkey = \"{}\"\nnames = [\"b.test\"]\n[admin]\nbind = \"127.0.0.1:0\"\n[[pool]]\nname = \"nodes\"\n",
         pki.path("a.pem"), pki.path("a.key"), pki.path("b.pem"), pki.path("b.key")
     );
-    for b in backends {
-        text.push_str(&format!(
-            "[[pool.backend]]\nid = \"{}\"\naddress = \"{}\"\n",
-            b.id, b.addr
-        ));
-    }
-    text.push_str("[[route]]\npool = \"nodes\"\n");
+    text.push_str(&backends_and_route(backends));
     text
 }
 

@@ -205,6 +205,84 @@ where
     }
 }
 
+/// A port that was free a moment ago, for programs that need a number up
+/// front (redis-server, socket.io servers) instead of binding port 0.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free port")
+}
+
+/// Path of redis-server, which `make test` installs; a clear failure otherwise.
+pub fn redis_server_path() -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let p = std::path::Path::new(dir).join("redis-server");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("redis-server is not installed: run `make test` (it installs it) or `apt-get install redis-server`");
+}
+
+/// A real redis-server on loopback with no persistence, killed on drop.
+/// The one launcher of every test that compares with or runs on Redis.
+pub struct RedisServer {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free port; `extra` are more of its options.
+    pub async fn start(extra: &[&str]) -> RedisServer {
+        Self::start_on(free_port(), None, extra).await
+    }
+
+    /// Starts redis-server on `port`, in `dir` (where a cluster member
+    /// keeps its nodes.conf) when given, and returns once it answers PING:
+    /// ready when it answers, not just when it accepts.
+    pub async fn start_on(port: u16, dir: Option<&std::path::Path>, extra: &[&str]) -> RedisServer {
+        let mut cmd = Command::new(redis_server_path());
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
+        let port_arg = port.to_string();
+        let child = cmd
+            .args(["--port", &port_arg, "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let server = RedisServer { addr, child };
+        eventually("redis-server answers PING", || async move {
+            answers_ping(addr).await
+        })
+        .await;
+        server
+    }
+}
+
+async fn answers_ping(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let mut reply = [0u8; 7];
+    s.write_all(b"PING\r\n").await.is_ok()
+        && s.read_exact(&mut reply).await.is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

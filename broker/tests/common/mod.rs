@@ -1,6 +1,6 @@
 //! Test harness: an in-process broker on a free loopback port, and a raw
 //! TCP client that reads whole RESP frames so tests can compare exact bytes.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use limpet_broker::server::{Broker, Server};
 use limpet_config::BrokerConfig;
@@ -11,8 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// Generous: tests run on a loaded 2-core machine. Only a hang hits it.
-pub const DEADLINE: Duration = Duration::from_secs(20);
+pub use limpet_testkit::DEADLINE;
 
 pub struct TestBroker {
     pub addr: SocketAddr,
@@ -208,78 +207,7 @@ pub fn frame_len(buf: &[u8], at: usize) -> Option<usize> {
     }
 }
 
-/// Path of redis-server, which `make test` installs; a clear failure otherwise.
-pub fn redis_server_path() -> std::path::PathBuf {
-    for dir in ["/usr/bin", "/usr/local/bin"] {
-        let p = std::path::Path::new(dir).join("redis-server");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("redis-server is not installed: run `make test` (it installs it) or `apt-get install redis-server`");
-}
-
-/// A real redis-server on a free port, stopped on drop.
-pub struct RealRedis {
-    pub addr: SocketAddr,
-    child: std::process::Child,
-}
-
-impl RealRedis {
-    pub async fn start() -> RealRedis {
-        let bin = redis_server_path();
-        let port = free_port();
-        let child = std::process::Command::new(bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--daemonize", "no", "--loglevel", "warning"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            if let Ok(mut s) = TcpStream::connect(addr).await {
-                // Ready when it answers, not just when it accepts.
-                if s.write_all(b"PING\r\n").await.is_ok() {
-                    let mut b = [0u8; 7];
-                    if s.read_exact(&mut b).await.is_ok() && &b == b"+PONG\r\n" {
-                        break;
-                    }
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        RealRedis { addr, child }
-    }
-}
-
-impl Drop for RealRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port that was free a moment ago (for programs that need a number up front).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("find a free port")
-}
+pub use limpet_testkit::{free_port, RedisServer};
 
 /// The real `limpet-broker` binary, started with a config file; its log
 /// tells the ports it bound (port 0 in the config).

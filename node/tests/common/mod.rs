@@ -1,7 +1,7 @@
 //! Harness: a broker (limpet-broker in-process, or a real redis-server),
 //! real limpet-node processes, and WebSocket clients that speak the
 //! node protocol.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -13,7 +13,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const DEADLINE: Duration = Duration::from_secs(20);
+pub use limpet_testkit::{free_port, RedisServer};
+
+pub use limpet_testkit::DEADLINE;
 
 /// Which broker the nodes use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,17 +33,9 @@ pub struct Broker {
         tokio::sync::watch::Sender<bool>,
         tokio::task::JoinHandle<()>,
     )>,
-    redis: Option<std::process::Child>,
-    /// The other cluster members (the first is `redis`).
-    cluster: Vec<(std::process::Child, SocketAddr)>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    redis: Option<RedisServer>,
+    /// The members of a Redis cluster.
+    cluster: Vec<RedisServer>,
 }
 
 impl Broker {
@@ -82,32 +76,7 @@ impl Broker {
                 self.limpet = Some((tx, tokio::spawn(server.run(rx))));
             }
             Kind::Redis => {
-                let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-                    .into_iter()
-                    .find(|p| std::path::Path::new(p).exists())
-                    .expect("redis-server is not installed: run `make test` (it installs it)");
-                let child = std::process::Command::new(bin)
-                    .args([
-                        "--port",
-                        &self.addr.port().to_string(),
-                        "--bind",
-                        "127.0.0.1",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--loglevel",
-                        "warning",
-                    ])
-                    .stdout(std::process::Stdio::null())
-                    .spawn()
-                    .expect("start redis-server");
-                self.redis = Some(child);
-                let addr = self.addr;
-                eventually("redis-server accepts", || async move {
-                    TcpStream::connect(addr).await.is_ok()
-                })
-                .await;
+                self.redis = Some(RedisServer::start_on(self.addr.port(), None, &[]).await);
             }
         }
     }
@@ -117,10 +86,8 @@ impl Broker {
             let _ = tx.send(true);
             let _ = tokio::time::timeout(DEADLINE, task).await;
         }
-        if let Some(mut child) = self.redis.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Dropping the redis-server kills it.
+        self.redis = None;
         let addr = self.addr;
         eventually("broker port closed", || async move {
             TcpStream::connect(addr).await.is_err()
@@ -138,7 +105,7 @@ impl Broker {
             let urls: Vec<String> = self
                 .cluster
                 .iter()
-                .map(|(_, a)| format!("\"redis://{a}/\""))
+                .map(|r| format!("\"redis://{}/\"", r.addr))
                 .collect();
             format!("broker = [{}]\ncluster = true", urls.join(", "))
         } else {
@@ -147,10 +114,6 @@ impl Broker {
     }
 
     async fn start_cluster(&mut self) {
-        let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("redis-server is not installed: run `make test` (it installs it)");
         let mut addrs = Vec::new();
         for _ in 0..3 {
             let port = free_port();
@@ -159,38 +122,21 @@ impl Broker {
                 std::process::id()
             ));
             std::fs::create_dir_all(&dir).unwrap();
-            let child = std::process::Command::new(bin)
-                .current_dir(&dir)
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
+            let member = RedisServer::start_on(
+                port,
+                Some(&dir),
+                &[
                     "--cluster-enabled",
                     "yes",
-                ])
-                .args([
                     "--cluster-config-file",
                     "nodes.conf",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--loglevel",
-                    "warning",
-                ])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("start redis-server in cluster mode");
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            eventually("cluster member accepts", || async move {
-                TcpStream::connect(addr).await.is_ok()
-            })
+                ],
+            )
             .await;
-            self.cluster.push((child, addr));
-            addrs.push(addr.to_string());
+            addrs.push(member.addr.to_string());
+            self.cluster.push(member);
         }
-        self.addr = self.cluster[0].1;
+        self.addr = self.cluster[0].addr;
         let out = std::process::Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
@@ -202,8 +148,8 @@ impl Broker {
             "cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        for (_, addr) in &self.cluster {
-            let port = addr.port().to_string();
+        for member in &self.cluster {
+            let port = member.addr.port().to_string();
             eventually("cluster state ok", || {
                 let port = port.clone();
                 async move {
@@ -216,19 +162,6 @@ impl Broker {
                 }
             })
             .await;
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.redis.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for (child, _) in &mut self.cluster {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }
@@ -250,12 +183,6 @@ impl NodeProcess {
     /// Starts a node whose `broker = ...` lines are `broker_lines` (e.g. a
     /// relay in front of the broker).
     pub fn start_with(id: &str, broker_lines: &str, extra: &str) -> NodeProcess {
-        let dir = std::env::temp_dir().join(format!("limpet-node-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!(
-            "{id}-{}.toml",
-            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
         // Quick node heartbeats so dead nodes are noticed fast in tests.
         let fast = "[heartbeat]\nnode_interval = \"300ms\"\nnode_timeout = \"2s\"\n";
         let extra = if extra.contains("[heartbeat]") {
@@ -264,7 +191,11 @@ impl NodeProcess {
             format!("{extra}\n{fast}")
         };
         let text = format!("id = \"{id}\"\nbind = \"127.0.0.1:0\"\n{broker_lines}\n{extra}\n");
-        std::fs::write(&path, text).unwrap();
+        let name = format!(
+            "{id}-{}.toml",
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let path = limpet_testkit::write_temp("limpet-node-test", &name, &text);
         let mut proc = limpet_testkit::Logged::spawn(
             &format!("node {id}"),
             std::process::Command::new(env!("CARGO_BIN_EXE_limpet-node"))

@@ -1,6 +1,6 @@
 //! Test harness: WebSocket/HTTP backends that say who they are, the real
 //! `limpet-proxy` binary on port 0, and small raw clients.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-pub const DEADLINE: Duration = Duration::from_secs(20);
+pub use limpet_testkit::DEADLINE;
 
 /// A backend: `GET /health` (200, or 503 when told to fail), `/slow` (answers
 /// after 3 s), `/upload` (answers once it has read the whole body), WebSocket echo
@@ -251,9 +251,16 @@ impl ProxyProcess {
 /// Config text for a pool of `backends` behind one route, listener and
 /// admin on port 0. `pool_extra` lands inside `[[pool]]`.
 pub fn config(backends: &[&TestBackend], top_extra: &str, pool_extra: &str) -> String {
-    let mut text = format!(
+    let head = format!(
         "{top_extra}\n[[listen]]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n[[pool]]\nname = \"nodes\"\nbackend_header = true\n{pool_extra}\n"
     );
+    head + &backends_and_route(backends)
+}
+
+/// The end of every test config: `backends` as the `[[pool.backend]]`s of
+/// the pool `nodes` opened above, and the route to it.
+pub fn backends_and_route(backends: &[&TestBackend]) -> String {
+    let mut text = String::new();
     for b in backends {
         text.push_str(&format!(
             "[[pool.backend]]\nid = \"{}\"\naddress = \"{}\"\n",

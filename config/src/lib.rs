@@ -22,4 +22,4 @@ pub use proxy::{
     ListenConfig, PassiveConfig, PoolConfig, ProxyConfig, ProxyLimits, ProxyShutdown, RouteConfig,
     SameSite, Timeouts, TlsListenConfig, TlsVersion, UpstreamTls,
 };
-pub use units::{ByteSize, Cidr, Duration};
+pub use units::{ByteSize, Cidr, Duration, UnitError};

@@ -9,6 +9,28 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use std::fmt;
 
+/// Why a size, a duration or an IP network in a config does not parse;
+/// the text is what the user is shown, beside the file, line and field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("`{0}` is not a size (expected e.g. 1024, 64kb, 32mb)")]
+    NotASize(String),
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+    #[error("unknown size unit `{unit}` in `{text}` (use b, k, kb, m, mb, g, gb)")]
+    SizeUnit { unit: String, text: String },
+    #[error("`{0}` is not a duration (expected e.g. 250ms, 5s, 2m, 1h)")]
+    NotADuration(String),
+    #[error("unknown duration unit `{unit}` in `{text}` (use ms, s, m, h, d)")]
+    DurationUnit { unit: String, text: String },
+    #[error("`{0}` is too long")]
+    TooLong(String),
+    #[error("`{0}` is not an IP network (expected e.g. 10.0.0.0/8 or ::1)")]
+    NotANetwork(String),
+    #[error("`{text}`: prefix length must be 0..={max}")]
+    Prefix { text: String, max: u8 },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ByteSize(pub u64);
 
@@ -18,18 +40,16 @@ impl ByteSize {
     }
 
     /// Parses `"32mb"`-style strings; the error text is shown to the user.
-    pub fn parse(text: &str) -> Result<ByteSize, String> {
+    pub fn parse(text: &str) -> Result<ByteSize, UnitError> {
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
         if digits.is_empty() {
-            return Err(format!(
-                "`{text}` is not a size (expected e.g. 1024, 64kb, 32mb)"
-            ));
+            return Err(UnitError::NotASize(text.into()));
         }
         let n: u64 = digits
             .parse()
-            .map_err(|_| format!("`{text}` is too large"))?;
+            .map_err(|_| UnitError::TooLarge(text.into()))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" => 1000,
@@ -39,14 +59,15 @@ impl ByteSize {
             "g" => 1000 * 1000 * 1000,
             "gb" | "gib" => 1024 * 1024 * 1024,
             other => {
-                return Err(format!(
-                    "unknown size unit `{other}` in `{text}` (use b, k, kb, m, mb, g, gb)"
-                ))
+                return Err(UnitError::SizeUnit {
+                    unit: other.into(),
+                    text: text.into(),
+                })
             }
         };
         n.checked_mul(mult)
             .map(ByteSize)
-            .ok_or_else(|| format!("`{text}` is too large"))
+            .ok_or_else(|| UnitError::TooLarge(text.into()))
     }
 }
 
@@ -139,13 +160,13 @@ impl Duration {
         self.0.is_zero()
     }
 
-    pub fn parse(text: &str) -> Result<Duration, String> {
+    pub fn parse(text: &str) -> Result<Duration, UnitError> {
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
         let n: u64 = digits
             .parse()
-            .map_err(|_| format!("`{text}` is not a duration (expected e.g. 250ms, 5s, 2m, 1h)"))?;
+            .map_err(|_| UnitError::NotADuration(text.into()))?;
         let ms: u64 = match unit.trim() {
             "ms" => 1,
             "" | "s" => 1000,
@@ -153,14 +174,15 @@ impl Duration {
             "h" => 3_600_000,
             "d" => 86_400_000,
             other => {
-                return Err(format!(
-                    "unknown duration unit `{other}` in `{text}` (use ms, s, m, h, d)"
-                ))
+                return Err(UnitError::DurationUnit {
+                    unit: other.into(),
+                    text: text.into(),
+                })
             }
         };
         n.checked_mul(ms)
             .map(|ms| Duration(std::time::Duration::from_millis(ms)))
-            .ok_or_else(|| format!("`{text}` is too long"))
+            .ok_or_else(|| UnitError::TooLong(text.into()))
     }
 }
 
@@ -209,14 +231,15 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    pub fn parse(text: &str) -> Result<Cidr, String> {
+    pub fn parse(text: &str) -> Result<Cidr, UnitError> {
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
         };
-        let addr: std::net::IpAddr = addr.trim().parse().map_err(|_| {
-            format!("`{text}` is not an IP network (expected e.g. 10.0.0.0/8 or ::1)")
-        })?;
+        let addr: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| UnitError::NotANetwork(text.into()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -225,7 +248,10 @@ impl Cidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| format!("`{text}`: prefix length must be 0..={max}"))?,
+                .ok_or_else(|| UnitError::Prefix {
+                    text: text.into(),
+                    max,
+                })?,
         };
         Ok(Cidr { addr, prefix })
     }

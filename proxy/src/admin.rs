@@ -129,7 +129,7 @@ async fn respond(proxy: &Proxy, req: Request<hyper::body::Incoming>) -> Resp {
         }
         (Method::POST, ["api", "reload"]) => match proxy.reload() {
             Ok(()) => json_reply(StatusCode::OK, json!({"reloaded": true})),
-            Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+            Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         },
         (_, ["api", "pools", ..] | ["api", "reload"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")

@@ -72,14 +72,29 @@ async fn check_loop(
     }
 }
 
+/// Why one health check failed; logged when it takes a backend down.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error(transparent)]
+    Connect(#[from] upstream::ConnectError),
+    #[error(transparent)]
+    Request(#[from] http::Error),
+    #[error(transparent)]
+    Send(#[from] hyper::Error),
+    #[error("status {0}")]
+    Status(http::StatusCode),
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
 async fn probe(
     target: upstream::Target<'_>,
     path: &str,
     timeout: std::time::Duration,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let address = target.address;
     let attempt = async {
-        let mut sender = upstream::connect(target).await.map_err(|e| e.to_string())?;
+        let mut sender = upstream::connect(target).await?;
         let req = hyper::Request::get(path)
             .header(hyper::header::HOST, address)
             .header(hyper::header::USER_AGENT, "limpet-proxy health check")
@@ -87,18 +102,17 @@ async fn probe(
                 Empty::<Bytes>::new()
                     .map_err(|never| match never {})
                     .boxed(),
-            )
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            )?;
+        let resp = sender.send_request(req).await?;
         let status = resp.status();
         if status.is_success() || status.is_redirection() {
             Ok(())
         } else {
-            Err(format!("status {status}"))
+            Err(ProbeError::Status(status))
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Err(_) => Err(ProbeError::Timeout(timeout)),
     }
 }

@@ -13,14 +13,28 @@ use crate::health;
 use crate::limits::Connections;
 use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::select::Pool;
+use crate::select::{Pool, PoolError};
 use crate::tls;
 use arc_swap::ArcSwap;
 use limpet_config::{ListenConfig, ProxyConfig};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use tokio::sync::watch;
+
+/// Why the proxy, or a new routing generation, cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("TLS for {bind}: {source}")]
+    ListenerTls {
+        bind: SocketAddr,
+        #[source]
+        source: Box<tls::TlsError>,
+    },
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
 
 /// One generation of routing state.
 pub struct Routing {
@@ -38,7 +52,7 @@ impl Routing {
         config: ProxyConfig,
         previous: Option<&Routing>,
         metrics: &Arc<Metrics>,
-    ) -> Result<Routing, String> {
+    ) -> Result<Routing, SetupError> {
         let mut pools: Vec<Arc<Pool>> = Vec::new();
         for p in &config.pools {
             let old = previous.and_then(|r| r.pools.iter().find(|o| o.name() == p.name));
@@ -78,14 +92,20 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(config: ProxyConfig, config_path: Option<PathBuf>) -> Result<Arc<Proxy>, String> {
+    pub fn new(
+        config: ProxyConfig,
+        config_path: Option<PathBuf>,
+    ) -> Result<Arc<Proxy>, SetupError> {
         let metrics = Arc::new(Metrics::new());
         let listen = config.listen.clone();
         let mut tls = Vec::new();
         for l in &listen {
             match &l.tls {
                 Some(t) => {
-                    let server = tls::server(t).map_err(|e| format!("TLS for {}: {e}", l.bind))?;
+                    let server = tls::server(t).map_err(|source| SetupError::ListenerTls {
+                        bind: l.bind,
+                        source: Box::new(source),
+                    })?;
                     metrics.record_cert_expiries(
                         &l.bind.to_string(),
                         &server.resolver.store.load().expiries,

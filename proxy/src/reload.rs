@@ -8,16 +8,36 @@
 //! serving the previous one. Listeners themselves never change without a
 //! restart.
 
-use crate::live::{Proxy, Routing};
-use crate::tls;
-use limpet_config::ProxyConfig;
+use crate::live::{Proxy, Routing, SetupError};
+use crate::tls::{self, TlsError};
+use limpet_config::{ConfigError, ProxyConfig};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Why a reload was refused (or, for certificates, half done); the text
+/// is what `POST /api/reload` answers and the log says.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("started without --config: nothing to reload")]
+    NoConfigFile,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The new routes are in force; some listeners kept their certificates.
+    #[error("routes reloaded, but {0}")]
+    Certificates(#[source] CertificatesRefused),
+}
+
+/// The certificates of every listener that kept its current ones.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct CertificatesRefused(pub Vec<TlsError>);
+
 impl Proxy {
     /// Re-reads the config file; on any error the running config stays.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), ReloadError> {
         let result = self.try_reload();
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics.reloads.with_label_values(&[outcome]).inc();
@@ -28,12 +48,9 @@ impl Proxy {
         result
     }
 
-    fn try_reload(&self) -> Result<(), String> {
-        let path = self
-            .config_path
-            .as_ref()
-            .ok_or("started without --config: nothing to reload")?;
-        let config: ProxyConfig = limpet_config::load_file(path).map_err(|e| e.to_string())?;
+    fn try_reload(&self) -> Result<(), ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
+        let config: ProxyConfig = limpet_config::load_file(path)?;
         if config.listen != self.listen {
             tracing::warn!("[[listen]] changes take effect only after a restart; keeping the current listeners");
         }
@@ -42,12 +59,12 @@ impl Proxy {
         // Certificates reload with the config; a bad one is refused on its own.
         let certs = self.reload_certificates(&new.config);
         self.install(new);
-        certs.map_err(|e| format!("routes reloaded, but {e}"))
+        certs.map_err(ReloadError::Certificates)
     }
 
     /// Loads certificates again for every TLS listener from `config`; a
     /// listener whose files fail keeps its current certificates.
-    pub fn reload_certificates(&self, config: &ProxyConfig) -> Result<(), String> {
+    pub fn reload_certificates(&self, config: &ProxyConfig) -> Result<(), CertificatesRefused> {
         let mut errors = Vec::new();
         for (i, server) in self.tls.iter().enumerate() {
             let (Some(server), Some(listen)) = (server, config.listen.get(i)) else {
@@ -72,7 +89,7 @@ impl Proxy {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors.join("; "))
+            Err(CertificatesRefused(errors))
         }
     }
 

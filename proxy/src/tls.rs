@@ -19,6 +19,54 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// Why certificates, keys or a TLS configuration could not be loaded;
+/// the text names the file, as `--check` and the reload API show it.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Pem {
+        path: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{path}: {source}")]
+    Cert {
+        path: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{0}: no certificate in the file")]
+    NoCertificate(String),
+    #[error("{path}: unsupported key: {source}")]
+    UnsupportedKey {
+        path: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{key} does not match {cert}: {source}")]
+    KeyMismatch {
+        key: String,
+        cert: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{0}: cannot read the certificate's validity")]
+    NoValidity(String),
+    #[error("no default certificate")]
+    NoDefault,
+    #[error("{0}")]
+    Config(#[from] rustls::Error),
+    #[error("`{0}` is not a valid TLS server name")]
+    ServerName(String),
+}
+
+fn pem(path: &str) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsError + '_ {
+    move |source| TlsError::Pem {
+        path: path.to_string(),
+        source,
+    }
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -35,29 +83,37 @@ pub struct CertStore {
 }
 
 impl CertStore {
-    pub fn load(cfg: &TlsListenConfig) -> Result<CertStore, String> {
+    pub fn load(cfg: &TlsListenConfig) -> Result<CertStore, TlsError> {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         let mut default = None;
         let mut expiries = Vec::new();
         for (i, c) in cfg.certs.iter().enumerate() {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert)
-                .map_err(|e| format!("{}: {e}", c.cert))?
+                .map_err(pem(&c.cert))?
                 .collect::<Result<_, _>>()
-                .map_err(|e| format!("{}: {e}", c.cert))?;
+                .map_err(pem(&c.cert))?;
             if chain.is_empty() {
-                return Err(format!("{}: no certificate in the file", c.cert));
+                return Err(TlsError::NoCertificate(c.cert.clone()));
             }
-            let key =
-                PrivateKeyDer::from_pem_file(&c.key).map_err(|e| format!("{}: {e}", c.key))?;
-            let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-                .map_err(|e| format!("{}: unsupported key: {e}", c.key))?;
+            let key = PrivateKeyDer::from_pem_file(&c.key).map_err(pem(&c.key))?;
+            let signer =
+                rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| {
+                    TlsError::UnsupportedKey {
+                        path: c.key.clone(),
+                        source,
+                    }
+                })?;
             let certified = CertifiedKey::new(chain, signer);
             certified
                 .keys_match()
-                .map_err(|e| format!("{} does not match {}: {e}", c.key, c.cert))?;
+                .map_err(|source| TlsError::KeyMismatch {
+                    key: c.key.clone(),
+                    cert: c.cert.clone(),
+                    source,
+                })?;
             let not_after = not_after(certified.cert[0].as_ref())
-                .ok_or_else(|| format!("{}: cannot read the certificate's validity", c.cert))?;
+                .ok_or_else(|| TlsError::NoValidity(c.cert.clone()))?;
             let label = c.names.first().cloned().unwrap_or_else(|| c.cert.clone());
             expiries.push((label, not_after));
             let certified = Arc::new(certified);
@@ -75,7 +131,7 @@ impl CertStore {
         Ok(CertStore {
             exact,
             wildcard,
-            default: default.ok_or("no default certificate")?,
+            default: default.ok_or(TlsError::NoDefault)?,
             expiries,
         })
     }
@@ -114,7 +170,7 @@ pub struct ServerTls {
     pub resolver: Arc<Resolver>,
 }
 
-pub fn server(cfg: &TlsListenConfig) -> Result<ServerTls, String> {
+pub fn server(cfg: &TlsListenConfig) -> Result<ServerTls, TlsError> {
     let store = CertStore::load(cfg)?;
     let resolver = Arc::new(Resolver {
         store: ArcSwap::from_pointee(store),
@@ -124,8 +180,7 @@ pub fn server(cfg: &TlsListenConfig) -> Result<ServerTls, String> {
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)
-        .map_err(|e| e.to_string())?
+        .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -209,10 +264,9 @@ pub struct UpstreamConnector {
 }
 
 impl UpstreamConnector {
-    pub fn new(pool: &str, cfg: &UpstreamTls) -> Result<UpstreamConnector, String> {
+    pub fn new(pool: &str, cfg: &UpstreamTls) -> Result<UpstreamConnector, TlsError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
+            .with_safe_default_protocol_versions()?;
         let mut config = if cfg.insecure_skip_verify {
             tracing::warn!(%pool, "pool.tls.insecure_skip_verify is ON: backend certificates are NOT verified; anyone on the path can impersonate the backends. Use it only for testing.");
             builder
@@ -223,11 +277,12 @@ impl UpstreamConnector {
             let mut roots = rustls::RootCertStore::empty();
             match &cfg.ca_file {
                 Some(file) => {
-                    for cert in
-                        CertificateDer::pem_file_iter(file).map_err(|e| format!("{file}: {e}"))?
-                    {
-                        let cert = cert.map_err(|e| format!("{file}: {e}"))?;
-                        roots.add(cert).map_err(|e| format!("{file}: {e}"))?;
+                    for cert in CertificateDer::pem_file_iter(file).map_err(pem(file))? {
+                        let cert = cert.map_err(pem(file))?;
+                        roots.add(cert).map_err(|source| TlsError::Cert {
+                            path: file.clone(),
+                            source,
+                        })?;
                     }
                 }
                 None => {
@@ -246,7 +301,7 @@ impl UpstreamConnector {
         })
     }
 
-    pub fn name_for(&self, address: &str) -> Result<ServerName<'static>, String> {
+    pub fn name_for(&self, address: &str) -> Result<ServerName<'static>, TlsError> {
         let host = match &self.server_name {
             Some(name) => name.clone(),
             None => {
@@ -256,8 +311,7 @@ impl UpstreamConnector {
                     .to_string()
             }
         };
-        ServerName::try_from(host.clone())
-            .map_err(|_| format!("`{host}` is not a valid TLS server name"))
+        ServerName::try_from(host.clone()).map_err(|_| TlsError::ServerName(host))
     }
 }
 

@@ -109,7 +109,7 @@ pub async fn connect(target: Target<'_>) -> Result<SendRequest<Body>, ConnectErr
         Some(tls) => {
             let name = tls
                 .name_for(address)
-                .map_err(|e| ConnectError::Tls(address.to_string(), e))?;
+                .map_err(|e| ConnectError::Tls(address.to_string(), e.to_string()))?;
             let stream = tokio::time::timeout(timeout, tls.connector.connect(name, tcp))
                 .await
                 .map_err(|_| ConnectError::Timeout(address.to_string()))?

@@ -24,7 +24,7 @@ pub mod cookie;
 pub mod hash;
 pub mod pool;
 
-pub use pool::{ActiveGuard, AdminState, Backend, Pool};
+pub use pool::{ActiveGuard, AdminState, Backend, Pool, PoolError};
 
 use http::header::{HeaderMap, COOKIE};
 use http::Uri;

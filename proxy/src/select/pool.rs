@@ -15,6 +15,17 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Why a pool cannot be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("pool `{pool}` TLS: {source}")]
+    Tls {
+        pool: String,
+        #[source]
+        source: Box<crate::tls::TlsError>,
+    },
+}
+
 #[derive(Debug, Default)]
 struct Passive {
     fails: u32,
@@ -222,10 +233,14 @@ impl Pool {
     /// Builds a pool; with `previous` (a reload), backends that did not
     /// change keep their live state (health, counters, admin state, idle
     /// connections) and an unchanged cookie key keeps cookies valid.
-    pub fn new(config: PoolConfig, previous: Option<&Pool>) -> Result<Pool, String> {
+    pub fn new(config: PoolConfig, previous: Option<&Pool>) -> Result<Pool, PoolError> {
         let upstream_tls = if config.tls.enabled {
-            let connector = crate::tls::UpstreamConnector::new(&config.name, &config.tls)
-                .map_err(|e| format!("pool `{}` TLS: {e}", config.name))?;
+            let connector = crate::tls::UpstreamConnector::new(&config.name, &config.tls).map_err(
+                |source| PoolError::Tls {
+                    pool: config.name.clone(),
+                    source: Box::new(source),
+                },
+            )?;
             Some(Arc::new(connector))
         } else {
             None

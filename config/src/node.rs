@@ -155,7 +155,7 @@ impl Default for NodeLimits {
             max_remote_members_per_room: 10_000,
             max_remote_members: 100_000,
             max_peer_nodes: 1_000,
-            inbound_queue_bytes: ByteSize(8 * 1024 * 1024),
+            inbound_queue_bytes: ByteSize(64 * 1024 * 1024),
             publish_queue_bytes: ByteSize(1024 * 1024),
             max_queue_delay: Duration::millis(200),
             max_connections_per_address: 100,

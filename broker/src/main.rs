@@ -8,14 +8,10 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> std::process::ExitCode {
-    limpet_startup::Program {
-        name: "limpet-broker",
-        version: env!("CARGO_PKG_VERSION"),
-        about: env!("CARGO_PKG_DESCRIPTION"),
-        config_help:
-            "TOML config file; without one the broker runs on 127.0.0.1:6379 with defaults",
-    }
-    .main(
+    // The help of --config: what runs without a file.
+    const CONFIG_HELP: &str =
+        "TOML config file; without one the broker runs on 127.0.0.1:6379 with defaults";
+    limpet_startup::program!(config_help: CONFIG_HELP).main(
         |_| Ok(()),
         |config, path| async move {
             let file = path.map(|p| p.display().to_string());

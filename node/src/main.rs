@@ -8,13 +8,9 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> std::process::ExitCode {
-    limpet_startup::Program {
-        name: "limpet-node",
-        version: env!("CARGO_PKG_VERSION"),
-        about: env!("CARGO_PKG_DESCRIPTION"),
-        config_help: "TOML config file; without one the node listens on 127.0.0.1:9001 and uses the broker at redis://127.0.0.1:6379/",
-    }
-    .main(|_| Ok(()), |config, _| serve(config))
+    // The help of --config: what runs without a file.
+    const CONFIG_HELP: &str = "TOML config file; without one the node listens on 127.0.0.1:9001 and uses the broker at redis://127.0.0.1:6379/";
+    limpet_startup::program!(config_help: CONFIG_HELP).main(|_| Ok(()), |config, _| serve(config))
 }
 
 async fn serve(config: NodeConfig) -> anyhow::Result<()> {

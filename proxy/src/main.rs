@@ -9,14 +9,10 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> std::process::ExitCode {
-    limpet_startup::Program {
-        name: "limpet-proxy",
-        version: env!("CARGO_PKG_VERSION"),
-        about: env!("CARGO_PKG_DESCRIPTION"),
-        config_help:
-            "TOML config file; without one the proxy listens on 127.0.0.1:8080 with no routes",
-    }
-    .main(check, serve)
+    // The help of --config: what runs without a file.
+    const CONFIG_HELP: &str =
+        "TOML config file; without one the proxy listens on 127.0.0.1:8080 with no routes";
+    limpet_startup::program!(config_help: CONFIG_HELP).main(check, serve)
 }
 
 /// Like `nginx -t`, `--check` loads the certificates too.

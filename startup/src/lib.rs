@@ -24,6 +24,21 @@ struct Args {
     check: bool,
 }
 
+/// The [`Program`] of the binary crate this is written in: its package
+/// name, version and description (as clap's derive took them), and the help
+/// of `--config`.
+#[macro_export]
+macro_rules! program {
+    (config_help: $help:expr $(,)?) => {
+        $crate::Program {
+            name: env!("CARGO_PKG_NAME"),
+            version: env!("CARGO_PKG_VERSION"),
+            about: env!("CARGO_PKG_DESCRIPTION"),
+            config_help: $help,
+        }
+    };
+}
+
 /// What tells one binary from another on the command line.
 pub struct Program {
     /// `limpet-proxy`, ...: the CLI name and the prefix of every error.

@@ -170,11 +170,7 @@ async fn room_delivery_exactly_once_over_redis_cluster() {
 
 async fn broker_restart(kind: Kind) {
     let mut broker = Broker::start(kind).await;
-    let na = NodeProcess::start("na", &broker, "");
-    let nb = NodeProcess::start("nb", &broker, "");
-    na.wait_ready().await;
-    nb.wait_ready().await;
-    na.wait_peers(1).await;
+    let (na, nb) = two_nodes(&broker, ["na", "nb"], "").await;
     let mut a1 = Client::connect(&na).await;
     let mut a2 = Client::connect(&na).await;
     let mut b1 = Client::connect(&nb).await;

@@ -277,11 +277,7 @@ async fn forged_backplane_members_are_bounded() {
     // takes to handle on a loaded machine (it is what tells us the flood
     // was handled).
     let limits = "[limits]\nmax_remote_members_per_room = 1000\nmax_remote_members = 1500\nmax_peer_nodes = 100\noutbound_queue = 4096\nmax_queue_delay = \"0s\"";
-    let mut n1 = NodeProcess::start("n1", &broker, limits);
-    let n2 = NodeProcess::start("n2", &broker, limits);
-    n1.wait_ready().await;
-    n2.wait_ready().await;
-    n1.wait_peers(1).await;
+    let (mut n1, n2) = two_nodes(&broker, ["n1", "n2"], limits).await;
     let mut a = Client::connect(&n1).await;
     let mut b = Client::connect(&n2).await;
     a.join("lobby").await;
@@ -356,11 +352,7 @@ async fn forged_backplane_members_are_bounded() {
 async fn envelopes_without_the_cluster_secret_are_refused() {
     let broker = Broker::start(Kind::Limpet).await;
     let secret = "cluster_secret = \"0123456789abcdef-test\"";
-    let mut n1 = NodeProcess::start("n1", &broker, secret);
-    let n2 = NodeProcess::start("n2", &broker, secret);
-    n1.wait_ready().await;
-    n2.wait_ready().await;
-    n1.wait_peers(1).await;
+    let (mut n1, n2) = two_nodes(&broker, ["n1", "n2"], secret).await;
     let mut a = Client::connect(&n1).await;
     let mut b = Client::connect(&n2).await;
     a.join("lobby").await;

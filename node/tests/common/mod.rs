@@ -166,6 +166,17 @@ impl Broker {
     }
 }
 
+/// Two nodes on `broker` with the same `extra` config, returned once both
+/// have the broker and the first has heard the second.
+pub async fn two_nodes(broker: &Broker, ids: [&str; 2], extra: &str) -> (NodeProcess, NodeProcess) {
+    let first = NodeProcess::start(ids[0], broker, extra);
+    let second = NodeProcess::start(ids[1], broker, extra);
+    first.wait_ready().await;
+    second.wait_ready().await;
+    first.wait_peers(1).await;
+    (first, second)
+}
+
 pub struct NodeProcess {
     pub id: String,
     pub proc: limpet_testkit::Logged,
@@ -311,24 +322,9 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(node: &NodeProcess) -> Client {
-        let (ws, _) = tokio::time::timeout(
-            DEADLINE,
-            tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr)),
-        )
-        .await
-        .expect("connect in time")
-        .expect("websocket handshake");
-        let mut c = Client {
-            ws,
-            socket: String::new(),
-            node: String::new(),
-            next_id: 1,
-            pending: VecDeque::new(),
-        };
-        let welcome = c.next_of("welcome").await;
-        c.socket = welcome["socket"].as_str().unwrap().to_string();
-        c.node = welcome["node"].as_str().unwrap().to_string();
-        c
+        Self::connect_with(node, &[])
+            .await
+            .unwrap_or_else(|status| panic!("websocket handshake: refused with {status}"))
     }
 
     /// Connects with extra request headers (`X-Forwarded-For`, `Origin`);

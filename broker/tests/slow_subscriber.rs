@@ -191,12 +191,7 @@ async fn a_client_that_never_reads_its_replies_is_paused_then_cut_off() {
         .map(|i| format!("channel:{i:05}:{}", "x".repeat(80)))
         .collect();
     let mut sub = Client::connect(b.addr).await;
-    for chunk in names.chunks(1000) {
-        let mut args = vec!["SUBSCRIBE"];
-        args.extend(chunk.iter().map(String::as_str));
-        sub.cmd(&args).await;
-    }
-    sub.frames(names.len()).await;
+    sub.subscribe_all(&names).await;
     let base = b.proc.rss_kib();
 
     let mut attacker = Client::connect(b.addr).await;
@@ -226,12 +221,7 @@ async fn a_client_that_never_reads_its_replies_is_paused_then_cut_off() {
     ));
     let metrics = b.metrics.expect("metrics port");
     let mut sub = Client::connect(b.addr).await;
-    for chunk in names.chunks(1000) {
-        let mut args = vec!["SUBSCRIBE"];
-        args.extend(chunk.iter().map(String::as_str));
-        sub.cmd(&args).await;
-    }
-    sub.frames(names.len()).await;
+    sub.subscribe_all(&names).await;
     let mut attacker = Client::connect(b.addr).await;
     attacker.send(&one).await;
     // Closed (what the kernel took before the cut may still arrive).

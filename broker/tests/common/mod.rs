@@ -89,6 +89,17 @@ impl Client {
         self.send(&bytes).await;
     }
 
+    /// Subscribes to every channel in `names`, a thousand a request, and
+    /// reads all the confirmations.
+    pub async fn subscribe_all(&mut self, names: &[String]) {
+        for chunk in names.chunks(1000) {
+            let mut args = vec!["SUBSCRIBE"];
+            args.extend(chunk.iter().map(String::as_str));
+            self.cmd(&args).await;
+        }
+        self.frames(names.len()).await;
+    }
+
     /// Reads exactly `n` complete frames and returns their raw bytes.
     pub async fn frames(&mut self, n: usize) -> Vec<u8> {
         let mut out = Vec::new();

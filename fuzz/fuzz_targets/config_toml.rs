@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(cfg) = check::<ProxyConfig>(text) {
         let mut names = Vec::new();
         for pool in cfg.pools.iter().filter(|p| !p.tls.enabled) {
-            let built = limpet_proxy::pool::Pool::new(pool.clone(), None)
+            let built = limpet_proxy::select::Pool::new(pool.clone(), None)
                 .expect("a pool without TLS always builds");
             assert_eq!(built.backends.len(), pool.backends.len());
             for b in &pool.backends {

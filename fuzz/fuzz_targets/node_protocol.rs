@@ -14,6 +14,15 @@ fn json(text: &str) -> Value {
     serde_json::from_str(text).expect("the node writes valid JSON")
 }
 
+fn has_float(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(a) => a.iter().any(has_float),
+        Value::Object(o) => o.values().any(has_float),
+        _ => false,
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     // Binary frames.
     match protocol::split_binary(data) {
@@ -71,14 +80,18 @@ fuzz_target!(|data: &[u8]| {
     }
     let v = json(&protocol::direct(event, from, req.data));
     assert_eq!(v["type"], "direct");
-    if let Some(id) = &req.id {
+    // A float `id` is left out: serde_json without `float_roundtrip` can
+    // read the f64 it wrote back as its neighbour (see the fuzz README).
+    if let Some(id) = req.id.as_ref().filter(|id| !has_float(id)) {
         let v = json(&protocol::ack(id, json!({"room": room})));
         assert_eq!(&v["id"], id);
     }
     let failure = Failure::new(Code::BadRequest, text);
     let v = json(&protocol::error(req.id.as_ref(), &failure));
     assert_eq!(v["message"], text);
-    assert_eq!(v.get("id"), req.id.as_ref());
+    if !req.id.as_ref().is_some_and(has_float) {
+        assert_eq!(v.get("id"), req.id.as_ref());
+    }
     for s in [room, from] {
         if let Some(node) = protocol::node_of(s) {
             assert!(!node.is_empty() && !node.contains('.'));

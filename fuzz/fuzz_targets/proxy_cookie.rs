@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use limpet_config::CookieConfig;
-use limpet_proxy::affinity::{find_cookie, set_cookie, Sealer};
+use limpet_proxy::select::cookie::{find_cookie, set_cookie, Sealer};
 use std::sync::OnceLock;
 
 const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

@@ -9,9 +9,9 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, HOST,
 use http::{Uri, Version};
 use libfuzzer_sys::fuzz_target;
 use limpet_config::Cidr;
-use limpet_proxy::affinity::{self, Sealer};
 use limpet_proxy::headers;
 use limpet_proxy::router::host_only;
+use limpet_proxy::select::{cookie, hash};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
 
@@ -81,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let peer_trusted = trusted
         .iter()
-        .any(|c| c.contains(affinity::canonical(peer_ip)));
+        .any(|c| c.contains(headers::canonical(peer_ip)));
     let scheme = if flags & 8 == 0 { "http" } else { "https" };
     let version = if flags & 16 == 0 {
         Version::HTTP_11
@@ -169,18 +169,18 @@ fuzz_target!(|data: &[u8]| {
 
     // The client address: the peer unless the peer is trusted.
     let xff = strs(&map, HeaderName::from_static("x-forwarded-for"));
-    let client = affinity::client_ip(peer, xff.iter().map(String::as_str), &trusted);
+    let client = headers::client_ip(peer, xff.iter().map(String::as_str), &trusted);
     if !peer_trusted {
-        assert_eq!(client, affinity::canonical(peer_ip));
+        assert_eq!(client, headers::canonical(peer_ip));
     }
     assert_eq!(
         client,
-        affinity::canonical(client),
+        headers::canonical(client),
         "client addresses are canonical"
     );
 
     // Forwarding headers.
-    let peer_c = affinity::canonical(peer_ip);
+    let peer_c = headers::canonical(peer_ip);
     headers::add_forwarded(&mut up, peer_c, client, scheme, peer_trusted);
     let chain = up
         .get("x-forwarded-for")
@@ -206,17 +206,16 @@ fuzz_target!(|data: &[u8]| {
 
     // The affinity cookie: found where it is, and never forged.
     let cookies = strs(&map, COOKIE);
-    if let Some(value) = affinity::find_cookie(cookies.iter().map(String::as_str), "limpet_sticky")
-    {
+    if let Some(value) = cookie::find_cookie(cookies.iter().map(String::as_str), "limpet_sticky") {
         assert!(!value.contains(';'));
         assert!(cookies.iter().any(|c| c.contains(value)));
-        static SEALER: OnceLock<Sealer> = OnceLock::new();
-        let sealer = SEALER.get_or_init(Sealer::random);
+        static SEALER: OnceLock<cookie::Sealer> = OnceLock::new();
+        let sealer = SEALER.get_or_init(cookie::Sealer::random);
         assert_eq!(sealer.open(value), None, "a cookie was forged");
     }
 
     // The query affinity key.
-    if let Some(v) = affinity::query_param(uri.query(), "room") {
+    if let Some(v) = hash::query_param(uri.query(), "room") {
         assert!(!v.is_empty() && !v.contains('&'));
         assert!(uri.query().unwrap().contains(&format!("room={v}")));
     }

@@ -231,12 +231,21 @@ enum Incoming {
     Cluster(mpsc::UnboundedReceiver<redis::PushInfo>),
 }
 
+/// How long one broker command (a whole publish pipeline included) may take
+/// before the connection is declared broken. The Redis client's default of
+/// 500 ms is shorter than a full pipeline takes on a slow link or a loaded
+/// machine, and each spurious timeout reconnects and loses what was queued;
+/// a broker that is really gone is found by this, by TCP, and by the peers'
+/// heartbeat timeout.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn open(urls: &[String], cluster: bool) -> redis::RedisResult<(Link, Incoming)> {
     if cluster {
         let (tx, pushes) = mpsc::unbounded_channel();
         let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(tx)
+            .response_timeout(RESPONSE_TIMEOUT)
             .build()?;
         let conn = client.get_async_connection().await?;
         return Ok((Link::Cluster { conn }, Incoming::Cluster(pushes)));
@@ -247,7 +256,11 @@ async fn open(urls: &[String], cluster: bool) -> redis::RedisResult<(Link, Incom
     let info = redis::IntoConnectionInfo::into_connection_info(urls[0].as_str())?
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
     let client = redis::Client::open(info)?;
-    let publisher = client.get_multiplexed_async_connection().await?;
+    let publisher = client
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT)),
+        )
+        .await?;
     let (sink, stream) = client.get_async_pubsub().await?.split();
     Ok((
         Link::Standalone { publisher, sink },

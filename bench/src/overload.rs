@@ -13,7 +13,7 @@
 //! from each node's `/metrics`). It prints figures; it asserts nothing.
 
 use crate::load::{self, Latency};
-use crate::scenarios::{limpet_stack, socketio_stack, Stack};
+use crate::scenarios::stack::{limpet_stack, socketio_stack, Stack};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;

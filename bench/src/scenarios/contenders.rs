@@ -1,0 +1,123 @@
+//! The proxy contenders and what they stand in front of: the three echo
+//! backends every proxy shares, and each proxy (limpet-proxy, nginx,
+//! HAProxy, or none for the direct baseline) started with an equivalent
+//! sticky (client-IP) configuration, so the scenarios compare the proxies
+//! and not their settings.
+
+use super::procs::{free_addr, free_port, have, wait_port, Proc};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Kind {
+    Direct,
+    Limpet,
+    Nginx,
+    Haproxy,
+}
+
+impl Kind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Limpet => "limpet-proxy",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// The contenders installed here, baseline first.
+pub(crate) fn installed() -> Vec<Kind> {
+    [Kind::Direct, Kind::Limpet, Kind::Nginx, Kind::Haproxy]
+        .into_iter()
+        .filter(|k| match k {
+            Kind::Nginx => have("nginx"),
+            Kind::Haproxy => have("haproxy"),
+            _ => true,
+        })
+        .collect()
+}
+
+/// Three echo backends (this binary's `echo-server`), shared by every
+/// proxy contender; they live as long as the returned processes.
+pub(crate) async fn echo_backends(me: &Path) -> anyhow::Result<(Vec<SocketAddr>, Vec<Proc>)> {
+    let mut backends = Vec::new();
+    let mut backend_procs = Vec::new();
+    for i in 0..3 {
+        let addr = free_addr()?;
+        backend_procs.push(Proc::spawn(
+            &format!("echo-{i}"),
+            Command::new(me).args(["echo-server", "--addr", &addr.to_string()]),
+        )?);
+        anyhow::ensure!(wait_port(addr).await, "echo backend {addr} did not start");
+        backends.push(addr);
+    }
+    Ok((backends, backend_procs))
+}
+
+/// Starts a proxy contender in front of `backends`; `None` for direct.
+pub(crate) fn start_proxy(
+    kind: Kind,
+    backends: &[SocketAddr],
+    dir: &Path,
+    bin: &Path,
+) -> anyhow::Result<Option<(Proc, SocketAddr)>> {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let servers = |f: &dyn Fn(usize, &SocketAddr) -> String| {
+        backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| f(i, b))
+            .collect::<String>()
+    };
+    let proc = match kind {
+        Kind::Direct => return Ok(None),
+        Kind::Limpet => {
+            let cfg = format!(
+                "[[listen]]\nbind = \"{addr}\"\n[admin]\nenabled = false\n[limits]\nmax_connections = 100000\n[[pool]]\nname = \"b\"\naffinity = \"ip_hash\"\n{}[[route]]\npool = \"b\"\n",
+                servers(&|i, b| format!("[[pool.backend]]\nid = \"b{i}\"\naddress = \"{b}\"\n"))
+            );
+            let path = dir.join("limpet-proxy.toml");
+            std::fs::write(&path, cfg)?;
+            Proc::spawn(
+                "limpet-proxy",
+                Command::new(bin.join("limpet-proxy"))
+                    .arg("--config")
+                    .arg(&path)
+                    .env("RUST_LOG", "warn"),
+            )?
+        }
+        Kind::Nginx => {
+            let d = dir.display();
+            let cfg = format!(
+                "user root;\nworker_processes auto;\nworker_rlimit_nofile 20000;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 20000; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft; uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n  upstream nodes {{ ip_hash; {} keepalive 64; }}\n  server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://nodes;\n      proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection $connection_upgrade;\n      proxy_set_header Host $host;\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_read_timeout 3600s;\n    }}\n  }}\n}}\n",
+                servers(&|_, b| format!("server {b};"))
+            );
+            let path = dir.join("nginx.conf");
+            std::fs::write(&path, cfg)?;
+            Proc::spawn(
+                "nginx",
+                Command::new("nginx")
+                    .arg("-c")
+                    .arg(&path)
+                    .args(["-g", "daemon off;"]),
+            )?
+        }
+        Kind::Haproxy => {
+            let cfg = format!(
+                "global\n  maxconn 9600\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\nfrontend fe\n  bind {addr}\n  default_backend be\nbackend be\n  balance source\n{}",
+                servers(&|i, b| format!("  server b{i} {b}\n"))
+            );
+            let path = dir.join("haproxy.cfg");
+            std::fs::write(&path, cfg)?;
+            Proc::spawn(
+                "haproxy",
+                Command::new("haproxy").arg("-f").arg(&path).arg("-db"),
+            )?
+        }
+    };
+    Ok(Some((proc, addr)))
+}

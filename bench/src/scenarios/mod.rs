@@ -1,0 +1,72 @@
+//! The benchmark runner: starts each contender in turn over the same
+//! backends, drives the same load, reads resident memory from `/proc`, and
+//! writes `latest.md` (tables with ratios to the baseline) and `latest.svg`.
+//! Speed is only ever printed here, never asserted.
+//!
+//! `run` is the order of the report; each scenario lives in its own module
+//! and hands back its markdown and chart pieces. Shared plumbing: `procs`
+//! (processes, ports, memory), `contenders` (the proxies and the echo
+//! backends), `report` (tables, medians, SVG), `sizes` (full or quick).
+
+mod broker;
+mod contenders;
+mod idle;
+mod procs;
+mod proxies;
+mod report;
+mod sizes;
+pub(crate) mod stack;
+mod whole_stack;
+
+use sizes::Sizes;
+use std::fmt::Write as _;
+use std::path::Path;
+
+pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
+    let s = Sizes::new(quick);
+    for b in ["limpet-proxy", "limpet-broker", "limpet-node"] {
+        anyhow::ensure!(
+            bin.join(b).exists(),
+            "{} missing: build with `cargo build --release`",
+            bin.join(b).display()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("limpet-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let me = std::env::current_exe()?;
+    let started = std::time::Instant::now();
+    let mut md = report::header(quick, s.repeat);
+    let (backends, backend_procs) = contenders::echo_backends(&me).await?;
+    let kinds = contenders::installed();
+
+    // 1 + 3 are measured together (one proxy start each), 2 in between.
+    let runs = proxies::measure(&kinds, &backends, &dir, bin, &s).await;
+    let (overhead_md, echo_chart) = proxies::overhead(&runs, s.many_conns);
+    md.push_str(&overhead_md);
+    md.push_str(&idle::run(&kinds, &backends, &dir, bin, s.idle_conns).await?);
+    let (http_md, http_chart) = proxies::plain_http(&runs);
+    md.push_str(&http_md);
+    let (broker_md, fanout_chart) = broker::run(&dir, bin, &s).await?;
+    md.push_str(&broker_md);
+    md.push_str(&whole_stack::run(quick, &dir, bin).await);
+    let _ = writeln!(
+        md,
+        "\nTotal run time: {:.0} s.",
+        started.elapsed().as_secs_f64()
+    );
+
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("latest.md"), &md)?;
+    std::fs::write(
+        out.join("latest.svg"),
+        report::svg(&[echo_chart, http_chart, fanout_chart]),
+    )?;
+    println!("{md}");
+    eprintln!(
+        "limpet-bench: wrote {} and latest.svg",
+        out.join("latest.md").display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(backend_procs);
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Shared process plumbing for the scenarios: start a contender with its
+//! output discarded and kill it on drop, pick a free loopback port, wait
+//! until something listens there, read resident memory from `/proc`, and
+//! ask the system which third-party tools (and versions) are installed.
+//! Kept apart so every scenario starts and measures processes the same way.
+
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Every bench client connects from 127.0.0.1, so the node's per-address
+/// limits (meant for one hostile host) would refuse most of the load.
+pub(crate) const BENCH_NODE_ADDRESS_LIMITS: &str =
+    "max_connections_per_address = 100000\naddress_rate_per_second = 1000000\naddress_rate_burst = 1000000\n";
+
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    pub(crate) child: Child,
+}
+
+impl Proc {
+    pub(crate) fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Proc> {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Proc {
+            name: name.into(),
+            child,
+        })
+    }
+
+    /// Resident memory of the process and its children, in KiB.
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let pid = self.child.id();
+        let mut total = rss_of(pid);
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let stat =
+                    std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(pid) {
+                    total += rss_of(child);
+                }
+            }
+        }
+        total
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.name;
+    }
+}
+
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A fresh loopback address on a free port, for a process about to start.
+pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(format!("127.0.0.1:{}", free_port()).parse()?)
+}
+
+pub(crate) async fn wait_port(addr: SocketAddr) -> bool {
+    // Up to 30 s: a Node.js process on a busy 2-core machine can be slow to listen.
+    for _ in 0..1200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+pub(crate) fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub(crate) fn version(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            text.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_else(|_| "not installed".into())
+}

@@ -1,0 +1,44 @@
+//! How long and how hard each scenario runs: the full run, or `--quick`
+//! (about a minute) for checking that the harness still works.
+
+pub(crate) struct Sizes {
+    pub(crate) repeat: usize,
+    pub(crate) single_secs: u64,
+    pub(crate) many_conns: usize,
+    pub(crate) many_secs: u64,
+    pub(crate) idle_conns: usize,
+    pub(crate) wrk_secs: u64,
+    pub(crate) publish_n: usize,
+    pub(crate) fanout_msgs: usize,
+    pub(crate) wide_channels: usize,
+}
+
+impl Sizes {
+    pub(crate) fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                repeat: 1,
+                single_secs: 2,
+                many_conns: 100,
+                many_secs: 2,
+                idle_conns: 1000,
+                wrk_secs: 2,
+                publish_n: 200_000,
+                fanout_msgs: 2_000,
+                wide_channels: 100,
+            }
+        } else {
+            Sizes {
+                repeat: 3,
+                single_secs: 4,
+                many_conns: 1000,
+                many_secs: 5,
+                idle_conns: 9000,
+                wrk_secs: 5,
+                publish_n: 1_000_000,
+                fanout_msgs: 20_000,
+                wide_channels: 1000,
+            }
+        }
+    }
+}

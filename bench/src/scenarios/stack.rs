@@ -1,0 +1,153 @@
+//! The whole stacks that scenario 5 and `limpet-bench overload` drive:
+//! limpet (limpet-proxy in front of 3 limpet-nodes sharing a
+//! limpet-broker) and the stack it replaces (nginx in front of 3
+//! socket.io servers with the Redis adapter and a Redis). Both take the
+//! same room protocol load, so the two are measured the same way.
+
+use super::contenders::{start_proxy, Kind};
+use super::procs::{free_addr, have, wait_port, Proc, BENCH_NODE_ADDRESS_LIMITS};
+use crate::load;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// A running stack for scenario 5: its processes and the address clients use.
+pub(crate) struct Stack {
+    pub name: &'static str,
+    procs: Vec<Proc>,
+    pub entry: SocketAddr,
+    pub proto: load::RoomProto,
+    /// limpet-node ports (their `/metrics`); empty for other stacks.
+    pub nodes: Vec<SocketAddr>,
+}
+
+impl Stack {
+    pub fn rss_kib(&self) -> u64 {
+        self.procs.iter().map(Proc::rss_kib).sum()
+    }
+
+    /// Names of processes that have exited.
+    pub fn dead(&mut self) -> Vec<String> {
+        self.procs
+            .iter_mut()
+            .filter_map(|p| matches!(p.child.try_wait(), Ok(Some(_))).then(|| p.name.clone()))
+            .collect()
+    }
+}
+
+/// `node_limits` is appended to each node's `[limits]`.
+pub(crate) async fn limpet_stack(
+    dir: &Path,
+    bin: &Path,
+    name: &'static str,
+    node_limits: &str,
+) -> anyhow::Result<Stack> {
+    let broker = free_addr()?;
+    std::fs::write(
+        dir.join("s5-broker.toml"),
+        format!("bind = [\"{broker}\"]\n[metrics]\nenabled = false\n"),
+    )?;
+    let mut procs = vec![Proc::spawn(
+        "limpet-broker",
+        Command::new(bin.join("limpet-broker"))
+            .arg("--config")
+            .arg(dir.join("s5-broker.toml"))
+            .env("RUST_LOG", "warn"),
+    )?];
+    wait_port(broker).await;
+    let mut backends = String::new();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let addr = free_addr()?;
+        let path = dir.join(format!("s5-node{i}.toml"));
+        std::fs::write(&path, format!("id = \"n{i}\"\nbind = \"{addr}\"\nbroker = [\"redis://{broker}/\"]\n[limits]\nmax_connections = 100000\nrate_per_second = 1000\nrate_burst = 1000\n{BENCH_NODE_ADDRESS_LIMITS}{node_limits}"))?;
+        procs.push(Proc::spawn(
+            "limpet-node",
+            Command::new(bin.join("limpet-node"))
+                .arg("--config")
+                .arg(&path)
+                .env("RUST_LOG", "warn"),
+        )?);
+        wait_port(addr).await;
+        nodes.push(addr);
+        let _ = write!(
+            backends,
+            "[[pool.backend]]\nid = \"n{i}\"\naddress = \"{addr}\"\n"
+        );
+    }
+    let entry = free_addr()?;
+    let path = dir.join("s5-proxy.toml");
+    std::fs::write(&path, format!("[[listen]]\nbind = \"{entry}\"\n[admin]\nenabled = false\n[limits]\nmax_connections = 100000\n[[pool]]\nname = \"nodes\"\naffinity = \"none\"\n{backends}[[route]]\npool = \"nodes\"\n"))?;
+    procs.push(Proc::spawn(
+        "limpet-proxy",
+        Command::new(bin.join("limpet-proxy"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn"),
+    )?);
+    anyhow::ensure!(wait_port(entry).await, "limpet-proxy did not start");
+    // Let the nodes see each other before rooms span them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Ok(Stack {
+        name,
+        procs,
+        entry,
+        proto: load::RoomProto::Limpet,
+        nodes,
+    })
+}
+
+pub(crate) async fn socketio_stack(dir: &Path) -> anyhow::Result<Stack> {
+    let fixtures = std::env::current_dir()?.join("tests/socketio");
+    anyhow::ensure!(
+        fixtures
+            .join("node_modules/@socket.io/redis-adapter")
+            .exists(),
+        "npm fixtures missing: run make test-deps"
+    );
+    anyhow::ensure!(
+        have("nginx") && have("redis-server") && have("node"),
+        "nginx, redis-server or node missing"
+    );
+    let redis = free_addr()?;
+    let mut procs = vec![Proc::spawn(
+        "redis-server",
+        Command::new("redis-server").args([
+            "--port",
+            &redis.port().to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]),
+    )?];
+    wait_port(redis).await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let addr = free_addr()?;
+        procs.push(Proc::spawn(
+            "socket.io",
+            Command::new("node")
+                .arg(fixtures.join("room-server.js"))
+                .arg(addr.port().to_string())
+                .arg(format!("redis://{redis}/")),
+        )?);
+        anyhow::ensure!(wait_port(addr).await, "socket.io node did not start");
+        nodes.push(addr);
+    }
+    let (nginx, entry) = start_proxy(Kind::Nginx, &nodes, dir, Path::new("."))?
+        .ok_or_else(|| anyhow::anyhow!("nginx"))?;
+    procs.push(nginx);
+    anyhow::ensure!(wait_port(entry).await, "nginx did not start");
+    Ok(Stack {
+        name: "nginx + 3 socket.io + Redis adapter + Redis",
+        procs,
+        entry,
+        proto: load::RoomProto::SocketIo,
+        nodes: Vec::new(),
+    })
+}

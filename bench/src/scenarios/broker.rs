@@ -4,7 +4,7 @@
 //! channels of two subscribers each, driven by the bench's own client.
 //! Skipped with a note when Redis is not installed.
 
-use super::procs::{free_addr, have, wait_port, Proc};
+use super::procs::{free_addr, have, redis_server, wait_port, Proc};
 use super::report::{median_by, ratio, ChartGroup};
 use super::sizes::Sizes;
 use crate::load;
@@ -32,19 +32,7 @@ pub(crate) async fn run(dir: &Path, bin: &Path, s: &Sizes) -> anyhow::Result<(St
                 .arg(dir.join("bb.toml"))
                 .env("RUST_LOG", "warn"),
         )?;
-        let _r = Proc::spawn(
-            "redis-server",
-            Command::new("redis-server").args([
-                "--port",
-                &rb.port().to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]),
-        )?;
+        let _r = redis_server(rb)?;
         wait_port(lb).await;
         wait_port(rb).await;
         let mut pl = Vec::new();

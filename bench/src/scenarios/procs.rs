@@ -82,6 +82,24 @@ pub(crate) fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// A redis-server on loopback at `addr` with persistence off: the contender
+/// in the broker comparison and the backplane of the socket.io stack.
+pub(crate) fn redis_server(addr: SocketAddr) -> anyhow::Result<Proc> {
+    Proc::spawn(
+        "redis-server",
+        Command::new("redis-server").args([
+            "--port",
+            &addr.port().to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]),
+    )
+}
+
 /// A fresh loopback address on a free port, for a process about to start.
 pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(format!("127.0.0.1:{}", free_port()).parse()?)

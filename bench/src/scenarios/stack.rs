@@ -5,7 +5,7 @@
 //! same room protocol load, so the two are measured the same way.
 
 use super::contenders::{start_proxy, Kind};
-use super::procs::{free_addr, have, wait_port, Proc, BENCH_NODE_ADDRESS_LIMITS};
+use super::procs::{free_addr, have, redis_server, wait_port, Proc, BENCH_NODE_ADDRESS_LIMITS};
 use crate::load;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -112,19 +112,7 @@ pub(crate) async fn socketio_stack(dir: &Path) -> anyhow::Result<Stack> {
         "nginx, redis-server or node missing"
     );
     let redis = free_addr()?;
-    let mut procs = vec![Proc::spawn(
-        "redis-server",
-        Command::new("redis-server").args([
-            "--port",
-            &redis.port().to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]),
-    )?];
+    let mut procs = vec![redis_server(redis)?];
     wait_port(redis).await;
     let mut nodes = Vec::new();
     for _ in 0..3 {

@@ -19,6 +19,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+/// Shedding by age as well as by bytes: what a signalling deployment,
+/// where a late message is worthless, would set.
+const SHEDDING_ON: &str = "max_queue_delay = \"200ms\"\n";
+
 /// The old behaviour, for comparison in the same run: no age limit and
 /// budgets too big to matter.
 const SHEDDING_OFF: &str =
@@ -59,7 +63,15 @@ pub async fn run(
             continue;
         }
         let stack = match which {
-            0 => limpet_stack(&dir, bin, "limpet (shedding on, defaults)", "").await,
+            0 => {
+                limpet_stack(
+                    &dir,
+                    bin,
+                    "limpet (shedding on, max_queue_delay 200ms)",
+                    SHEDDING_ON,
+                )
+                .await
+            }
             1 => {
                 limpet_stack(
                     &dir,

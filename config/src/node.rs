@@ -157,7 +157,7 @@ impl Default for NodeLimits {
             max_peer_nodes: 1_000,
             inbound_queue_bytes: ByteSize(64 * 1024 * 1024),
             publish_queue_bytes: ByteSize(1024 * 1024),
-            max_queue_delay: Duration::millis(200),
+            max_queue_delay: Duration::millis(0),
             max_connections_per_address: 100,
             address_rate_per_second: 300,
             address_rate_burst: 600,
@@ -353,7 +353,7 @@ mod tests {
         assert_eq!(cfg.limits.max_message_bytes.bytes(), 64 * 1024);
         assert_eq!(cfg.heartbeat.ping_interval.get().as_secs(), 25);
         assert_eq!(cfg.limits.publish_queue_bytes.bytes(), 1024 * 1024);
-        assert_eq!(cfg.limits.max_queue_delay.get().as_millis(), 200);
+        assert_eq!(cfg.limits.max_queue_delay.get().as_millis(), 0);
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         for name in [
             "node.toml",

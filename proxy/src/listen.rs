@@ -170,6 +170,10 @@ async fn serve_connection(
             .limit_rejections
             .with_label_values(&["max_connections_per_ip"])
             .inc();
+        // Give the global slot back first: the refusal may linger (up to
+        // two seconds) for a client that does not close, and one address
+        // must not fill `max_connections` with its own refusals.
+        drop(slot);
         refuse(tcp, ForwardError::TooManyFromAddress).await;
         return;
     }

@@ -422,3 +422,55 @@ async fn a_stalled_admin_body_is_cut_off() {
         20.0
     );
 }
+
+/// Defect: a connection refused for its address's cap kept its place in
+/// `max_connections` while the refusal lingered (up to 2 s for a client
+/// that does not close), so one address could fill the global table and
+/// everyone else got 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_fill_the_global_connection_table_with_refusals() {
+    let b1 = TestBackend::start("b1").await;
+    let mut proxy = ProxyProcess::start(&config(
+        &[&b1],
+        "[limits]\nmax_connections = 4\nmax_connections_per_ip = 1",
+        "",
+    ));
+    // The attacker (127.0.0.1) holds its one allowed connection, then opens
+    // more that are refused and never closed.
+    let _held = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut lingering = Vec::new();
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        // Read the refusal (the proxy half-closes after it) but keep the
+        // socket open, so the proxy's side lingers.
+        let mut reply = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut reply))
+            .await
+            .expect("the refusal comes in time")
+            .expect("read the refusal");
+        assert_eq!(parse_reply(&reply).status, 429, "refused for its address");
+        lingering.push(s);
+    }
+    // An honest client from another address is still served.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("address"))
+        .expect("bind 127.0.0.2");
+    let mut honest = socket.connect(proxy.addr).await.expect("connect");
+    honest
+        .write_all(b"GET / HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reply = Vec::new();
+    tokio::time::timeout(DEADLINE, honest.read_to_end(&mut reply))
+        .await
+        .expect("the honest answer comes in time")
+        .expect("read");
+    let reply = parse_reply(&reply);
+    assert_eq!(
+        reply.status, 200,
+        "honest client from another address: {}",
+        reply.body
+    );
+    proxy.proc.assert_alive();
+}

@@ -5,7 +5,10 @@
 //! per /64, which one host usually owns): each failed attempt's reply is
 //! held back for a delay that doubles with every earlier failure from that
 //! address, the connection runs nothing else meanwhile, and it is closed
-//! after a few failures. The table of addresses is bounded
+//! after a few failures. Once an address has recent failures, every `AUTH`
+//! from it is held back as long as a failure would be, the right password
+//! too: otherwise a guesser on fresh connections would read "no reply
+//! within one round trip" as "wrong" and never wait out the delay. The table of addresses is bounded
 //! (`auth_failures.max_addresses`): past it the stalest address is
 //! forgotten, so a guesser with many addresses costs memory it cannot grow.
 //!
@@ -96,6 +99,26 @@ impl AuthGuard {
         entry.count = entry.count.saturating_add(1);
         entry.last = now;
         drop(map);
+        self.delay_after(earlier)
+    }
+
+    /// How long to hold any `AUTH` reply to `ip` now: what its next failure
+    /// would cost, or zero when it has no recent failures. Applied to a
+    /// right password too, so the reply's timing tells nothing until the
+    /// hold is over; bounded by `max_delay` like every hold.
+    pub fn pending(&self, ip: IpAddr) -> Duration {
+        let key = address_key(ip);
+        let map = self.addresses.lock();
+        match map.get(&key) {
+            Some(f) if f.count > 0 && f.last.elapsed() < self.config.forget_after => {
+                self.delay_after(f.count)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The hold for a failure that follows `earlier` ones.
+    fn delay_after(&self, earlier: u32) -> Duration {
         self.config
             .delay
             .checked_mul(1u32 << earlier.min(31))
@@ -183,6 +206,20 @@ mod tests {
             g.failed(IpAddr::V4(i.into()));
             assert!(g.tracked() <= 3);
         }
+    }
+
+    #[test]
+    fn pending_hold_is_what_the_next_failure_would_cost() {
+        let g = guard(10);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(g.pending(a), Duration::ZERO, "no failures, no hold");
+        g.failed(a);
+        assert_eq!(g.pending(a).as_millis(), 200);
+        assert_eq!(g.failed(a).as_millis(), 200);
+        for _ in 0..40 {
+            g.failed(a);
+        }
+        assert_eq!(g.pending(a).as_millis(), 10_000, "bounded by max_delay");
     }
 
     #[test]

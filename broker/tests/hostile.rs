@@ -195,7 +195,8 @@ async fn password_guessing_is_cut_off_slowed_and_quietly_logged() {
         "held only {held:?}"
     );
 
-    // The right password is never held back.
+    // The right password is held back as long as a failure (2 s cap here),
+    // but served.
     honest_client_served_auth(b.addr, Some(PASSWORD), HONEST_WITHIN).await;
     b.proc.assert_alive();
     assert_eq!(
@@ -208,6 +209,52 @@ async fn password_guessing_is_cut_off_slowed_and_quietly_logged() {
     );
     let logged = b.log_text().len() - log_before;
     assert!(logged < 4096, "{logged} bytes of log for 6 failures");
+}
+
+/// Guessing on fresh connections. Before: the password was checked and a
+/// right one answered `+OK` at once, only WRONGPASS was held back, so a
+/// guesser opening a new connection per guess read "no reply within one
+/// round trip" as wrong and never waited (+OK in about 1 ms after a
+/// failure). Now, once the address has failures, the right password is
+/// held back as long as a wrong one (2 s here, at least).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn right_password_is_held_like_a_wrong_one_after_failures() {
+    const PASSWORD: &str = "the-right-one";
+    const HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+    let config = format!(
+        "requirepass = \"{PASSWORD}\"\n{PORT_ZERO}[auth_failures]\ndelay = \"2s\"\nmax_delay = \"2s\"\n"
+    );
+    let mut b = BrokerProcess::start(&config);
+
+    // No failures yet: nothing held (only checked to be served at all).
+    let mut first = Client::connect(b.addr).await;
+    assert_eq!(first.call(&["AUTH", PASSWORD]).await, "+OK\r\n");
+
+    let mut guesser = Client::connect(b.addr).await;
+    assert_eq!(
+        guesser.call(&["AUTH", "guess"]).await,
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+
+    // A lower bound on time: a loaded machine only makes it longer.
+    let mut fresh = Client::connect(b.addr).await;
+    let started = std::time::Instant::now();
+    assert_eq!(fresh.call(&["AUTH", PASSWORD]).await, "+OK\r\n");
+    let held = started.elapsed();
+    assert!(held >= HOLD, "+OK after only {held:?}");
+
+    let mut hello = Client::connect(b.addr).await;
+    let started = std::time::Instant::now();
+    hello
+        .cmd(&["HELLO", "2", "AUTH", "default", PASSWORD])
+        .await;
+    let reply = String::from_utf8_lossy(&hello.frame().await).into_owned();
+    let held = started.elapsed();
+    assert!(reply.starts_with('*'), "{reply}");
+    assert!(held >= HOLD, "HELLO AUTH answered after only {held:?}");
+
+    assert_eq!(fresh.call(&["PING"]).await, "+PONG\r\n");
+    b.proc.assert_alive();
 }
 
 /// Requests of empty arguments: 6 bytes each on the wire, a 32-byte

@@ -36,8 +36,10 @@ pub struct BrokerConfig {
 /// Password guessing: a connection is closed after a few failures, and
 /// every failure's reply is held back for a delay that doubles with each
 /// earlier failure from the same address (IPv6: the same /64), so opening
-/// more connections does not buy more guesses. Redis has none of this
-/// (it only counts `acl_access_denied_auth`).
+/// more connections does not buy more guesses. While an address has recent
+/// failures, a right password's reply is held back just as long (at most
+/// `max_delay`), so a quick `+OK` cannot tell a guesser it is done
+/// waiting. Redis has none of this (it only counts `acl_access_denied_auth`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthFailures {

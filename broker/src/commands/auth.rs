@@ -1,6 +1,8 @@
 //! Password checks for `AUTH` and `HELLO ... AUTH`, and what a failed
 //! attempt costs: the WRONGPASS reply held back and the connection closed
-//! after a few (the per-address accounting is [`crate::auth_guard`]).
+//! after a few (the per-address accounting is [`crate::auth_guard`]). Once
+//! an address has recent failures, a right password's `+OK` is held back
+//! as long as a WRONGPASS would be, so the timing gives nothing away.
 
 use crate::session::Session;
 use bytes::Bytes;
@@ -42,12 +44,25 @@ pub(super) fn auth(s: &mut Session, args: &[Bytes]) -> bool {
         (&b"default"[..], &args[1][..])
     };
     if credentials_ok(s, user, pass) {
+        hold_as_if_failed(s);
         s.set_authenticated(true);
         s.reply().simple("OK");
     } else {
         auth_failed(s);
     }
     true
+}
+
+/// Holds a right password's reply as long as a failure from this address
+/// would be held. Without it a guesser opens fresh connections and takes
+/// "no `+OK` within one round trip" to mean wrong, never waiting out the
+/// back-off. Nothing of the connection runs or is written during the hold,
+/// so `+OK` costs the same time as WRONGPASS; at most `max_delay`.
+pub(super) fn hold_as_if_failed(s: &mut Session) {
+    let delay = s.broker.auth_guard.pending(s.handle.peer.ip());
+    if !delay.is_zero() {
+        s.hold(delay);
+    }
 }
 
 /// WRONGPASS, held back by the address's failure count, and the

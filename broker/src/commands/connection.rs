@@ -2,7 +2,7 @@
 //! Password checks and what a failure costs live in [`super::auth`], the
 //! CLIENT family in [`super::client`].
 
-use super::auth::{auth, auth_failed, credentials_ok};
+use super::auth::{auth, auth_failed, credentials_ok, hold_as_if_failed};
 use super::client::{set_name, validate_name};
 use super::common::{int_arg, truncate};
 use super::spec::{cmd, Command, REDIS_VERSION};
@@ -207,6 +207,7 @@ fn hello(s: &mut Session, args: &[Bytes]) -> bool {
             auth_failed(s);
             return true;
         }
+        hold_as_if_failed(s);
         s.set_authenticated(true);
     }
     if !s.authenticated {

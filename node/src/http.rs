@@ -4,6 +4,9 @@
 //! `POST /api/publish` lets an application backend push to a room or to
 //! one socket without a WebSocket, like Centrifugo's HTTP API:
 //! `{"room": "r", "event": "e", "data": ...}` or `{"socket": "id", ...}`.
+//! Its bearer token (if set) is checked before the body is read, and a
+//! body that does not arrive within 10 s is answered 408 and the
+//! connection closed.
 
 use crate::addresses::{self, Refusal};
 use crate::connection;
@@ -25,6 +28,13 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 type Resp = Response<Full<Bytes>>;
+
+/// How long a client may take to send a request's headers, and then a
+/// publish body. Without the second bound, headers announcing a
+/// `Content-Length` followed by silence would hold a task and a socket
+/// forever (the listener has no connection cap and the API token is
+/// optional). 10 s is ample for a body capped at `max_message_bytes`.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn respond(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
@@ -352,13 +362,28 @@ async fn publish_api(node: &Node, req: Request<Incoming>) -> Resp {
         }
     }
     let max = node.config.limits.max_message_bytes.bytes() as usize;
-    let body = match Limited::new(req.into_body(), max).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    // The token is checked above, before any body is read, so an
+    // unauthenticated client cannot make the node wait on a body at all.
+    let collect = Limited::new(req.into_body(), max).collect();
+    let body = match tokio::time::timeout(READ_TIMEOUT, collect).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
             return json_reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": format!("body over {max} bytes")}),
             )
+        }
+        Err(_) => {
+            node.metrics.publish_body_timeouts.inc();
+            let mut r = json_reply(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": "request body not received in time"}),
+            );
+            // The rest of the body may never come: close rather than
+            // wait to read past it for a next request.
+            r.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
     };
     let Ok(text) = std::str::from_utf8(&body) else {
@@ -468,7 +493,7 @@ pub async fn serve(
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
+                .header_read_timeout(READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades()
                 .await;

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub remote_members: IntGauge,
     pub client_addresses: IntGauge,
     pub address_rate_limited: IntCounter,
+    pub publish_body_timeouts: IntCounter,
     pub errors: IntCounterVec,
     pub closes: IntCounterVec,
     pub node_down: IntCounter,
@@ -114,6 +115,7 @@ impl Metrics {
             outbound_bytes: gauge("limpet_node_outbound_queued_bytes", "Bytes queued to local clients and not yet written (all sockets)"),
             client_addresses: gauge("limpet_node_client_addresses", "Client addresses tracked for per-address limits"),
             address_rate_limited: counter("limpet_node_address_rate_limited_total", "Client messages refused by the per-address rate limit"),
+            publish_body_timeouts: counter("limpet_node_publish_body_timeouts_total", "POST /api/publish requests answered 408 because the body did not arrive in time"),
             remote_members: gauge("limpet_node_remote_members", "Members on other nodes remembered, all rooms"),
             errors: counter_vec("limpet_node_errors_total", "Error frames sent to clients", "code"),
             closes: counter_vec(

@@ -488,3 +488,46 @@ async fn limits_apply_per_client_address_behind_a_trusted_proxy() {
         1.0
     );
 }
+
+/// Publish requests whose headers promise a 1,000-byte body that never
+/// comes. Before: each held a task and a socket forever (no token by
+/// default, no connection cap). Now each is answered 408 and closed once
+/// the body read times out, counted in
+/// `limpet_node_publish_body_timeouts_total`, while an honest publish
+/// sent during the stall is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_publish_bodies_time_out() {
+    use tokio::io::AsyncWriteExt;
+    let broker = Broker::start(Kind::Limpet).await;
+    let mut node = NodeProcess::start("n1", &broker, "");
+    node.wait_ready().await;
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        tcp.write_all(
+            b"POST /api/publish HTTP/1.1\r\nHost: node\r\nContent-Length: 1000\r\n\r\n{\"room\":",
+        )
+        .await
+        .unwrap();
+        stalled.push(tcp);
+    }
+    let mut honest = Client::connect(&node).await;
+    honest.join("news").await;
+    let publish = r#"{"room":"news","event":"headline","data":1}"#;
+    assert_eq!(
+        http(node.addr, "POST", "/api/publish", &[], publish)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(honest.event_named("headline").await["data"], 1);
+    for tcp in &mut stalled {
+        let seen = String::from_utf8_lossy(&read_to_close(tcp).await).into_owned();
+        assert!(seen.starts_with("HTTP/1.1 408"), "{seen}");
+    }
+    assert_eq!(
+        node.metric("limpet_node_publish_body_timeouts_total").await,
+        3.0
+    );
+    node.proc.assert_alive();
+}

@@ -437,7 +437,18 @@ async fn one_address_cannot_fill_the_global_connection_table_with_refusals() {
     ));
     // The attacker (127.0.0.1) holds its one allowed connection, then opens
     // more that are refused and never closed.
-    let _held = TcpStream::connect(proxy.addr).await.expect("connect");
+    // A keep-alive request on it, answered, so the proxy has counted it
+    // before the next ones arrive.
+    let mut held = TcpStream::connect(proxy.addr).await.expect("connect");
+    held.write_all(b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = [0u8; 12];
+    tokio::time::timeout(DEADLINE, held.read_exact(&mut head))
+        .await
+        .expect("the held connection is answered in time")
+        .expect("read");
+    assert_eq!(&head, b"HTTP/1.1 200");
     let mut lingering = Vec::new();
     for _ in 0..6 {
         let mut s = TcpStream::connect(proxy.addr).await.expect("connect");

@@ -1,6 +1,7 @@
 //! The socket loop of one connection: read requests, write what is owed,
 //! and close on EOF, errors, `CLIENT KILL`, an output limit, the idle
-//! timeout or shutdown.
+//! timeout, the auth timeout (with `requirepass`, not authenticated within
+//! `auth_timeout`) or shutdown.
 //!
 //! It decides only *when* to read and write: running the requests is
 //! [`crate::requests`], the connection's state is [`Session`]. Reading
@@ -38,6 +39,13 @@ pub async fn run(
     let mut backpressured = false;
     let idle = tokio::time::sleep(Duration::from_secs(timeout.max(1)));
     tokio::pin!(idle);
+    // Armed whenever the client is not authenticated (only possible with
+    // requirepass), from connect or from the RESET that dropped its
+    // authentication: a silent client must not keep a maxclients slot.
+    let auth_timeout = s.broker.config.auth_timeout.get();
+    let auth_deadline = tokio::time::sleep(auth_timeout);
+    tokio::pin!(auth_deadline);
+    let mut was_authenticated = s.authenticated;
     let reason = loop {
         if let Some(until) = s.hold_until.take() {
             tokio::select! {
@@ -88,6 +96,12 @@ pub async fn run(
         backpressured = full;
         let may_read = reading && !s.paused && !full;
         let idle_applies = timeout > 0 && !s.in_pubsub_mode();
+        if was_authenticated && !s.authenticated {
+            auth_deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + auth_timeout);
+        }
+        was_authenticated = s.authenticated;
         tokio::select! {
             biased;
             _ = handle.killed() => break "killed",
@@ -132,6 +146,10 @@ pub async fn run(
                 }
             }
             _ = &mut idle, if idle_applies => break "idle timeout",
+            _ = &mut auth_deadline, if !s.authenticated => {
+                s.broker.metrics.auth_timeouts.inc();
+                break "auth timeout";
+            }
         }
     };
     finish(s, reason);

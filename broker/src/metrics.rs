@@ -39,6 +39,8 @@ pub struct Metrics {
     pub query_buffer_disconnects: IntCounter,
     pub auth_failures: IntCounter,
     pub auth_disconnects: IntCounter,
+    /// Clients closed for not authenticating within `auth_timeout`.
+    pub auth_timeouts: IntCounter,
     pub auth_tracked_addresses: IntGauge,
     /// Commands refused because an argument or the client's subscriptions
     /// would pass a configured limit; the label is the config key.
@@ -146,6 +148,10 @@ impl Metrics {
             auth_disconnects: counter(
                 "limpet_broker_auth_failure_disconnects_total",
                 "Connections closed after auth_failures.max_per_connection failures",
+            ),
+            auth_timeouts: counter(
+                "limpet_broker_auth_timeout_disconnects_total",
+                "Clients closed for not authenticating within auth_timeout (requirepass set)",
             ),
             auth_tracked_addresses: gauge(
                 "limpet_broker_auth_failure_addresses",

@@ -257,6 +257,33 @@ async fn right_password_is_held_like_a_wrong_one_after_failures() {
     b.proc.assert_alive();
 }
 
+/// Connections that never authenticate. Before: with requirepass and the
+/// default `timeout = 0`, a silent connection kept its slot forever, so
+/// maxclients of them locked the real nodes out. Now one that has not
+/// authenticated within `auth_timeout` (1 s here) is closed; an
+/// authenticated idle one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_silent_client_is_closed_after_auth_timeout() {
+    const PASSWORD: &str = "the-right-one";
+    let config = format!("requirepass = \"{PASSWORD}\"\nauth_timeout = \"1s\"\n{PORT_ZERO}");
+    let mut b = BrokerProcess::start(&config);
+    let metrics = b.metrics.expect("metrics port");
+
+    let mut authed = Client::connect(b.addr).await;
+    assert_eq!(authed.call(&["AUTH", PASSWORD]).await, "+OK\r\n");
+    // Connected after `authed` authenticated, so when it is closed `authed`
+    // has been idle longer than auth_timeout too.
+    let mut silent = Client::connect(b.addr).await;
+    assert_eq!(silent.read_to_close().await, b"", "closed without a reply");
+
+    assert_eq!(authed.call(&["PING"]).await, "+PONG\r\n");
+    assert_eq!(
+        metric(metrics, "limpet_broker_auth_timeout_disconnects_total").await,
+        1
+    );
+    b.proc.assert_alive();
+}
+
 /// Requests of empty arguments: 6 bytes each on the wire, a 32-byte
 /// handle each in memory, and only the wire bytes were checked against
 /// `limits.query_buffer_limit`. 500 connections × 10,000 empty arguments

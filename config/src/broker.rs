@@ -20,6 +20,11 @@ pub struct BrokerConfig {
     /// Close a client idle for this many seconds (0 = never). Like Redis,
     /// clients with subscriptions are never closed for idling.
     pub timeout: u64,
+    /// With `requirepass`, close a client that has not authenticated this
+    /// long after connecting (or after `RESET`), whatever `timeout` says:
+    /// otherwise silent connections that never AUTH fill `maxclients` and
+    /// keep the real nodes out. Redis has no such limit.
+    pub auth_timeout: Duration,
     pub limits: ProtocolLimits,
     /// `client-output-buffer-limit pubsub`: how far a subscriber may fall behind.
     pub output_limit: OutputLimit,
@@ -117,6 +122,7 @@ impl Default for BrokerConfig {
             requirepass: None,
             maxclients: 10_000,
             timeout: 0,
+            auth_timeout: Duration::secs(10),
             limits: ProtocolLimits::default(),
             output_limit: OutputLimit::default(),
             output_limit_normal: NormalOutputLimit::default(),
@@ -213,6 +219,12 @@ impl Validate for BrokerConfig {
                     "an empty password would lock every client out; remove the line to disable AUTH",
                 ));
             }
+        }
+        if self.auth_timeout.is_zero() {
+            return Err(FieldError::new(
+                "auth_timeout",
+                "must be above 0: a client that never authenticates would keep its slot forever",
+            ));
         }
         if self.maxclients == 0 {
             return Err(FieldError::new("maxclients", "must be at least 1"));
@@ -349,6 +361,7 @@ bind = ["127.0.0.1:7000", "[::1]:7000"]
 requirepass = "s3cret"
 maxclients = 50
 timeout = 30
+auth_timeout = "3s"
 [limits]
 max_bulk_len = "1mb"
 max_multibulk_len = 100
@@ -364,6 +377,7 @@ bind = "127.0.0.1:9999"
         assert_eq!(cfg.bind.len(), 2);
         assert!(cfg.bind[1].is_ipv6());
         assert_eq!(cfg.requirepass.as_deref(), Some("s3cret"));
+        assert_eq!(cfg.auth_timeout.get().as_secs(), 3);
         assert_eq!(cfg.limits.max_bulk_len.bytes(), 1 << 20);
         assert_eq!(cfg.output_limit.soft.bytes(), 1 << 20);
         assert_eq!(cfg.metrics.bind.port(), 9999);

@@ -8,7 +8,10 @@
 //! away the task reconnects with exponential backoff and resubscribes
 //! every channel; publishes queued meanwhile are dropped and counted, and
 //! the node is told (`Inbound::Reconnected`) so it can resynchronise.
-//! Local delivery never waits for any of this.
+//! A SUBSCRIBE the broker refuses with an error reply (e.g. a per-client
+//! channel cap) is counted and logged and the link kept: that room stays
+//! local to this node. Local delivery never waits for any of this. The
+//! connections themselves are in [`crate::link`].
 //!
 //! Outgoing envelopes are sealed and incoming ones checked here (see
 //! [`crate::seal::Seal`]), so a forged envelope is dropped before it
@@ -26,11 +29,11 @@
 //! see [`crate::shed`].
 
 use crate::backplane::{Backplane, Inbound};
+use crate::link::{open, refused, Incoming};
 use crate::metrics::Counters;
 use crate::seal::Seal;
 use crate::shed::{self, ByteBudget, MaxAge};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -44,9 +47,9 @@ enum Cmd {
 }
 
 /// A sealed envelope waiting to go to the broker.
-struct Publish {
-    channel: String,
-    payload: Bytes,
+pub(crate) struct Publish {
+    pub(crate) channel: String,
+    pub(crate) payload: Bytes,
     since: Instant,
     /// A room or direct message: shed first, and when it is too old.
     volatile: bool,
@@ -213,137 +216,15 @@ impl Shared {
     }
 }
 
-/// An open connection set, standalone or cluster: the side that sends
-/// commands. What the broker pushes is read from [`Incoming`].
-enum Link {
-    Standalone {
-        publisher: redis::aio::MultiplexedConnection,
-        sink: redis::aio::PubSubSink,
-    },
-    Cluster {
-        conn: redis::cluster_async::ClusterConnection,
-    },
-}
-
-/// The messages the broker pushes on an open connection set.
-enum Incoming {
-    Standalone(redis::aio::PubSubStream),
-    Cluster(mpsc::UnboundedReceiver<redis::PushInfo>),
-}
-
-/// How long one broker command (a whole publish pipeline included) may take
-/// before the connection is declared broken. The Redis client's default of
-/// 500 ms is shorter than a full pipeline takes on a slow link or a loaded
-/// machine, and each spurious timeout reconnects and loses what was queued;
-/// a broker that is really gone is found by this, by TCP, and by the peers'
-/// heartbeat timeout.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-async fn open(urls: &[String], cluster: bool) -> redis::RedisResult<(Link, Incoming)> {
-    if cluster {
-        let (tx, pushes) = mpsc::unbounded_channel();
-        let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
-            .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(tx)
-            .response_timeout(RESPONSE_TIMEOUT)
-            .build()?;
-        let conn = client.get_async_connection().await?;
-        return Ok((Link::Cluster { conn }, Incoming::Cluster(pushes)));
-    }
-    // Without TCP_NODELAY (the Redis client's default is off) a pipeline's
-    // last segment can wait for a delayed ACK, tens of milliseconds per
-    // batch, which caps what the node can publish.
-    let info = redis::IntoConnectionInfo::into_connection_info(urls[0].as_str())?
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    let client = redis::Client::open(info)?;
-    let publisher = client
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT)),
-        )
-        .await?;
-    let (sink, stream) = client.get_async_pubsub().await?.split();
-    Ok((
-        Link::Standalone { publisher, sink },
-        Incoming::Standalone(stream),
-    ))
-}
-
-impl Link {
-    async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
-        match self {
-            Link::Standalone { sink, .. } => sink.subscribe(channel).await,
-            Link::Cluster { conn } => conn.ssubscribe(channel).await,
-        }
-    }
-
-    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
-        match self {
-            Link::Standalone { sink, .. } => sink.unsubscribe(channel).await,
-            Link::Cluster { conn } => conn.sunsubscribe(channel).await,
-        }
-    }
-
-    async fn publish(&mut self, batch: &[Publish]) -> redis::RedisResult<()> {
-        match self {
-            Link::Standalone { publisher, .. } => {
-                let mut pipe = redis::pipe();
-                for p in batch {
-                    pipe.cmd("PUBLISH")
-                        .arg(&p.channel)
-                        .arg(&p.payload[..])
-                        .ignore();
-                }
-                pipe.query_async(publisher).await
-            }
-            Link::Cluster { conn } => {
-                // Shard channels live on different nodes: one command each.
-                for p in batch {
-                    let _: i64 = redis::cmd("SPUBLISH")
-                        .arg(&p.channel)
-                        .arg(&p.payload[..])
-                        .query_async(conn)
-                        .await?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Incoming {
-    /// The next message, or `None` when the connection is gone.
-    async fn next(&mut self) -> Option<(String, Bytes)> {
-        match self {
-            Incoming::Standalone(stream) => {
-                let msg = stream.next().await?;
-                Some((
-                    msg.get_channel_name().to_string(),
-                    Bytes::copy_from_slice(msg.get_payload_bytes()),
-                ))
-            }
-            Incoming::Cluster(pushes) => loop {
-                let push = pushes.recv().await?;
-                match push.kind {
-                    redis::PushKind::Disconnection => return None,
-                    redis::PushKind::SMessage | redis::PushKind::Message => {
-                        let msg = redis::Msg::from_push_info(push)?;
-                        return Some((
-                            msg.get_channel_name().to_string(),
-                            Bytes::copy_from_slice(msg.get_payload_bytes()),
-                        ));
-                    }
-                    _ => continue,
-                }
-            },
-        }
-    }
-
-    /// Reads until the connection is gone, queueing (or shedding) each
-    /// message as it arrives.
-    async fn drain(mut self, inbound: mpsc::UnboundedSender<Inbound>, shared: Arc<Shared>) {
-        while let Some((channel, payload)) = self.next().await {
-            shared.receive(&inbound, channel, payload);
-        }
+/// Reads until the connection is gone, queueing (or shedding) each
+/// message as it arrives.
+async fn drain(
+    mut incoming: Incoming,
+    inbound: mpsc::UnboundedSender<Inbound>,
+    shared: Arc<Shared>,
+) {
+    while let Some((channel, payload)) = incoming.next().await {
+        shared.receive(&inbound, channel, payload);
     }
 }
 
@@ -387,32 +268,38 @@ async fn run(
             Ok(link) => link,
             Err(e) => {
                 tracing::warn!(broker = %target, "broker unreachable: {e}; retrying in {backoff:?}");
-                let deadline = tokio::time::Instant::now() + backoff;
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(deadline) => break,
-                        cmd = rx.recv() => match cmd {
-                            None => return,
-                            Some(cmd) => apply_offline(cmd, &mut desired, &shared),
-                        },
-                    }
+                if !back_off(&mut backoff, &mut rx, &mut desired, &shared).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        let mut reader = Reader(tokio::spawn(
-            incoming.drain(inbound.clone(), shared.clone()),
-        ));
+        let mut reader = Reader(tokio::spawn(drain(
+            incoming,
+            inbound.clone(),
+            shared.clone(),
+        )));
         let mut healthy = true;
         for ch in &desired {
-            if let Err(e) = link.subscribe(ch).await {
-                tracing::warn!(broker = %target, "resubscribe failed: {e}");
-                healthy = false;
-                break;
+            match link.subscribe(ch).await {
+                Ok(()) => {}
+                // Kept in `desired`: the next reconnect tries it again.
+                Err(e) if refused(&e) => note_refused(&counters, ch, &e),
+                Err(e) => {
+                    tracing::warn!(broker = %target, "resubscribe failed: {e}; retrying in {backoff:?}");
+                    healthy = false;
+                    break;
+                }
             }
         }
         if !healthy {
+            // The same back-off as a failed connect: without it a broker
+            // that accepts connections but fails them is retried in a
+            // tight loop.
+            drop(reader);
+            if !back_off(&mut backoff, &mut rx, &mut desired, &shared).await {
+                return;
+            }
             continue;
         }
         backoff = Duration::from_millis(100);
@@ -442,7 +329,13 @@ async fn run(
             let result = match cmd {
                 Cmd::Subscribe(ch) => {
                     if desired.insert(ch.clone()) {
-                        link.subscribe(&ch).await
+                        match link.subscribe(&ch).await {
+                            Err(e) if refused(&e) => {
+                                note_refused(&counters, &ch, &e);
+                                Ok(())
+                            }
+                            r => r,
+                        }
                     } else {
                         Ok(())
                     }
@@ -522,6 +415,37 @@ fn next_batch(
         }
     }
     batch
+}
+
+/// Waits out `backoff` (still taking commands) and doubles it, up to 5 s;
+/// false when the node has gone away.
+async fn back_off(
+    backoff: &mut Duration,
+    rx: &mut mpsc::UnboundedReceiver<Cmd>,
+    desired: &mut HashSet<String>,
+    shared: &Shared,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + *backoff;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            cmd = rx.recv() => match cmd {
+                None => return false,
+                Some(cmd) => apply_offline(cmd, desired, shared),
+            },
+        }
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    true
+}
+
+/// Counts a SUBSCRIBE the broker refused; logs the first and every 100th,
+/// since a node over a broker's channel cap meets one per room joined.
+fn note_refused(counters: &Counters, channel: &str, e: &redis::RedisError) {
+    if counters.subscribe_refused.get().is_multiple_of(100) {
+        tracing::warn!(%channel, "broker refused a subscribe: {e}; rooms on this channel stay local to this node");
+    }
+    counters.subscribe_refused.inc();
 }
 
 fn apply_offline(cmd: Cmd, desired: &mut HashSet<String>, shared: &Shared) {

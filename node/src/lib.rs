@@ -24,6 +24,7 @@ pub mod connection;
 pub mod envelope;
 pub mod http;
 pub mod inbound;
+pub mod link;
 pub mod membership;
 pub mod metrics;
 pub mod node;

@@ -9,6 +9,8 @@ pub struct Counters {
     pub received: prometheus::IntCounter,
     pub lost: prometheus::IntCounter,
     pub reconnects: prometheus::IntCounter,
+    /// SUBSCRIBEs the broker refused with an error reply.
+    pub subscribe_refused: prometheus::IntCounter,
     /// Envelopes dropped, by reason: auth, inbound_full (here), and
     /// room_members, node_members, peers (in [`crate::inbound`]).
     pub rejected: prometheus::IntCounterVec,
@@ -79,6 +81,10 @@ impl Metrics {
             reconnects: counter(
                 "limpet_node_broker_reconnects_total",
                 "Broker connections restored",
+            ),
+            subscribe_refused: counter(
+                "limpet_node_broker_subscribe_refused_total",
+                "SUBSCRIBEs the broker refused with an error reply (e.g. its per-client channel cap); the connection is kept",
             ),
             rejected: counter_vec(
                 "limpet_node_backplane_rejected_total",

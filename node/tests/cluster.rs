@@ -230,3 +230,53 @@ async fn broker_restart_over_limpet_broker() {
 async fn broker_restart_over_redis() {
     broker_restart(Kind::Redis).await;
 }
+
+/// A limpet-broker that holds each client to 5 channels (the node's own
+/// two, then three rooms) while clients on two nodes join 8 rooms. Before:
+/// the first refused SUBSCRIBE dropped the link, and every resubscribe
+/// after reconnecting was refused again, so the node reconnected in a
+/// tight loop with no back-off and cross-node delivery stopped for every
+/// room. Now each refusal is counted
+/// (`limpet_node_broker_subscribe_refused_total`) and the link is kept:
+/// no reconnects, and rooms within the cap still reach the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_subscribe_keeps_the_broker_link() {
+    let limits = limpet_config::ProtocolLimits {
+        max_channels_per_client: 5,
+        ..Default::default()
+    };
+    let broker = Broker::start_with(Kind::Limpet, limits).await;
+    let (mut a, mut b) = two_nodes(&broker, ["na", "nb"], "").await;
+    let mut ca = Client::connect(&a).await;
+    let mut cb = Client::connect(&b).await;
+    for i in 0..8 {
+        ca.join(&format!("r{i}")).await;
+        cb.join(&format!("r{i}")).await;
+    }
+    // r0 is within the cap on both nodes: messages still cross.
+    ca.emit("r0", "hello", json!(1)).await;
+    assert_eq!(cb.event_named("hello").await["data"], 1);
+    cb.emit("r0", "back", json!(2)).await;
+    assert_eq!(ca.event_named("back").await["data"], 2);
+    for node in [&a, &b] {
+        assert_eq!(
+            node.metric("limpet_node_broker_reconnects_total").await,
+            0.0
+        );
+        assert_eq!(node.metric("limpet_node_broker_connected").await, 1.0);
+        let log = node.log_text();
+        let lost = log.matches("lost the broker connection").count();
+        let failed = log.matches("resubscribe failed").count();
+        assert_eq!((lost, failed), (0, 0), "link drops, failed resubscribes");
+    }
+    for node in [&a, &b] {
+        eventually("the refusals are counted", || async {
+            node.metric("limpet_node_broker_subscribe_refused_total")
+                .await
+                >= 5.0
+        })
+        .await;
+    }
+    a.proc.assert_alive();
+    b.proc.assert_alive();
+}

@@ -36,10 +36,17 @@ pub struct Broker {
     redis: Option<RedisServer>,
     /// The members of a Redis cluster.
     cluster: Vec<RedisServer>,
+    /// The limits a limpet-broker runs with.
+    limits: limpet_config::ProtocolLimits,
 }
 
 impl Broker {
     pub async fn start(kind: Kind) -> Broker {
+        Self::start_with(kind, Default::default()).await
+    }
+
+    /// Starts a broker; a limpet-broker runs with `limits`.
+    pub async fn start_with(kind: Kind, limits: limpet_config::ProtocolLimits) -> Broker {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut b = Broker {
             kind,
@@ -47,6 +54,7 @@ impl Broker {
             limpet: None,
             redis: None,
             cluster: Vec::new(),
+            limits,
         };
         b.restart().await;
         b
@@ -59,6 +67,7 @@ impl Broker {
             Kind::Limpet => {
                 let config = limpet_config::BrokerConfig {
                     bind: vec![self.addr],
+                    limits: self.limits.clone(),
                     ..Default::default()
                 };
                 let broker = Arc::new(limpet_broker::server::Broker::new(config, None));

@@ -1,0 +1,148 @@
+//! One open connection set to the broker, standalone or cluster
+//! (sharded pub/sub): [`Link`] sends commands, [`Incoming`] yields what
+//! the broker pushes. Reconnecting, resubscribing and the queues around
+//! them live in [`crate::broker`].
+
+use crate::broker::Publish;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// An open connection set, standalone or cluster: the side that sends
+/// commands. What the broker pushes is read from [`Incoming`].
+pub(crate) enum Link {
+    Standalone {
+        publisher: redis::aio::MultiplexedConnection,
+        sink: redis::aio::PubSubSink,
+    },
+    Cluster {
+        conn: redis::cluster_async::ClusterConnection,
+    },
+}
+
+/// The messages the broker pushes on an open connection set.
+pub(crate) enum Incoming {
+    Standalone(redis::aio::PubSubStream),
+    Cluster(mpsc::UnboundedReceiver<redis::PushInfo>),
+}
+
+/// How long one broker command (a whole publish pipeline included) may take
+/// before the connection is declared broken. The Redis client's default of
+/// 500 ms is shorter than a full pipeline takes on a slow link or a loaded
+/// machine, and each spurious timeout reconnects and loses what was queued;
+/// a broker that is really gone is found by this, by TCP, and by the peers'
+/// heartbeat timeout.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) async fn open(urls: &[String], cluster: bool) -> redis::RedisResult<(Link, Incoming)> {
+    if cluster {
+        let (tx, pushes) = mpsc::unbounded_channel();
+        let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(tx)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .build()?;
+        let conn = client.get_async_connection().await?;
+        return Ok((Link::Cluster { conn }, Incoming::Cluster(pushes)));
+    }
+    // Without TCP_NODELAY (the Redis client's default is off) a pipeline's
+    // last segment can wait for a delayed ACK, tens of milliseconds per
+    // batch, which caps what the node can publish.
+    let info = redis::IntoConnectionInfo::into_connection_info(urls[0].as_str())?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let client = redis::Client::open(info)?;
+    let publisher = client
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT)),
+        )
+        .await?;
+    let (sink, stream) = client.get_async_pubsub().await?.split();
+    Ok((
+        Link::Standalone { publisher, sink },
+        Incoming::Standalone(stream),
+    ))
+}
+
+impl Link {
+    pub(crate) async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Link::Standalone { sink, .. } => sink.subscribe(channel).await,
+            Link::Cluster { conn } => conn.ssubscribe(channel).await,
+        }
+    }
+
+    pub(crate) async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Link::Standalone { sink, .. } => sink.unsubscribe(channel).await,
+            Link::Cluster { conn } => conn.sunsubscribe(channel).await,
+        }
+    }
+
+    pub(crate) async fn publish(&mut self, batch: &[Publish]) -> redis::RedisResult<()> {
+        match self {
+            Link::Standalone { publisher, .. } => {
+                let mut pipe = redis::pipe();
+                for p in batch {
+                    pipe.cmd("PUBLISH")
+                        .arg(&p.channel)
+                        .arg(&p.payload[..])
+                        .ignore();
+                }
+                pipe.query_async(publisher).await
+            }
+            Link::Cluster { conn } => {
+                // Shard channels live on different nodes: one command each.
+                for p in batch {
+                    let _: i64 = redis::cmd("SPUBLISH")
+                        .arg(&p.channel)
+                        .arg(&p.payload[..])
+                        .query_async(conn)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Incoming {
+    /// The next message, or `None` when the connection is gone.
+    pub(crate) async fn next(&mut self) -> Option<(String, Bytes)> {
+        match self {
+            Incoming::Standalone(stream) => {
+                let msg = stream.next().await?;
+                Some((
+                    msg.get_channel_name().to_string(),
+                    Bytes::copy_from_slice(msg.get_payload_bytes()),
+                ))
+            }
+            Incoming::Cluster(pushes) => loop {
+                let push = pushes.recv().await?;
+                match push.kind {
+                    redis::PushKind::Disconnection => return None,
+                    redis::PushKind::SMessage | redis::PushKind::Message => {
+                        let msg = redis::Msg::from_push_info(push)?;
+                        return Some((
+                            msg.get_channel_name().to_string(),
+                            Bytes::copy_from_slice(msg.get_payload_bytes()),
+                        ));
+                    }
+                    _ => continue,
+                }
+            },
+        }
+    }
+}
+
+/// Whether a failed command was refused by the broker with an error reply
+/// (e.g. `-ERR too many channels for this client`) rather than lost with
+/// the connection. A refusal leaves the connection usable, so it is
+/// counted and logged, not treated as a broken link: reconnecting would
+/// only be refused again, in a loop.
+pub(crate) fn refused(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+    )
+}

@@ -91,6 +91,15 @@ fn health(node: &Node) -> Resp {
     )
 }
 
+/// Whether a refusal for `reason` should be logged: the first, then one
+/// per thousand, like the backplane's refusals. Anyone can make refused
+/// upgrades as fast as they can connect, and a line each would flood the
+/// log; the full count is in `limpet_node_rejected_connections_total`.
+fn log_refusal(node: &Node, reason: &str) -> Option<u64> {
+    let so_far = node.metrics.rejected.with_label_values(&[reason]).get();
+    so_far.is_multiple_of(1000).then_some(so_far)
+}
+
 fn reject(node: &Node, status: StatusCode, reason: &'static str, text: &'static str) -> Resp {
     node.metrics.rejected.with_label_values(&[reason]).inc();
     respond(status, "text/plain", text)
@@ -179,7 +188,9 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
         let origin = headers
             .get("origin")
             .map(|o| String::from_utf8_lossy(o.as_bytes()).into_owned());
-        tracing::warn!(node = %node.id, ?origin, %peer, "refused WebSocket from a foreign origin");
+        if let Some(so_far) = log_refusal(&node, "origin") {
+            tracing::warn!(node = %node.id, ?origin, %peer, so_far, "refused WebSocket from a foreign origin (one line per 1000)");
+        }
         return reject(
             &node,
             StatusCode::FORBIDDEN,
@@ -205,7 +216,13 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
     let admission = match node.addresses.admit(ip) {
         Ok(a) => a,
         Err(refusal) => {
-            tracing::warn!(node = %node.id, client = %ip, %peer, "refused WebSocket: {refusal}");
+            let reason = match refusal {
+                Refusal::TooManyConnections => "address_connections",
+                Refusal::TooManyAddresses => "addresses",
+            };
+            if let Some(so_far) = log_refusal(&node, reason) {
+                tracing::warn!(node = %node.id, client = %ip, %peer, so_far, "refused WebSocket: {refusal} (one line per 1000)");
+            }
             return match refusal {
                 Refusal::TooManyConnections => reject(
                     &node,

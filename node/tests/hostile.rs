@@ -531,3 +531,53 @@ async fn stalled_publish_bodies_time_out() {
     );
     node.proc.assert_alive();
 }
+
+/// 1,001 upgrades from a foreign `Origin`, then 1,001 over the
+/// per-address connection limit. Before: one WARN line each (2,002 lines,
+/// as fast as anyone can connect). Now the first and then one per
+/// thousand of each kind are logged, and all are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upgrades_do_not_flood_the_log() {
+    let broker = Broker::start(Kind::Limpet).await;
+    let mut node = NodeProcess::start(
+        "n1",
+        &broker,
+        "allowed_origins = [\"https://app.example\"]\n[limits]\nmax_connections_per_address = 1",
+    );
+    node.wait_ready().await;
+    let upgrade = [
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ];
+    let mut foreign = upgrade.to_vec();
+    foreign.push(("origin", "https://evil.example"));
+    for _ in 0..1001 {
+        assert_eq!(http(node.addr, "GET", "/ws", &foreign, "").await.0, 403);
+    }
+    let _holder = Client::connect(&node).await;
+    for _ in 0..1001 {
+        assert_eq!(http(node.addr, "GET", "/ws", &upgrade, "").await.0, 429);
+    }
+    let lines = |text: &str, what: &str| text.matches(what).count();
+    // The 1,001st address refusal is logged last: once it is in, every
+    // earlier line is too.
+    eventually("the last logged refusal", || async {
+        lines(&node.log_text(), "refused WebSocket: ") >= 2
+    })
+    .await;
+    let log = node.log_text();
+    assert_eq!(
+        (
+            lines(&log, "from a foreign origin"),
+            lines(&log, "refused WebSocket: ")
+        ),
+        (2, 2)
+    );
+    for reason in ["origin", "address_connections"] {
+        let name = format!("limpet_node_rejected_connections_total{{reason=\"{reason}\"}}");
+        assert_eq!(node.metric(&name).await, 1001.0, "{reason}");
+    }
+    node.proc.assert_alive();
+}

@@ -8,6 +8,7 @@ use super::common::{reply_help, truncate};
 use super::spec::{cmd, Command};
 use crate::handle::{ClientHandle, KillReason};
 use crate::session::Session;
+use ahash::AHashSet;
 use bytes::Bytes;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -235,7 +236,7 @@ fn now_ms(c: &ClientHandle) -> u64 {
 
 fn client_list(s: &mut Session, args: &[Bytes]) -> bool {
     let mut only_type: Option<bool> = None; // Some(true) = pubsub only
-    let mut ids: Option<Vec<u64>> = None;
+    let mut ids: Option<AHashSet<u64>> = None;
     let mut i = 2;
     while i < args.len() {
         if args[i].eq_ignore_ascii_case(b"TYPE") && i + 1 < args.len() {
@@ -249,7 +250,7 @@ fn client_list(s: &mut Session, args: &[Bytes]) -> bool {
                 || t.eq_ignore_ascii_case(b"slave")
             {
                 // No replication here: such clients never exist.
-                ids = Some(Vec::new());
+                ids = Some(AHashSet::new());
                 None
             } else {
                 s.reply()
@@ -258,10 +259,14 @@ fn client_list(s: &mut Session, args: &[Bytes]) -> bool {
             };
             i += 2;
         } else if args[i].eq_ignore_ascii_case(b"ID") && i + 1 < args.len() {
-            let mut list = Vec::new();
+            // A set: every client is looked up in it, and a list of a
+            // million ids against thousands of clients was quadratic.
+            let mut list = AHashSet::with_capacity(args.len() - i - 1);
             for arg in &args[i + 1..] {
                 match crate::codec::parse_i64(arg).filter(|v| *v > 0) {
-                    Some(v) => list.push(v as u64),
+                    Some(v) => {
+                        list.insert(v as u64);
+                    }
                     None => {
                         s.reply().error("ERR Invalid client ID");
                         return true;

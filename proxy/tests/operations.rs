@@ -361,8 +361,20 @@ async fn connection_limits_hold_under_a_burst() {
         "",
         "",
     ));
-    let _a = tokio::net::TcpStream::connect(per_ip.addr).await.unwrap();
-    let _b = tokio::net::TcpStream::connect(per_ip.addr).await.unwrap();
+    // Two keep-alive connections, each answered (and so counted) before
+    // the third arrives: two just-accepted connections are counted in no
+    // fixed order, and a third that overtook them would take a place.
+    let mut held_by_one = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(per_ip.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        held_by_one.push(s);
+    }
     eventually("third connection from one address gets 429", || async {
         http(per_ip.addr, "GET", "/", &[]).await.status == 429
     })

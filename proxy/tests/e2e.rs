@@ -195,7 +195,11 @@ async fn dead_backend_repins_cookie_holders_and_comes_back_after_rise() {
     .await;
     let back = http(proxy.addr, "GET", "/", &[("cookie", &cookie)]).await;
     assert_eq!(back.backend(), Some("b2"), "the old cookie works again");
-    assert!(proxy.log_text().contains("backend is up"));
+    // The log arrives on its own pipe: wait for the line, do not race it.
+    eventually("the recovery is logged", || async {
+        proxy.log_text().contains("backend is up")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

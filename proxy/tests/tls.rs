@@ -415,11 +415,12 @@ async fn https_backends_are_verified_against_the_configured_ca() {
     // System roots do not know the test CA: refused.
     let unverified = ProxyProcess::start(&pool(""));
     assert_eq!(http(unverified.addr, "GET", "/", &[]).await.status, 502);
-    assert!(
-        unverified.log_text().contains("TLS to"),
-        "{}",
-        unverified.log_text()
-    );
+    // The log line and the 502 leave the proxy on two pipes: wait for the
+    // line rather than assume it was read first.
+    eventually("the refused backend certificate is logged", || async {
+        unverified.log_text().contains("TLS to")
+    })
+    .await;
     // The escape hatch works, and says so loudly.
     let insecure = ProxyProcess::start(&pool("insecure_skip_verify = true"));
     assert_eq!(http(insecure.addr, "GET", "/", &[]).await.status, 200);

@@ -286,12 +286,7 @@ async fn http_side_health_publish_api_origin_and_limits() {
     assert_eq!(status, 400, "{body}");
 
     // Origin allowlist and max connections.
-    let upgrade = [
-        ("upgrade", "websocket"),
-        ("connection", "Upgrade"),
-        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ("sec-websocket-version", "13"),
-    ];
+    let upgrade = UPGRADE;
     let mut foreign = upgrade.to_vec();
     foreign.push(("origin", "https://evil.example"));
     assert_eq!(http(n1.addr, "GET", "/ws", &foreign, "").await.0, 403);

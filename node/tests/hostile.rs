@@ -138,12 +138,7 @@ async fn handshakes_and_close_codes_follow_rfc_6455() {
         "allowed_origins = [\"https://app.example\"]\n[limits]\nrate_per_second = 100000\nrate_burst = 100000\nmax_errors_per_minute = 5\noutbound_queue_bytes = \"64mb\"",
     );
     node.wait_ready().await;
-    let upgrade = [
-        ("upgrade", "websocket"),
-        ("connection", "Upgrade"),
-        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ("sec-websocket-version", "13"),
-    ];
+    let upgrade = UPGRADE;
     assert_eq!(http(node.addr, "POST", "/ws", &upgrade, "").await.0, 405);
     let mut no_upgrade = upgrade.to_vec();
     no_upgrade[0] = ("upgrade", "h2c");
@@ -545,12 +540,7 @@ async fn refused_upgrades_do_not_flood_the_log() {
         "allowed_origins = [\"https://app.example\"]\n[limits]\nmax_connections_per_address = 1",
     );
     node.wait_ready().await;
-    let upgrade = [
-        ("upgrade", "websocket"),
-        ("connection", "Upgrade"),
-        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ("sec-websocket-version", "13"),
-    ];
+    let upgrade = UPGRADE;
     let mut foreign = upgrade.to_vec();
     foreign.push(("origin", "https://evil.example"));
     for _ in 0..1001 {

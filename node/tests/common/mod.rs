@@ -281,6 +281,15 @@ impl NodeProcess {
     }
 }
 
+/// The headers of a valid WebSocket upgrade request (RFC 6455's sample
+/// key), which the handshake tests vary one at a time.
+pub const UPGRADE: [(&str, &str); 4] = [
+    ("upgrade", "websocket"),
+    ("connection", "Upgrade"),
+    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ("sec-websocket-version", "13"),
+];
+
 /// A raw HTTP/1.1 request; returns (status, body).
 pub async fn http(
     addr: SocketAddr,

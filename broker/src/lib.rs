@@ -5,7 +5,8 @@
 //! socket loop; [`requests`] runs a batch of its requests; [`commands`]
 //! holds the command table and handlers; [`session`] is one connection's
 //! protocol state; [`state`] is what all connections share ([`state::Broker`]);
-//! [`registry`] keeps subscriptions and fans messages out; [`handle`] is
+//! [`registry`] keeps subscriptions and fans messages out; [`keyspace`]
+//! holds keys, values, expiry and notifications; [`handle`] is
 //! the shared half of a client (output queue, limits, kill flag). Leaves:
 //! [`codec`] reads requests and writes RESP2/RESP3 replies; [`glob`]
 //! matches Redis patterns; [`metrics`] serves Prometheus `/metrics`;
@@ -17,6 +18,7 @@ pub mod commands;
 pub mod connection;
 pub mod glob;
 pub mod handle;
+pub mod keyspace;
 pub mod metrics;
 pub mod registry;
 pub mod requests;

@@ -45,6 +45,16 @@ pub struct Metrics {
     /// Commands refused because an argument or the client's subscriptions
     /// would pass a configured limit; the label is the config key.
     pub limit_rejections: IntCounterVec,
+    /// Keys in the keyspace, and their estimated bytes (what `maxmemory`
+    /// is compared with); refreshed by every active-expiry run (10 Hz).
+    pub keys: IntGauge,
+    pub keyspace_bytes: IntGauge,
+    /// Clients waiting in a blocking XREAD.
+    pub blocked_clients: IntGauge,
+    /// Keys deleted because their TTL passed (lazily or actively).
+    pub expired_keys: IntCounter,
+    /// Write commands refused with -OOM past `maxmemory`.
+    pub oom_rejections: IntCounter,
 }
 
 impl Default for Metrics {
@@ -167,6 +177,23 @@ impl Metrics {
                     &["limit"],
                 )
                 .expect("valid metric"),
+            ),
+            keys: gauge("limpet_broker_keys", "Keys in the keyspace"),
+            keyspace_bytes: gauge(
+                "limpet_broker_keyspace_bytes",
+                "Estimated bytes held by keys and values (what maxmemory is compared with)",
+            ),
+            blocked_clients: gauge(
+                "limpet_broker_blocked_clients",
+                "Clients waiting in a blocking XREAD",
+            ),
+            expired_keys: counter(
+                "limpet_broker_expired_keys_total",
+                "Keys deleted because their TTL passed",
+            ),
+            oom_rejections: counter(
+                "limpet_broker_oom_rejections_total",
+                "Write commands refused with -OOM past maxmemory",
             ),
             registry,
         }

@@ -59,6 +59,21 @@ impl Server {
             }
             accepts.spawn(accept_loop(self.broker.clone(), listener, shutdown.clone()));
         }
+        // Active expiry, ten times a second, like Redis's `hz 10`.
+        let broker = self.broker.clone();
+        let mut stop = shutdown.clone();
+        accepts.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tick.tick() => {
+                        broker.expire_cycle();
+                    }
+                }
+            }
+        });
         while !*shutdown.borrow_and_update() {
             if shutdown.changed().await.is_err() {
                 break;

@@ -1,6 +1,6 @@
 //! [`Broker`]: the state every connection shares — configuration, limits,
-//! the subscription registry, metrics, the AUTH guard and the list of
-//! connected clients.
+//! the subscription registry, the keyspace, metrics, the AUTH guard and
+//! the list of connected clients.
 //!
 //! It sits apart from [`crate::server`] (which listens and accepts) so that
 //! the commands, which need this state, do not depend on the accept loop.
@@ -8,6 +8,7 @@
 use crate::auth_guard::AuthGuard;
 use crate::codec::Limits;
 use crate::handle::{ClientHandle, OutputPolicy};
+use crate::keyspace::{notify, Event, Keyspace};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Space};
 use ahash::AHashMap;
@@ -26,6 +27,9 @@ pub struct Broker {
     pub config_file: Option<String>,
     pub limits: Limits,
     pub registry: Registry,
+    pub keyspace: Keyspace,
+    /// `maxmemory` in bytes (0 = none); CONFIG SET changes it at run time.
+    pub maxmemory: AtomicU64,
     pub metrics: Metrics,
     /// `output_limit` applies to clients with subscriptions,
     /// `output_limit_normal` to the others.
@@ -58,7 +62,11 @@ impl Broker {
             soft_for: Duration::from_secs(n.soft_seconds),
             clock: output_policy.clock,
         };
+        // Validated by the config crate; a bad value cannot get here.
+        let flags = notify::parse(&config.notify_keyspace_events).unwrap_or(0);
         Broker {
+            keyspace: Keyspace::new(flags),
+            maxmemory: AtomicU64::new(config.maxmemory.bytes()),
             normal_output_policy,
             auth_guard: AuthGuard::new(&config),
             config,
@@ -116,6 +124,58 @@ impl Broker {
         m.shard_channels
             .set(self.registry.channel_count(Space::Shard) as i64);
         m.patterns.set(self.registry.pattern_count() as i64);
+    }
+
+    /// Publishes keyspace events on `__keyspace@0__:<key>` (payload: the
+    /// event) and `__keyevent@0__:<event>` (payload: the key), as the
+    /// `K` and `E` flags ask, like any PUBLISH.
+    pub fn publish_events(&self, events: Vec<Event>) {
+        let flags = self.keyspace.with(|db| db.notify_flags).0;
+        for e in events {
+            if flags & notify::KEYSPACE != 0 {
+                let mut ch = b"__keyspace@0__:".to_vec();
+                ch.extend_from_slice(&e.key);
+                self.registry
+                    .publish(Space::Global, &ch, e.event.as_bytes(), &self.output_policy);
+            }
+            if flags & notify::KEYEVENT != 0 {
+                let ch = format!("__keyevent@0__:{}", e.event);
+                self.registry
+                    .publish(Space::Global, ch.as_bytes(), &e.key, &self.output_policy);
+            }
+        }
+    }
+
+    /// Whether the keyspace is past `maxmemory` (commands flagged
+    /// `denyoom` are then refused).
+    pub fn over_maxmemory(&self) -> bool {
+        let max = self.maxmemory.load(Relaxed);
+        max > 0 && self.keyspace.with(|db| db.used_bytes()).0 as u64 > max
+    }
+
+    /// One run of active expiry; returns how many keys it deleted.
+    pub fn expire_cycle(&self) -> usize {
+        let (n, events) = self
+            .keyspace
+            .with(|db| db.expire_cycle(crate::keyspace::now_ms(), crate::keyspace::EXPIRE_BATCH));
+        if !events.is_empty() {
+            self.publish_events(events);
+        }
+        self.update_keyspace_gauges();
+        n
+    }
+
+    pub fn update_keyspace_gauges(&self) {
+        let (keys, bytes, expired) = self
+            .keyspace
+            .with(|db| (db.len(), db.used_bytes(), db.expired_keys))
+            .0;
+        let counted = self.metrics.expired_keys.get();
+        if expired > counted {
+            self.metrics.expired_keys.inc_by(expired - counted);
+        }
+        self.metrics.keys.set(keys as i64);
+        self.metrics.keyspace_bytes.set(bytes as i64);
     }
 
     /// Counts a command refused by the limit named by its config key.

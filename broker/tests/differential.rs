@@ -14,6 +14,176 @@ use std::net::SocketAddr;
 
 const SESSIONS: &[(&str, &str)] = &[
     (
+        "keyspace: strings, hashes, sets, expiry, wrong types and arity",
+        r"0> FLUSHALL | 0:1
+0> SET k v | 0:1
+0> GET k | 0:1
+0> GET nokey | 0:1
+0> SET k v2 NX | 0:1
+0> SET k v3 XX | 0:1
+0> GET k | 0:1
+0> SET k v GET | 0:1
+0> SET k2 v GET | 0:1
+0> SET k v EX 10 PX 100 | 0:1
+0> SET k v EX 10 EX 20 | 0:1
+0> TTL k | 0:1
+0> SET k v EX 0 | 0:1
+0> SET k v EX -1 | 0:1
+0> SET k v EX x | 0:1
+0> SET k v PX 9223372036854775807 | 0:1
+0> SET k v EX 9223372036854775 | 0:1
+0> SET k v KEEPTTL EX 10 | 0:1
+0> SET k v NX XX | 0:1
+0> SET k v FOO | 0:1
+0> SET k v KEEPTTL | 0:1
+0> TTL k | 0:1
+0> SET k v | 0:1
+0> TTL k | 0:1
+0> PTTL nokey | 0:1
+0> EXPIRE k 100 | 0:1
+0> TTL k | 0:1
+0> EXPIRE k 100 NX | 0:1
+0> EXPIRE k 200 XX | 0:1
+0> EXPIRE k 50 GT | 0:1
+0> EXPIRE k 500 GT | 0:1
+0> TTL k | 0:1
+0> EXPIRE k 100 NX XX | 0:1
+0> EXPIRE k 100 GT LT | 0:1
+0> EXPIRE k 100 FOO | 0:1
+0> EXPIRE k x | 0:1
+0> EXPIRE k 9223372036854775807 | 0:1
+0> PEXPIRE k 9223372036854775807 | 0:1
+0> EXPIREAT k 1 | 0:1
+0> EXISTS k | 0:1
+0> EXPIRE nokey 10 | 0:1
+0> SET k v | 0:1
+0> PERSIST k | 0:1
+0> EXPIRE k 10 | 0:1
+0> PERSIST k | 0:1
+0> TTL k | 0:1
+0> TYPE k | 0:1
+0> TYPE nokey | 0:1
+0> HSET h a 1 | 0:1
+0> TYPE h | 0:1
+0> GET h | 0:1
+0> INCR h | 0:1
+0> HSET h a | 0:1
+0> HSET h a 1 b 2 c 3 | 0:1
+0> HGETALL h | 0:1
+0> HKEYS h | 0:1
+0> HVALS h | 0:1
+0> HDEL h b zz | 0:1
+0> HGETALL h | 0:1
+0> HLEN h | 0:1
+0> HEXISTS h a | 0:1
+0> HEXISTS h b | 0:1
+0> HGET h a | 0:1
+0> HGET h zz | 0:1
+0> HMGET h a zz c | 0:1
+0> HINCRBY h a 5 | 0:1
+0> HINCRBY h a x | 0:1
+0> HSET h s notnum | 0:1
+0> HINCRBY h s 1 | 0:1
+0> HINCRBY h a 9223372036854775807 | 0:1
+0> HSETNX h a 9 | 0:1
+0> HSETNX h n 9 | 0:1
+0> HGETALL nokey | 0:1
+0> HKEYS nokey | 0:1
+0> HMGET nokey a b | 0:1
+0> HDEL h a c s n | 0:1
+0> EXISTS h | 0:1
+0> SADD s 3 1 2 | 0:1
+0> SMEMBERS s | 0:1
+0> SADD s 2 5 | 0:1
+0> SCARD s | 0:1
+0> SISMEMBER s 2 | 0:1
+0> SISMEMBER s 9 | 0:1
+0> SMISMEMBER s 1 9 2 | 0:1
+0> SREM s 1 9 | 0:1
+0> SMEMBERS s | 0:1
+0> SMEMBERS nokey | 0:1
+0> SADD k x | 0:1
+0> SREM s 2 3 5 | 0:1
+0> EXISTS s | 0:1
+0> SADD single a | 0:1
+0> SMEMBERS single | 0:1
+0> INCR c | 0:1
+0> INCRBY c 10 | 0:1
+0> DECR c | 0:1
+0> DECRBY c 5 | 0:1
+0> DECRBY c -9223372036854775808 | 0:1
+0> INCRBY c x | 0:1
+0> INCRBY c 9223372036854775807 | 0:1
+0> GET c | 0:1
+0> APPEND c xyz | 0:1
+0> APPEND c2 abc | 0:1
+0> STRLEN c2 | 0:1
+0> STRLEN nokey | 0:1
+0> STRLEN h | 0:1
+0> MSET a 1 b 2 | 0:1
+0> MSET a 1 b | 0:1
+0> MGET a b nokey h | 0:1
+0> GETDEL a | 0:1
+0> GETDEL a | 0:1
+0> GETEX b | 0:1
+0> GETEX b EX 100 | 0:1
+0> TTL b | 0:1
+0> GETEX b PERSIST | 0:1
+0> TTL b | 0:1
+0> GETEX b EX 10 PERSIST | 0:1
+0> GETEX b FOO | 0:1
+0> GETEX nokey EX 10 | 0:1
+0> GETEX b EX -5 | 0:1
+0> GETEX b EXAT 1 | 0:1
+0> EXISTS b | 0:1
+0> DEL a b c c2 nokey | 0:1
+0> UNLINK k | 0:1
+0> EXISTS k k single | 0:1
+0> DBSIZE | 0:1
+0> KEYS sing* | 0:1
+0> SCAN x | 0:1
+0> SCAN 0 COUNT 0 | 0:1
+0> SCAN 0 COUNT x | 0:1
+0> SCAN 0 MATCH s* COUNT 100 | 0:1
+0> SCAN 0 TYPE set COUNT 100 | 0:1
+0> SCAN 0 FOO bar | 0:1
+0> FLUSHDB | 0:1
+0> FLUSHDB ASYNC | 0:1
+0> FLUSHDB x | 0:1
+0> FLUSHALL SYNC x | 0:1
+0> DBSIZE | 0:1
+0> SET x 1 PXAT 1 | 0:1
+0> GET x | 0:1
+0> EXISTS x | 0:1
+0> TTL x | 0:1
+0> SET y 1 | 0:1
+0> PEXPIREAT y 1 | 0:1
+0> TYPE y | 0:1
+0> HELLO 3 | 0:1
+0> HSET h a 1 b 2 | 0:1
+0> HGETALL h | 0:1
+0> HGETALL nokey | 0:1
+0> SMEMBERS nokey | 0:1
+0> SADD s 1 2 | 0:1
+0> SMEMBERS s | 0:1
+0> GET nokey | 0:1
+0> HMGET h a zz | 0:1
+0> SET k v NX | 0:1
+0> SET k v NX | 0:1
+0> MGET k zz | 0:1
+0> FLUSHALL | 0:1
+0> GET | 0:1
+0> GET a b | 0:1
+0> HSET h | 0:1
+0> SADD s | 0:1
+0> EXPIRE k | 0:1
+0> SET k | 0:1
+0> MGET | 0:1
+0> HGETALL | 0:1
+0> SCAN | 0:1
+0> DBSIZE x | 0:1",
+    ),
+    (
         "connection commands",
         r"0> PING | 0:1
 0> PING hello | 0:1

@@ -25,6 +25,14 @@ pub struct BrokerConfig {
     /// otherwise silent connections that never AUTH fill `maxclients` and
     /// keep the real nodes out. Redis has no such limit.
     pub auth_timeout: Duration,
+    /// `notify-keyspace-events`: Redis's flag letters (`K` keyspace
+    /// channel, `E` keyevent channel, `g$lshzxetmdn` event classes, `A`
+    /// for all). Empty (the default) sends none. `CONFIG SET` changes it.
+    pub notify_keyspace_events: String,
+    /// `maxmemory`: estimated bytes of keys and values past which
+    /// commands that add data get `-OOM` (Redis's `noeviction`; 0 = no
+    /// limit). `CONFIG SET` changes it.
+    pub maxmemory: ByteSize,
     pub limits: ProtocolLimits,
     /// `client-output-buffer-limit pubsub`: how far a subscriber may fall behind.
     pub output_limit: OutputLimit,
@@ -123,6 +131,8 @@ impl Default for BrokerConfig {
             maxclients: 10_000,
             timeout: 0,
             auth_timeout: Duration::secs(10),
+            notify_keyspace_events: String::new(),
+            maxmemory: ByteSize(0),
             limits: ProtocolLimits::default(),
             output_limit: OutputLimit::default(),
             output_limit_normal: NormalOutputLimit::default(),
@@ -229,6 +239,16 @@ impl Validate for BrokerConfig {
         if self.maxclients == 0 {
             return Err(FieldError::new("maxclients", "must be at least 1"));
         }
+        if let Some(bad) = self
+            .notify_keyspace_events
+            .chars()
+            .find(|c| !NOTIFY_FLAG_LETTERS.contains(*c))
+        {
+            return Err(FieldError::new(
+                "notify_keyspace_events",
+                format!("'{bad}' is not an event class; use letters of '{NOTIFY_FLAG_LETTERS}'"),
+            ));
+        }
         let l = &self.limits;
         if l.max_bulk_len.bytes() < 1024 {
             return Err(FieldError::new(
@@ -303,6 +323,9 @@ impl Validate for BrokerConfig {
         check_output_limit("output_limit_normal", n.hard, n.soft, n.soft_seconds)
     }
 }
+
+/// The letters `notify-keyspace-events` accepts, as Redis lists them.
+pub const NOTIFY_FLAG_LETTERS: &str = "Ag$lshzxeKEtmdn";
 
 fn check_output_limit(
     section: &str,
@@ -420,6 +443,19 @@ bind = "127.0.0.1:9999"
         let err = parse("bind = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n").unwrap_err();
         assert!(
             err.to_string().starts_with("broker.toml:1:24: bind.1: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn keyspace_settings_parse_and_bad_flags_are_named() {
+        let cfg = parse("notify_keyspace_events = \"Ex\"\nmaxmemory = \"100mb\"\n").unwrap();
+        assert_eq!(cfg.notify_keyspace_events, "Ex");
+        assert_eq!(cfg.maxmemory.bytes(), 100 << 20);
+        let err = parse("notify_keyspace_events = \"KQ\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("broker.toml:1:26: notify_keyspace_events: 'Q' is not an event class"),
             "{err}"
         );
     }

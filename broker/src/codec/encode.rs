@@ -53,6 +53,14 @@ impl Reply<'_> {
         }
     }
 
+    /// Redis's null array (`*-1`), a plain null under RESP3.
+    pub fn null_array(&mut self) {
+        match self.proto {
+            Proto::Resp2 => self.buf.put_slice(b"*-1\r\n"),
+            Proto::Resp3 => self.buf.put_slice(b"_\r\n"),
+        }
+    }
+
     pub fn array(&mut self, len: usize) {
         self.header(b'*', len);
     }

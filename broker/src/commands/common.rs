@@ -32,3 +32,34 @@ pub(super) fn int_arg(s: &mut Session, arg: &[u8]) -> Option<i64> {
     }
     v
 }
+
+pub(super) const WRONGTYPE: &str =
+    "WRONGTYPE Operation against a key holding the wrong kind of value";
+pub(super) const NOT_INT: &str = "ERR value is not an integer or out of range";
+pub(super) const SYNTAX: &str = "ERR syntax error";
+
+/// Runs `f` with the keyspace locked and the reply writer, then publishes
+/// the keyspace events it queued (after the lock is let go).
+pub(super) fn keys<R>(
+    s: &mut Session,
+    f: impl FnOnce(&mut crate::keyspace::Db, &mut crate::codec::Reply<'_>) -> R,
+) -> R {
+    let broker = s.broker.clone();
+    let (r, events) = {
+        let mut reply = s.reply();
+        broker.keyspace.with(|db| f(db, &mut reply))
+    };
+    if !events.is_empty() {
+        broker.publish_events(events);
+    }
+    r
+}
+
+/// Redis's `addReplyErrorArity`, for arity rules the table cannot express
+/// (pairs of arguments).
+pub(super) fn arity_error(s: &mut Session, name: &str) -> bool {
+    s.reply().error(&format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ));
+    true
+}

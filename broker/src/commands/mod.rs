@@ -6,17 +6,24 @@
 //! restriction, then run. The table is [`table`], an entry's shape and the
 //! `cmd!` macro are [`spec`]; each handler lives with its family:
 //! [`connection`] (PING, AUTH, HELLO ...), [`client`] (CLIENT ...),
-//! [`pubsub`] (SUBSCRIBE, PUBLISH, PUBSUB ...) and [`introspection`]
-//! (INFO, CONFIG). Imports go one way: this file → table → families →
-//! common / spec.
+//! [`pubsub`] (SUBSCRIBE, PUBLISH, PUBSUB ...), [`introspection`]
+//! (INFO, CONFIG), and the keyspace families: [`keys`] (DEL, EXPIRE,
+//! SCAN ...), [`strings`], [`hashes`] (hashes and sets). Imports go one
+//! way: this file → table → families → common / spec.
+//!
+//! Commands flagged `denyoom` are refused with `-OOM` while the keyspace
+//! is past `maxmemory`, after the arity and auth checks, as in Redis.
 
 mod auth;
 mod client;
 mod common;
 mod connection;
+mod hashes;
 mod introspection;
+mod keys;
 mod pubsub;
 pub mod spec;
+mod strings;
 pub mod table;
 
 use crate::session::Session;
@@ -100,6 +107,12 @@ pub fn dispatch(s: &mut Session, args: &[Bytes]) -> bool {
             "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
             cmd.name
         ));
+        return true;
+    }
+    if cmd.has_flag("denyoom") && s.broker.over_maxmemory() {
+        s.broker.metrics.oom_rejections.inc();
+        s.reply()
+            .error("OOM command not allowed when used memory > 'maxmemory'.");
         return true;
     }
     (cmd.run)(s, args)

@@ -6,9 +6,12 @@
 use super::client;
 use super::common::reply_help;
 use super::connection;
+use super::hashes;
 use super::introspection;
+use super::keys;
 use super::pubsub;
 use super::spec::{cmd, lookup, Command};
+use super::strings;
 use crate::codec::Reply;
 use crate::session::Session;
 use bytes::Bytes;
@@ -37,6 +40,51 @@ pub static COMMANDS: &[Command] = &[
     introspection::INFO,
     COMMAND,
     introspection::CONFIG,
+    keys::DEL,
+    keys::UNLINK,
+    keys::EXISTS,
+    keys::TYPE,
+    keys::EXPIRE,
+    keys::PEXPIRE,
+    keys::EXPIREAT,
+    keys::PEXPIREAT,
+    keys::TTL,
+    keys::PTTL,
+    keys::PERSIST,
+    keys::KEYS,
+    keys::SCAN,
+    keys::DBSIZE,
+    keys::FLUSHDB,
+    keys::FLUSHALL,
+    strings::SET,
+    strings::GET,
+    strings::GETDEL,
+    strings::GETEX,
+    strings::MGET,
+    strings::MSET,
+    strings::INCR,
+    strings::INCRBY,
+    strings::DECR,
+    strings::DECRBY,
+    strings::APPEND,
+    strings::STRLEN,
+    hashes::HSET,
+    hashes::HSETNX,
+    hashes::HGET,
+    hashes::HMGET,
+    hashes::HGETALL,
+    hashes::HDEL,
+    hashes::HLEN,
+    hashes::HEXISTS,
+    hashes::HKEYS,
+    hashes::HVALS,
+    hashes::HINCRBY,
+    hashes::SADD,
+    hashes::SREM,
+    hashes::SMEMBERS,
+    hashes::SISMEMBER,
+    hashes::SMISMEMBER,
+    hashes::SCARD,
 ];
 
 pub const COMMAND: Command = Command {

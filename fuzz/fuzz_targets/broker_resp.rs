@@ -48,6 +48,8 @@ fn multibulk(args: &[Bytes]) -> Vec<u8> {
     out
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// One inline line with every byte of every argument written as `\xHH`
 /// inside double quotes, the form that can carry any byte.
 fn inline(args: &[Bytes]) -> Vec<u8> {
@@ -57,8 +59,13 @@ fn inline(args: &[Bytes]) -> Vec<u8> {
             out.push(b' ');
         }
         out.push(b'"');
-        for b in a.iter() {
-            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        for &b in a.iter() {
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
         }
         out.push(b'"');
     }

@@ -1,5 +1,5 @@
 //! The socket loop of one connection: read requests, write what is owed,
-//! and close on EOF, errors, `CLIENT KILL`, an output limit, the idle
+//! wait while an XREAD is blocked ([`crate::blocking`]), and close on EOF, errors, `CLIENT KILL`, an output limit, the idle
 //! timeout, the auth timeout (with `requirepass`, not authenticated within
 //! `auth_timeout`) or shutdown.
 //!
@@ -11,9 +11,9 @@
 //! backlog stays where publishers can see it and cut it off.
 
 use crate::handle::{ClientHandle, KillReason};
-use crate::requests;
 use crate::session::{Session, OUT_PULL_LIMIT, OUT_READ_PAUSE, READ_CHUNK};
 use crate::state::Broker;
+use crate::{blocking, requests};
 use bytes::{Bytes, BytesMut};
 use std::io;
 use std::sync::Arc;
@@ -54,6 +54,15 @@ pub async fn run(
                 _ = shutdown.changed() => break "shutdown",
                 _ = tokio::time::sleep_until(until) => {}
             }
+        }
+        if s.blocked.is_some() {
+            // XREAD BLOCK: park until served, timed out or gone; then go
+            // on with what the client sent meanwhile.
+            if let Err(reason) = blocking::wait(&mut s, &stream, &mut input, &mut shutdown).await {
+                break reason;
+            }
+            s.paused = true;
+            continue;
         }
         s.move_pushes(OUT_PULL_LIMIT);
         if eof && !s.paused {
@@ -190,6 +199,8 @@ fn finish(mut s: Session, reason: &str) {
             tracing::debug!(client = handle.id, peer = %handle.peer, reason, "client disconnected")
         }
     }
+    blocking::unblock(&mut s);
+    crate::commands::unwatch_all(&mut s);
     s.drop_subscriptions();
     s.broker.unregister(handle.id);
 }

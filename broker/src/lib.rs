@@ -10,9 +10,11 @@
 //! the shared half of a client (output queue, limits, kill flag). Leaves:
 //! [`codec`] reads requests and writes RESP2/RESP3 replies; [`glob`]
 //! matches Redis patterns; [`metrics`] serves Prometheus `/metrics`;
-//! [`auth_guard`] makes password guessing slow and its logging cheap.
+//! [`auth_guard`] makes password guessing slow and its logging cheap;
+//! [`blocking`] parks a client in XREAD BLOCK until an XADD wakes it.
 
 pub mod auth_guard;
+pub mod blocking;
 pub mod codec;
 pub mod commands;
 pub mod connection;

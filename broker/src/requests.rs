@@ -45,7 +45,7 @@ pub fn process(s: &mut Session, input: &mut BytesMut) -> bool {
                 if !commands::dispatch(s, &args) {
                     return false;
                 }
-                if s.hold_until.is_some() {
+                if s.hold_until.is_some() || s.blocked.is_some() {
                     s.paused = true;
                     break;
                 }

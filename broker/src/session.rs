@@ -8,13 +8,15 @@
 //! [`crate::requests`]. That keeps it testable without a socket (see
 //! `requests::tests`).
 
+use crate::blocking::Blocked;
 use crate::codec::{Proto, Reply, RequestParser};
+use crate::commands::Multi;
 use crate::handle::ClientHandle;
 use crate::registry::Space;
 use crate::state::Broker;
 use ahash::AHashSet;
 use bytes::{Buf, Bytes, BytesMut};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -73,6 +75,16 @@ pub struct Session {
     pub(crate) paused: bool,
     /// Nothing is written, read or run before this (a failed AUTH's hold-back).
     pub(crate) hold_until: Option<tokio::time::Instant>,
+    /// Set by an XREAD BLOCK that found nothing: the connection waits in
+    /// [`crate::blocking::wait`] and runs nothing else until it is let go.
+    pub(crate) blocked: Option<Blocked>,
+    /// The transaction being queued, between MULTI and EXEC/DISCARD.
+    pub(crate) multi: Option<Multi>,
+    /// Raised when a WATCHed key changes (see [`crate::commands`]' multi).
+    pub(crate) watch_flag: Arc<AtomicBool>,
+    pub(crate) watched: Vec<Bytes>,
+    /// EXEC is running the queued commands (XREAD BLOCK must not block).
+    pub(crate) in_exec: bool,
 }
 
 impl Session {
@@ -102,6 +114,11 @@ impl Session {
             drained: 0,
             paused: false,
             hold_until: None,
+            blocked: None,
+            multi: None,
+            watch_flag: Arc::new(AtomicBool::new(false)),
+            watched: Vec::new(),
+            in_exec: false,
         }
     }
 
@@ -134,6 +151,17 @@ impl Session {
     /// written next comes after them, as in Redis's single stream.
     pub fn drain_pushes(&mut self) {
         self.move_pushes(usize::MAX);
+    }
+
+    /// Whether EXEC is running this client's queued commands.
+    pub fn in_exec(&self) -> bool {
+        self.in_exec
+    }
+
+    /// Parks the client in a blocking XREAD (see [`crate::blocking`]).
+    pub fn block(&mut self, b: Blocked) {
+        self.broker.metrics.blocked_clients.inc();
+        self.blocked = Some(b);
     }
 
     /// Holds the connection back: the replies so far go out, and the next

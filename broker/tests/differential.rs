@@ -14,6 +14,177 @@ use std::net::SocketAddr;
 
 const SESSIONS: &[(&str, &str)] = &[
     (
+        "streams, transactions, XREAD BLOCK woken by XADD from another client",
+        r"0> FLUSHALL | 0:1
+0> XADD s 1-1 a 1 | 0:1
+0> XADD s 1-1 a 1 | 0:1
+0> XADD s 1-0 a 1 | 0:1
+0> XADD s 0-0 a 1 | 0:1
+0> XADD s 1-* b 2 | 0:1
+0> XADD s 2-* c 3 | 0:1
+0> XADD s 2 d 4 | 0:1
+0> XADD s 3-5 e 5 f 6 | 0:1
+0> XADD s 4-1 odd | 0:1
+0> XADD s 4-1 | 0:1
+0> XADD s | 0:1
+0> XADD s x a 1 | 0:1
+0> XADD s 18446744073709551615-18446744073709551616 a 1 | 0:1
+0> XADD s NOMKSTREAM | 0:1
+0> XADD nos NOMKSTREAM 1-1 a 1 | 0:1
+0> EXISTS nos | 0:1
+0> XADD s MAXLEN | 0:1
+0> XADD s MAXLEN x 9-1 a 1 | 0:1
+0> XADD s MAXLEN -1 9-1 a 1 | 0:1
+0> XADD s MAXLEN 10 MINID 0 9-1 a 1 | 0:1
+0> XADD s LIMIT 5 9-1 a 1 | 0:1
+0> XADD s MAXLEN 3 LIMIT 5 9-1 a 1 | 0:1
+0> XADD s MAXLEN ~ 3 LIMIT -1 9-1 a 1 | 0:1
+0> XADD s MINID x 9-1 a 1 | 0:1
+0> XLEN s | 0:1
+0> XRANGE s - + | 0:1
+0> XRANGE s - + COUNT 2 | 0:1
+0> XRANGE s - + COUNT 0 | 0:1
+0> XRANGE s - + COUNT -1 | 0:1
+0> XRANGE s - + COUNT x | 0:1
+0> XRANGE s - + FOO | 0:1
+0> XRANGE s (1-1 + | 0:1
+0> XRANGE s (1-1 (3-5 | 0:1
+0> XRANGE s 2 2 | 0:1
+0> XRANGE s + - | 0:1
+0> XRANGE s x + | 0:1
+0> XRANGE s (- + | 0:1
+0> XRANGE s - (+ | 0:1
+0> XRANGE s (18446744073709551615-18446744073709551615 + | 0:1
+0> XRANGE s - (0-0 | 0:1
+0> XRANGE nokey - + | 0:1
+0> XREVRANGE s + - | 0:1
+0> XREVRANGE s + - COUNT 1 | 0:1
+0> XREVRANGE s (3-5 - | 0:1
+0> XDEL s 2-0 99-0 | 0:1
+0> XDEL s x | 0:1
+0> XDEL nokey x | 0:1
+0> XLEN s | 0:1
+0> XLEN nokey | 0:1
+0> XTRIM s | 0:1
+0> XTRIM s MAXLEN | 0:1
+0> XTRIM s MAXLEN 2 | 0:1
+0> XRANGE s - + | 0:1
+0> XTRIM s MINID 3-5 | 0:1
+0> XTRIM s FOO 1 | 0:1
+0> XTRIM s MAXLEN ~ 0 | 0:1
+0> XTRIM s MAXLEN = 0 LIMIT 1 | 0:1
+0> XTRIM nokey MAXLEN 0 | 0:1
+0> XLEN s | 0:1
+0> SET str x | 0:1
+0> XADD str * a 1 | 0:1
+0> XLEN str | 0:1
+0> XRANGE str - + | 0:1
+0> XREAD STREAMS str 0 | 0:1
+0> XDEL str 1-1 | 0:1
+0> XTRIM str MAXLEN 1 | 0:1
+0> XINFO STREAM str | 0:1
+0> XINFO STREAM nokey | 0:1
+0> XREAD | 0:1
+0> XREAD STREAMS | 0:1
+0> XREAD STREAMS s | 0:1
+0> XREAD COUNT x STREAMS s 0 | 0:1
+0> XREAD BLOCK -1 STREAMS s 0 | 0:1
+0> XREAD BLOCK x STREAMS s 0 | 0:1
+0> XREAD FOO STREAMS s 0 | 0:1
+0> XREAD STREAMS s x | 0:1
+0> XREAD STREAMS s > | 0:1
+0> XREAD GROUP g c STREAMS s 0 | 0:1
+0> XREAD NOACK STREAMS s 0 | 0:1
+0> XREAD STREAMS s nokey 0 0 | 0:1
+0> XREAD STREAMS s $ | 0:1
+0> XREAD BLOCK 10 STREAMS s $ | 0:1
+0> XREAD COUNT 1 STREAMS s 0 | 0:1
+0> XADD t 5-0 a 1 | 0:1
+0> XADD t 6-0 b 2 | 0:1
+0> XREAD STREAMS s t 0 0 | 0:1
+0> XREAD COUNT 1 STREAMS s t 0 5 | 0:1
+0> XREAD BLOCK 100 STREAMS s t 0 0 | 0:1
+0> XREAD STREAMS t 18446744073709551615-18446744073709551615 | 0:1
+0> XADD big 1 a 1 | 0:1
+0> XADD big 2 a 1 | 0:1
+0> XADD big 3 a 1 | 0:1
+0> XADD big 4 a 1 | 0:1
+0> XADD big 5 a 1 | 0:1
+0> XADD big MAXLEN 2 6 a 1 | 0:1
+0> XLEN big | 0:1
+0> XADD big MINID 5 7 a 1 | 0:1
+0> XRANGE big - + | 0:1
+0> XINFO STREAM big | 0:1
+0> XDEL big 6 7 | 0:1
+0> XINFO STREAM big | 0:1
+0> XINFO STREAM big FULL | 0:1
+0> XINFO GROUPS big | 0:1
+0> MULTI | 0:1
+0> SET a 1 | 0:1
+0> GET a | 0:1
+0> INCR a | 0:1
+0> XADD big 9 a 1 | 0:1
+0> EXEC | 0:1
+0> MULTI | 0:1
+0> SET a | 0:1
+0> GET a | 0:1
+0> EXEC | 0:1
+0> MULTI | 0:1
+0> NOSUCH x | 0:1
+0> EXEC | 0:1
+0> EXEC | 0:1
+0> DISCARD | 0:1
+0> MULTI | 0:1
+0> MULTI | 0:1
+0> WATCH a | 0:1
+0> DISCARD | 0:1
+0> WATCH a | 0:1
+0> SET a 2 | 0:1
+0> MULTI | 0:1
+0> GET a | 0:1
+0> EXEC | 0:1
+0> WATCH a | 0:1
+0> MULTI | 0:1
+0> GET a | 0:1
+0> EXEC | 0:1
+0> UNWATCH | 0:1
+0> MULTI | 0:1
+0> XREAD BLOCK 0 STREAMS big $ | 0:1
+0> EXEC | 0:1
+0> HELLO 3 | 0:1
+0> XREAD STREAMS t 0 | 0:1
+0> XREAD STREAMS t 9 | 0:1
+0> XINFO STREAM big | 0:1
+0> XRANGE t - + COUNT 0 | 0:1
+0> XINFO STREAM big FULL | 0:1
+0> XINFO STREAM big FULL COUNT 0 | 0:1
+0> XINFO STREAM big FULL COUNT x | 0:1
+0> XINFO STREAM big FOO | 0:1
+0> XINFO STREAM big FULL COUNT | 0:1
+0> XINFO STREAM big FULL FOO 1 | 0:1
+0> XINFO STREAM t | 0:1
+0> XINFO STREAM t FULL COUNT 1 | 0:1
+0> XINFO | 0:1
+0> XINFO FOO | 0:1
+0> HELLO 2 | 0:1
+0> XREAD BLOCK 0 STREAMS wake 0
+1> XADD wake 1-1 a 1 | 1:1 0:1
+0> XREAD BLOCK 0 STREAMS wake1 wake2 0 0
+1> XADD wake2 5-5 b 2 | 1:1 0:1
+0> XREAD BLOCK 0 COUNT 1 STREAMS wake 1-1
+1> XADD wake 2-1 c 3 | 1:1 0:1
+0> XREAD BLOCK 50 STREAMS never 0 | 0:1
+0> XREAD BLOCK 0 STREAMS wake 2-1
+1> SET other 1 | 1:1
+1> XADD wake 3-1 d 4 | 1:1 0:1
+0> PING | 0:1
+2> HELLO 3 | 2:1
+2> XREAD BLOCK 0 STREAMS r3 0
+1> XADD r3 1-1 x y | 1:1 2:1
+2> XREAD BLOCK 30 STREAMS r3 $ | 2:1
+0> FLUSHALL | 0:1",
+    ),
+    (
         "keyspace: strings, hashes, sets, expiry, wrong types and arity",
         r"0> FLUSHALL | 0:1
 0> SET k v | 0:1

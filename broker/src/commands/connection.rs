@@ -147,6 +147,8 @@ fn quit(s: &mut Session, _args: &[Bytes]) -> bool {
 }
 
 fn reset(s: &mut Session, _args: &[Bytes]) -> bool {
+    s.multi = None;
+    super::multi::unwatch_all(s);
     s.drop_subscriptions();
     s.set_proto(Proto::Resp2);
     {

@@ -138,18 +138,25 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
                 w("# Clients", &"");
                 w("connected_clients", &clients.len());
                 w("maxclients", &b.config.maxclients);
-                w("blocked_clients", &0);
+                w("blocked_clients", &m.blocked_clients.get());
                 w("pubsub_clients", &pubsub);
                 let max_out = clients.iter().map(|c| c.output_bytes()).max();
                 w("client_recent_max_output_buffer", &max_out.unwrap_or(0));
             }
             "memory" => {
                 let rss = resident_bytes();
+                let (dataset, keys) = b.keyspace.with(|db| (db.used_bytes(), db.len())).0;
+                let max = b.maxmemory.load(std::sync::atomic::Ordering::Relaxed);
                 w("# Memory", &"");
                 w("used_memory", &rss);
                 w("used_memory_human", &human(rss));
                 w("used_memory_rss", &rss);
-                w("maxmemory", &0);
+                // The keyspace's estimated size: what maxmemory is compared with.
+                w("used_memory_dataset", &dataset);
+                w("used_memory_dataset_human", &human(dataset as u64));
+                w("keyspace_keys", &keys);
+                w("maxmemory", &max);
+                w("maxmemory_human", &human(max));
                 w("maxmemory_policy", &"noeviction");
             }
             "persistence" => {
@@ -199,7 +206,13 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
                 w("used_cpu_sys", &format!("{sys:.6}"));
                 w("used_cpu_user", &format!("{user:.6}"));
             }
-            _ => w("# Keyspace", &""),
+            _ => {
+                let (keys, expires) = b.keyspace.with(|db| (db.len(), db.volatile_count())).0;
+                w("# Keyspace", &"");
+                if keys > 0 {
+                    w("db0", &format!("keys={keys},expires={expires},avg_ttl=0"));
+                }
+            }
         }
     }
     // `w("# Section", "")` wrote "# Section:"; headers have no colon.

@@ -8,8 +8,14 @@
 //! [`connection`] (PING, AUTH, HELLO ...), [`client`] (CLIENT ...),
 //! [`pubsub`] (SUBSCRIBE, PUBLISH, PUBSUB ...), [`introspection`]
 //! (INFO, CONFIG), and the keyspace families: [`keys`] (DEL, EXPIRE,
-//! SCAN ...), [`strings`], [`hashes`] (hashes and sets). Imports go one
-//! way: this file → table → families → common / spec.
+//! SCAN ...), [`strings`], [`hashes`] (hashes and sets), [`streams`]
+//! (XADD, XTRIM ...), [`stream_reads`] (XRANGE, XREAD, XINFO), and
+//! [`multi`] (MULTI/EXEC/WATCH). Imports go one way: this file →
+//! table → families → common / spec.
+//!
+//! Inside MULTI, a command that passes every check is queued instead of
+//! run; one refused by a check (unknown, arity, auth, OOM) flags the
+//! transaction, so that EXEC aborts it, as Redis does.
 //!
 //! Commands flagged `denyoom` are refused with `-OOM` while the keyspace
 //! is past `maxmemory`, after the arity and auth checks, as in Redis.
@@ -21,16 +27,21 @@ mod connection;
 mod hashes;
 mod introspection;
 mod keys;
+mod multi;
 mod pubsub;
 pub mod spec;
+mod stream_reads;
+mod streams;
 mod strings;
 pub mod table;
 
 use crate::session::Session;
 use bytes::Bytes;
 use common::truncate;
+pub use multi::{unwatch_all, Multi};
 use spec::lookup;
 pub use spec::{Command, Handler, REDIS_VERSION};
+pub(crate) use stream_reads::serve_read;
 use table::COMMANDS;
 
 /// Commands a RESP2 client may still send while it has subscriptions.
@@ -71,6 +82,7 @@ pub fn dispatch(s: &mut Session, args: &[Bytes]) -> bool {
         s.reply().error(&format!(
             "ERR unknown command '{name}', with args beginning with: {listed}"
         ));
+        multi::flag_error(s);
         return true;
     };
     if !cmd.subcommands.is_empty() && args.len() >= 2 {
@@ -82,6 +94,7 @@ pub fn dispatch(s: &mut Session, args: &[Bytes]) -> bool {
                     truncate(&args[1], 128),
                     cmd.name.to_ascii_uppercase()
                 ));
+                multi::flag_error(s);
                 return true;
             }
         }
@@ -93,10 +106,12 @@ pub fn dispatch(s: &mut Session, args: &[Bytes]) -> bool {
             "ERR wrong number of arguments for '{}' command",
             cmd.name
         ));
+        multi::flag_error(s);
         return true;
     }
     if !s.authenticated && !cmd.has_flag("no_auth") {
         s.reply().error("NOAUTH Authentication required.");
+        multi::flag_error(s);
         return true;
     }
     if s.proto == crate::codec::Proto::Resp2
@@ -113,6 +128,11 @@ pub fn dispatch(s: &mut Session, args: &[Bytes]) -> bool {
         s.broker.metrics.oom_rejections.inc();
         s.reply()
             .error("OOM command not allowed when used memory > 'maxmemory'.");
+        multi::flag_error(s);
+        return true;
+    }
+    if s.multi.is_some() && !multi::runs_inside_multi(cmd.name) {
+        multi::queue(s, cmd, args);
         return true;
     }
     (cmd.run)(s, args)

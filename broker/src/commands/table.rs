@@ -9,8 +9,11 @@ use super::connection;
 use super::hashes;
 use super::introspection;
 use super::keys;
+use super::multi;
 use super::pubsub;
 use super::spec::{cmd, lookup, Command};
+use super::stream_reads;
+use super::streams;
 use super::strings;
 use crate::codec::Reply;
 use crate::session::Session;
@@ -85,6 +88,19 @@ pub static COMMANDS: &[Command] = &[
     hashes::SISMEMBER,
     hashes::SMISMEMBER,
     hashes::SCARD,
+    streams::XADD,
+    stream_reads::XREAD,
+    stream_reads::XRANGE,
+    stream_reads::XREVRANGE,
+    streams::XLEN,
+    streams::XDEL,
+    streams::XTRIM,
+    stream_reads::XINFO,
+    multi::MULTI,
+    multi::EXEC,
+    multi::DISCARD,
+    multi::WATCH,
+    multi::UNWATCH,
 ];
 
 pub const COMMAND: Command = Command {

@@ -14,6 +14,75 @@ use std::net::SocketAddr;
 
 const SESSIONS: &[(&str, &str)] = &[
     (
+        "keyspace notifications, CONFIG SET, maxmemory",
+        r"1> PSUBSCRIBE __key* | 1:1
+0> CONFIG SET notify-keyspace-events KQ | 0:1
+0> CONFIG SET notify-keyspace-events KEA | 0:1
+0> CONFIG GET notify-keyspace-events | 0:1
+0> SET k v | 0:1 1:2
+0> SET k v EX 100 | 0:1 1:4
+0> EXPIRE k 50 | 0:1 1:2
+0> PERSIST k | 0:1 1:2
+0> PERSIST k | 0:1
+0> DEL k | 0:1 1:2
+0> DEL k | 0:1
+0> INCR n | 0:1 1:2
+0> INCRBY n 5 | 0:1 1:2
+0> DECR n | 0:1 1:2
+0> APPEND n x | 0:1 1:2
+0> HSET h a 1 | 0:1 1:2
+0> HSETNX h a 1 | 0:1
+0> HINCRBY h b 1 | 0:1 1:2
+0> HDEL h a b | 0:1 1:4
+0> SADD s a | 0:1 1:2
+0> SADD s a | 0:1
+0> SREM s a | 0:1 1:4
+0> XADD x 1-1 f v | 0:1 1:2
+0> XADD x MAXLEN 0 2-1 f v | 0:1 1:4
+0> XADD x 3-1 f v | 0:1 1:2
+0> XDEL x 3-1 | 0:1 1:2
+0> XDEL x 3-1 | 0:1
+0> XADD x 4-1 f v | 0:1 1:2
+0> XTRIM x MAXLEN 0 | 0:1 1:2
+0> GETDEL n | 0:1 1:2
+0> MSET a 1 b 2 | 0:1 1:4
+0> GETEX a EX 100 | 0:1 1:2
+0> GETEX a PERSIST | 0:1 1:2
+0> EXPIRE a 0 | 0:1 1:2
+0> SET e v PXAT 1 | 0:1 1:4
+0> GET e | 0:1 1:2
+0> SET p online PX 1 | 0:1 1:4
+1? 2
+0> MULTI | 0:1
+0> SET m 1 | 0:1
+0> HSET mh f v | 0:1
+0> EXEC | 0:1 1:4
+0> CONFIG SET notify-keyspace-events Ex | 0:1
+0> SET q v PX 1 | 0:1
+1? 1
+0> CONFIG SET notify-keyspace-events A | 0:1
+0> FLUSHALL | 0:1
+0> CONFIG SET maxmemory x | 0:1
+0> CONFIG SET foo bar | 0:1
+0> CONFIG SET maxmemory 1 maxmemory 2 | 0:1
+0> CONFIG SET a b c | 0:1
+0> CONFIG SET maxmemory-policy foo | 0:1
+0> CONFIG SET maxmemory-policy noeviction | 0:1
+0> CONFIG GET maxmemory-policy | 0:1
+0> SET pre x | 0:1
+0> CONFIG SET maxmemory 1 | 0:1
+0> SET big value | 0:1
+0> SET big2 value | 0:1
+0> GET big | 0:1
+0> DEL big | 0:1
+0> MULTI | 0:1
+0> SET big3 v | 0:1
+0> EXEC | 0:1
+0> CONFIG SET maxmemory 0 | 0:1
+0> CONFIG GET maxmemory | 0:1
+0> FLUSHALL | 0:1",
+    ),
+    (
         "streams, transactions, XREAD BLOCK woken by XADD from another client",
         r"0> FLUSHALL | 0:1
 0> XADD s 1-1 a 1 | 0:1

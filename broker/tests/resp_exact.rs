@@ -509,7 +509,14 @@ async fn introspection_commands() {
     expect(
         &mut c,
         &["CONFIG", "SET", "x", "y"],
-        "-ERR unknown subcommand 'SET'. Try CONFIG HELP.\r\n",
+        "-ERR Unknown option or number of arguments for CONFIG SET - 'x'\r\n",
+    )
+    .await;
+    // Settings read at start are refused, not pretended.
+    expect(
+        &mut c,
+        &["CONFIG", "SET", "maxclients", "5"],
+        "-ERR CONFIG SET failed (possibly related to argument 'maxclients') - fixed at start in limpet-broker; change it in the config file and restart\r\n",
     )
     .await;
     b.stop().await;

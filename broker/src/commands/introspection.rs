@@ -1,5 +1,6 @@
 //! Server introspection: INFO and CONFIG GET (`COMMAND` lives with the
-//! table it describes, in [`super::table`]).
+//! table it describes, in [`super::table`]; CONFIG SET, which changes
+//! things, in [`super::config_set`]).
 //!
 //! Client libraries probe these on connect (ioredis reads `loading:0` from
 //! INFO, redis-cli asks for COMMAND DOCS, redis-benchmark for CONFIG GET
@@ -9,10 +10,12 @@
 use super::common::reply_help;
 use super::spec::{cmd, Command, REDIS_VERSION};
 use crate::glob::glob_match;
+use crate::keyspace::notify;
 use crate::registry::Space;
 use crate::session::Session;
 use bytes::Bytes;
 use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
 
 const ADMIN: &[&str] = &["@admin", "@slow", "@dangerous"];
 
@@ -39,6 +42,16 @@ pub const CONFIG: Command = Command {
             "2.0.0",
             "Returns the effective values of configuration parameters.",
             config_get
+        ),
+        cmd!(
+            GROUP,
+            "config|set",
+            -4,
+            &["admin", "noscript", "loading", "stale"],
+            ADMIN,
+            "2.0.0",
+            "Sets configuration parameters in-flight.",
+            super::config_set::config_set
         ),
         cmd!(
             GROUP,
@@ -146,7 +159,7 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
             "memory" => {
                 let rss = resident_bytes();
                 let (dataset, keys) = b.keyspace.with(|db| (db.used_bytes(), db.len())).0;
-                let max = b.maxmemory.load(std::sync::atomic::Ordering::Relaxed);
+                let max = b.maxmemory.load(Relaxed);
                 w("# Memory", &"");
                 w("used_memory", &rss);
                 w("used_memory_human", &human(rss));
@@ -267,6 +280,12 @@ fn config_params(s: &Session) -> Vec<(&'static str, String)> {
         // The broker keeps nothing on disk; benchmark tools ask for these.
         ("save", String::new()),
         ("appendonly", "no".to_string()),
+        (
+            "notify-keyspace-events",
+            notify::format(s.broker.keyspace.with(|db| db.notify_flags).0),
+        ),
+        ("maxmemory", s.broker.maxmemory.load(Relaxed).to_string()),
+        ("maxmemory-policy", "noeviction".to_string()),
         ("proto-max-bulk-len", c.limits.max_bulk_len.to_string()),
         (
             "client-query-buffer-limit",
@@ -308,6 +327,8 @@ fn config_help(s: &mut Session, _args: &[Bytes]) -> bool {
         &[
             "GET <pattern>",
             "    Return parameters matching the glob-like <pattern> and their values.",
+            "SET <directive> <value>",
+            "    Set the configuration <directive> to <value> (notify-keyspace-events, maxmemory).",
         ],
     )
 }

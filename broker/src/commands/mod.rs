@@ -23,6 +23,7 @@
 mod auth;
 mod client;
 mod common;
+mod config_set;
 mod connection;
 mod hashes;
 mod introspection;

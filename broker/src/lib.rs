@@ -11,7 +11,8 @@
 //! [`codec`] reads requests and writes RESP2/RESP3 replies; [`glob`]
 //! matches Redis patterns; [`metrics`] serves Prometheus `/metrics`;
 //! [`auth_guard`] makes password guessing slow and its logging cheap;
-//! [`blocking`] parks a client in XREAD BLOCK until an XADD wakes it.
+//! [`blocking`] parks a client in XREAD BLOCK until an XADD wakes it;
+//! [`stats`] counts calls and errors per command (INFO commandstats).
 
 pub mod auth_guard;
 pub mod blocking;
@@ -27,3 +28,4 @@ pub mod requests;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod stats;

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub expired_keys: IntCounter,
     /// Write commands refused with -OOM past `maxmemory`.
     pub oom_rejections: IntCounter,
+    /// Error replies sent (INFO's `total_error_replies`).
+    pub error_replies: IntCounter,
 }
 
 impl Default for Metrics {
@@ -194,6 +196,10 @@ impl Metrics {
             oom_rejections: counter(
                 "limpet_broker_oom_rejections_total",
                 "Write commands refused with -OOM past maxmemory",
+            ),
+            error_replies: counter(
+                "limpet_broker_error_replies_total",
+                "Error replies sent to clients",
             ),
             registry,
         }

@@ -42,7 +42,21 @@ pub fn process(s: &mut Session, input: &mut BytesMut) -> bool {
                 if !s.rx.is_empty() {
                     s.drain_pushes();
                 }
-                if !commands::dispatch(s, &args) {
+                let mark = s.out.len();
+                s.dispatched = None;
+                s.rejected = false;
+                let t0 = Instant::now();
+                let keep = commands::dispatch(s, &args);
+                let usec = t0.elapsed().as_micros() as u64;
+                let error = (s.out.get(mark) == Some(&b'-'))
+                    .then(|| crate::stats::error_code(&s.out[mark + 1..]));
+                s.cmd_stats.record(s.dispatched, usec, s.rejected, error);
+                // CLIENT REPLY OFF / SKIP: the command ran, its reply is dropped.
+                if s.reply_off || s.skip_this {
+                    s.out.truncate(mark);
+                }
+                s.skip_this = std::mem::take(&mut s.skip_next);
+                if !keep {
                     return false;
                 }
                 if s.hold_until.is_some() || s.blocked.is_some() {
@@ -53,6 +67,7 @@ pub fn process(s: &mut Session, input: &mut BytesMut) -> bool {
             Ok(None) => break,
             Err(e) => {
                 s.broker.metrics.protocol_errors.inc();
+                s.cmd_stats.note_error(b"ERR");
                 tracing::debug!(client = s.handle.id, peer = %s.handle.peer, "{e}");
                 s.reply().error(&format!("ERR {e}"));
                 s.close_after_reply = true;
@@ -64,6 +79,10 @@ pub fn process(s: &mut Session, input: &mut BytesMut) -> bool {
         s.broker.metrics.query_buffer_disconnects.inc();
         tracing::warn!(client = s.handle.id, peer = %s.handle.peer, bytes = queued, "closing client that reached the query buffer limit");
         return false;
+    }
+    if !s.cmd_stats.is_empty() {
+        let errors = s.broker.command_stats.merge(&mut s.cmd_stats);
+        s.broker.metrics.error_replies.inc_by(errors);
     }
     if commands > 0 {
         let m = &s.broker.metrics;

@@ -85,6 +85,18 @@ pub struct Session {
     pub(crate) watched: Vec<Bytes>,
     /// EXEC is running the queued commands (XREAD BLOCK must not block).
     pub(crate) in_exec: bool,
+    /// CLIENT REPLY OFF: replies are dropped until CLIENT REPLY ON.
+    pub(crate) reply_off: bool,
+    /// CLIENT REPLY SKIP: the next command's reply is dropped.
+    pub(crate) skip_next: bool,
+    /// The command being run is the one a SKIP covers.
+    pub(crate) skip_this: bool,
+    /// Per-command and per-error counts of this batch, merged into the
+    /// broker's once per batch (INFO commandstats / errorstats).
+    pub(crate) cmd_stats: crate::stats::BatchCommandStats,
+    /// Set by dispatch: the command it resolved, and whether it refused it.
+    pub(crate) dispatched: Option<&'static str>,
+    pub(crate) rejected: bool,
 }
 
 impl Session {
@@ -119,6 +131,12 @@ impl Session {
             watch_flag: Arc::new(AtomicBool::new(false)),
             watched: Vec::new(),
             in_exec: false,
+            reply_off: false,
+            skip_next: false,
+            skip_this: false,
+            cmd_stats: Default::default(),
+            dispatched: None,
+            rejected: false,
         }
     }
 

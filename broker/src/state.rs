@@ -31,6 +31,8 @@ pub struct Broker {
     /// `maxmemory` in bytes (0 = none); CONFIG SET changes it at run time.
     pub maxmemory: AtomicU64,
     pub metrics: Metrics,
+    /// INFO commandstats / errorstats.
+    pub command_stats: crate::stats::CommandStats,
     /// `output_limit` applies to clients with subscriptions,
     /// `output_limit_normal` to the others.
     pub output_policy: OutputPolicy,
@@ -74,6 +76,7 @@ impl Broker {
             limits,
             registry: Registry::default(),
             metrics: Metrics::new(),
+            command_stats: Default::default(),
             output_policy,
             started: Instant::now(),
             run_id: make_run_id(),

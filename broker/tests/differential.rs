@@ -14,6 +14,39 @@ use std::net::SocketAddr;
 
 const SESSIONS: &[(&str, &str)] = &[
     (
+        "CLIENT REPLY, CLIENT KILL TYPE/USER, COMMAND LIST FILTERBY, COMMAND INFO publish",
+        r"0> CLIENT REPLY FOO | 0:1
+0> CLIENT REPLY | 0:1
+0> CLIENT REPLY OFF
+0> SET r 1
+0> GET r
+0> NOSUCH
+0> CLIENT REPLY ON | 0:1
+0> CLIENT REPLY SKIP
+0> GET r
+0> GET r | 0:1
+0> CLIENT REPLY OFF
+0> CLIENT REPLY SKIP
+0> PING
+0> CLIENT REPLY ON | 0:1
+0> PING | 0:1
+0> CLIENT KILL TYPE foo | 0:1
+0> CLIENT KILL USER foo | 0:1
+0> CLIENT KILL TYPE master | 0:1
+0> CLIENT KILL TYPE replica | 0:1
+0> CLIENT KILL TYPE pubsub | 0:1
+0> CLIENT KILL USER default TYPE master | 0:1
+0> COMMAND LIST FILTERBY PATTERN xadd | 0:1
+0> COMMAND LIST FILTERBY PATTERN config|s* | 0:1
+0> COMMAND LIST FILTERBY MODULE x | 0:1
+0> COMMAND LIST FILTERBY ACLCAT nosuch | 0:1
+0> COMMAND LIST FILTERBY FOO x | 0:1
+0> COMMAND LIST FILTERBY PATTERN | 0:1
+0> COMMAND LIST FOO | 0:1
+0> COMMAND INFO publish | 0:1
+0> DEL r | 0:1",
+    ),
+    (
         "keyspace notifications, CONFIG SET, maxmemory",
         r"1> PSUBSCRIBE __key* | 1:1
 0> CONFIG SET notify-keyspace-events KQ | 0:1

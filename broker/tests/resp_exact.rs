@@ -566,3 +566,59 @@ async fn requirepass_gates_everything_but_auth() {
     .await;
     b.stop().await;
 }
+
+/// INFO commandstats / errorstats / total_error_replies count what was
+/// run and refused, in Redis's line format; replication has an offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_counts_commands_and_error_replies() {
+    let b = TestBroker::default().await;
+    let mut c = b.client().await;
+    expect(&mut c, &["SET", "k", "v"], "+OK\r\n").await;
+    expect(
+        &mut c,
+        &["HGET", "k", "f"],
+        "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+    )
+    .await;
+    expect(
+        &mut c,
+        &["GET"],
+        "-ERR wrong number of arguments for 'get' command\r\n",
+    )
+    .await;
+    c.call(&["NOSUCH"]).await;
+    let cmds = c.call(&["INFO", "commandstats"]).await;
+    assert!(cmds.contains("# Commandstats\r\n"), "{cmds}");
+    assert!(cmds.contains("cmdstat_set:calls=1,"), "{cmds}");
+    assert!(
+        cmds.contains(",rejected_calls=0,failed_calls=1\r\n")
+            && cmds.contains("cmdstat_hget:calls=1,"),
+        "{cmds}"
+    );
+    assert!(
+        cmds.contains(
+            "cmdstat_get:calls=0,usec=0,usec_per_call=0.00,rejected_calls=1,failed_calls=0\r\n"
+        ),
+        "{cmds}"
+    );
+    let errors = c.call(&["INFO", "errorstats"]).await;
+    assert!(
+        errors.contains("errorstat_ERR:count=2\r\nerrorstat_WRONGTYPE:count=1\r\n"),
+        "{errors}"
+    );
+    let stats = c.call(&["INFO", "stats"]).await;
+    assert!(stats.contains("total_error_replies:3\r\n"), "{stats}");
+    let repl = c.call(&["INFO", "replication"]).await;
+    assert!(repl.contains("master_repl_offset:0\r\n"), "{repl}");
+    let all = c.call(&["INFO", "all"]).await;
+    assert!(
+        all.contains("# Commandstats") && all.contains("# Errorstats"),
+        "{all}"
+    );
+    let default = c.call(&["INFO"]).await;
+    assert!(
+        !default.contains("# Commandstats") && default.contains("# Errorstats"),
+        "{default}"
+    );
+    b.stop().await;
+}

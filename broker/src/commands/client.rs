@@ -1,5 +1,5 @@
 //! The CLIENT command family: names and library info, `CLIENT LIST` /
-//! `INFO` lines in Redis's format, and `CLIENT KILL`.
+//! `INFO` lines in Redis's format, `CLIENT KILL` and `CLIENT REPLY`.
 //!
 //! Other connections are reached only through their shared
 //! [`ClientHandle`]: a kill sets the target's flag and its own task closes.
@@ -87,6 +87,16 @@ pub const CLIENT: Command = Command {
             "2.4.0",
             "Terminates open connections.",
             client_kill
+        ),
+        cmd!(
+            GROUP,
+            "client|reply",
+            3,
+            &["noscript", "loading", "stale"],
+            CONN,
+            "3.2.0",
+            "Instructs the server whether to reply to commands.",
+            client_reply
         ),
         cmd!(
             GROUP,
@@ -322,6 +332,9 @@ fn client_kill(s: &mut Session, args: &[Bytes]) -> bool {
     let mut addr = None;
     let mut laddr = None;
     let mut skipme = true;
+    // TYPE: Some(true) pubsub clients, Some(false) normal ones; `none`
+    // matches nobody (masters and replicas: the broker has neither).
+    let mut pubsub_type: Option<Option<bool>> = None;
     let mut i = 2;
     while i + 1 < args.len() {
         let (opt, val) = (&args[i], &args[i + 1]);
@@ -335,6 +348,24 @@ fn client_kill(s: &mut Session, args: &[Bytes]) -> bool {
             }
         } else if opt.eq_ignore_ascii_case(b"ADDR") {
             addr = Some(String::from_utf8_lossy(val).into_owned());
+        } else if opt.eq_ignore_ascii_case(b"TYPE") {
+            pubsub_type = Some(match val.to_ascii_lowercase().as_slice() {
+                b"normal" => Some(false),
+                b"pubsub" => Some(true),
+                b"master" | b"replica" | b"slave" => None,
+                _ => {
+                    s.reply()
+                        .error(&format!("ERR Unknown client type '{}'", truncate(val, 128)));
+                    return true;
+                }
+            });
+        } else if opt.eq_ignore_ascii_case(b"USER") {
+            // No ACL users: every client is `default`.
+            if &val[..] != b"default" {
+                s.reply()
+                    .error(&format!("ERR No such user '{}'", truncate(val, 128)));
+                return true;
+            }
         } else if opt.eq_ignore_ascii_case(b"LADDR") {
             laddr = Some(String::from_utf8_lossy(val).into_owned());
         } else if opt.eq_ignore_ascii_case(b"SKIPME") {
@@ -361,6 +392,7 @@ fn client_kill(s: &mut Session, args: &[Bytes]) -> bool {
         let matches = id.is_none_or(|id| c.id == id)
             && addr.as_ref().is_none_or(|a| c.peer.to_string() == *a)
             && laddr.as_ref().is_none_or(|a| c.local.to_string() == *a)
+            && pubsub_type.is_none_or(|t| t == Some(c.is_pubsub()))
             && !(skipme && c.id == s.handle.id);
         if matches {
             kill(s, c);
@@ -368,6 +400,23 @@ fn client_kill(s: &mut Session, args: &[Bytes]) -> bool {
         }
     }
     s.reply().int(killed);
+    true
+}
+
+/// CLIENT REPLY ON|OFF|SKIP: the session drops the replies of the
+/// commands it covers (see [`crate::requests`]).
+fn client_reply(s: &mut Session, args: &[Bytes]) -> bool {
+    let mode = args[2].to_ascii_lowercase();
+    match mode.as_slice() {
+        b"on" => {
+            s.reply_off = false;
+            s.skip_next = false;
+            s.reply().simple("OK");
+        }
+        b"off" => s.reply_off = true,
+        b"skip" => s.skip_next = !s.reply_off,
+        _ => s.reply().error("ERR syntax error"),
+    }
     true
 }
 
@@ -395,9 +444,11 @@ fn client_help(s: &mut Session, _args: &[Bytes]) -> bool {
             "KILL <ip:port>",
             "    Kill connection made from <ip:port>.",
             "KILL <option> <value> [<option> <value> [...]]",
-            "    Kill connections. Options are: ID <client-id>, ADDR <ip:port>, LADDR <ip:port>, SKIPME (YES|NO).",
+            "    Kill connections. Options are: ID <client-id>, TYPE (NORMAL|PUBSUB|MASTER|REPLICA), USER <username>, ADDR <ip:port>, LADDR <ip:port>, SKIPME (YES|NO).",
             "LIST [TYPE (NORMAL|PUBSUB)] [ID <client-id> [...]]",
             "    Return information about client connections.",
+            "REPLY (ON|OFF|SKIP)",
+            "    Control the replies sent to the current connection.",
             "SETINFO <option> <value>",
             "    Set client meta attr. Options are: LIB-NAME, LIB-VER.",
             "SETNAME <name>",

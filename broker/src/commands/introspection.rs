@@ -84,6 +84,21 @@ const DEFAULT_SECTIONS: &[&str] = &[
     "stats",
     "replication",
     "cpu",
+    "errorstats",
+    "keyspace",
+];
+
+/// `INFO all`: the default sections plus commandstats, in Redis's order.
+const ALL_SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "commandstats",
+    "errorstats",
     "keyspace",
 ];
 
@@ -92,11 +107,12 @@ fn info(s: &mut Session, args: &[Bytes]) -> bool {
         .iter()
         .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
         .collect();
-    if wanted.is_empty()
-        || wanted
-            .iter()
-            .any(|w| matches!(w.as_str(), "all" | "default" | "everything"))
+    if wanted
+        .iter()
+        .any(|w| matches!(w.as_str(), "all" | "everything"))
     {
+        wanted = ALL_SECTIONS.iter().map(|s| s.to_string()).collect();
+    } else if wanted.is_empty() || wanted.iter().any(|w| w == "default") {
         wanted = DEFAULT_SECTIONS.iter().map(|s| s.to_string()).collect();
     }
     let text = info_text(s, &wanted);
@@ -110,7 +126,7 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
     let mut out = String::new();
     let uptime = b.started.elapsed().as_secs();
     let ports: Vec<String> = b.config.bind.iter().map(|a| a.port().to_string()).collect();
-    for section in DEFAULT_SECTIONS
+    for section in ALL_SECTIONS
         .iter()
         .filter(|sec| wanted.iter().any(|w| w == *sec))
     {
@@ -203,7 +219,10 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
                     &m.query_buffer_disconnects.get(),
                 );
                 w("client_output_buffer_limit_disconnections", &cut);
-                w("total_error_replies", &0);
+                w(
+                    "total_error_replies",
+                    &b.command_stats.total_error_replies(),
+                );
                 w("rejected_calls", &m.limit_rejections_total());
                 w("acl_access_denied_auth", &m.auth_failures.get());
                 w("protocol_errors", &m.protocol_errors.get());
@@ -212,12 +231,23 @@ fn info_text(s: &Session, wanted: &[String]) -> String {
                 w("# Replication", &"");
                 w("role", &"master");
                 w("connected_slaves", &0);
+                // No replication: a fixed id, an offset that never moves.
+                w("master_replid", &b.run_id);
+                w("master_repl_offset", &0);
             }
             "cpu" => {
                 let (user, sys) = cpu_seconds();
                 w("# CPU", &"");
                 w("used_cpu_sys", &format!("{sys:.6}"));
                 w("used_cpu_user", &format!("{user:.6}"));
+            }
+            "commandstats" => {
+                w("# Commandstats", &"");
+                out.push_str(&b.command_stats.commandstats());
+            }
+            "errorstats" => {
+                w("# Errorstats", &"");
+                out.push_str(&b.command_stats.errorstats());
             }
             _ => {
                 let (keys, expires) = b.keyspace.with(|db| (db.len(), db.volatile_count())).0;

@@ -86,10 +86,15 @@ pub fn dispatch(s: &mut Session, args: &[Bytes]) -> bool {
         multi::flag_error(s);
         return true;
     };
+    s.dispatched = Some(cmd.name);
     if !cmd.subcommands.is_empty() && args.len() >= 2 {
         match lookup(cmd.subcommands, &args[1]) {
-            Some(sub) => cmd = sub,
+            Some(sub) => {
+                cmd = sub;
+                s.dispatched = Some(cmd.name);
+            }
             None => {
+                s.rejected = true;
                 s.reply().error(&format!(
                     "ERR unknown subcommand '{}'. Try {} HELP.",
                     truncate(&args[1], 128),
@@ -108,9 +113,11 @@ pub fn dispatch(s: &mut Session, args: &[Bytes]) -> bool {
             cmd.name
         ));
         multi::flag_error(s);
+        s.rejected = true;
         return true;
     }
     if !s.authenticated && !cmd.has_flag("no_auth") {
+        s.rejected = true;
         s.reply().error("NOAUTH Authentication required.");
         multi::flag_error(s);
         return true;
@@ -123,10 +130,12 @@ pub fn dispatch(s: &mut Session, args: &[Bytes]) -> bool {
             "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
             cmd.name
         ));
+        s.rejected = true;
         return true;
     }
     if cmd.has_flag("denyoom") && s.broker.over_maxmemory() {
         s.broker.metrics.oom_rejections.inc();
+        s.rejected = true;
         s.reply()
             .error("OOM command not allowed when used memory > 'maxmemory'.");
         multi::flag_error(s);
@@ -134,6 +143,8 @@ pub fn dispatch(s: &mut Session, args: &[Bytes]) -> bool {
     }
     if s.multi.is_some() && !multi::runs_inside_multi(cmd.name) {
         multi::queue(s, cmd, args);
+        // Counted when EXEC runs it, not when it is queued.
+        s.dispatched = None;
         return true;
     }
     (cmd.run)(s, args)

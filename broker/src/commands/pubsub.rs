@@ -12,6 +12,8 @@ use crate::session::Session;
 use bytes::Bytes;
 
 const PUBSUB_ACL: &[&str] = &["@pubsub", "@slow"];
+/// What Redis 7's COMMAND INFO says of PUBLISH and SPUBLISH.
+const PUBLISH_ACL: &[&str] = &["@pubsub", "@fast"];
 const SUB_FLAGS: &[&str] = &["pubsub", "noscript", "loading", "stale"];
 
 const GROUP: &str = "pubsub";
@@ -20,8 +22,8 @@ pub const PUBLISH: Command = cmd!(
     GROUP,
     "publish",
     3,
-    &["pubsub", "loading", "stale", "fast", "may_replicate"],
-    PUBSUB_ACL,
+    &["pubsub", "loading", "stale", "fast"],
+    PUBLISH_ACL,
     "2.0.0",
     "Posts a message to a channel.",
     publish
@@ -70,8 +72,8 @@ pub const SPUBLISH: Command = cmd!(
     GROUP,
     "spublish",
     3,
-    &["pubsub", "loading", "stale", "fast", "may_replicate"],
-    PUBSUB_ACL,
+    &["pubsub", "loading", "stale", "fast"],
+    PUBLISH_ACL,
     "7.0.0",
     "Post a message to a shard channel",
     spublish,

@@ -274,15 +274,52 @@ fn command_docs(s: &mut Session, args: &[Bytes]) -> bool {
     true
 }
 
+/// COMMAND LIST [FILTERBY MODULE <name> | ACLCAT <category> | PATTERN <glob>]:
+/// every command and subcommand (Redis's full names, `config|get`), the
+/// filter applied to each. No modules: a MODULE filter matches nothing.
 fn command_list(s: &mut Session, args: &[Bytes]) -> bool {
-    if args.len() > 2 {
-        s.reply().error("ERR syntax error");
-        return true;
+    enum Filter<'a> {
+        All,
+        Module,
+        AclCat(String),
+        Pattern(&'a [u8]),
     }
+    let filter = match &args[2..] {
+        [] => Filter::All,
+        [by, kind, arg] if by.eq_ignore_ascii_case(b"FILTERBY") => {
+            match kind.to_ascii_lowercase().as_slice() {
+                b"module" => Filter::Module,
+                b"aclcat" => Filter::AclCat(format!(
+                    "@{}",
+                    String::from_utf8_lossy(arg).to_ascii_lowercase()
+                )),
+                b"pattern" => Filter::Pattern(arg),
+                _ => {
+                    s.reply().error("ERR syntax error");
+                    return true;
+                }
+            }
+        }
+        _ => {
+            s.reply().error("ERR syntax error");
+            return true;
+        }
+    };
+    let keep = |c: &Command| match &filter {
+        Filter::All => true,
+        Filter::Module => false,
+        Filter::AclCat(cat) => c.acl.iter().any(|a| a.eq_ignore_ascii_case(cat)),
+        Filter::Pattern(p) => crate::glob::glob_match(&p.to_ascii_lowercase(), c.name.as_bytes()),
+    };
+    let names: Vec<&str> = all_commands()
+        .flat_map(|c| std::iter::once(c).chain(c.subcommands.iter()))
+        .filter(|c| keep(c))
+        .map(|c| c.name)
+        .collect();
     let mut r = s.reply();
-    r.array(COMMANDS.len());
-    for c in all_commands() {
-        r.bulk(c.name.as_bytes());
+    r.array(names.len());
+    for name in names {
+        r.bulk(name.as_bytes());
     }
     true
 }
@@ -296,7 +333,7 @@ fn command_help(s: &mut Session, _args: &[Bytes]) -> bool {
             "    Return details about all commands.",
             "COUNT",
             "    Return the total number of commands in this server.",
-            "LIST",
+            "LIST [FILTERBY (MODULE <module-name>|ACLCAT <category>|PATTERN <pattern>)]",
             "    Return a list of all commands in this server.",
             "INFO [<command-name> ...]",
             "    Return details about multiple commands.",

@@ -1,0 +1,181 @@
+//! What a client can make the keyspace hold, and what it costs everyone
+//! else, against the real binary: `maxmemory` (-OOM, noeviction) and its
+//! gauges; huge COUNTs, XREAD BLOCK on thousands of streams and a
+//! million-field HSET, each bounded by the existing request limits. Every
+//! attack test asserts the process is alive, its memory bounded, and an
+//! honest client served meanwhile.
+
+mod common;
+use common::*;
+use limpet_testkit::eventually;
+
+const OOM: &str = "-OOM command not allowed when used memory > 'maxmemory'.\r\n";
+
+/// A metric's value from `/metrics`.
+async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maxmemory_refuses_writes_with_oom_and_metrics_report_the_keyspace() {
+    let b = BrokerProcess::start(&format!("maxmemory = \"64kb\"\n{PORT_ZERO}"));
+    let metrics = b.metrics.expect("metrics port");
+    let mut c = Client::connect(b.addr).await;
+    let value = "v".repeat(1000);
+    let mut stored = 0;
+    loop {
+        let reply = c.call(&["SET", &format!("key:{stored}"), &value]).await;
+        if reply == OOM {
+            break;
+        }
+        assert_eq!(reply, "+OK\r\n");
+        stored += 1;
+        assert!(stored < 1000, "64kb of 1000-byte values never refused");
+    }
+    assert!(stored >= 32, "refused after only {stored} keys");
+    // Every command that adds data is refused; reads and deletes are not.
+    assert_eq!(c.call(&["HSET", "h", "f", "v"]).await, OOM);
+    assert_eq!(c.call(&["XADD", "s", "*", "f", "v"]).await, OOM);
+    assert_eq!(c.call(&["GET", "key:0"]).await.len(), 1000 + 9);
+    assert_eq!(c.call(&["DEL", "key:0", "key:1", "key:2"]).await, ":3\r\n");
+    assert_eq!(c.call(&["SET", "again", "v"]).await, "+OK\r\n");
+    let info = c.call(&["INFO", "memory"]).await;
+    assert!(info.contains("maxmemory:65536\r\n"), "{info}");
+    assert!(info.contains("maxmemory_policy:noeviction\r\n"), "{info}");
+    // CONFIG SET lifts the limit at run time.
+    assert_eq!(
+        c.call(&["CONFIG", "SET", "maxmemory", "0"]).await,
+        "+OK\r\n"
+    );
+    assert_eq!(c.call(&["HSET", "h", "f", "v"]).await, ":1\r\n");
+    eventually("the keyspace gauges to be refreshed", || async move {
+        let bytes = metric(metrics, "limpet_broker_keyspace_bytes").await;
+        let keys = metric(metrics, "limpet_broker_keys").await;
+        bytes.is_some_and(|b| b > 30_000.0) && keys.is_some_and(|k| k >= 30.0)
+    })
+    .await;
+    assert!(metric(metrics, "limpet_broker_oom_rejections_total")
+        .await
+        .is_some_and(|n| n >= 3.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_counts_are_bounded_by_what_exists() {
+    let mut b = BrokerProcess::start(PORT_ZERO);
+    let mut c = Client::connect(b.addr).await;
+    for i in 1..=3 {
+        c.call(&["XADD", "s", &format!("{i}-0"), "f", "v"]).await;
+        c.call(&["SET", &format!("k{i}"), "v"]).await;
+    }
+    let max = i64::MAX.to_string();
+    let range = c.call(&["XRANGE", "s", "-", "+", "COUNT", &max]).await;
+    assert!(range.starts_with("*3\r\n"), "{range}");
+    let rev = c.call(&["XREVRANGE", "s", "+", "-", "COUNT", &max]).await;
+    assert!(rev.starts_with("*3\r\n"), "{rev}");
+    let read = c.call(&["XREAD", "COUNT", &max, "STREAMS", "s", "0"]).await;
+    assert!(read.starts_with("*1\r\n*2\r\n$1\r\ns\r\n*3\r\n"), "{read}");
+    let scan = c.call(&["SCAN", "0", "COUNT", &max]).await;
+    assert!(scan.starts_with("*2\r\n$1\r\n0\r\n*4\r\n"), "{scan}");
+    let info = c
+        .call(&["XINFO", "STREAM", "s", "FULL", "COUNT", &max])
+        .await;
+    assert!(info.contains("$7\r\nentries\r\n*3\r\n"), "{info}");
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    b.proc.assert_alive();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xread_block_on_thousands_of_streams_is_parked_and_woken() {
+    let mut b = BrokerProcess::start(PORT_ZERO);
+    let streams = 5000;
+    let mut args: Vec<String> = vec!["XREAD".into(), "BLOCK".into(), "0".into(), "STREAMS".into()];
+    args.extend((0..streams).map(|i| format!("stream:{i}")));
+    args.extend((0..streams).map(|_| "$".to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut blocked = Vec::new();
+    for _ in 0..20 {
+        let mut c = Client::connect(b.addr).await;
+        c.cmd(&args).await;
+        blocked.push(c);
+    }
+    let addr = b.addr;
+    eventually("20 clients blocked", || async move {
+        let info = Client::connect(addr).await.call(&["INFO", "clients"]).await;
+        info.contains("blocked_clients:20\r\n")
+    })
+    .await;
+    // While they wait, others are served as usual.
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    let rss_blocked = b.proc.rss_kib();
+    assert!(
+        rss_blocked < 256 * 1024,
+        "RSS {rss_blocked} KiB with 20 x 5000 waiters"
+    );
+    // One XADD to the last stream wakes every one of them with that entry.
+    let mut w = Client::connect(b.addr).await;
+    assert_eq!(
+        w.call(&["XADD", "stream:4999", "7-1", "f", "v"]).await,
+        "$3\r\n7-1\r\n"
+    );
+    for c in &mut blocked {
+        assert_eq!(
+            String::from_utf8_lossy(&c.frame().await),
+            "*1\r\n*2\r\n$11\r\nstream:4999\r\n*1\r\n*2\r\n$3\r\n7-1\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"
+        );
+    }
+    let info = w.call(&["INFO", "clients"]).await;
+    assert!(info.contains("blocked_clients:0\r\n"), "{info}");
+    // A blocked client that goes away is let go too.
+    let mut gone = Client::connect(b.addr).await;
+    gone.cmd(&args).await;
+    eventually("one more blocked", || async move {
+        let info = Client::connect(addr).await.call(&["INFO", "clients"]).await;
+        info.contains("blocked_clients:1\r\n")
+    })
+    .await;
+    drop(gone);
+    eventually("the closed client unblocked", || async move {
+        let info = Client::connect(addr).await.call(&["INFO", "clients"]).await;
+        info.contains("blocked_clients:0\r\n")
+    })
+    .await;
+    b.proc.assert_alive();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_field_hset_is_bounded_by_the_multibulk_limit() {
+    let mut b = BrokerProcess::start(PORT_ZERO);
+    // 1,000,000 fields are 2,000,002 arguments: past limits.max_multibulk_len
+    // (1,048,576), refused from the header alone, before any field is sent.
+    let mut attacker = Client::connect(b.addr).await;
+    attacker
+        .send(b"*2000002\r\n$4\r\nHSET\r\n$1\r\nh\r\n")
+        .await;
+    assert_eq!(
+        attacker.read_to_close().await,
+        b"-ERR Protocol error: invalid multibulk length\r\n"
+    );
+    // The most that fits: 524,000 fields in one HSET, stored and counted.
+    let fields = 524_000;
+    let mut req = format!("*{}\r\n$4\r\nHSET\r\n$3\r\nbig\r\n", 2 + 2 * fields).into_bytes();
+    for i in 0..fields {
+        let f = format!("f{i}");
+        req.extend(format!("${}\r\n{f}\r\n$1\r\nv\r\n", f.len()).into_bytes());
+    }
+    let mut c = Client::connect(b.addr).await;
+    c.send(&req).await;
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    assert_eq!(c.frame().await, format!(":{fields}\r\n").into_bytes());
+    assert_eq!(c.call(&["HLEN", "big"]).await, format!(":{fields}\r\n"));
+    let rss = b.proc.rss_kib();
+    assert!(
+        rss < 512 * 1024,
+        "RSS {rss} KiB after a {fields}-field hash"
+    );
+    assert_eq!(c.call(&["DEL", "big"]).await, ":1\r\n");
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    b.proc.assert_alive();
+}

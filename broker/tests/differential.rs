@@ -14,6 +14,199 @@ use std::net::SocketAddr;
 
 const SESSIONS: &[(&str, &str)] = &[
     (
+        "every new command with the wrong arity, every family on every other type",
+        r"0> DEL | 0:1
+0> UNLINK | 0:1
+0> EXISTS | 0:1
+0> TYPE x x | 0:1
+0> TYPE | 0:1
+0> EXPIRE x | 0:1
+0> PEXPIRE x | 0:1
+0> EXPIREAT x | 0:1
+0> PEXPIREAT x | 0:1
+0> TTL x x | 0:1
+0> TTL | 0:1
+0> PTTL x x | 0:1
+0> PTTL | 0:1
+0> PERSIST x x | 0:1
+0> PERSIST | 0:1
+0> KEYS x x | 0:1
+0> KEYS | 0:1
+0> SCAN | 0:1
+0> DBSIZE extra | 0:1
+0> SET x | 0:1
+0> GET x x | 0:1
+0> GET | 0:1
+0> GETDEL x x | 0:1
+0> GETDEL | 0:1
+0> GETEX | 0:1
+0> MGET | 0:1
+0> MSET x | 0:1
+0> INCR x x | 0:1
+0> INCR | 0:1
+0> INCRBY x x x | 0:1
+0> INCRBY x | 0:1
+0> DECR x x | 0:1
+0> DECR | 0:1
+0> DECRBY x x x | 0:1
+0> DECRBY x | 0:1
+0> APPEND x x x | 0:1
+0> APPEND x | 0:1
+0> STRLEN x x | 0:1
+0> STRLEN | 0:1
+0> HSET x x | 0:1
+0> HSETNX x x x x | 0:1
+0> HSETNX x x | 0:1
+0> HGET x x x | 0:1
+0> HGET x | 0:1
+0> HMGET x | 0:1
+0> HGETALL x x | 0:1
+0> HGETALL | 0:1
+0> HDEL x | 0:1
+0> HLEN x x | 0:1
+0> HLEN | 0:1
+0> HEXISTS x x x | 0:1
+0> HEXISTS x | 0:1
+0> HKEYS x x | 0:1
+0> HKEYS | 0:1
+0> HVALS x x | 0:1
+0> HVALS | 0:1
+0> HINCRBY x x x x | 0:1
+0> HINCRBY x x | 0:1
+0> SADD x | 0:1
+0> SREM x | 0:1
+0> SMEMBERS x x | 0:1
+0> SMEMBERS | 0:1
+0> SISMEMBER x x x | 0:1
+0> SISMEMBER x | 0:1
+0> SMISMEMBER x | 0:1
+0> SCARD x x | 0:1
+0> SCARD | 0:1
+0> XADD x x x | 0:1
+0> XREAD x x | 0:1
+0> XRANGE x x | 0:1
+0> XREVRANGE x x | 0:1
+0> XLEN x x | 0:1
+0> XLEN | 0:1
+0> XDEL x | 0:1
+0> XTRIM x x | 0:1
+0> MULTI extra | 0:1
+0> EXEC extra | 0:1
+0> DISCARD extra | 0:1
+0> WATCH | 0:1
+0> UNWATCH extra | 0:1
+0> SET str v | 0:1
+0> HSET hash f v | 0:1
+0> SADD set m | 0:1
+0> XADD stream 1-1 f v | 0:1
+0> GET hash | 0:1
+0> GETDEL hash | 0:1
+0> GETEX hash | 0:1
+0> INCR hash | 0:1
+0> DECRBY hash 1 | 0:1
+0> APPEND hash x | 0:1
+0> STRLEN hash | 0:1
+0> SET hash v GET | 0:1
+0> GET set | 0:1
+0> GETDEL set | 0:1
+0> GETEX set | 0:1
+0> INCR set | 0:1
+0> DECRBY set 1 | 0:1
+0> APPEND set x | 0:1
+0> STRLEN set | 0:1
+0> SET set v GET | 0:1
+0> GET stream | 0:1
+0> GETDEL stream | 0:1
+0> GETEX stream | 0:1
+0> INCR stream | 0:1
+0> DECRBY stream 1 | 0:1
+0> APPEND stream x | 0:1
+0> STRLEN stream | 0:1
+0> SET stream v GET | 0:1
+0> HSET str f v | 0:1
+0> HSETNX str f v | 0:1
+0> HGET str f | 0:1
+0> HMGET str f | 0:1
+0> HGETALL str | 0:1
+0> HDEL str f | 0:1
+0> HLEN str | 0:1
+0> HEXISTS str f | 0:1
+0> HKEYS str | 0:1
+0> HVALS str | 0:1
+0> HINCRBY str f 1 | 0:1
+0> HSET set f v | 0:1
+0> HSETNX set f v | 0:1
+0> HGET set f | 0:1
+0> HMGET set f | 0:1
+0> HGETALL set | 0:1
+0> HDEL set f | 0:1
+0> HLEN set | 0:1
+0> HEXISTS set f | 0:1
+0> HKEYS set | 0:1
+0> HVALS set | 0:1
+0> HINCRBY set f 1 | 0:1
+0> HSET stream f v | 0:1
+0> HSETNX stream f v | 0:1
+0> HGET stream f | 0:1
+0> HMGET stream f | 0:1
+0> HGETALL stream | 0:1
+0> HDEL stream f | 0:1
+0> HLEN stream | 0:1
+0> HEXISTS stream f | 0:1
+0> HKEYS stream | 0:1
+0> HVALS stream | 0:1
+0> HINCRBY stream f 1 | 0:1
+0> SADD str m | 0:1
+0> SREM str m | 0:1
+0> SMEMBERS str | 0:1
+0> SISMEMBER str m | 0:1
+0> SMISMEMBER str m | 0:1
+0> SCARD str | 0:1
+0> SADD hash m | 0:1
+0> SREM hash m | 0:1
+0> SMEMBERS hash | 0:1
+0> SISMEMBER hash m | 0:1
+0> SMISMEMBER hash m | 0:1
+0> SCARD hash | 0:1
+0> SADD stream m | 0:1
+0> SREM stream m | 0:1
+0> SMEMBERS stream | 0:1
+0> SISMEMBER stream m | 0:1
+0> SMISMEMBER stream m | 0:1
+0> SCARD stream | 0:1
+0> XADD str * f v | 0:1
+0> XLEN str | 0:1
+0> XRANGE str - + | 0:1
+0> XREVRANGE str + - | 0:1
+0> XDEL str 1-1 | 0:1
+0> XTRIM str MAXLEN 0 | 0:1
+0> XREAD STREAMS str 0 | 0:1
+0> XINFO STREAM str | 0:1
+0> XADD hash * f v | 0:1
+0> XLEN hash | 0:1
+0> XRANGE hash - + | 0:1
+0> XREVRANGE hash + - | 0:1
+0> XDEL hash 1-1 | 0:1
+0> XTRIM hash MAXLEN 0 | 0:1
+0> XREAD STREAMS hash 0 | 0:1
+0> XINFO STREAM hash | 0:1
+0> XADD set * f v | 0:1
+0> XLEN set | 0:1
+0> XRANGE set - + | 0:1
+0> XREVRANGE set + - | 0:1
+0> XDEL set 1-1 | 0:1
+0> XTRIM set MAXLEN 0 | 0:1
+0> XREAD STREAMS set 0 | 0:1
+0> XINFO STREAM set | 0:1
+0> TYPE str | 0:1
+0> TYPE hash | 0:1
+0> TYPE set | 0:1
+0> TYPE stream | 0:1
+0> SCAN 0 TYPE stream | 0:1
+0> SCAN 0 TYPE hash MATCH h* | 0:1
+0> FLUSHALL | 0:1",
+    ),
+    (
         "CLIENT REPLY, CLIENT KILL TYPE/USER, COMMAND LIST FILTERBY, COMMAND INFO publish",
         r"0> CLIENT REPLY FOO | 0:1
 0> CLIENT REPLY | 0:1

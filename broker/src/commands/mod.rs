@@ -108,37 +108,33 @@ pub fn dispatch(s: &mut Session, args: &[Bytes]) -> bool {
     s.last_cmd = cmd.name;
     let argc = args.len() as i32;
     if (cmd.arity > 0 && argc != cmd.arity) || argc < -cmd.arity {
-        s.reply().error(&format!(
-            "ERR wrong number of arguments for '{}' command",
-            cmd.name
-        ));
-        multi::flag_error(s);
-        s.rejected = true;
+        let text = format!("wrong number of arguments for '{}' command", cmd.name);
+        reject(s, cmd, "ERR", &text);
         return true;
     }
     if !s.authenticated && !cmd.has_flag("no_auth") {
-        s.rejected = true;
-        s.reply().error("NOAUTH Authentication required.");
-        multi::flag_error(s);
+        reject(s, cmd, "NOAUTH", "Authentication required.");
         return true;
     }
     if s.proto == crate::codec::Proto::Resp2
         && s.in_pubsub_mode()
         && !ALLOWED_IN_SUBSCRIBED_MODE.contains(&cmd.name)
     {
-        s.reply().error(&format!(
-            "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+        let text = format!(
+            "Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
             cmd.name
-        ));
-        s.rejected = true;
+        );
+        reject(s, cmd, "ERR", &text);
         return true;
     }
     if cmd.has_flag("denyoom") && s.broker.over_maxmemory() {
         s.broker.metrics.oom_rejections.inc();
-        s.rejected = true;
-        s.reply()
-            .error("OOM command not allowed when used memory > 'maxmemory'.");
-        multi::flag_error(s);
+        reject(
+            s,
+            cmd,
+            "OOM",
+            "command not allowed when used memory > 'maxmemory'.",
+        );
         return true;
     }
     if s.multi.is_some() && !multi::runs_inside_multi(cmd.name) {
@@ -148,4 +144,28 @@ pub fn dispatch(s: &mut Session, args: &[Bytes]) -> bool {
         return true;
     }
     (cmd.run)(s, args)
+}
+
+/// Refuses a found command before it runs (Redis's `rejectCommand`): the
+/// error is counted as a rejection and flags an open transaction; a
+/// refused EXEC (in MULTI or not) discards any transaction and says why
+/// in an EXECABORT, naming the code only when it is not the generic ERR,
+/// as Redis does.
+fn reject(s: &mut Session, cmd: &Command, code: &str, text: &str) {
+    s.rejected = true;
+    if cmd.name == "exec" {
+        s.multi = None;
+        multi::unwatch_all(s);
+        let why = if code == "ERR" {
+            text.to_string()
+        } else {
+            format!("{code} {text}")
+        };
+        s.reply().error(&format!(
+            "EXECABORT Transaction discarded because of: {why}"
+        ));
+        return;
+    }
+    s.reply().error(&format!("{code} {text}"));
+    multi::flag_error(s);
 }

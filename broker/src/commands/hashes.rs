@@ -193,7 +193,7 @@ pub const SCARD: Command = key_cmd!(
 fn hash_of<'a>(db: &'a mut Db, key: &[u8]) -> Result<Option<&'a mut HashVal>, ()> {
     match db.get(key) {
         None => Ok(None),
-        Some(Value::Hash(h)) => Ok(Some(h)),
+        Some(Value::Hash(h)) => Ok(Some(&mut **h)),
         Some(_) => Err(()),
     }
 }
@@ -201,7 +201,7 @@ fn hash_of<'a>(db: &'a mut Db, key: &[u8]) -> Result<Option<&'a mut HashVal>, ()
 fn set_of<'a>(db: &'a mut Db, key: &[u8]) -> Result<Option<&'a mut SetVal>, ()> {
     match db.get(key) {
         None => Ok(None),
-        Some(Value::Set(v)) => Ok(Some(v)),
+        Some(Value::Set(v)) => Ok(Some(&mut **v)),
         Some(_) => Err(()),
     }
 }
@@ -219,7 +219,7 @@ fn write_hash<R>(
             r.error(WRONGTYPE);
             return None;
         }
-        Ok(None) => db.set(key, Value::Hash(HashVal::default()), false),
+        Ok(None) => db.set(key, Value::Hash(Box::default()), false),
         Ok(Some(_)) => {}
     }
     db.modify(key, |v| match v {
@@ -410,7 +410,7 @@ fn sadd(s: &mut Session, args: &[Bytes]) -> bool {
     keys(s, |db, r| {
         match set_of(db, key) {
             Err(()) => return r.error(WRONGTYPE),
-            Ok(None) => db.set(key, Value::Set(SetVal::default()), false),
+            Ok(None) => db.set(key, Value::Set(Box::default()), false),
             Ok(Some(_)) => {}
         }
         let n = db

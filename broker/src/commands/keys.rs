@@ -296,7 +296,7 @@ fn expire_generic(s: &mut Session, args: &[Bytes], absolute: bool, unit: Unit, n
             r.int(0);
             return;
         };
-        let current = entry.expire_at.map(|t| t as i64);
+        let current = entry.expire_at().map(|t| t as i64);
         let refused = (nx && current.is_some())
             || (xx && current.is_none())
             || (gt && current.is_none_or(|c| when <= c))
@@ -321,7 +321,7 @@ fn expire_generic(s: &mut Session, args: &[Bytes], absolute: bool, unit: Unit, n
 fn ttl_generic(s: &mut Session, args: &[Bytes], ms: bool) -> bool {
     keys(s, |db, r| match db.entry(&args[1]) {
         None => r.int(-2),
-        Some(e) => match e.expire_at {
+        Some(e) => match e.expire_at() {
             None => r.int(-1),
             Some(t) => {
                 let left = t.saturating_sub(now_ms()) as i64;
@@ -343,7 +343,7 @@ fn pttl(s: &mut Session, args: &[Bytes]) -> bool {
 fn persist(s: &mut Session, args: &[Bytes]) -> bool {
     let key = &args[1];
     keys(s, |db, r| {
-        let had = db.entry(key).is_some_and(|e| e.expire_at.is_some());
+        let had = db.entry(key).is_some_and(|e| e.expire_at().is_some());
         if had {
             db.set_expire(key, None);
             db.touch(key);
@@ -360,7 +360,7 @@ fn keys_cmd(s: &mut Session, args: &[Bytes]) -> bool {
     keys(s, |db, r| {
         let now = now_ms();
         let found: Vec<Bytes> = (0..db.slots())
-            .filter_map(|i| db.key_at(i, now).map(|(k, _)| k.clone()))
+            .filter_map(|i| db.key_at(i, now).map(|(k, _)| Bytes::copy_from_slice(k)))
             .filter(|k| all || glob_match(pattern, k))
             .collect();
         r.array(found.len());
@@ -438,7 +438,7 @@ fn scan(s: &mut Session, args: &[Bytes]) -> bool {
                 {
                     continue;
                 }
-                found.push(k.clone());
+                found.push(Bytes::copy_from_slice(k));
             }
         }
         r.array(2);

@@ -257,12 +257,7 @@ pub(crate) fn serve_read(
     let mut ready = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         if let Ok(Some(st)) = stream_of(db, key) {
-            if st
-                .entries
-                .keys()
-                .next_back()
-                .is_some_and(|last| *last > ids[i])
-            {
+            if st.last_live_id().is_some_and(|last| last > ids[i]) {
                 ready.push(i);
                 if only_first {
                     break;
@@ -399,7 +394,7 @@ fn xinfo_stream(s: &mut Session, args: &[Bytes]) -> bool {
         r.bulk(b"entries-added");
         r.int(st.entries_added as i64);
         r.bulk(b"recorded-first-entry-id");
-        let first = st.entries.keys().next().copied().unwrap_or_default();
+        let first = st.first().map(|(id, _)| id).unwrap_or_default();
         r.bulk(first.text().as_bytes());
         if full {
             r.bulk(b"entries");
@@ -411,13 +406,13 @@ fn xinfo_stream(s: &mut Session, args: &[Bytes]) -> bool {
         r.bulk(b"groups");
         r.int(0);
         r.bulk(b"first-entry");
-        match st.entries.iter().next() {
-            Some((id, f)) => write_entry(r, *id, f),
+        match st.first() {
+            Some((id, f)) => write_entry(r, id, &f),
             None => r.null(),
         }
         r.bulk(b"last-entry");
-        match st.entries.iter().next_back() {
-            Some((id, f)) => write_entry(r, *id, f),
+        match st.last() {
+            Some((id, f)) => write_entry(r, id, &f),
             None => r.null(),
         }
     });

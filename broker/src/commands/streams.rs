@@ -72,7 +72,7 @@ pub(super) fn stream_of<'a>(db: &'a mut Db, key: &[u8]) -> Result<Option<&'a mut
     }
 }
 
-pub(super) fn write_entry(r: &mut Reply<'_>, id: StreamId, fields: &[Bytes]) {
+pub(super) fn write_entry(r: &mut Reply<'_>, id: StreamId, fields: &[&[u8]]) {
     r.array(2);
     r.bulk(id.text().as_bytes());
     r.array(fields.len());
@@ -90,20 +90,10 @@ pub(super) fn write_range(
     count: usize,
     rev: bool,
 ) {
-    if start > end {
-        r.array(0);
-        return;
-    }
-    let range = s.entries.range(start..=end);
-    let limit = if count == 0 { usize::MAX } else { count };
-    let picked: Vec<_> = if rev {
-        range.rev().take(limit).collect()
-    } else {
-        range.take(limit).collect()
-    };
+    let picked = s.range(start, end, count, rev);
     r.array(picked.len());
     for (id, fields) in picked {
-        write_entry(r, *id, fields);
+        write_entry(r, id, &fields);
     }
 }
 

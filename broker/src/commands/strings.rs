@@ -325,7 +325,7 @@ fn getex(s: &mut Session, args: &[Bytes]) -> bool {
                 db.touch(key);
                 db.notify(notify::GENERIC, "expire", key);
             }
-            None if o.persist && db.entry(key).is_some_and(|e| e.expire_at.is_some()) => {
+            None if o.persist && db.entry(key).is_some_and(|e| e.expire_at().is_some()) => {
                 db.set_expire(key, None);
                 db.touch(key);
                 db.notify(notify::GENERIC, "persist", key);

@@ -33,6 +33,7 @@ use indexmap::IndexMap;
 use parking_lot::ReentrantMutex;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -57,8 +58,16 @@ pub fn now_ms() -> u64 {
 
 pub struct Entry {
     pub value: Value,
-    /// Unix time in ms at which the key expires.
-    pub expire_at: Option<u64>,
+    /// Unix time in ms at which the key expires (never 0: a time already
+    /// past deletes the key instead). `NonZeroU64` keeps the entry 8 bytes
+    /// smaller than `Option<u64>`.
+    expire: Option<NonZeroU64>,
+}
+
+impl Entry {
+    pub fn expire_at(&self) -> Option<u64> {
+        self.expire.map(NonZeroU64::get)
+    }
 }
 
 /// A keyspace event to publish once the command is done.
@@ -75,10 +84,12 @@ pub struct Waiter {
 }
 
 pub struct Db {
-    map: IndexMap<Bytes, Entry, Hasher>,
+    /// Keys are boxed slices (16 bytes, not `Bytes`' 32): the table is
+    /// most of what a small key costs.
+    map: IndexMap<Box<[u8]>, Entry, Hasher>,
     /// (expire time, key) for every key with a TTL: active expiry takes
     /// keys from the front.
-    expires: BTreeSet<(u64, Bytes)>,
+    expires: BTreeSet<(u64, Box<[u8]>)>,
     /// Estimated bytes held by keys and values.
     used: usize,
     /// Events of the running command; published after it, see [`Keyspace`].
@@ -132,7 +143,7 @@ impl Db {
 
     /// Deletes `key` if its time has come (lazy expiry). True if it did.
     fn expire_if_due(&mut self, key: &[u8], now: u64) -> bool {
-        let due = matches!(self.map.get(key), Some(e) if e.expire_at.is_some_and(|t| t <= now));
+        let due = matches!(self.map.get(key), Some(e) if e.expire_at().is_some_and(|t| t <= now));
         if due {
             if let Some((k, _)) = self.remove_entry(key) {
                 self.expired_keys += 1;
@@ -169,19 +180,19 @@ impl Db {
                 e.value = value;
                 self.used = (self.used + new_mem).saturating_sub(old);
                 if !keep_ttl {
-                    if let Some(t) = e.expire_at.take() {
-                        self.expires.remove(&(t, Bytes::copy_from_slice(key)));
+                    if let Some(t) = e.expire.take().map(NonZeroU64::get) {
+                        self.expires.remove(&(t, Box::from(key)));
                     }
                 }
             }
             None => {
-                let key = Bytes::copy_from_slice(key);
+                let key: Box<[u8]> = Box::from(key);
                 self.used += KEY_OVERHEAD + key.len() + new_mem;
                 self.map.insert(
                     key,
                     Entry {
                         value,
-                        expire_at: None,
+                        expire: None,
                     },
                 );
             }
@@ -208,9 +219,9 @@ impl Db {
     }
 
     /// Deletes `key` (no notification). Returns the removed entry.
-    pub fn remove_entry(&mut self, key: &[u8]) -> Option<(Bytes, Entry)> {
+    pub fn remove_entry(&mut self, key: &[u8]) -> Option<(Box<[u8]>, Entry)> {
         let (k, e) = self.map.swap_remove_entry(key)?;
-        if let Some(t) = e.expire_at {
+        if let Some(t) = e.expire_at() {
             self.expires.remove(&(t, k.clone()));
         }
         self.used = self
@@ -231,12 +242,12 @@ impl Db {
 
     pub fn set_expire(&mut self, key: &[u8], at: Option<u64>) {
         if let Some(e) = self.map.get_mut(key) {
-            let k = Bytes::copy_from_slice(key);
-            if let Some(t) = e.expire_at.take() {
+            let k: Box<[u8]> = Box::from(key);
+            if let Some(t) = e.expire.take().map(NonZeroU64::get) {
                 self.expires.remove(&(t, k.clone()));
             }
-            e.expire_at = at;
-            if let Some(t) = at {
+            e.expire = at.and_then(NonZeroU64::new);
+            if let Some(t) = e.expire_at() {
                 self.expires.insert((t, k));
             }
         }
@@ -261,12 +272,12 @@ impl Db {
     }
 
     /// Every key name (KEYS and SCAN filter them); expired keys are skipped.
-    pub fn key_at(&self, i: usize, now: u64) -> Option<(&Bytes, &Entry)> {
+    pub fn key_at(&self, i: usize, now: u64) -> Option<(&[u8], &Entry)> {
         let (k, e) = self.map.get_index(i)?;
-        if e.expire_at.is_some_and(|t| t <= now) {
+        if e.expire_at().is_some_and(|t| t <= now) {
             return None;
         }
-        Some((k, e))
+        Some((&k[..], e))
     }
 
     /// Slots in the key table; SCAN's cursor counts down over them.
@@ -277,7 +288,7 @@ impl Db {
     pub fn flush(&mut self) {
         let keys: Vec<Bytes> = self.watchers.keys().cloned().collect();
         for k in keys {
-            if self.map.contains_key(&k) {
+            if self.map.contains_key(&k[..]) {
                 self.touch(&k);
             }
         }
@@ -378,5 +389,23 @@ impl Keyspace {
     /// wait, this thread may still call [`Keyspace::with`].
     pub fn hold(&self) -> parking_lot::ReentrantMutexGuard<'_, RefCell<Db>> {
         self.db.lock()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small key's cost is mostly its table slot: keep the slot small.
+    #[test]
+    fn table_slots_stay_small() {
+        eprintln!(
+            "Value {} Entry {} key {}",
+            std::mem::size_of::<Value>(),
+            std::mem::size_of::<Entry>(),
+            std::mem::size_of::<Box<[u8]>>()
+        );
+        assert!(std::mem::size_of::<Value>() <= 24);
+        assert!(std::mem::size_of::<Entry>() <= 32);
     }
 }

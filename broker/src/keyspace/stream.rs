@@ -1,22 +1,21 @@
-//! A stream value: entries ordered by id, plus what Redis keeps beside
-//! them (last generated id, entries ever added, largest deleted id), and
-//! an emulation of Redis's storage nodes so that approximate trimming
-//! (`MAXLEN ~`, `MINID ~`) removes exactly what Redis would.
+//! A stream value: entries ordered by id in storage nodes like Redis's
+//! listpacks, plus what Redis keeps beside them (last generated id,
+//! entries ever added, largest deleted id).
 //!
-//! Redis stores a stream as listpack nodes of at most
-//! `stream-node-max-entries` (100) entries, counting deleted ones, and `~`
-//! trims whole nodes only. [`Stream::nodes`] records each node's first id
-//! and counts; the node byte limit (4 KiB) is not emulated, so streams of
-//! large entries may keep a few more entries than Redis after `~`.
+//! Redis stores a stream as nodes of at most `stream-node-max-entries`
+//! (100) entries, deleted ones counted, and clients can see the nodes:
+//! `MAXLEN ~` / `MINID ~` trim whole nodes only, and XINFO reports them.
+//! [`Node`] keeps the same boundaries, and the same compact layout (ids as
+//! deltas, field names stored once per node when entries repeat them), so
+//! an entry costs about its values' bytes. The node byte limit (4 KiB) is
+//! not emulated, so streams of large entries may keep a few more entries
+//! than Redis after `~`.
 
 use bytes::Bytes;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 /// Redis's `stream-node-max-entries`.
 pub const NODE_MAX_ENTRIES: usize = 100;
-/// Estimated bytes per entry besides its fields, and per field.
-const ENTRY_OVERHEAD: usize = 48;
-const FIELD_OVERHEAD: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct StreamId {
@@ -68,14 +67,6 @@ impl StreamId {
     }
 }
 
-/// One storage node of Redis's stream: first id, live and total entries.
-#[derive(Debug, Clone, Copy)]
-struct Node {
-    master: StreamId,
-    live: usize,
-    total: usize,
-}
-
 /// How a trim is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trim {
@@ -83,35 +74,218 @@ pub enum Trim {
     MinId(StreamId),
 }
 
+/// Entry flag bits, as in Redis's listpack nodes.
+const DELETED: u8 = 1;
+const SAME_FIELDS: u8 = 2;
+
+/// One storage node, like Redis's listpack: up to [`NODE_MAX_ENTRIES`]
+/// entries encoded back to back in one buffer. An entry is a flags byte,
+/// its id as varints (ms relative to the node's first id, then seq), and
+/// its fields; an entry with the same field names as the node's first
+/// entry (the usual case: socket.io writes the same fields every time)
+/// stores only its values. Deleting marks the flags byte.
+struct Node {
+    master: StreamId,
+    master_fields: Box<[Box<[u8]>]>,
+    buf: Vec<u8>,
+    /// Entries not deleted, and entries ever appended (Redis starts a new
+    /// node when this reaches 100, deleted ones included).
+    live: usize,
+    total: usize,
+    /// Id of the last entry appended, deleted or not (what MINID trimming
+    /// compares, as Redis's `lpGetEdgeStreamID`).
+    last: StreamId,
+}
+
+fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+/// Reads a varint written by [`put_varint`]; the buffer is our own.
+fn get_varint(buf: &[u8], pos: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    while let Some(&b) = buf.get(*pos) {
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    v
+}
+
+fn get_bytes<'a>(buf: &'a [u8], pos: &mut usize) -> &'a [u8] {
+    let len = get_varint(buf, pos) as usize;
+    let start = (*pos).min(buf.len());
+    let end = (start + len).min(buf.len());
+    *pos = end;
+    &buf[start..end]
+}
+
+/// One decoded entry: its id, flags byte position, and fields
+/// (name, value, name, value ...) borrowed from the node.
+struct Decoded<'a> {
+    id: StreamId,
+    flags_at: usize,
+    deleted: bool,
+    fields: Vec<&'a [u8]>,
+}
+
+impl Node {
+    fn new(id: StreamId, fields: &[Bytes]) -> Node {
+        Node {
+            master: id,
+            master_fields: fields
+                .iter()
+                .step_by(2)
+                .map(|f| Box::from(&f[..]))
+                .collect(),
+            buf: Vec::new(),
+            live: 0,
+            total: 0,
+            last: id,
+        }
+    }
+
+    fn append(&mut self, id: StreamId, fields: &[Bytes]) {
+        let same = fields.len() == self.master_fields.len() * 2
+            && fields
+                .iter()
+                .step_by(2)
+                .zip(self.master_fields.iter())
+                .all(|(a, b)| a[..] == b[..]);
+        self.buf.push(if same { SAME_FIELDS } else { 0 });
+        put_varint(&mut self.buf, id.ms - self.master.ms);
+        put_varint(&mut self.buf, id.seq);
+        if same {
+            for v in fields.iter().skip(1).step_by(2) {
+                put_varint(&mut self.buf, v.len() as u64);
+                self.buf.extend_from_slice(v);
+            }
+        } else {
+            put_varint(&mut self.buf, (fields.len() / 2) as u64);
+            for f in fields {
+                put_varint(&mut self.buf, f.len() as u64);
+                self.buf.extend_from_slice(f);
+            }
+        }
+        self.live += 1;
+        self.total += 1;
+        self.last = id;
+        if self.total == NODE_MAX_ENTRIES {
+            // Full: no more appends, give back the growth slack.
+            self.buf.shrink_to_fit();
+        }
+    }
+
+    /// Every entry in order, deleted ones included.
+    fn decode(&self) -> Vec<Decoded<'_>> {
+        let mut out = Vec::with_capacity(self.total);
+        let buf = &self.buf[..];
+        let mut pos = 0;
+        while pos < buf.len() {
+            let flags_at = pos;
+            let flags = buf[pos];
+            pos += 1;
+            let ms = self.master.ms + get_varint(buf, &mut pos);
+            let seq = get_varint(buf, &mut pos);
+            let mut fields = Vec::new();
+            if flags & SAME_FIELDS != 0 {
+                for name in self.master_fields.iter() {
+                    fields.push(&name[..]);
+                    fields.push(get_bytes(buf, &mut pos));
+                }
+            } else {
+                let n = get_varint(buf, &mut pos);
+                for _ in 0..n * 2 {
+                    fields.push(get_bytes(buf, &mut pos));
+                }
+            }
+            out.push(Decoded {
+                id: StreamId { ms, seq },
+                flags_at,
+                deleted: flags & DELETED != 0,
+                fields,
+            });
+        }
+        out
+    }
+
+    /// Marks the live entry `id` deleted; true if it was there.
+    fn delete(&mut self, id: StreamId) -> bool {
+        let at = self
+            .decode()
+            .iter()
+            .find(|e| e.id == id && !e.deleted)
+            .map(|e| e.flags_at);
+        match at {
+            Some(at) => {
+                self.buf[at] |= DELETED;
+                self.live -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn mem(&self) -> usize {
+        96 + self.buf.capacity()
+            + self
+                .master_fields
+                .iter()
+                .map(|f| f.len() + 16)
+                .sum::<usize>()
+    }
+}
+
+/// Moves the live entries of `entries` within `start..=end` into `out`
+/// until it holds `limit`; false once it does.
+fn take<'a>(
+    out: &mut Vec<(StreamId, Vec<&'a [u8]>)>,
+    entries: impl Iterator<Item = Decoded<'a>>,
+    start: StreamId,
+    end: StreamId,
+    limit: usize,
+) -> bool {
+    for e in entries {
+        if out.len() >= limit {
+            return false;
+        }
+        if !e.deleted && e.id >= start && e.id <= end {
+            out.push((e.id, e.fields));
+        }
+    }
+    out.len() < limit
+}
+
 #[derive(Default)]
 pub struct Stream {
-    pub entries: BTreeMap<StreamId, Box<[Bytes]>>,
+    /// Nodes by their first id.
+    nodes: BTreeMap<StreamId, Node>,
+    len: usize,
     pub last_id: StreamId,
     pub entries_added: u64,
     pub max_deleted: StreamId,
-    nodes: VecDeque<Node>,
     bytes: usize,
-}
-
-fn entry_mem(fields: &[Bytes]) -> usize {
-    ENTRY_OVERHEAD
-        + fields
-            .iter()
-            .map(|f| f.len() + FIELD_OVERHEAD)
-            .sum::<usize>()
 }
 
 impl Stream {
     pub fn mem(&self) -> usize {
-        64 + self.bytes + self.nodes.len() * 32
+        64 + self.bytes
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     /// Storage nodes, for XINFO's `radix-tree-keys`.
@@ -121,109 +295,161 @@ impl Stream {
 
     /// Appends an entry whose id the caller has checked is above `last_id`.
     pub fn append(&mut self, id: StreamId, fields: &[Bytes]) {
-        let fields: Box<[Bytes]> = fields.iter().map(|f| Bytes::copy_from_slice(f)).collect();
-        self.bytes += entry_mem(&fields);
-        self.entries.insert(id, fields);
+        let node = match self.nodes.last_entry() {
+            Some(n) if n.get().total < NODE_MAX_ENTRIES => n.into_mut(),
+            _ => self
+                .nodes
+                .entry(id)
+                .or_insert_with(|| Node::new(id, fields)),
+        };
+        let before = node.mem();
+        node.append(id, fields);
+        self.bytes = (self.bytes + node.mem()).saturating_sub(before);
+        self.len += 1;
         self.last_id = id;
         self.entries_added += 1;
-        match self.nodes.back_mut() {
-            Some(n) if n.total < NODE_MAX_ENTRIES => {
-                n.live += 1;
-                n.total += 1;
-            }
-            _ => self.nodes.push_back(Node {
-                master: id,
-                live: 1,
-                total: 1,
-            }),
-        }
     }
 
-    fn node_of(&self, id: StreamId) -> Option<usize> {
-        let i = self.nodes.partition_point(|n| n.master <= id);
-        i.checked_sub(1)
+    fn remove_node(&mut self, master: StreamId) -> usize {
+        match self.nodes.remove(&master) {
+            Some(n) => {
+                self.bytes = self.bytes.saturating_sub(n.mem());
+                self.len -= n.live;
+                n.live
+            }
+            None => 0,
+        }
     }
 
     /// XDEL of one id; true if it was there.
     pub fn delete(&mut self, id: StreamId) -> bool {
-        let Some(fields) = self.entries.remove(&id) else {
+        let Some((&master, node)) = self.nodes.range_mut(..=id).next_back() else {
             return false;
         };
-        self.bytes = self.bytes.saturating_sub(entry_mem(&fields));
+        if !node.delete(id) {
+            return false;
+        }
+        self.len -= 1;
         if id > self.max_deleted {
             self.max_deleted = id;
         }
-        if let Some(i) = self.node_of(id) {
-            self.nodes[i].live -= 1;
-            if self.nodes[i].live == 0 {
-                self.nodes.remove(i);
-            }
+        if node.live == 0 {
+            self.remove_node(master);
         }
         true
     }
 
-    /// Removes entries from the head as Redis's `streamTrim` does: whole
-    /// nodes while they can go, then (exact trims only) single entries.
-    /// `limit` 0 means no limit. Returns how many were removed.
-    pub fn trim(&mut self, how: Trim, approx: bool, limit: u64) -> u64 {
-        let mut deleted = 0u64;
-        while let Some(node) = self.nodes.front().copied() {
-            if let Trim::MaxLen(max) = how {
-                if self.entries.len() as u64 <= max {
+    /// Live entries from `start` to `end` inclusive, at most `count`
+    /// (0 = all), newest first if `rev`; fields borrowed from the nodes.
+    pub fn range(
+        &self,
+        start: StreamId,
+        end: StreamId,
+        count: usize,
+        rev: bool,
+    ) -> Vec<(StreamId, Vec<&[u8]>)> {
+        let mut out = Vec::new();
+        if start > end {
+            return out;
+        }
+        let limit = if count == 0 { usize::MAX } else { count };
+        // The node holding `start` begins at or before it.
+        let from = self
+            .nodes
+            .range(..=start)
+            .next_back()
+            .map_or(start, |(k, _)| *k);
+        let nodes = self.nodes.range(from..=end);
+        if rev {
+            for (_, node) in nodes.rev() {
+                if !take(&mut out, node.decode().into_iter().rev(), start, end, limit) {
                     break;
                 }
             }
-            if limit > 0 && deleted + node.live as u64 > limit {
+        } else {
+            for (_, node) in nodes {
+                if !take(&mut out, node.decode().into_iter(), start, end, limit) {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// The first live entry.
+    pub fn first(&self) -> Option<(StreamId, Vec<&[u8]>)> {
+        self.range(StreamId::MIN, StreamId::MAX, 1, false).pop()
+    }
+
+    /// The last live entry.
+    pub fn last(&self) -> Option<(StreamId, Vec<&[u8]>)> {
+        self.range(StreamId::MIN, StreamId::MAX, 1, true).pop()
+    }
+
+    /// Id of the last live entry (what XREAD compares with).
+    pub fn last_live_id(&self) -> Option<StreamId> {
+        let node = self.nodes.values().next_back()?;
+        node.decode()
+            .iter()
+            .rev()
+            .find(|e| !e.deleted)
+            .map(|e| e.id)
+    }
+
+    /// Removes entries from the head as Redis's `streamTrim` does: whole
+    /// nodes while they can go, then (exact trims only) single entries of
+    /// the next node, marked deleted. `limit` 0 means no limit. Returns
+    /// how many were removed.
+    pub fn trim(&mut self, how: Trim, approx: bool, limit: u64) -> u64 {
+        let mut deleted = 0u64;
+        while let Some((&master, node)) = self.nodes.iter().next() {
+            if let Trim::MaxLen(max) = how {
+                if self.len as u64 <= max {
+                    break;
+                }
+            }
+            let live = node.live as u64;
+            if limit > 0 && deleted + live > limit {
                 break;
             }
-            let node_end = self.nodes.get(1).map(|n| n.master);
             let remove_node = match how {
-                Trim::MaxLen(max) => self.entries.len() as u64 - node.live as u64 >= max,
-                Trim::MinId(min) => {
-                    let last = match node_end {
-                        Some(end) => self.entries.range(..end).next_back().map(|(k, _)| *k),
-                        None => self.entries.keys().next_back().copied(),
-                    };
-                    last.is_some_and(|l| l < min)
-                }
+                Trim::MaxLen(max) => self.len as u64 - live >= max,
+                Trim::MinId(min) => node.last < min,
             };
             if remove_node {
-                let ids: Vec<StreamId> = match node_end {
-                    Some(end) => self.entries.range(..end).map(|(k, _)| *k).collect(),
-                    None => self.entries.keys().copied().collect(),
-                };
-                for id in ids {
-                    if let Some(f) = self.entries.remove(&id) {
-                        self.bytes = self.bytes.saturating_sub(entry_mem(&f));
-                    }
-                }
-                self.nodes.pop_front();
-                deleted += node.live as u64;
+                deleted += self.remove_node(master) as u64;
                 continue;
             }
             if approx {
                 break;
             }
-            // Exact: delete single entries inside this node.
-            while let Some((&id, _)) = self.entries.iter().next() {
-                let stop = match how {
-                    Trim::MaxLen(max) => self.entries.len() as u64 <= max,
-                    Trim::MinId(min) => id >= min,
-                };
-                if stop || node_end.is_some_and(|end| id >= end) {
-                    break;
+            // Exact: mark single entries of this node deleted.
+            let marks: Vec<usize> = {
+                let mut len = self.len as u64;
+                let mut marks = Vec::new();
+                for e in node.decode() {
+                    let stop = match how {
+                        Trim::MaxLen(max) => len <= max,
+                        Trim::MinId(min) => e.id >= min,
+                    };
+                    if stop {
+                        break;
+                    }
+                    if !e.deleted {
+                        marks.push(e.flags_at);
+                        len -= 1;
+                    }
                 }
-                if let Some(f) = self.entries.remove(&id) {
-                    self.bytes = self.bytes.saturating_sub(entry_mem(&f));
+                marks
+            };
+            if let Some(node) = self.nodes.get_mut(&master) {
+                for at in &marks {
+                    node.buf[*at] |= DELETED;
                 }
-                if let Some(n) = self.nodes.front_mut() {
-                    n.live -= 1;
-                }
-                deleted += 1;
+                node.live -= marks.len();
             }
-            if self.nodes.front().is_some_and(|n| n.live == 0) {
-                self.nodes.pop_front();
-            }
+            self.len -= marks.len();
+            deleted += marks.len() as u64;
             break;
         }
         deleted

@@ -25,8 +25,9 @@ const ITEM_OVERHEAD: usize = 32;
 
 pub enum Value {
     Str(Vec<u8>),
-    Hash(HashVal),
-    Set(SetVal),
+    /// Boxed, so that a string key's table slot stays small.
+    Hash(Box<HashVal>),
+    Set(Box<SetVal>),
     Stream(Box<Stream>),
 }
 

@@ -26,9 +26,12 @@ pub fn process(s: &mut Session, input: &mut BytesMut) -> bool {
     let start_drained = s.drained;
     let mut commands = 0u64;
     let started = Instant::now();
+    // One clock read per command: each command's time runs from the end of
+    // the previous one (its parsing included).
+    let mut last = started;
     s.paused = false;
     while !s.close_after_reply {
-        if commands > 0 && started.elapsed() >= PROCESS_SLICE {
+        if commands > 0 && last.duration_since(started) >= PROCESS_SLICE {
             s.paused = true;
             break;
         }
@@ -45,9 +48,10 @@ pub fn process(s: &mut Session, input: &mut BytesMut) -> bool {
                 let mark = s.out.len();
                 s.dispatched = None;
                 s.rejected = false;
-                let t0 = Instant::now();
                 let keep = commands::dispatch(s, &args);
-                let usec = t0.elapsed().as_micros() as u64;
+                let now = Instant::now();
+                let usec = now.duration_since(last).as_micros() as u64;
+                last = now;
                 let error = (s.out.get(mark) == Some(&b'-'))
                     .then(|| crate::stats::error_code(&s.out[mark + 1..]));
                 s.cmd_stats.record(s.dispatched, usec, s.rejected, error);

@@ -142,8 +142,14 @@ impl Db {
     }
 
     /// Deletes `key` if its time has come (lazy expiry). True if it did.
-    fn expire_if_due(&mut self, key: &[u8], now: u64) -> bool {
-        let due = matches!(self.map.get(key), Some(e) if e.expire_at().is_some_and(|t| t <= now));
+    /// `now` is read only if the key has a TTL (`None`: read the clock).
+    fn expire_if_due(&mut self, key: &[u8], now: Option<u64>) -> bool {
+        let due = matches!(self.map.get(key),
+            Some(e) if e.expire_at().is_some_and(|t| t <= now.unwrap_or_else(now_ms)));
+        self.expire_due(key, due)
+    }
+
+    fn expire_due(&mut self, key: &[u8], due: bool) -> bool {
         if due {
             if let Some((k, _)) = self.remove_entry(key) {
                 self.expired_keys += 1;
@@ -153,10 +159,20 @@ impl Db {
         due
     }
 
-    /// The live entry under `key`, after lazy expiry.
+    /// The live entry under `key`, after lazy expiry. One hash lookup,
+    /// and the clock is read only for a key with a TTL.
     pub fn entry(&mut self, key: &[u8]) -> Option<&mut Entry> {
-        self.expire_if_due(key, now_ms());
-        self.map.get_mut(key)
+        let i = self.map.get_index_of(key)?;
+        let due = self
+            .map
+            .get_index(i)
+            .and_then(|(_, e)| e.expire_at())
+            .is_some_and(|t| t <= now_ms());
+        if due {
+            self.expire_due(key, true);
+            return None;
+        }
+        self.map.get_index_mut(i).map(|(_, e)| e)
     }
 
     /// The live value under `key`.
@@ -171,8 +187,7 @@ impl Db {
     /// Inserts or replaces `key`. `keep_ttl` keeps an existing expiry,
     /// otherwise the key has none afterwards.
     pub fn set(&mut self, key: &[u8], value: Value, keep_ttl: bool) {
-        let now = now_ms();
-        self.expire_if_due(key, now);
+        self.expire_if_due(key, None);
         let new_mem = value.mem();
         match self.map.get_mut(key) {
             Some(e) => {
@@ -204,7 +219,7 @@ impl Db {
     /// estimate right and deleting a hash or set left empty. `None` when
     /// the key does not exist.
     pub fn modify<R>(&mut self, key: &[u8], f: impl FnOnce(&mut Value) -> R) -> Option<R> {
-        self.expire_if_due(key, now_ms());
+        self.expire_if_due(key, None);
         let e = self.map.get_mut(key)?;
         let before = e.value.mem();
         let r = f(&mut e.value);
@@ -263,7 +278,7 @@ impl Db {
             if t > now {
                 break;
             }
-            self.expire_if_due(&key, now);
+            self.expire_if_due(&key, Some(now));
             // A stale index entry (should not happen) must not loop forever.
             self.expires.remove(&(t, key));
             done += 1;
@@ -312,6 +327,9 @@ impl Db {
 
     /// Marks every WATCH on `key` as broken and wakes XREADs blocked on it.
     pub fn touch(&mut self, key: &[u8]) {
+        if self.watchers.is_empty() {
+            return;
+        }
         if let Some(list) = self.watchers.remove(key) {
             for flag in list {
                 flag.store(true, Relaxed);
@@ -337,6 +355,9 @@ impl Db {
 
     /// Wakes every client blocked in XREAD on `key`.
     pub fn wake(&mut self, key: &[u8]) {
+        if self.waiters.is_empty() {
+            return;
+        }
         if let Some(list) = self.waiters.get(key) {
             for w in list {
                 w.notify.notify_one();

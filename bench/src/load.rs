@@ -328,11 +328,13 @@ pub async fn rooms(
 ) -> Latency {
     let origin = Instant::now();
     let all = Arc::new(Mutex::new(histogram()));
+    let timeline = Arc::new(Mutex::new(Timeline::default()));
     let errors = Arc::new(AtomicU64::new(0));
     let ready = Arc::new(tokio::sync::Barrier::new(clients + 1));
     let mut tasks = Vec::new();
     for i in 0..clients {
         let (all, errors, ready) = (all.clone(), errors.clone(), ready.clone());
+        let timeline = timeline.clone();
         let room = format!("r{}", i / room_size);
         tasks.push(tokio::spawn(async move {
             let joined = async {
@@ -388,6 +390,7 @@ pub async fn rooms(
             let (pong_tx, mut pong_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
             let reader = tokio::spawn(async move {
                 let mut local = histogram();
+                let mut seconds = Timeline::default();
                 while let Some(Ok(m)) = stream.next().await {
                     let Ok(text) = m.to_text() else { continue };
                     if proto == RoomProto::SocketIo && text == "2" {
@@ -397,9 +400,10 @@ pub async fn rooms(
                     if let Some(t) = stamp(text) {
                         let now = origin.elapsed().as_micros() as u64;
                         let _ = local.record(now.saturating_sub(t).max(1));
+                        seconds.record(t, now.saturating_sub(t));
                     }
                 }
-                local
+                (local, seconds)
             });
             let period = Duration::from_secs_f64(1.0 / rate);
             // Spread the clients' phases so the load is steady.
@@ -432,9 +436,12 @@ pub async fn rooms(
             let _ = sink.close().await;
             let mut reader = reader;
             match tokio::time::timeout(Duration::from_secs(2), &mut reader).await {
-                Ok(Ok(local)) => {
+                Ok(Ok((local, seconds))) => {
                     if let Ok(mut h) = all.lock() {
                         let _ = h.add(&local);
+                    }
+                    if let Ok(mut tl) = timeline.lock() {
+                        tl.merge(&seconds);
                     }
                 }
                 _ => {
@@ -450,11 +457,54 @@ pub async fn rooms(
         let _ = t.await;
     }
     let elapsed = started.elapsed().min(duration);
+    if let Ok(tl) = timeline.lock() {
+        eprintln!("limpet-bench: by send second: {}", tl.show());
+    }
     let h = all
         .lock()
         .map(|h| h.clone())
         .unwrap_or_else(|_| histogram());
     summarize(&h, elapsed, errors.load(Relaxed))
+}
+
+/// Deliveries by the second they were sent in: how many, and how many
+/// took over 250 ms. Shows whether lateness builds up over a run (a queue
+/// that only grows) or comes in bursts (a stall).
+#[derive(Default)]
+struct Timeline(Vec<(u64, u64)>);
+
+impl Timeline {
+    const LATE_US: u64 = 250_000;
+
+    fn record(&mut self, sent_us: u64, latency_us: u64) {
+        let second = (sent_us / 1_000_000) as usize;
+        if second >= self.0.len() {
+            self.0.resize(second + 1, (0, 0));
+        }
+        self.0[second].0 += 1;
+        self.0[second].1 += u64::from(latency_us > Timeline::LATE_US);
+    }
+
+    fn merge(&mut self, other: &Timeline) {
+        if other.0.len() > self.0.len() {
+            self.0.resize(other.0.len(), (0, 0));
+        }
+        for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+        }
+    }
+
+    /// `second:delivered/late%` for every second with deliveries.
+    fn show(&self) -> String {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(_, (n, _))| *n > 0)
+            .map(|(s, (n, late))| format!("{s}s:{n}/{:.0}%", 100.0 * *late as f64 / *n as f64))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 #[cfg(test)]

@@ -86,7 +86,11 @@ pub struct NodeLimits {
     /// node (to the broker, from the broker, to a client) before it is
     /// dropped rather than delivered late, like socket.io's volatile
     /// emits. Counted as `limpet_node_shed_total{reason="too_old"}`.
-    /// Acks, errors, joins and leaves are never dropped for age. 0: off.
+    /// Acks, errors, joins and leaves are never dropped for age. Also,
+    /// while the node's event loop (or its queue of messages from other
+    /// nodes) runs more than a quarter of this late, new room and direct
+    /// messages are refused with error `overloaded`
+    /// (`limpet_node_shed_total{path="client_to_node"}`). 0: off.
     pub max_queue_delay: Duration,
     /// WebSocket connections from one client address (IPv6: one /64);
     /// more are refused with 429.

@@ -17,6 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,25 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+/// Most frames the writer sends with one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Hands `frames` to the sink one by one, then flushes. A frame leaves
+/// `frames` only once the sink has taken it, so when this is cancelled
+/// (the connection is closing) nothing is lost in between.
+async fn write_all<S>(sink: &mut S, frames: &mut VecDeque<Message>) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    while !frames.is_empty() {
+        std::future::poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
+        if let Some(msg) = frames.pop_front() {
+            sink.start_send_unpin(msg)?;
+        }
+    }
+    sink.flush().await
+}
 
 /// Errors allowed per minute before the client counts as misbehaving.
 struct ErrorBudget {
@@ -77,27 +97,43 @@ pub async fn serve(
             metrics.outbound_bytes.sub(len as i64);
         };
         let mut failed = false;
+        // Frames of the batch being written not yet handed to the sink: a
+        // close that interrupts the batch still owes them to the client.
+        let mut unsent: VecDeque<Message> = VecDeque::new();
         loop {
             tokio::select! {
                 biased;
                 _ = writer_close.changed() => break,
                 out = rx.recv() => {
-                    let Some(Outgoing { msg, since }) = out else { break };
-                    let len = msg.len();
-                    // A room message that waited too long (the node or this
-                    // client is behind) is dropped, not delivered late.
-                    if since.is_some_and(|t| max_age.expired(t)) {
-                        written(len);
-                        shed::count(&metrics.backplane.shed, shed::Path::NodeToClient, shed::Reason::TooOld);
-                        continue;
+                    let Some(first) = out else { break };
+                    // What is already queued goes out with it in one write:
+                    // under load that is one syscall for many frames.
+                    let mut batch = vec![first];
+                    while batch.len() < WRITE_BATCH {
+                        match rx.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
                     }
+                    let mut held = 0;
+                    for Outgoing { msg, since } in batch {
+                        held += msg.len();
+                        // A room message that waited too long (the node or
+                        // this client is behind) is dropped, not delivered late.
+                        if since.is_some_and(|t| max_age.expired(t)) {
+                            shed::count(&metrics.backplane.shed, shed::Path::NodeToClient, shed::Reason::TooOld);
+                            continue;
+                        }
+                        unsent.push_back(msg);
+                    }
+                    let send = write_all(&mut sink, &mut unsent);
                     tokio::select! {
-                        r = sink.send(msg) => {
-                            written(len);
+                        r = send => {
+                            written(held);
                             if r.is_err() { failed = true; break }
                         }
                         // A client that stopped reading blocks this send: give up on it.
-                        _ = writer_close.changed() => { written(len); break }
+                        _ = writer_close.changed() => { written(held); break }
                     }
                 }
             }
@@ -108,7 +144,13 @@ pub async fn serve(
         // within a bounded time. A slow or silent client gets nothing more.
         if !failed && close::flushes_queue(code) {
             let deadline = tokio::time::Instant::now() + close::FLUSH_BEFORE_CLOSE;
+            let rest = tokio::time::timeout_at(deadline, write_all(&mut sink, &mut unsent)).await;
+            failed = !matches!(rest, Ok(Ok(())));
             while let Ok(Outgoing { msg, .. }) = rx.try_recv() {
+                if failed {
+                    written(msg.len());
+                    continue;
+                }
                 let len = msg.len();
                 let sent = tokio::time::timeout_at(deadline, sink.send(msg)).await;
                 written(len);
@@ -218,6 +260,15 @@ pub async fn serve(
                     }
                 };
                 if let Some((ack_id, failure)) = failure {
+                    if failure.code == Code::Overloaded {
+                        // Shed because the node is behind, not because of
+                        // anything the client did: no error budget spent,
+                        // and a reply only to a sender that asked for an ack.
+                        if ack_id.is_some() {
+                            node.reply(&id, protocol::error(ack_id.as_ref(), &failure));
+                        }
+                        continue;
+                    }
                     node.metrics.errors.with_label_values(&[failure.code.as_str()]).inc();
                     node.reply(&id, protocol::error(ack_id.as_ref(), &failure));
                     if !budget.spend() {
@@ -291,7 +342,27 @@ async fn handle_text(node: &Arc<Node>, id: &str, text: &str) -> Outcome {
     }
 }
 
+/// Refuses a new room or direct message while the node is overloaded
+/// (see [`crate::shed`]), counting it as shed.
+fn admit_event(node: &Node) -> Result<(), Failure> {
+    if !node.overloaded() {
+        return Ok(());
+    }
+    shed::count(
+        &node.metrics.backplane.shed,
+        shed::Path::ClientToNode,
+        shed::Reason::Overloaded,
+    );
+    Err(Failure::new(
+        Code::Overloaded,
+        "the node is overloaded: message dropped, send it again later",
+    ))
+}
+
 async fn run(node: &Arc<Node>, id: &str, op: Op<'_>) -> Result<serde_json::Value, Failure> {
+    if matches!(op, Op::Emit { .. } | Op::Send { .. }) {
+        admit_event(node)?;
+    }
     match op {
         Op::Join { room } => {
             let members = node.join(id, &room)?;
@@ -339,6 +410,7 @@ fn handle_binary(node: &Arc<Node>, id: &str, bytes: &[u8]) -> Outcome {
     };
     let result = req
         .binary_op(node.config.limits.max_room_name_bytes)
+        .and_then(|op| admit_event(node).map(|()| op))
         .and_then(|op| match op {
             BinaryOp::Emit {
                 room,

@@ -98,6 +98,9 @@ impl Node {
                 payload,
                 since,
             } => {
+                if let Some(lag) = &self.lag {
+                    lag.inbound_waited(since.elapsed());
+                }
                 self.on_message(&channel, &payload, since);
                 self.backplane.handled(payload.len());
             }

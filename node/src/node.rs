@@ -17,7 +17,7 @@ use crate::membership::State;
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::seal::Seal;
-use crate::shed::MaxAge;
+use crate::shed::{Lag, MaxAge};
 use crate::sockets::{Frame, LocalSocket, Outgoing};
 use limpet_config::NodeConfig;
 use parking_lot::Mutex;
@@ -39,6 +39,8 @@ pub struct Node {
     next_socket: AtomicU64,
     /// How long a room or direct message may wait in one queue.
     pub(crate) max_age: MaxAge,
+    /// How far behind the node is; `None` with shedding off.
+    pub(crate) lag: Option<Arc<Lag>>,
 }
 
 impl Node {
@@ -97,6 +99,7 @@ impl Node {
             incarnation,
             next_socket: AtomicU64::new(1),
             max_age,
+            lag: Lag::spawn(max_age),
         })
     }
 
@@ -139,6 +142,12 @@ impl Node {
         if self.state.lock().sockets.remove(id).is_some() {
             self.metrics.connections.dec();
         }
+    }
+
+    /// Whether new room and direct messages are refused at the door: the
+    /// node is too far behind (see [`crate::shed`]).
+    pub(crate) fn overloaded(&self) -> bool {
+        self.lag.as_ref().is_some_and(|lag| lag.overloaded())
     }
 
     pub fn socket_count(&self) -> usize {

@@ -167,6 +167,7 @@ pub enum Code {
     MessageTooLarge,
     RateLimited,
     BinaryNotSupported,
+    Overloaded,
 }
 
 impl Code {
@@ -183,6 +184,7 @@ impl Code {
             Code::MessageTooLarge => "message_too_large",
             Code::RateLimited => "rate_limited",
             Code::BinaryNotSupported => "binary_not_supported",
+            Code::Overloaded => "overloaded",
         }
     }
 }

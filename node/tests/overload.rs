@@ -2,6 +2,8 @@
 //! faster than the node's broker link can carry it. The node must shed
 //! (drop and count) instead of queueing without limit, so that a later
 //! message from an honest client still crosses the cluster in time.
+//! And a node that falls behind on its own (too little CPU for what its
+//! clients send) refuses new events at the door until it has caught up.
 
 mod common;
 use common::*;
@@ -145,4 +147,97 @@ async fn a_flood_is_shed_and_counted_while_an_honest_message_gets_through() {
     // Both nodes still answer everyone.
     assert_eq!(member.ok(json!({"op": "ping"})).await["pong"], true);
     assert_eq!(honest.ok(json!({"op": "ping"})).await["pong"], true);
+}
+
+/// A node that is behind refuses new room messages at the door instead of
+/// carrying them late. The node is stopped (SIGSTOP) while a client sends
+/// 100 acked emits: they wait unread in the kernel, as they do for a node
+/// that gets too little CPU. When it runs again its event loop is half a
+/// second late, over a quarter of `max_queue_delay`: the emits it reads
+/// then get error `overloaded` (counted as shed, not against the client's
+/// error budget) and reach nobody. Before, all 100 were carried to the
+/// room, each half a second late. Once it has caught up, emits are
+/// accepted and delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_fell_behind_refuses_new_events_until_it_catches_up() {
+    let broker = Broker::start(Kind::Limpet).await;
+    let limits = "[limits]\nmax_queue_delay = \"200ms\"\nrate_per_second = 100000\nrate_burst = 100000\nmax_errors_per_minute = 5";
+    let mut node = NodeProcess::start("a", &broker, limits);
+    node.wait_ready().await;
+    let mut sender = Client::connect(&node).await;
+    sender.join("late").await;
+    let mut reader = Client::connect(&node).await;
+    reader.join("late").await;
+    sender.about("joined", &reader.socket).await;
+
+    let total = 100u64;
+    node.signal("STOP");
+    for i in 0..total {
+        let frame =
+            json!({"op": "emit", "room": "late", "event": "e", "data": {"i": i}, "id": 1000 + i});
+        sender
+            .send_raw(tokio_tungstenite::tungstenite::Message::text(
+                frame.to_string(),
+            ))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    node.signal("CONT");
+
+    let (mut acked, mut refused) = (0u64, 0u64);
+    for _ in 0..total {
+        let reply = sender.next_reply().await;
+        let id = reply["id"].as_u64().expect("a reply to one of the emits");
+        assert!((1000..1000 + total).contains(&id), "{reply}");
+        match reply["type"].as_str() {
+            Some("ack") => acked += 1,
+            _ => {
+                assert_eq!(reply["code"], "overloaded", "{reply}");
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("overload: {acked} emits accepted, {refused} refused at the door");
+    assert!(
+        refused > 0,
+        "a node half a second behind refuses new events"
+    );
+    let shed = node
+        .metric("limpet_node_shed_total{path=\"client_to_node\",reason=\"overloaded\"}")
+        .await;
+    assert_eq!(shed, refused as f64, "every refusal is counted");
+    assert_eq!(
+        node.metric("limpet_node_errors_total{code=\"overloaded\"}")
+            .await,
+        0.0,
+        "a shed message is not the client's error"
+    );
+    // Only what was accepted reached the room.
+    let got = reader.drain_of("event").await;
+    assert_eq!(
+        got.len() as u64,
+        acked,
+        "the room got exactly the accepted emits"
+    );
+
+    // Caught up: new events are accepted and delivered again, and the
+    // sender, refused more often than its error budget allows, is still
+    // connected.
+    let mut accepted = false;
+    for _ in 0..100 {
+        let reply = sender
+            .request(json!({"op": "emit", "room": "late", "event": "after", "data": {}}))
+            .await;
+        if reply["type"] == "ack" {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(accepted, "emits are accepted once the node has caught up");
+    assert_eq!(
+        reader.event_named("after").await["from"],
+        sender.socket.as_str()
+    );
+    node.proc.assert_alive();
 }

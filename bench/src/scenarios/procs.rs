@@ -34,8 +34,13 @@ impl Proc {
 
     /// Resident memory of the process and its children, in KiB.
     pub(crate) fn rss_kib(&self) -> u64 {
+        self.pids().into_iter().map(rss_of).sum()
+    }
+
+    /// The process and its direct children.
+    pub(crate) fn pids(&self) -> Vec<u32> {
         let pid = self.child.id();
-        let mut total = rss_of(pid);
+        let mut pids = vec![pid];
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for entry in dir.flatten() {
                 let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -48,11 +53,11 @@ impl Proc {
                     .and_then(|(_, r)| r.split_whitespace().nth(1))
                     .and_then(|p| p.parse::<u32>().ok());
                 if ppid == Some(pid) {
-                    total += rss_of(child);
+                    pids.push(child);
                 }
             }
         }
-        total
+        pids
     }
 }
 

@@ -433,6 +433,27 @@ impl Client {
         }
     }
 
+    /// The next ack or error frame, whatever its id (buffered ones first).
+    pub async fn next_reply(&mut self) -> Value {
+        if let Some(pos) = self
+            .pending
+            .iter()
+            .position(|v| v["type"] == "ack" || v["type"] == "error")
+        {
+            return self.pending.remove(pos).unwrap();
+        }
+        loop {
+            let v = self
+                .read()
+                .await
+                .expect("connection open while waiting for a reply");
+            if v["type"] == "ack" || v["type"] == "error" {
+                return v;
+            }
+            self.pending.push_back(v);
+        }
+    }
+
     pub async fn ok(&mut self, req: Value) -> Value {
         let reply = self.request(req.clone()).await;
         assert_eq!(reply["type"], "ack", "{req} failed: {reply}");

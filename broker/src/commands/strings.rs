@@ -8,7 +8,7 @@
 use super::common::{keys, NOT_INT, SYNTAX, WRONGTYPE};
 use super::spec::{cmd, Command};
 use crate::codec::{parse_i64, Reply};
-use crate::keyspace::{notify, now_ms, Db, Value};
+use crate::keyspace::{notify, now_ms, Db, Str, Value};
 use crate::session::Session;
 use bytes::Bytes;
 
@@ -223,7 +223,7 @@ fn expire_ms(args: &[Bytes], o: &Opts, name: &str) -> Result<Option<u64>, String
 }
 
 /// The string under `key`: `Ok(None)` if missing, `Err` if another type.
-fn string_of<'a>(db: &'a mut Db, key: &[u8]) -> Result<Option<&'a mut Vec<u8>>, ()> {
+fn string_of<'a>(db: &'a mut Db, key: &[u8]) -> Result<Option<&'a mut Str>, ()> {
     match db.get(key) {
         None => Ok(None),
         Some(Value::Str(v)) => Ok(Some(v)),
@@ -267,7 +267,7 @@ fn set(s: &mut Session, args: &[Bytes]) -> bool {
             }
             return;
         }
-        db.set(key, Value::Str(value.to_vec()), o.keepttl);
+        db.set(key, Value::Str(Str::from_slice(value)), o.keepttl);
         db.notify(notify::STRING, "set", key);
         if let Some(t) = when {
             db.set_expire(key, Some(t));
@@ -355,7 +355,7 @@ fn mset(s: &mut Session, args: &[Bytes]) -> bool {
     }
     keys(s, |db, r| {
         for pair in args[1..].chunks(2) {
-            db.set(&pair[0], Value::Str(pair[1].to_vec()), false);
+            db.set(&pair[0], Value::Str(Str::from_slice(&pair[1])), false);
             db.notify(notify::STRING, "set", &pair[0]);
         }
         r.simple("OK");
@@ -377,7 +377,7 @@ fn incr_by(s: &mut Session, key: &[u8], by: i64) -> bool {
         let Some(new) = old.checked_add(by) else {
             return r.error("ERR increment or decrement would overflow");
         };
-        let text = new.to_string().into_bytes();
+        let text = Str::from_slice(itoa::Buffer::new().format(new).as_bytes());
         if db.modify(key, |v| *v = Value::Str(text.clone())).is_none() {
             db.set(key, Value::Str(text), false);
         }
@@ -426,7 +426,7 @@ fn append(s: &mut Session, args: &[Bytes]) -> bool {
         let len = match string_of(db, key) {
             Err(()) => return r.error(WRONGTYPE),
             Ok(None) => {
-                db.set(key, Value::Str(tail.to_vec()), false);
+                db.set(key, Value::Str(Str::from_slice(tail)), false);
                 tail.len()
             }
             Ok(Some(v)) => {

@@ -37,9 +37,15 @@ use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use tokio::sync::Notify;
-pub use values::{HashVal, SetVal, Value};
+pub use values::{HashVal, SetVal, Str, Value};
 
 type Hasher = ahash::RandomState;
+
+/// A key name: up to 16 bytes are stored in the table slot itself, longer
+/// ones on the heap. A small key's cost is mostly its slot and its
+/// allocations; inline names (and values, see [`values::Str`]) save two
+/// allocator chunks per key.
+pub type Key = smallvec::SmallVec<[u8; 16]>;
 
 /// Estimated bytes one key costs besides its name and value (table slot,
 /// entry header, allocator rounding); used for `maxmemory` and INFO.
@@ -84,9 +90,7 @@ pub struct Waiter {
 }
 
 pub struct Db {
-    /// Keys are boxed slices (16 bytes, not `Bytes`' 32): the table is
-    /// most of what a small key costs.
-    map: IndexMap<Box<[u8]>, Entry, Hasher>,
+    map: IndexMap<Key, Entry, Hasher>,
     /// (expire time, key) for every key with a TTL: active expiry takes
     /// keys from the front.
     expires: BTreeSet<(u64, Box<[u8]>)>,
@@ -201,7 +205,7 @@ impl Db {
                 }
             }
             None => {
-                let key: Box<[u8]> = Box::from(key);
+                let key = Key::from_slice(key);
                 self.used += KEY_OVERHEAD + key.len() + new_mem;
                 self.map.insert(
                     key,
@@ -234,10 +238,10 @@ impl Db {
     }
 
     /// Deletes `key` (no notification). Returns the removed entry.
-    pub fn remove_entry(&mut self, key: &[u8]) -> Option<(Box<[u8]>, Entry)> {
+    pub fn remove_entry(&mut self, key: &[u8]) -> Option<(Key, Entry)> {
         let (k, e) = self.map.swap_remove_entry(key)?;
         if let Some(t) = e.expire_at() {
-            self.expires.remove(&(t, k.clone()));
+            self.expires.remove(&(t, Box::from(&k[..])));
         }
         self.used = self
             .used
@@ -424,9 +428,10 @@ mod tests {
             "Value {} Entry {} key {}",
             std::mem::size_of::<Value>(),
             std::mem::size_of::<Entry>(),
-            std::mem::size_of::<Box<[u8]>>()
+            std::mem::size_of::<Key>()
         );
-        assert!(std::mem::size_of::<Value>() <= 24);
-        assert!(std::mem::size_of::<Entry>() <= 32);
+        assert!(std::mem::size_of::<Value>() <= 32);
+        assert!(std::mem::size_of::<Entry>() <= 40);
+        assert!(std::mem::size_of::<Key>() <= 24);
     }
 }

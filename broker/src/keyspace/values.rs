@@ -15,6 +15,10 @@ use indexmap::{IndexMap, IndexSet};
 
 type Hasher = ahash::RandomState;
 
+/// A string value: up to 16 bytes inside the table slot (presence flags,
+/// counters, short ids), longer ones on the heap; APPEND grows it.
+pub type Str = smallvec::SmallVec<[u8; 16]>;
+
 /// Redis's `hash-max-listpack-entries` / `hash-max-listpack-value`.
 const HASH_LISTPACK_ENTRIES: usize = 128;
 const HASH_LISTPACK_VALUE: usize = 64;
@@ -24,7 +28,7 @@ const SET_INTSET_ENTRIES: usize = 512;
 const ITEM_OVERHEAD: usize = 32;
 
 pub enum Value {
-    Str(Vec<u8>),
+    Str(Str),
     /// Boxed, so that a string key's table slot stays small.
     Hash(Box<HashVal>),
     Set(Box<SetVal>),
@@ -44,7 +48,8 @@ impl Value {
     /// Estimated bytes, besides the key.
     pub fn mem(&self) -> usize {
         match self {
-            Value::Str(v) => v.capacity(),
+            Value::Str(v) if v.spilled() => v.capacity(),
+            Value::Str(_) => 0,
             Value::Hash(h) => h.bytes,
             Value::Set(s) => s.bytes,
             Value::Stream(s) => s.mem(),

@@ -223,8 +223,7 @@ impl Db {
     /// estimate right and deleting a hash or set left empty. `None` when
     /// the key does not exist.
     pub fn modify<R>(&mut self, key: &[u8], f: impl FnOnce(&mut Value) -> R) -> Option<R> {
-        self.expire_if_due(key, None);
-        let e = self.map.get_mut(key)?;
+        let e = self.entry(key)?;
         let before = e.value.mem();
         let r = f(&mut e.value);
         let after = e.value.mem();

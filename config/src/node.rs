@@ -82,15 +82,17 @@ pub struct NodeLimits {
     /// joins, leaves and member lists may use as much again before they are
     /// dropped too.
     pub publish_queue_bytes: ByteSize,
-    /// How long a room or direct message may wait in any one queue of the
-    /// node (to the broker, from the broker, to a client) before it is
-    /// dropped rather than delivered late, like socket.io's volatile
-    /// emits. Counted as `limpet_node_shed_total{reason="too_old"}`.
-    /// Acks, errors, joins and leaves are never dropped for age. Also,
-    /// while the node's event loop (or its queue of messages from other
-    /// nodes) runs more than a quarter of this late, new room and direct
-    /// messages are refused with error `overloaded`
-    /// (`limpet_node_shed_total{path="client_to_node"}`). 0: off.
+    /// How long a room or direct message may wait on its way through the
+    /// cluster before it is dropped rather than delivered late, like
+    /// socket.io's volatile emits. The way has four places to wait (the
+    /// sending node's event loop, its queue to the broker, the receiving
+    /// node's queue from the broker, the queue to the client), and each
+    /// gets a quarter: a message that waited longer than that in one queue
+    /// is dropped (`limpet_node_shed_total{reason="too_old"}`), and while
+    /// the node's event loop (or its queue from the broker) runs more than
+    /// a quarter late, new room and direct messages are refused with error
+    /// `overloaded` (`limpet_node_shed_total{path="client_to_node"}`).
+    /// Acks, errors, joins and leaves are never dropped for age. 0: off.
     pub max_queue_delay: Duration,
     /// WebSocket connections from one client address (IPv6: one /64);
     /// more are refused with 429.

@@ -7,8 +7,9 @@
 //! instead keeps every queue on the path client → node → broker → node →
 //! client small in bytes, and a room or direct message (an event, which
 //! like socket.io's volatile emits is only worth something now) that
-//! finds its queue full, or that waited longer than
-//! `limits.max_queue_delay`, is dropped and counted in
+//! finds its queue full, or that waited longer than its share of
+//! `limits.max_queue_delay` (a quarter: see [`MaxAge`]), is dropped and
+//! counted in
 //! `limpet_node_shed_total{path, reason}`. Acks, errors, joins, leaves and
 //! member lists are never dropped for age: they keep rooms consistent.
 //!
@@ -77,13 +78,22 @@ pub fn count(counter: &prometheus::IntCounterVec, path: Path, reason: Reason) {
         .inc();
 }
 
-/// The age limit of queued events; `None` (0 in the config) turns it off.
+/// The age limit of queued events in one queue; `None` (0 in the
+/// config) turns it off.
 #[derive(Debug, Clone, Copy)]
 pub struct MaxAge(Option<Duration>);
 
 impl MaxAge {
-    pub fn new(limit: Duration) -> MaxAge {
-        MaxAge((!limit.is_zero()).then_some(limit))
+    /// The places an event can wait on its way through the node: the
+    /// door (the event loop), the queue to the broker, the queue from it
+    /// and the queue to the client.
+    const PLACES: u32 = 4;
+
+    /// `budget` (`max_queue_delay`) is for the whole way through the
+    /// cluster: each place gets an equal share, so an event that waited
+    /// close to the limit everywhere is still within the budget.
+    pub fn new(budget: Duration) -> MaxAge {
+        MaxAge((!budget.is_zero()).then_some(budget / MaxAge::PLACES))
     }
 
     /// Whether something queued at `since` has waited too long.
@@ -119,7 +129,7 @@ impl Lag {
     /// (`max_queue_delay`); `None` when shedding is off, so an idle node
     /// with the default config never wakes for it.
     pub fn spawn(budget: MaxAge) -> Option<Arc<Lag>> {
-        let max = budget.0? / 4;
+        let max = budget.0?;
         let lag = Arc::new(Lag {
             origin: Instant::now(),
             woke_us: AtomicU64::new(0),

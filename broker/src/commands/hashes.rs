@@ -254,7 +254,7 @@ fn hsetnx(s: &mut Session, args: &[Bytes]) -> bool {
     keys(s, |db, r| {
         match hash_of(db, key) {
             Err(()) => return r.error(WRONGTYPE),
-            Ok(Some(h)) if h.map.contains_key(&args[2]) => return r.int(0),
+            Ok(Some(h)) if h.map.contains_key(&args[2][..]) => return r.int(0),
             _ => {}
         }
         if write_hash(db, key, r, |h| h.insert(&args[2], &args[3])).is_some() {
@@ -268,7 +268,7 @@ fn hsetnx(s: &mut Session, args: &[Bytes]) -> bool {
 fn hget(s: &mut Session, args: &[Bytes]) -> bool {
     keys(s, |db, r| match hash_of(db, &args[1]) {
         Err(()) => r.error(WRONGTYPE),
-        Ok(h) => match h.and_then(|h| h.map.get(&args[2])) {
+        Ok(h) => match h.and_then(|h| h.map.get(&args[2][..])) {
             Some(v) => r.bulk(v),
             None => r.null(),
         },
@@ -282,7 +282,7 @@ fn hmget(s: &mut Session, args: &[Bytes]) -> bool {
         Ok(h) => {
             r.array(args.len() - 2);
             for f in &args[2..] {
-                match h.as_ref().and_then(|h| h.map.get(f)) {
+                match h.as_ref().and_then(|h| h.map.get(&f[..])) {
                     Some(v) => r.bulk(v),
                     None => r.null(),
                 }
@@ -372,7 +372,9 @@ fn hlen(s: &mut Session, args: &[Bytes]) -> bool {
 fn hexists(s: &mut Session, args: &[Bytes]) -> bool {
     keys(s, |db, r| match hash_of(db, &args[1]) {
         Err(()) => r.error(WRONGTYPE),
-        Ok(h) => r.int(i64::from(h.is_some_and(|h| h.map.contains_key(&args[2])))),
+        Ok(h) => r.int(i64::from(
+            h.is_some_and(|h| h.map.contains_key(&args[2][..])),
+        )),
     });
     true
 }
@@ -386,7 +388,7 @@ fn hincrby(s: &mut Session, args: &[Bytes]) -> bool {
     keys(s, |db, r| {
         let old = match hash_of(db, key) {
             Err(()) => return r.error(WRONGTYPE),
-            Ok(h) => match h.and_then(|h| h.map.get(field)) {
+            Ok(h) => match h.and_then(|h| h.map.get(&field[..])) {
                 None => 0,
                 Some(v) => match parse_i64(v) {
                     Some(n) => n,
@@ -470,7 +472,7 @@ fn smembers(s: &mut Session, args: &[Bytes]) -> bool {
 fn sismember(s: &mut Session, args: &[Bytes]) -> bool {
     keys(s, |db, r| match set_of(db, &args[1]) {
         Err(()) => r.error(WRONGTYPE),
-        Ok(set) => r.int(i64::from(set.is_some_and(|v| v.set.contains(&args[2])))),
+        Ok(set) => r.int(i64::from(set.is_some_and(|v| v.set.contains(&args[2][..])))),
     });
     true
 }
@@ -481,7 +483,9 @@ fn smismember(s: &mut Session, args: &[Bytes]) -> bool {
         Ok(set) => {
             r.array(args.len() - 2);
             for m in &args[2..] {
-                r.int(i64::from(set.as_ref().is_some_and(|v| v.set.contains(m))));
+                r.int(i64::from(
+                    set.as_ref().is_some_and(|v| v.set.contains(&m[..])),
+                ));
             }
         }
     });

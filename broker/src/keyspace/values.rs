@@ -2,6 +2,9 @@
 //! memory (kept up to date on every change, so `maxmemory` checks and
 //! `INFO memory` are O(1)).
 //!
+//! Strings, hash fields and values, and set members are [`Str`]s: up to
+//! 16 bytes inline, no allocation (the common case: ids, flags, counters).
+//!
 //! Hashes and sets keep insertion order ([`IndexMap`]/[`IndexSet`]) and
 //! remember whether Redis would still hold them in its compact encodings,
 //! because clients can see those encodings' order: a small hash (listpack)
@@ -10,7 +13,6 @@
 //! client can rely on, and ours is insertion order with holes filled.
 
 use super::stream::Stream;
-use bytes::Bytes;
 use indexmap::{IndexMap, IndexSet};
 
 type Hasher = ahash::RandomState;
@@ -67,7 +69,7 @@ impl Value {
 }
 
 pub struct HashVal {
-    pub map: IndexMap<Bytes, Bytes, Hasher>,
+    pub map: IndexMap<Str, Str, Hasher>,
     bytes: usize,
     /// Still small enough for Redis's listpack: insertion order is visible.
     ordered: bool,
@@ -92,13 +94,13 @@ impl HashVal {
         match self.map.get_mut(field) {
             Some(v) => {
                 self.bytes = (self.bytes + value.len()).saturating_sub(v.len());
-                *v = Bytes::copy_from_slice(value);
+                *v = Str::from_slice(value);
                 false
             }
             None => {
                 self.bytes += field.len() + value.len() + ITEM_OVERHEAD;
                 self.map
-                    .insert(Bytes::copy_from_slice(field), Bytes::copy_from_slice(value));
+                    .insert(Str::from_slice(field), Str::from_slice(value));
                 if self.map.len() > HASH_LISTPACK_ENTRIES {
                     self.ordered = false;
                 }
@@ -124,7 +126,7 @@ impl HashVal {
 }
 
 pub struct SetVal {
-    pub set: IndexSet<Bytes, Hasher>,
+    pub set: IndexSet<Str, Hasher>,
     bytes: usize,
     /// Every member an integer and few enough for Redis's intset: replies
     /// come in numeric order.
@@ -150,7 +152,7 @@ impl SetVal {
             self.intset = false;
         }
         self.bytes += member.len() + ITEM_OVERHEAD;
-        self.set.insert(Bytes::copy_from_slice(member));
+        self.set.insert(Str::from_slice(member));
         if self.set.len() > SET_INTSET_ENTRIES {
             self.intset = false;
         }
@@ -168,8 +170,8 @@ impl SetVal {
     }
 
     /// Members in the order Redis would give them.
-    pub fn members(&self) -> Vec<&Bytes> {
-        let mut out: Vec<&Bytes> = self.set.iter().collect();
+    pub fn members(&self) -> Vec<&Str> {
+        let mut out: Vec<&Str> = self.set.iter().collect();
         if self.intset {
             out.sort_by_key(|m| crate::codec::parse_i64(m).unwrap_or(0));
         }

@@ -9,6 +9,15 @@ mod common;
 use common::*;
 use limpet_testkit::eventually;
 
+/// User + system CPU time of a process, in clock ticks (1/100 s on Linux),
+/// fields 14 and 15 of `/proc/<pid>/stat`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
 const OOM: &str = "-OOM command not allowed when used memory > 'maxmemory'.\r\n";
 
 /// A metric's value from `/metrics`.
@@ -107,6 +116,18 @@ async fn xread_block_on_thousands_of_streams_is_parked_and_woken() {
         info.contains("blocked_clients:20\r\n")
     })
     .await;
+    // Waiting costs no CPU: over a one-second window the broker spends
+    // next to nothing (a spinning XREAD, as the adapter's was against a
+    // broker without XREAD, burns a core). Not a speed assertion: a loaded
+    // machine only lowers what an idle process gets.
+    let pid = b.proc.child.id();
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let spent = cpu_ticks(pid) - before;
+    assert!(
+        spent < 30,
+        "{spent} CPU ticks in 1 s with 20 clients blocked"
+    );
     // While they wait, others are served as usual.
     honest_client_served(b.addr, HONEST_WITHIN).await;
     let rss_blocked = b.proc.rss_kib();

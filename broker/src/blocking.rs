@@ -36,6 +36,8 @@ pub struct Blocked {
     count: usize,
     /// `None`: BLOCK 0, wait forever.
     deadline: Option<Instant>,
+    /// The XREAD's reply is dropped (CLIENT REPLY OFF / SKIP).
+    pub(crate) silent: bool,
 }
 
 impl Blocked {
@@ -53,6 +55,7 @@ impl Blocked {
             ids,
             count,
             deadline: (ms > 0).then(|| Instant::now() + Duration::from_millis(ms)),
+            silent: false,
         }
     }
 }
@@ -92,8 +95,13 @@ fn try_serve(s: &mut Session, handle: &Arc<ClientHandle>) -> bool {
     served
 }
 
-/// Counts the reply bytes written since `before` as owed by the client.
-fn owe(s: &Session, handle: &Arc<ClientHandle>, before: usize) {
+/// Counts the reply bytes written since `before` as owed by the client,
+/// or drops them if the XREAD was under CLIENT REPLY OFF / SKIP.
+fn owe(s: &mut Session, handle: &Arc<ClientHandle>, before: usize) {
+    if s.blocked.as_ref().is_some_and(|b| b.silent) {
+        s.out.truncate(before);
+        return;
+    }
     let n = s.out.len().saturating_sub(before) as u64;
     handle.owe(n, &s.broker.normal_output_policy);
 }

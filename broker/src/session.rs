@@ -177,8 +177,10 @@ impl Session {
     }
 
     /// Parks the client in a blocking XREAD (see [`crate::blocking`]).
-    pub fn block(&mut self, b: Blocked) {
+    pub fn block(&mut self, mut b: Blocked) {
         self.broker.metrics.blocked_clients.inc();
+        // Under CLIENT REPLY OFF or SKIP, the late reply is dropped too.
+        b.silent = self.reply_off || self.skip_this;
         self.blocked = Some(b);
     }
 

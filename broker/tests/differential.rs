@@ -223,6 +223,11 @@ const SESSIONS: &[(&str, &str)] = &[
 0> PING
 0> CLIENT REPLY ON | 0:1
 0> PING | 0:1
+0> CLIENT REPLY SKIP
+0> XREAD BLOCK 0 STREAMS skipped 0
+1> XADD skipped 1-1 a 1 | 1:1
+0> PING | 0:1
+0> DEL skipped | 0:1
 0> CLIENT KILL TYPE foo | 0:1
 0> CLIENT KILL USER foo | 0:1
 0> CLIENT KILL TYPE master | 0:1

@@ -11,9 +11,7 @@
 //! messages per second, p50/p99 of delivered messages, what is missing,
 //! and the drops the limpet nodes counted (`limpet_node_shed_total`, read
 //! from each node's `/metrics`). It prints figures; it asserts nothing.
-//!
-//! The stacks run at a lower CPU priority than the load generator (see
-//! [`STACK_NICE`]), the same for all three.
+
 
 use crate::load::{self, Latency};
 use crate::scenarios::stack::{limpet_stack, socketio_stack, Stack};
@@ -30,11 +28,6 @@ const SHEDDING_ON: &str = "max_queue_delay = \"200ms\"\n";
 /// budgets too big to matter.
 const SHEDDING_OFF: &str =
     "max_queue_delay = \"0s\"\npublish_queue_bytes = \"1gb\"\ninbound_queue_bytes = \"1gb\"\n";
-
-/// The stack's processes run at this nice level and the load generator at
-/// 0: at twice a stack's saturation on two shared cores the generator
-/// would otherwise starve too, and the figures would be its own backlog.
-const STACK_NICE: i32 = 10;
 
 /// One run of the room load at one rate.
 struct Step {
@@ -98,7 +91,6 @@ pub async fn run(
                 continue;
             }
         };
-        stack.lower_priority(STACK_NICE);
         let mut saturation = fixed_rate.map(|r| r / 2.0);
         let search: &[f64] = if fixed_rate.is_some() {
             &[]

@@ -104,13 +104,31 @@ impl Broker {
             max_age: settings.max_age,
             counters,
         });
-        tokio::spawn(run(
-            settings.urls,
-            settings.cluster,
-            rx,
-            inbound,
-            shared.clone(),
-        ));
+        let task = run(settings.urls, settings.cluster, rx, inbound, shared.clone());
+        // The broker connections (and the Redis client's own tasks) run on
+        // a thread of their own: publishes and pushes are work already
+        // accepted, and as a few tasks among thousands of client tasks
+        // they got too few turns under load, so their queues aged while
+        // clients kept being read.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        match runtime {
+            Ok(rt) => {
+                let spawned = std::thread::Builder::new()
+                    .name("limpet-broker-link".into())
+                    .spawn(move || rt.block_on(task));
+                if let Err(e) = spawned {
+                    tracing::error!("cannot start the broker link thread: {e}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "no runtime of its own for the broker link ({e}); sharing the node's"
+                );
+                tokio::spawn(task);
+            }
+        }
         Broker { tx, shared }
     }
 }

@@ -82,11 +82,25 @@ impl Node {
         }
     }
 
-    /// Handles everything that arrives from the broker.
-    pub async fn run_inbound(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Inbound>) {
-        while let Some(msg) = rx.recv().await {
-            self.on_inbound(msg);
-        }
+    /// Handles everything that arrives from the broker, on a thread of
+    /// its own. These messages are work already accepted somewhere in the
+    /// cluster; as one task among thousands of client tasks, the handler
+    /// got a thousandth of the node's turns under load and its queue aged
+    /// while clients kept being read. As a thread it gets its share from
+    /// the OS scheduler however many clients there are. (Handling is
+    /// synchronous: it only takes locks and queues frames.)
+    pub fn run_inbound(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Inbound>,
+    ) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("limpet-inbound".into())
+            .spawn(move || {
+                while let Some(msg) = rx.blocking_recv() {
+                    self.on_inbound(msg);
+                }
+            })
+            .map(drop)
     }
 
     /// Handles one message from the backplane.

@@ -20,7 +20,9 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     let (node, inbound) = rooms::Node::new(config);
     tracing::info!(node = %node.id, addr = %listener.local_addr()?, ws_path = %node.config.ws_path, "listening for WebSocket clients");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(node.clone().run_inbound(inbound));
+    node.clone()
+        .run_inbound(inbound)
+        .context("starting the inbound thread")?;
     tokio::spawn(node.clone().run_heartbeats(stop_rx.clone()));
     let serving = tokio::spawn(http::serve(listener, node.clone(), stop_rx.clone()));
 

@@ -28,29 +28,6 @@ impl Stack {
         self.procs.iter().map(Proc::rss_kib).sum()
     }
 
-    /// Lowers every thread of the stack's processes (and of their
-    /// children: nginx workers) to `nice`, so that on a shared machine the
-    /// load generator, at normal priority, is never the part that runs
-    /// short of CPU: what is measured is the stack, as if the clients ran
-    /// on machines of their own. Every stack gets the same treatment.
-    pub fn lower_priority(&self, nice: i32) {
-        for p in &self.procs {
-            for pid in p.pids() {
-                let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-                    continue;
-                };
-                for task in tasks.flatten() {
-                    let _ = Command::new("renice")
-                        .args(["-n", &nice.to_string(), "-p"])
-                        .arg(task.file_name())
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .status();
-                }
-            }
-        }
-    }
-
     /// Names of processes that have exited.
     pub fn dead(&mut self) -> Vec<String> {
         self.procs

@@ -19,7 +19,7 @@
 use crate::commands::serve_read;
 use crate::handle::ClientHandle;
 use crate::keyspace::stream::StreamId;
-use crate::session::Session;
+use crate::session::{Session, OUT_PULL_LIMIT};
 use bytes::{Bytes, BytesMut};
 use std::io;
 use std::sync::Arc;
@@ -151,6 +151,12 @@ pub async fn wait(
                 s.reply().null_array();
                 owe(s, &handle, before);
                 unblock(s);
+            }
+            // A RESP3 client gets its pushes while it waits, as in Redis.
+            msg = s.rx.recv(), if s.out.len() < OUT_PULL_LIMIT => {
+                if let Some(msg) = msg {
+                    s.append_push(&msg);
+                }
             }
             r = stream.writable(), if !s.out.is_empty() => {
                 if r.is_err() {

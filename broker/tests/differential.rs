@@ -242,7 +242,14 @@ const SESSIONS: &[(&str, &str)] = &[
 0> COMMAND LIST FILTERBY PATTERN | 0:1
 0> COMMAND LIST FOO | 0:1
 0> COMMAND INFO publish | 0:1
-0> DEL r | 0:1",
+0> DEL r | 0:1
+3> HELLO 3 | 3:1
+3> SUBSCRIBE pushch | 3:1
+3> XREAD BLOCK 0 STREAMS pushzz 0
+1> PUBLISH pushch hello | 1:1 3:1
+1> XADD pushzz 1-1 f v | 1:1 3:1
+3> UNSUBSCRIBE | 3:1
+1> DEL pushzz | 1:1",
     ),
     (
         "keyspace notifications, CONFIG SET, maxmemory",

@@ -205,3 +205,42 @@ async fn a_million_field_hset_is_bounded_by_the_multibulk_limit() {
     assert_eq!(c.call(&["DEL", "big"]).await, ":1\r\n");
     b.proc.assert_alive();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_queue_is_bounded_by_the_query_buffer_limit() {
+    let mut b = BrokerProcess::start(&format!(
+        "{PORT_ZERO}[limits]\nquery_buffer_limit = \"1mb\"\n"
+    ));
+    let metrics = b.metrics.expect("metrics port");
+    let mut c = Client::connect(b.addr).await;
+    assert_eq!(c.call(&["MULTI"]).await, "+OK\r\n");
+    let value = "v".repeat(100_000);
+    let mut refused = None;
+    for i in 0..20 {
+        let reply = c.call(&["SET", &format!("k{i}"), &value]).await;
+        if reply != "+QUEUED\r\n" {
+            refused = Some((i, reply));
+            break;
+        }
+    }
+    let (at, reply) = refused.expect("a 2 MB transaction was refused");
+    assert!((9..=10).contains(&at), "refused at command {at}");
+    assert!(
+        reply.starts_with("-ERR MULTI queue exceeds limits.query_buffer_limit"),
+        "{reply}"
+    );
+    assert_eq!(
+        c.call(&["EXEC"]).await,
+        "-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    assert_eq!(c.call(&["DBSIZE"]).await, ":0\r\n");
+    let (_, body) = http_get(metrics, "/metrics").await;
+    assert!(
+        body.contains(
+            "limpet_broker_limit_rejections_total{limit=\"limits.query_buffer_limit\"} 1"
+        ),
+        "{body}"
+    );
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    b.proc.assert_alive();
+}

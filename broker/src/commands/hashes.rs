@@ -1,40 +1,19 @@
-//! Hash and set commands: HSET HGET HMGET HGETALL HDEL HLEN HEXISTS HKEYS
-//! HVALS HINCRBY HSETNX, and SADD SREM SMEMBERS SISMEMBER SMISMEMBER SCARD.
-//!
-//! They share one file because they share one shape: look the key up
-//! (WRONGTYPE if it holds something else), create it on write, delete it
-//! when its last item goes (with a `del` event after the command's own),
-//! as Redis's `t_hash.c` and `t_set.c` do.
+//! Hash commands: HSET HSETNX HGET HMGET HGETALL HDEL HLEN HEXISTS HKEYS
+//! HVALS HINCRBY, as Redis's `t_hash.c`: look the key up (WRONGTYPE if it
+//! holds something else), create it on write, delete it when its last
+//! field goes (with a `del` event after the command's own).
 
 use super::common::{arity_error, keys, NOT_INT, WRONGTYPE};
-use super::spec::{cmd, Command};
+use super::spec::{key_cmd, Command};
 use crate::codec::{parse_i64, Reply};
-use crate::keyspace::{notify, Db, HashVal, SetVal, Value};
+use crate::keyspace::{notify, Db, HashVal, Value};
 use crate::session::Session;
 use bytes::Bytes;
 
 const HR: &[&str] = &["@read", "@hash", "@fast"];
 const HW: &[&str] = &["@write", "@hash", "@fast"];
-const SR: &[&str] = &["@read", "@set", "@fast"];
-const SW: &[&str] = &["@write", "@set", "@fast"];
-const RO_FAST: &[&str] = &["readonly", "fast"];
-const W_OOM_FAST: &[&str] = &["write", "denyoom", "fast"];
-
-macro_rules! key_cmd {
-    ($group:literal, $name:literal, $arity:expr, $flags:expr, $acl:expr, $since:literal, $summary:literal, $run:expr) => {
-        cmd!(
-            $group,
-            $name,
-            $arity,
-            $flags,
-            $acl,
-            $since,
-            $summary,
-            $run,
-            keys = (1, 1)
-        )
-    };
-}
+pub(super) const RO_FAST: &[&str] = &["readonly", "fast"];
+pub(super) const W_OOM_FAST: &[&str] = &["write", "denyoom", "fast"];
 
 pub const HSET: Command = key_cmd!(
     "hash",
@@ -128,80 +107,12 @@ pub const HVALS: Command = key_cmd!(
     hvals
 );
 pub const HINCRBY: Command = key_cmd!("hash", "hincrby", 4, W_OOM_FAST, HW, "2.0.0", "Increments the integer value of a field in a hash by a number. Uses 0 as initial value if the field doesn't exist.", hincrby);
-pub const SADD: Command = key_cmd!(
-    "set",
-    "sadd",
-    -3,
-    W_OOM_FAST,
-    SW,
-    "1.0.0",
-    "Adds one or more members to a set. Creates the key if it doesn't exist.",
-    sadd
-);
-pub const SREM: Command = key_cmd!(
-    "set",
-    "srem",
-    -3,
-    &["write", "fast"],
-    SW,
-    "1.0.0",
-    "Removes one or more members from a set. Deletes the set if the last member was removed.",
-    srem
-);
-pub const SMEMBERS: Command = key_cmd!(
-    "set",
-    "smembers",
-    2,
-    &["readonly"],
-    &["@read", "@set", "@slow"],
-    "1.0.0",
-    "Returns all members of a set.",
-    smembers
-);
-pub const SISMEMBER: Command = key_cmd!(
-    "set",
-    "sismember",
-    3,
-    RO_FAST,
-    SR,
-    "1.0.0",
-    "Determines whether a member belongs to a set.",
-    sismember
-);
-pub const SMISMEMBER: Command = key_cmd!(
-    "set",
-    "smismember",
-    -3,
-    RO_FAST,
-    SR,
-    "6.2.0",
-    "Determines whether multiple members belong to a set.",
-    smismember
-);
-pub const SCARD: Command = key_cmd!(
-    "set",
-    "scard",
-    2,
-    RO_FAST,
-    SR,
-    "1.0.0",
-    "Returns the number of members in a set.",
-    scard
-);
 
 /// The hash under `key`: `Ok(None)` if missing, `Err` if another type.
 fn hash_of<'a>(db: &'a mut Db, key: &[u8]) -> Result<Option<&'a mut HashVal>, ()> {
     match db.get(key) {
         None => Ok(None),
         Some(Value::Hash(h)) => Ok(Some(&mut **h)),
-        Some(_) => Err(()),
-    }
-}
-
-fn set_of<'a>(db: &'a mut Db, key: &[u8]) -> Result<Option<&'a mut SetVal>, ()> {
-    match db.get(key) {
-        None => Ok(None),
-        Some(Value::Set(v)) => Ok(Some(&mut **v)),
         Some(_) => Err(()),
     }
 }
@@ -403,99 +314,6 @@ fn hincrby(s: &mut Session, args: &[Bytes]) -> bool {
             db.notify(notify::HASH, "hincrby", key);
             r.int(new);
         }
-    });
-    true
-}
-
-fn sadd(s: &mut Session, args: &[Bytes]) -> bool {
-    let key = &args[1];
-    keys(s, |db, r| {
-        match set_of(db, key) {
-            Err(()) => return r.error(WRONGTYPE),
-            Ok(None) => db.set(key, Value::Set(Box::default()), false),
-            Ok(Some(_)) => {}
-        }
-        let n = db
-            .modify(key, |v| match v {
-                Value::Set(set) => args[2..].iter().filter(|m| set.insert(m)).count(),
-                _ => 0,
-            })
-            .unwrap_or(0);
-        if n > 0 {
-            db.notify(notify::SET, "sadd", key);
-        }
-        r.int(n as i64);
-    });
-    true
-}
-
-fn srem(s: &mut Session, args: &[Bytes]) -> bool {
-    let key = &args[1];
-    keys(s, |db, r| {
-        match set_of(db, key) {
-            Err(()) => return r.error(WRONGTYPE),
-            Ok(None) => return r.int(0),
-            Ok(Some(_)) => {}
-        }
-        let n = db
-            .modify(key, |v| match v {
-                Value::Set(set) => args[2..].iter().filter(|m| set.remove(m)).count(),
-                _ => 0,
-            })
-            .unwrap_or(0);
-        if n > 0 {
-            db.notify(notify::SET, "srem", key);
-            if !db.exists(key) {
-                db.notify(notify::GENERIC, "del", key);
-            }
-        }
-        r.int(n as i64);
-    });
-    true
-}
-
-fn smembers(s: &mut Session, args: &[Bytes]) -> bool {
-    keys(s, |db, r| match set_of(db, &args[1]) {
-        Err(()) => r.error(WRONGTYPE),
-        Ok(None) => r.set(0),
-        Ok(Some(set)) => {
-            let members = set.members();
-            r.set(members.len());
-            for m in members {
-                r.bulk(m);
-            }
-        }
-    });
-    true
-}
-
-fn sismember(s: &mut Session, args: &[Bytes]) -> bool {
-    keys(s, |db, r| match set_of(db, &args[1]) {
-        Err(()) => r.error(WRONGTYPE),
-        Ok(set) => r.int(i64::from(set.is_some_and(|v| v.set.contains(&args[2][..])))),
-    });
-    true
-}
-
-fn smismember(s: &mut Session, args: &[Bytes]) -> bool {
-    keys(s, |db, r| match set_of(db, &args[1]) {
-        Err(()) => r.error(WRONGTYPE),
-        Ok(set) => {
-            r.array(args.len() - 2);
-            for m in &args[2..] {
-                r.int(i64::from(
-                    set.as_ref().is_some_and(|v| v.set.contains(&m[..])),
-                ));
-            }
-        }
-    });
-    true
-}
-
-fn scard(s: &mut Session, args: &[Bytes]) -> bool {
-    keys(s, |db, r| match set_of(db, &args[1]) {
-        Err(()) => r.error(WRONGTYPE),
-        Ok(set) => r.int(set.map_or(0, |v| v.set.len()) as i64),
     });
     true
 }

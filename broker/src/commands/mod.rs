@@ -8,7 +8,7 @@
 //! [`connection`] (PING, AUTH, HELLO ...), [`client`] (CLIENT ...),
 //! [`pubsub`] (SUBSCRIBE, PUBLISH, PUBSUB ...), [`introspection`]
 //! (INFO, CONFIG), and the keyspace families: [`keys`] (DEL, EXPIRE,
-//! SCAN ...), [`strings`], [`hashes`] (hashes and sets), [`streams`]
+//! SCAN ...), [`strings`], [`hashes`], [`sets`], [`streams`]
 //! (XADD, XTRIM ...), [`stream_reads`] (XRANGE, XREAD, XINFO), and
 //! [`multi`] (MULTI/EXEC/WATCH). Imports go one way: this file →
 //! table → families → common / spec.
@@ -30,6 +30,7 @@ mod introspection;
 mod keys;
 mod multi;
 mod pubsub;
+mod sets;
 pub mod spec;
 mod stream_reads;
 mod streams;

@@ -48,6 +48,24 @@ macro_rules! cmd {
 }
 pub(crate) use cmd;
 
+/// `cmd!` for a command whose only key is its first argument.
+macro_rules! key_cmd {
+    ($group:literal, $name:literal, $arity:expr, $flags:expr, $acl:expr, $since:literal, $summary:literal, $run:expr) => {
+        $crate::commands::spec::cmd!(
+            $group,
+            $name,
+            $arity,
+            $flags,
+            $acl,
+            $since,
+            $summary,
+            $run,
+            keys = (1, 1)
+        )
+    };
+}
+pub(crate) use key_cmd;
+
 /// Runs a command. Returning false closes the connection at once, with no
 /// further reply (Redis does this when an HTTP request hits its port).
 pub type Handler = fn(&mut Session, &[Bytes]) -> bool;

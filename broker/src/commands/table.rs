@@ -11,6 +11,7 @@ use super::introspection;
 use super::keys;
 use super::multi;
 use super::pubsub;
+use super::sets;
 use super::spec::{cmd, lookup, Command};
 use super::stream_reads;
 use super::streams;
@@ -82,12 +83,12 @@ pub static COMMANDS: &[Command] = &[
     hashes::HKEYS,
     hashes::HVALS,
     hashes::HINCRBY,
-    hashes::SADD,
-    hashes::SREM,
-    hashes::SMEMBERS,
-    hashes::SISMEMBER,
-    hashes::SMISMEMBER,
-    hashes::SCARD,
+    sets::SADD,
+    sets::SREM,
+    sets::SMEMBERS,
+    sets::SISMEMBER,
+    sets::SMISMEMBER,
+    sets::SCARD,
     streams::XADD,
     stream_reads::XREAD,
     stream_reads::XRANGE,

@@ -92,6 +92,12 @@ async fn huge_counts_are_bounded_by_what_exists() {
         .call(&["XINFO", "STREAM", "s", "FULL", "COUNT", &max])
         .await;
     assert!(info.contains("$7\r\nentries\r\n*3\r\n"), "{info}");
+    // Glob patterns are bounded like PSUBSCRIBE's.
+    let long = format!("{}*", "?".repeat(300));
+    let refused = "-ERR pattern exceeds maximum allowed size (limits.max_pattern_len = 256)\r\n";
+    assert_eq!(c.call(&["KEYS", &long]).await, refused);
+    assert_eq!(c.call(&["SCAN", "0", "MATCH", &long]).await, refused);
+    assert!(c.call(&["KEYS", "k?"]).await.starts_with("*3\r\n"));
     honest_client_served(b.addr, HONEST_WITHIN).await;
     b.proc.assert_alive();
 }

@@ -354,7 +354,13 @@ fn persist(s: &mut Session, args: &[Bytes]) -> bool {
     true
 }
 
+/// KEYS and SCAN MATCH patterns are bounded by `limits.max_pattern_len`
+/// like PSUBSCRIBE's: matching costs up to pattern × key length steps per
+/// key (Redis bounds neither).
 fn keys_cmd(s: &mut Session, args: &[Bytes]) -> bool {
+    if super::pubsub::refuse_long_pattern(s, &args[1..2]) {
+        return true;
+    }
     let pattern = &args[1];
     let all = &pattern[..] == b"*";
     keys(s, |db, r| {
@@ -404,6 +410,9 @@ fn scan(s: &mut Session, args: &[Bytes]) -> bool {
                 Some(c) => count = c,
             }
         } else if opt == b"match" && more >= 2 {
+            if super::pubsub::refuse_long_pattern(s, &args[i + 1..i + 2]) {
+                return true;
+            }
             pattern = (&args[i + 1][..] != b"*").then_some(&args[i + 1][..]);
         } else if opt == b"type" && more >= 2 {
             type_name = Some(args[i + 1].to_ascii_lowercase());

@@ -240,7 +240,7 @@ fn refuse_long_channels(s: &mut Session, names: &[Bytes]) -> bool {
     refuse_long(s, names, "channel name", "max_channel_len", max)
 }
 
-fn refuse_long_pattern(s: &mut Session, names: &[Bytes]) -> bool {
+pub(super) fn refuse_long_pattern(s: &mut Session, names: &[Bytes]) -> bool {
     let max = s.broker.config.limits.max_pattern_len.bytes();
     refuse_long(s, names, "pattern", "max_pattern_len", max)
 }

@@ -243,7 +243,7 @@ async fn a_multi_queue_is_bounded_by_the_query_buffer_limit() {
     let (_, body) = http_get(metrics, "/metrics").await;
     assert!(
         body.contains(
-            "limpet_broker_limit_rejections_total{limit=\"limits.query_buffer_limit\"} 1"
+            "limpet_broker_limit_rejections_total{limit=\"query_buffer_limit\"} 1"
         ),
         "{body}"
     );

@@ -106,7 +106,7 @@ pub fn queue(s: &mut Session, cmd: &'static Command, args: &[Bytes]) {
     };
     if m.bytes + size > max {
         m.failed = true;
-        s.broker.note_limit("limits.query_buffer_limit");
+        s.broker.note_limit("query_buffer_limit");
         s.reply()
             .error("ERR MULTI queue exceeds limits.query_buffer_limit; the transaction is discarded at EXEC");
         return;

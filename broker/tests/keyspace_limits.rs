@@ -242,9 +242,7 @@ async fn a_multi_queue_is_bounded_by_the_query_buffer_limit() {
     assert_eq!(c.call(&["DBSIZE"]).await, ":0\r\n");
     let (_, body) = http_get(metrics, "/metrics").await;
     assert!(
-        body.contains(
-            "limpet_broker_limit_rejections_total{limit=\"query_buffer_limit\"} 1"
-        ),
+        body.contains("limpet_broker_limit_rejections_total{limit=\"query_buffer_limit\"} 1"),
         "{body}"
     );
     honest_client_served(b.addr, HONEST_WITHIN).await;

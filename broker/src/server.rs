@@ -14,6 +14,7 @@ pub use crate::state::Broker;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -108,9 +109,23 @@ async fn accept_loop(
                             conns.spawn(connection::run(broker.clone(), handle, rx, stream, shutdown.clone()));
                         }
                         None => {
+                            let refused = broker.metrics.rejected_connections.get();
                             broker.metrics.rejected_connections.inc();
-                            tracing::warn!(%peer, max = broker.config.maxclients, "refusing client: maxclients reached");
-                            tokio::spawn(refuse(stream));
+                            // A flood of connections must not flood the log.
+                            if refused.is_multiple_of(1000) {
+                                tracing::warn!(%peer, max = broker.config.maxclients, refused = refused + 1, "refusing client: maxclients reached (logged once per 1,000)");
+                            }
+                            // Each refusal may wait up to a second for its
+                            // error to be written; past a cap the socket is
+                            // just closed, so a flood holds few descriptors.
+                            if REFUSING.fetch_add(1, Relaxed) < MAX_REFUSING {
+                                tokio::spawn(async move {
+                                    refuse(stream).await;
+                                    REFUSING.fetch_sub(1, Relaxed);
+                                });
+                            } else {
+                                REFUSING.fetch_sub(1, Relaxed);
+                            }
                         }
                     }
                 }
@@ -125,6 +140,10 @@ async fn accept_loop(
     drop(listener);
     while conns.join_next().await.is_some() {}
 }
+
+/// Refusals being written right now, and how many may be at once.
+static REFUSING: AtomicUsize = AtomicUsize::new(0);
+const MAX_REFUSING: usize = 256;
 
 async fn refuse(mut stream: TcpStream) {
     let write = stream.write_all(b"-ERR max number of clients reached\r\n");

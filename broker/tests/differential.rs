@@ -709,6 +709,9 @@ const SESSIONS: &[(&str, &str)] = &[
 2> PUBSUB NUMSUB news sport nope | 2:1
 2> PUBSUB NUMPAT | 2:1
 2> PUBSUB CHANNELS s* | 2:1
+2> PUBSUB CHANNELS s* n* | 2:1
+2> PUBSUB channels a b c | 2:1
+2> PUBSUB SHARDCHANNELS a b | 2:1
 0> ECHO x | 0:1
 0> PING | 0:1
 0> PING hi | 0:1

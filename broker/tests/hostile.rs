@@ -323,3 +323,48 @@ async fn empty_arguments_count_against_the_query_buffer_limit() {
     honest_client_served(b.addr, HONEST_WITHIN).await;
     b.proc.assert_alive();
 }
+
+/// A flood of connections past `maxclients`. Before: one WARN line per
+/// refused connection (2,000 lines here), so the flood also filled the
+/// log. Now the first refusal and every thousandth are logged with the
+/// running count; every refused client still gets Redis's error, and a
+/// client admitted before the flood keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_at_maxclients_are_logged_once_per_thousand() {
+    let config = format!("maxclients = 2\n{PORT_ZERO}");
+    let mut b = BrokerProcess::start(&config);
+    let metrics = b.metrics.expect("metrics port");
+    let mut admitted = Client::connect(b.addr).await;
+    let _second = Client::connect(b.addr).await;
+    assert_eq!(admitted.call(&["PING"]).await, "+PONG\r\n");
+    let flood = 2_000;
+    for batch in 0..flood / 100 {
+        let mut refused = Vec::new();
+        for _ in 0..100 {
+            refused.push(Client::connect(b.addr).await);
+        }
+        // The first of each batch reads its refusal (a refusal written
+        // after the cap of in-flight refusals is a plain close instead).
+        let first = refused[0].read_to_close().await;
+        assert!(
+            first.is_empty() || first == b"-ERR max number of clients reached\r\n",
+            "batch {batch}: {:?}",
+            String::from_utf8_lossy(&first)
+        );
+    }
+    limpet_testkit::eventually("every refusal counted", || async {
+        metric(metrics, "limpet_broker_rejected_connections_total").await >= flood
+    })
+    .await;
+    assert_eq!(admitted.call(&["PING"]).await, "+PONG\r\n");
+    let lines = b
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("refusing client"))
+        .count();
+    assert!(
+        (1..=3).contains(&lines),
+        "{lines} log lines for {flood} refusals"
+    );
+    b.proc.assert_alive();
+}

@@ -379,6 +379,15 @@ fn spublish(s: &mut Session, args: &[Bytes]) -> bool {
 }
 
 fn channel_list(s: &mut Session, args: &[Bytes], space: Space) -> bool {
+    // One pattern at most; Redis answers more with a subcommand error
+    // (naming the subcommand as the client spelled it).
+    if args.len() > 3 {
+        s.reply().error(&format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
+            String::from_utf8_lossy(&args[1][..args[1].len().min(128)])
+        ));
+        return true;
+    }
     if refuse_long_pattern(s, &args[2..args.len().min(3)]) {
         return true;
     }

@@ -11,7 +11,8 @@
 //!   [`select`] picks the backend (sticky cookies, rendezvous hashing,
 //!   balancers, the pools and their health state), [`upstream`] connects
 //!   and sends with the client's body in [`client_body`], [`relay`]
-//!   carries the answer back and [`tunnel`] copies upgraded bytes; every
+//!   carries the answer back and [`tunnel`] copies upgraded bytes (plain
+//!   TCP ones in [`tcp_relay`], with buffers lent by [`bufpool`]); every
 //!   failure becomes an answer in [`error`].
 //! * [`live`] holds the state all of them read (the routing generation in
 //!   force, metrics, counts); [`reload`] replaces it from a changed config
@@ -19,6 +20,7 @@
 //! * [`metrics`] and [`admin`]: the Prometheus endpoint and the admin API.
 
 pub mod admin;
+pub mod bufpool;
 pub mod client_body;
 pub mod connection;
 pub mod error;
@@ -35,6 +37,7 @@ pub mod relay;
 pub mod reload;
 pub mod router;
 pub mod select;
+pub mod tcp_relay;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

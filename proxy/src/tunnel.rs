@@ -9,13 +9,18 @@
 //!
 //! [`serve`] is the tunnel's whole life after the request path hands it
 //! over: the counts the shutdown drain waits for, the drain deadline that
-//! cuts it, and one log line when it opens and one when it closes.
+//! cuts it, and one log line when it opens and one when it closes. It
+//! takes the raw sockets back from hyper when both sides are plain TCP and
+//! hands them to [`crate::tcp_relay`] (no buffer while idle, one wakeup
+//! per message); a TLS side goes through the generic [`run`] here.
 
 use crate::live::Proxy;
 use crate::select::{ActiveGuard, Backend, Pool};
+use crate::tcp_relay::Relay;
 use crate::upstream::Body;
+use bytes::Bytes;
 use hyper::client::conn::http1::SendRequest;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -24,9 +29,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Copy buffer per direction; a few KB keeps idle tunnels cheap.
+/// Copy buffer per direction of a TLS tunnel (the generic path).
 const BUF: usize = 4 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +95,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
-/// Copies until done. Both directions run in one task with no lock
+/// The generic path (a TLS side): copies until done. Both directions run in one task with no lock
 /// between them (`copy_bidirectional`, which also passes half-closes on);
 /// byte totals are reported at the end.
 pub async fn run<C, U>(client: C, upstream: U, idle: Duration) -> Outcome
@@ -159,6 +165,11 @@ pub struct Handoff {
 /// Waits for both upgrades, then copies until the tunnel ends; counted
 /// in `Proxy::tunnels` (what the shutdown drain waits for) and logged
 /// when it opens and closes.
+///
+/// Two plain TCP sockets (the common case) get [`tcp_relay::Relay`],
+/// which holds no buffer while idle; a TLS side keeps the generic
+/// [`run`] over hyper's `Upgraded`, since rustls has to decrypt into a
+/// buffer of its own anyway.
 pub async fn serve(proxy: Arc<Proxy>, handoff: Handoff) {
     let Handoff {
         pool,
@@ -181,19 +192,38 @@ pub async fn serve(proxy: Arc<Proxy>, handoff: Handoff) {
     let started = Instant::now();
     proxy.tunnels.fetch_add(1, Relaxed);
     tracing::info!(pool = %pool.name(), backend = %backend.id, %client, "tunnel open");
-    let metrics = &proxy.metrics;
-    let to_backend = metrics.tunnel_bytes.with_label_values(&["to_backend"]);
-    let to_client = metrics.tunnel_bytes.with_label_values(&["to_client"]);
     let mut close = proxy.close_tunnels.subscribe();
-    let copy = run(TokioIo::new(client_io), TokioIo::new(upstream_io), idle);
-    let out = tokio::select! {
-        out = copy => out,
-        // The shutdown drain deadline cuts the tunnel.
-        _ = close.wait_for(|closed| *closed) => Outcome { end: End::Deadline, to_upstream: 0, to_client: 0 },
+    let out = match (raw(client_io), raw(upstream_io)) {
+        (Ok((c, c_left)), Ok((u, u_left))) => {
+            let mut relay = Relay::new(c, c_left, u, u_left);
+            let end = tokio::select! {
+                end = relay.run(idle) => end,
+                // The shutdown drain deadline cuts the tunnel.
+                _ = close.wait_for(|closed| *closed) => End::Deadline,
+            };
+            Outcome {
+                end,
+                to_upstream: relay.to_upstream(),
+                to_client: relay.to_client(),
+            }
+        }
+        (c, u) => {
+            let copy = run(generic(c), generic(u), idle);
+            tokio::select! {
+                out = copy => out,
+                _ = close.wait_for(|closed| *closed) => Outcome { end: End::Deadline, to_upstream: 0, to_client: 0 },
+            }
+        }
     };
-    // Bytes are added once the tunnel ends (copy_bidirectional counts them).
-    to_backend.inc_by(out.to_upstream);
-    to_client.inc_by(out.to_client);
+    // Counted once the tunnel ends, so an open tunnel holds no handle on
+    // the metrics.
+    let bytes = &proxy.metrics.tunnel_bytes;
+    bytes
+        .with_label_values(&["to_backend"])
+        .inc_by(out.to_upstream);
+    bytes
+        .with_label_values(&["to_client"])
+        .inc_by(out.to_client);
     drop(guard);
     proxy.tunnels.fetch_sub(1, Relaxed);
     tracing::info!(
@@ -206,6 +236,66 @@ pub async fn serve(proxy: Arc<Proxy>, handoff: Handoff) {
         end = ?out.end,
         "tunnel closed"
     );
+}
+
+/// The plain TCP socket under an upgraded connection and the bytes hyper
+/// had read past the upgrade head; the connection back when it is not
+/// plain TCP (TLS).
+fn raw(io: Upgraded) -> Result<(TcpStream, Bytes), Upgraded> {
+    io.downcast::<TokioIo<TcpStream>>()
+        .map(|parts| (parts.io.into_inner(), parts.read_buf))
+}
+
+/// Either side as the generic path takes it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+fn generic(side: Result<(TcpStream, Bytes), Upgraded>) -> Box<dyn Io> {
+    match side {
+        Ok((inner, leftover)) => Box::new(Prefixed { inner, leftover }),
+        Err(upgraded) => Box::new(TokioIo::new(upgraded)),
+    }
+}
+
+/// A socket whose first bytes were already read by the HTTP layer: they
+/// are read again from here first.
+struct Prefixed<S> {
+    inner: S,
+    leftover: Bytes,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.leftover.is_empty() {
+            let n = self.leftover.len().min(buf.remaining());
+            let head = self.leftover.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

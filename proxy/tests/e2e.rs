@@ -490,3 +490,67 @@ async fn header_affinity_hashes_the_named_header() {
             >= 41.0
     );
 }
+
+/// A client that sends its first WebSocket frame in the same write as the
+/// upgrade request: the proxy's HTTP layer reads both, and the frame must
+/// still reach the backend, before anything sent later, and be counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_with_the_upgrade_request_is_delivered_first() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b1 = TestBackend::start("b1").await;
+    let proxy = ProxyProcess::start(&config(&[&b1], "", ""));
+    // A masked text frame (clients must mask).
+    let frame = |text: &str| {
+        let mask = [0x11u8, 0x22, 0x33, 0x44];
+        let mut f = vec![0x81, 0x80 | text.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    };
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut first = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        proxy.addr
+    )
+    .into_bytes();
+    first.extend(frame("early"));
+    tcp.write_all(&first).await.unwrap();
+    tcp.write_all(&frame("later")).await.unwrap();
+
+    // The 101, then the two echoes in order: "b1:early", "b1:later".
+    let want = b"\x81\x08b1:early\x81\x08b1:later";
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let complete = |got: &[u8]| {
+        got.windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .is_some_and(|end| got.len() >= end + 4 + want.len())
+    };
+    tokio::time::timeout(DEADLINE, async {
+        while !complete(&got) {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("both echoes in time");
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(&got[head_end..], want);
+
+    // Bytes past the head count as tunnel bytes once the tunnel closes.
+    drop(tcp);
+    let sent = (2 * frame("early").len()) as f64;
+    eventually("the tunnel's bytes are counted", || async {
+        proxy
+            .metric("limpet_proxy_tunnel_bytes_total{direction=\"to_backend\"}")
+            .await
+            >= sent
+    })
+    .await;
+}

@@ -1,0 +1,386 @@
+//! The tunnel between two plain TCP sockets: what most WebSocket tunnels
+//! are, and what they cost while idle and per forwarded message.
+//!
+//! [`Relay`] owns the two sockets and nothing else of size:
+//!
+//! * **No buffer while idle.** Each direction waits for its source to be
+//!   readable without a buffer; only then does it borrow one from the
+//!   worker's [`bufpool`], read, write, and give it back in the same poll.
+//!   It keeps the buffer only while the destination will not take all of
+//!   it (backpressure: reading stops until the write is done).
+//! * **One task for both directions**, so a message is one wakeup: the
+//!   socket that became readable wakes this task, which reads it and
+//!   writes the other socket directly.
+//! * **No EAGAIN reads.** tokio's `poll_read` marks the socket not ready
+//!   after a short read, so the next wait goes straight to epoll instead of
+//!   a `read` that would only return EAGAIN.
+//! * **No per-chunk bookkeeping shared with anyone.** Byte counts are plain
+//!   fields, read by the caller when the relay ends (or is cut by the drain
+//!   deadline); the idle clock is read once per poll that moved bytes, and
+//!   the idle timer is re-armed only when it fires.
+//!
+//! Half-close: when one side sends FIN, what it sent is written out, then
+//! the other side's write half is shut down while the other direction
+//! keeps flowing. The relay ends when both directions have ended, when
+//! either errors, or after `idle` without a byte in either direction.
+//!
+//! Bytes the HTTP layer read past the upgrade head (`leftover`) are
+//! written before anything read from the socket afterwards.
+
+use crate::bufpool;
+use crate::tunnel::End;
+use bytes::Bytes;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Bytes read and not yet written, in a buffer held only until they are.
+enum Chunk {
+    /// Borrowed from the pool; goes back once written.
+    Pooled(Box<[u8]>),
+    /// What the HTTP layer had read past the upgrade head.
+    Leftover(Bytes),
+}
+
+struct InFlight {
+    chunk: Chunk,
+    start: usize,
+    end: usize,
+}
+
+impl InFlight {
+    fn bytes(&self) -> &[u8] {
+        let all: &[u8] = match &self.chunk {
+            Chunk::Pooled(b) => b,
+            Chunk::Leftover(b) => b,
+        };
+        &all[self.start..self.end]
+    }
+
+    fn release(self) {
+        if let Chunk::Pooled(buf) = self.chunk {
+            bufpool::give(buf);
+        }
+    }
+}
+
+/// One direction: reads `src`, writes `dst`.
+#[derive(Default)]
+struct Half {
+    in_flight: Option<InFlight>,
+    /// `src` sent FIN.
+    eof: bool,
+    /// `dst`'s write half is shut down: this direction is over.
+    done: bool,
+    bytes: u64,
+}
+
+impl Half {
+    /// Leftover bytes count as tunnel bytes, as if the relay had read them.
+    fn with_leftover(leftover: Bytes) -> Half {
+        let bytes = leftover.len() as u64;
+        let in_flight = (!leftover.is_empty()).then(|| InFlight {
+            start: 0,
+            end: leftover.len(),
+            chunk: Chunk::Leftover(leftover),
+        });
+        Half {
+            in_flight,
+            bytes,
+            ..Half::default()
+        }
+    }
+
+    /// Moves bytes until `src` has nothing more to read for now, `dst`
+    /// will take no more, or this direction is over (`Ready(Ok)`).
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut TcpStream,
+        dst: &mut TcpStream,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(flight) = &mut self.in_flight {
+                while flight.start < flight.end {
+                    let n = ready!(Pin::new(&mut *dst).poll_write(cx, flight.bytes()))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    flight.start += n;
+                }
+                if let Some(flight) = self.in_flight.take() {
+                    flight.release();
+                }
+            }
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof {
+                ready!(Pin::new(&mut *dst).poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            // Wait for data without holding a buffer.
+            ready!(src.poll_read_ready(cx))?;
+            let mut buf = bufpool::take();
+            let mut read = ReadBuf::new(&mut buf);
+            let n = match Pin::new(&mut *src).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => read.filled().len(),
+                Poll::Ready(Err(e)) => {
+                    bufpool::give(buf);
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => {
+                    bufpool::give(buf);
+                    return Poll::Pending;
+                }
+            };
+            if n == 0 {
+                bufpool::give(buf);
+                self.eof = true;
+                continue;
+            }
+            self.bytes += n as u64;
+            self.in_flight = Some(InFlight {
+                chunk: Chunk::Pooled(buf),
+                start: 0,
+                end: n,
+            });
+        }
+    }
+}
+
+/// A tunnel between a client and a backend socket; see the module doc.
+pub struct Relay {
+    client: TcpStream,
+    upstream: TcpStream,
+    /// Client to backend.
+    up: Half,
+    /// Backend to client.
+    down: Half,
+}
+
+impl Relay {
+    /// A relay that first writes `client_leftover` to the backend and
+    /// `upstream_leftover` to the client.
+    pub fn new(
+        client: TcpStream,
+        client_leftover: Bytes,
+        upstream: TcpStream,
+        upstream_leftover: Bytes,
+    ) -> Relay {
+        Relay {
+            client,
+            upstream,
+            up: Half::with_leftover(client_leftover),
+            down: Half::with_leftover(upstream_leftover),
+        }
+    }
+
+    /// Bytes from the client so far, leftover included (all of them
+    /// written to the backend once the relay has ended normally).
+    pub fn to_upstream(&self) -> u64 {
+        self.up.bytes
+    }
+
+    /// Bytes from the backend so far, leftover included.
+    pub fn to_client(&self) -> u64 {
+        self.down.bytes
+    }
+
+    /// Copies until the tunnel ends; `idle` zero means no idle timeout.
+    /// Cancel-safe in the sense the drain deadline needs: dropping the
+    /// future leaves the counts as they were.
+    pub async fn run(&mut self, idle: Duration) -> End {
+        let timer = (!idle.is_zero()).then(|| tokio::time::sleep(idle));
+        tokio::pin!(timer);
+        let mut last_active = Instant::now();
+        let mut seen = 0u64;
+        poll_fn(|cx| {
+            let Relay {
+                client,
+                upstream,
+                up,
+                down,
+            } = &mut *self;
+            let up_state = up.poll(cx, client, upstream);
+            let down_state = down.poll(cx, upstream, client);
+            match (up_state, down_state) {
+                (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => {
+                    return Poll::Ready(End::Error)
+                }
+                (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
+                _ => {}
+            }
+            let moved = up.bytes + down.bytes;
+            if moved != seen {
+                seen = moved;
+                last_active = Instant::now();
+            }
+            if let Some(mut timer) = timer.as_mut().as_pin_mut() {
+                while timer.as_mut().poll(cx).is_ready() {
+                    let deadline = last_active + idle;
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(End::IdleTimeout);
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    /// (client peer, backend peer, relay between them)
+    async fn tunnel(
+        client_left: &'static [u8],
+        up_left: &'static [u8],
+    ) -> (TcpStream, TcpStream, Relay) {
+        let (client_peer, client) = pair().await;
+        let (upstream, backend_peer) = pair().await;
+        let relay = Relay::new(
+            client,
+            Bytes::from_static(client_left),
+            upstream,
+            Bytes::from_static(up_left),
+        );
+        (client_peer, backend_peer, relay)
+    }
+
+    #[tokio::test]
+    async fn leftovers_go_first_and_half_close_passes_both_ways() {
+        let (mut client, mut backend, mut relay) = tunnel(b"early ", b"hello ").await;
+        let task = tokio::spawn(async move {
+            let end = relay.run(Duration::from_secs(30)).await;
+            (end, relay.to_upstream(), relay.to_client())
+        });
+        client.write_all(b"client").await.unwrap();
+        let mut got = [0u8; 12];
+        backend.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"early client");
+        backend.write_all(b"backend").await.unwrap();
+        let mut got = [0u8; 13];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello backend");
+
+        // The client half-closes: the backend sees EOF and can still answer.
+        client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        backend.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        backend.write_all(b"after").await.unwrap();
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"after");
+        // Now the backend half-closes too: the client sees EOF, tunnel ends.
+        backend.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        let (end, to_up, to_client) = task.await.unwrap();
+        assert_eq!(end, End::Closed);
+        // Leftovers count: they are tunnel bytes the HTTP layer read early.
+        assert_eq!((to_up, to_client), (12, 18));
+    }
+
+    #[tokio::test]
+    async fn large_transfer_to_a_slow_reader_arrives_intact() {
+        let (mut client, mut backend, mut relay) = tunnel(b"", b"").await;
+        let task = tokio::spawn(async move {
+            let end = relay.run(Duration::from_secs(30)).await;
+            (end, relay.to_upstream())
+        });
+        const LEN: usize = 8 * 1024 * 1024;
+        let data: Vec<u8> = (0..LEN).map(|i| (i * 7 + i / 251) as u8).collect();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&data).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        // Read in small pieces with pauses so the relay meets backpressure.
+        let mut got = Vec::with_capacity(LEN);
+        let mut buf = [0u8; 1000];
+        let mut reads = 0u32;
+        loop {
+            let n = backend.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            reads += 1;
+            if reads.is_multiple_of(256) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        assert!(got == expected, "the bytes arrive in order and intact");
+        drop(backend);
+        drop(writer.await.unwrap());
+        let (end, to_up) = task.await.unwrap();
+        assert_eq!(to_up, LEN as u64);
+        assert_ne!(end, End::IdleTimeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_in_both_directions_ends_the_tunnel() {
+        let (_client, _backend, mut relay) = tunnel(b"", b"").await;
+        let started = Instant::now();
+        assert_eq!(relay.run(Duration::from_secs(30)).await, End::IdleTimeout);
+        assert!(started.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_in_one_direction_keeps_the_tunnel_open() {
+        let (mut client, mut backend, mut relay) = tunnel(b"", b"").await;
+        let run = relay.run(Duration::from_secs(30));
+        tokio::pin!(run);
+        // The backend pushes every 20 s for two minutes; the client says
+        // nothing. Each push must reach the client and keep the tunnel.
+        for _ in 0..6 {
+            backend.write_all(b"push").await.unwrap();
+            let mut got = [0u8; 4];
+            tokio::select! {
+                end = run.as_mut() => panic!("tunnel ended while the backend pushed: {end:?}"),
+                r = client.read_exact(&mut got) => { r.unwrap(); }
+            }
+            tokio::select! {
+                end = run.as_mut() => panic!("tunnel ended within tunnel_idle: {end:?}"),
+                _ = tokio::time::sleep(Duration::from_secs(20)) => {}
+            }
+        }
+        let quiet = Instant::now();
+        assert_eq!(run.as_mut().await, End::IdleTimeout);
+        assert!(
+            quiet.elapsed() >= Duration::from_secs(10),
+            "30 s after the last push"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reset_ends_the_tunnel_with_an_error() {
+        let (client, _backend, mut relay) = tunnel(b"", b"").await;
+        client.set_zero_linger().unwrap();
+        drop(client);
+        assert_eq!(relay.run(Duration::from_secs(30)).await, End::Error);
+    }
+}

@@ -4,8 +4,9 @@
 //! [`Relay`] owns the two sockets and nothing else of size:
 //!
 //! * **No buffer while idle.** Each direction waits for its source to be
-//!   readable without a buffer; only then does it borrow one from the
-//!   worker's [`bufpool`], read, write, and give it back in the same poll.
+//!   readable without a buffer: it borrows one from the worker's
+//!   [`bufpool`] for the poll that reads, writes, and gives it back in the
+//!   same poll.
 //!   It keeps the buffer only while the destination will not take all of
 //!   it (backpressure: reading stops until the write is done).
 //! * **One task for both directions**, so a message is one wakeup: the
@@ -125,8 +126,10 @@ impl Half {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            // Wait for data without holding a buffer.
-            ready!(src.poll_read_ready(cx))?;
+            // The buffer is borrowed only for this poll: when `src` has
+            // nothing, `poll_read` registers for readiness and the buffer
+            // goes straight back, so a waiting direction holds none. (One
+            // readiness check instead of a `poll_read_ready` first.)
             let mut buf = bufpool::take();
             let mut read = ReadBuf::new(&mut buf);
             let n = match Pin::new(&mut *src).poll_read(cx, &mut read) {

@@ -43,6 +43,123 @@ pub struct NodeConfig {
     pub limits: NodeLimits,
     pub heartbeat: Heartbeat,
     pub shutdown: Shutdown,
+    pub auth: Auth,
+    pub history: History,
+}
+
+/// JSON Web Tokens on the WebSocket handshake (`?token=...`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Refuse a WebSocket upgrade without a valid token (HTTP 401). Off: a
+    /// token is still checked when one is given (a bad one is refused), and
+    /// a client without one is anonymous.
+    pub required: bool,
+    /// HS256 shared secret (at least 32 bytes). Exactly one of
+    /// `hmac_secret` and `public_key` when tokens are used.
+    pub hmac_secret: Option<String>,
+    /// PEM file with the public key of RS256 or ES256 tokens.
+    pub public_key: Option<String>,
+    /// `HS256`, `RS256` or `ES256`; unset: HS256 with `hmac_secret`, RS256
+    /// with `public_key`. Tokens signed with any other algorithm are refused.
+    pub algorithm: Option<String>,
+    /// Required `iss` claim, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` (and `nbf`) at the handshake.
+    pub leeway: Duration,
+    /// Longest token accepted; a longer one is refused with 431 before any
+    /// decoding.
+    pub max_token_bytes: ByteSize,
+}
+
+/// Room history in the broker, for recovery after a reconnect.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct History {
+    /// Messages kept per room (approximately: `XADD MAXLEN ~`). 0 (the
+    /// default): no history, no offsets, no broker writes on the emit path.
+    pub size: usize,
+    /// A room's history expires this long after its last message; 0: never.
+    pub ttl: Duration,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            required: false,
+            hmac_secret: None,
+            public_key: None,
+            algorithm: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::secs(5),
+            max_token_bytes: ByteSize(8 * 1024),
+        }
+    }
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            size: 0,
+            ttl: Duration::secs(600),
+        }
+    }
+}
+
+impl Auth {
+    /// Whether tokens are checked at all (a key is configured).
+    pub fn enabled(&self) -> bool {
+        self.hmac_secret.is_some() || self.public_key.is_some()
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        match (&self.hmac_secret, &self.public_key) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(
+                    "auth.public_key",
+                    "give hmac_secret or public_key, not both",
+                ))
+            }
+            (None, None) if self.required => {
+                return Err(FieldError::new(
+                    "auth.required",
+                    "tokens are required but no hmac_secret or public_key is set to check them",
+                ))
+            }
+            (Some(s), None) if s.len() < 32 => {
+                return Err(FieldError::new("auth.hmac_secret", "use at least 32 bytes"))
+            }
+            _ => {}
+        }
+        if let Some(alg) = &self.algorithm {
+            let fits = match alg.as_str() {
+                "HS256" => self.public_key.is_none(),
+                "RS256" | "ES256" => self.hmac_secret.is_none(),
+                _ => {
+                    return Err(FieldError::new(
+                        "auth.algorithm",
+                        format!("`{alg}` is not one of HS256, RS256, ES256"),
+                    ))
+                }
+            };
+            if !fits {
+                return Err(FieldError::new(
+                    "auth.algorithm",
+                    "HS256 goes with hmac_secret, RS256 and ES256 with public_key",
+                ));
+            }
+        }
+        if self.max_token_bytes.bytes() < 64 || self.max_token_bytes.bytes() > 64 * 1024 {
+            return Err(FieldError::new(
+                "auth.max_token_bytes",
+                "must be between 64 bytes and 64kb",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -142,6 +259,8 @@ impl Default for NodeConfig {
             limits: NodeLimits::default(),
             heartbeat: Heartbeat::default(),
             shutdown: Shutdown::default(),
+            auth: Auth::default(),
+            history: History::default(),
         }
     }
 }
@@ -319,6 +438,13 @@ impl Validate for NodeConfig {
                 "rate_per_second and rate_burst must be at least 1",
             ));
         }
+        self.auth.validate()?;
+        if self.history.size > 1_000_000 {
+            return Err(FieldError::new(
+                "history.size",
+                "at most 1000000 messages per room",
+            ));
+        }
         let h = &self.heartbeat;
         if h.ping_interval.is_zero() || h.node_interval.is_zero() {
             return Err(FieldError::new(
@@ -397,6 +523,19 @@ mod tests {
                 .contains("broker.0: `http://***@x` is not a redis:// URL"),
             "{err}"
         );
+        let err = parse_str::<NodeConfig>("[auth]\nrequired = true\n", Path::new("node.toml"))
+            .unwrap_err();
+        assert!(err.to_string().contains("auth.required"), "{err}");
+        let err = parse_str::<NodeConfig>(
+            "[auth]\nhmac_secret = \"0123456789abcdef0123456789abcdef\"\nalgorithm = \"none\"\n",
+            Path::new("node.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("auth.algorithm"), "{err}");
+        let err =
+            parse_str::<NodeConfig>("[auth]\nhmac_secret = \"short\"\n", Path::new("node.toml"))
+                .unwrap_err();
+        assert!(err.to_string().contains("auth.hmac_secret"), "{err}");
         let err = parse_str::<NodeConfig>("cluster_secret = \"short\"\n", Path::new("node.toml"))
             .unwrap_err();
         assert!(

@@ -6,8 +6,10 @@
 //! anyone. The reader enforces the message size, a token-bucket rate
 //! limit and an error budget; a client past the budget is closed (4003).
 //! A client that misses a pong by the next ping is closed (4001).
+//! A client whose token's `exp` passes without a `refresh` is closed (4004).
 
 use crate::addresses::Admission;
+use crate::auth::Identity;
 use crate::bucket::Bucket;
 use crate::node::Node;
 use crate::protocol::{self, BinaryOp, Code, Failure, Op};
@@ -64,21 +66,77 @@ impl ErrorBudget {
     }
 }
 
+/// Who the client is, and until when.
+struct Session {
+    identity: Option<Identity>,
+    /// When the token expires; the socket is closed then (4004) unless a
+    /// `refresh` moved it.
+    expires: Option<tokio::time::Instant>,
+}
+
+impl Session {
+    fn new(identity: Option<Identity>) -> Session {
+        let expires = identity
+            .as_ref()
+            .map(|i| tokio::time::Instant::now() + i.expires_in());
+        Session { identity, expires }
+    }
+
+    fn user(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.user.as_str())
+    }
+
+    fn may_join(&self, room: &str) -> Result<(), Failure> {
+        match &self.identity {
+            Some(i) if !i.may_join(room) => Err(Failure::new(
+                Code::Forbidden,
+                format!("your token does not allow joining `{room}`"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn may_publish(&self, room: &str) -> Result<(), Failure> {
+        match &self.identity {
+            Some(i) if !i.may_publish(room) => Err(Failure::new(
+                Code::Forbidden,
+                format!("your token does not allow emitting to `{room}`"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Serves one client until it leaves. `admission` is its place in its
-/// address's limits, given back when this returns.
+/// address's limits, given back when this returns; `identity` is who its
+/// token names, if it has one.
 pub async fn serve(
     node: Arc<Node>,
     ws: WebSocketStream<TokioIo<Upgraded>>,
     client: String,
     admission: Admission,
+    identity: Option<Identity>,
 ) {
     let id = node.next_socket_id();
+    let mut session = Session::new(identity);
     let limits = node.config.limits.clone();
     let (tx, mut rx) = mpsc::channel::<Outgoing>(limits.outbound_queue);
     let queued = Arc::new(AtomicUsize::new(0));
     let (closer, mut close_rx) = watch::channel::<Option<u16>>(None);
     node.add_socket(&id, tx, queued.clone(), closer.clone());
-    tracing::info!(node = %node.id, socket = %id, %client, "client connected");
+    if let Some(user) = session.user() {
+        node.set_user(&id, user);
+    }
+    let user = session.user().unwrap_or("-").to_string();
+    tracing::info!(node = %node.id, socket = %id, %client, %user, "client connected");
     let ping_every = node.config.heartbeat.ping_interval.get();
     node.reply(
         &id,
@@ -176,6 +234,7 @@ pub async fn serve(
             close::MESSAGE_TOO_BIG => "message too big",
             close::PROTOCOL_ERROR => "protocol violation",
             close::INVALID_PAYLOAD => "text frame is not UTF-8",
+            close::TOKEN_EXPIRED => "token expired",
             _ => "server going away",
         };
         let frame = CloseFrame {
@@ -203,6 +262,11 @@ pub async fn serve(
     let end = loop {
         tokio::select! {
             _ = close_rx.changed() => break "closed by the server",
+            _ = until(session.expires) => {
+                node.metrics.closes.with_label_values(&["token_expired"]).inc();
+                let _ = closer.send(Some(close::TOKEN_EXPIRED));
+                break "token expired";
+            }
             _ = ping.tick() => {
                 if awaiting_pong {
                     node.metrics.closes.with_label_values(&["heartbeat"]).inc();
@@ -245,7 +309,7 @@ pub async fn serve(
                         } else if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
                             Some((None, f))
                         } else {
-                            handle_text(&node, &id, text.as_str()).await
+                            handle_text(&node, &id, text.as_str(), &mut session).await
                         }
                     }
                     Message::Binary(bytes) => {
@@ -255,7 +319,7 @@ pub async fn serve(
                         } else if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
                             Some((None, f))
                         } else {
-                            handle_binary(&node, &id, &bytes)
+                            handle_binary(&node, &id, &bytes, &session)
                         }
                     }
                 };
@@ -293,7 +357,7 @@ pub async fn serve(
         code.get_or_insert(close::GOING_AWAY);
     });
     let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
-    tracing::info!(node = %node.id, socket = %id, %client, seconds = started.elapsed().as_secs(), reason = end, "client disconnected");
+    tracing::info!(node = %node.id, socket = %id, %client, %user, seconds = started.elapsed().as_secs(), reason = end, "client disconnected");
 }
 
 /// The socket's own rate limit, then its address's (shared by all the
@@ -321,14 +385,14 @@ fn rate_limited(node: &Node, bucket: &mut Bucket, admission: &Admission) -> Opti
 
 type Outcome = Option<(Option<serde_json::Value>, Failure)>;
 
-async fn handle_text(node: &Arc<Node>, id: &str, text: &str) -> Outcome {
+async fn handle_text(node: &Arc<Node>, id: &str, text: &str, session: &mut Session) -> Outcome {
     let req = match protocol::parse(text) {
         Ok(r) => r,
         Err(f) => return Some((None, f)),
     };
     let ack_id = req.id.clone();
     let result = match req.op(node.config.limits.max_room_name_bytes) {
-        Ok(op) => run(node, id, op).await,
+        Ok(op) => run(node, id, op, session).await,
         Err(f) => Err(f),
     };
     match result {
@@ -359,14 +423,61 @@ fn admit_event(node: &Node) -> Result<(), Failure> {
     ))
 }
 
-async fn run(node: &Arc<Node>, id: &str, op: Op<'_>) -> Result<serde_json::Value, Failure> {
+async fn run(
+    node: &Arc<Node>,
+    id: &str,
+    op: Op<'_>,
+    session: &mut Session,
+) -> Result<serde_json::Value, Failure> {
     if matches!(op, Op::Emit { .. } | Op::Send { .. }) {
         admit_event(node)?;
     }
     match op {
-        Op::Join { room } => {
-            let members = node.join(id, &room)?;
-            Ok(json!({"room": room, "members": members_json(&members)}))
+        Op::Join { room, since } => {
+            session.may_join(&room)?;
+            match (since, &node.history) {
+                (Some(since), Some(history)) => rejoin(node, id, &room, &since, history).await,
+                (since, _) => {
+                    let members = node.join(id, &room)?;
+                    let mut ack = json!({"room": room, "members": members_json(&members)});
+                    if since.is_some() {
+                        // No history on this node: nothing can be recovered.
+                        ack["recovered"] = json!(false);
+                    }
+                    Ok(ack)
+                }
+            }
+        }
+        Op::Refresh { token } => {
+            let Some(verifier) = &node.auth else {
+                return Err(Failure::new(
+                    Code::BadRequest,
+                    "this node does not check tokens",
+                ));
+            };
+            let fresh = verifier
+                .verify(token)
+                .and_then(|fresh| match session.user() {
+                    Some(user) if user != fresh.user => Err(crate::auth::AuthError::OtherUser),
+                    _ => Ok(fresh),
+                });
+            match fresh {
+                Ok(fresh) => {
+                    if session.identity.is_none() {
+                        node.set_user(id, &fresh.user);
+                    }
+                    let exp = fresh.exp;
+                    *session = Session::new(Some(fresh));
+                    Ok(json!({"exp": exp}))
+                }
+                Err(e) => {
+                    node.metrics
+                        .auth_failures
+                        .with_label_values(&[e.reason()])
+                        .inc();
+                    Err(Failure::new(Code::Unauthorized, e.to_string()))
+                }
+            }
         }
         Op::Leave { room } => {
             node.leave(id, &room, "leave")?;
@@ -378,12 +489,16 @@ async fn run(node: &Arc<Node>, id: &str, op: Op<'_>) -> Result<serde_json::Value
             data,
             include_self,
         } => {
-            let frame = Node::event_frame(&room, event, id, data);
+            session.may_publish(&room)?;
+            let frame = Node::event_frame(&room, event, id, session.user(), data);
             node.emit(Some(id), &room, frame, include_self)?;
             Ok(json!({"room": room}))
         }
         Op::Send { to, event, data } => {
-            node.send_to(to, Frame::text(protocol::direct(event, id, data)))?;
+            node.send_to(
+                to,
+                Frame::text(protocol::direct(event, id, session.user(), data)),
+            )?;
             Ok(json!({"to": to}))
         }
         Op::Presence { room } => {
@@ -392,6 +507,49 @@ async fn run(node: &Arc<Node>, id: &str, op: Op<'_>) -> Result<serde_json::Value
         }
         Op::Ping => Ok(json!({"pong": true})),
     }
+}
+
+/// A join with `since`: the room's live messages are held while its
+/// history after `since` is read and queued, then released (those the
+/// replay did not cover), so the client gets each message once, in order,
+/// all before the ack.
+async fn rejoin(
+    node: &Arc<Node>,
+    id: &str,
+    room: &str,
+    since: &protocol::Since,
+    history: &crate::history::History,
+) -> Result<serde_json::Value, Failure> {
+    node.start_hold(id, room);
+    let members = match node.join(id, room) {
+        Ok(m) => m,
+        Err(f) => {
+            node.end_hold(id, &[], None);
+            return Err(f);
+        }
+    };
+    let recovery = match history.recover(room, since).await {
+        Ok(r) => r,
+        Err(f) => {
+            node.end_hold(id, &[], None);
+            return Err(f);
+        }
+    };
+    let complete = node.end_hold(id, &recovery.frames, recovery.offset);
+    let recovered = recovery.recovered && complete;
+    let mut ack = json!({
+        "room": room,
+        "members": members_json(&members),
+        "recovered": recovered,
+        "missed": recovery.frames.len(),
+    });
+    if let Some(epoch) = recovery.epoch {
+        ack["epoch"] = json!(epoch);
+    }
+    if let Some(offset) = recovery.offset {
+        ack["offset"] = json!(offset);
+    }
+    Ok(ack)
 }
 
 fn members_json(members: &[(String, String)]) -> serde_json::Value {
@@ -403,7 +561,7 @@ fn members_json(members: &[(String, String)]) -> serde_json::Value {
 
 /// A binary frame is `<JSON request>\n<payload>`; `emit` and `send` only.
 /// Recipients get `<JSON event header>\n<payload>` as a binary frame.
-fn handle_binary(node: &Arc<Node>, id: &str, bytes: &[u8]) -> Outcome {
+fn handle_binary(node: &Arc<Node>, id: &str, bytes: &[u8], session: &Session) -> Outcome {
     let (req, payload) = match protocol::split_binary(bytes) {
         Ok(split) => split,
         Err(f) => return Some((None, f)),
@@ -417,13 +575,14 @@ fn handle_binary(node: &Arc<Node>, id: &str, bytes: &[u8]) -> Outcome {
                 event,
                 include_self,
             } => {
-                let mut out = protocol::event(&room, event, id, None).into_bytes();
+                session.may_publish(&room)?;
+                let mut out = protocol::event(&room, event, id, session.user(), None).into_bytes();
                 out.push(b'\n');
                 out.extend_from_slice(payload);
                 node.emit(Some(id), &room, Frame::Binary(out.into()), include_self)
             }
             BinaryOp::Send { to, event } => {
-                let mut out = protocol::direct(event, id, None).into_bytes();
+                let mut out = protocol::direct(event, id, session.user(), None).into_bytes();
                 out.push(b'\n');
                 out.extend_from_slice(payload);
                 node.send_to(to, Frame::Binary(out.into()))

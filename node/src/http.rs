@@ -9,6 +9,7 @@
 //! connection closed.
 
 use crate::addresses::{self, Refusal};
+use crate::auth::{token_param, AuthError, Identity};
 use crate::connection;
 use crate::node::Node;
 use crate::protocol;
@@ -134,6 +135,21 @@ fn origin_allowed(allowed: &[String], headers: &hyper::HeaderMap) -> bool {
     }
 }
 
+/// The client's identity from the `token` query parameter: `Ok(None)`
+/// for an anonymous client where that is allowed.
+fn authenticate(node: &Node, query: Option<&str>) -> Result<Option<Identity>, AuthError> {
+    let token = token_param(query);
+    match (&node.auth, token) {
+        (None, _) if node.config.auth.required => Err(AuthError::Claims(
+            "the node cannot check tokens (see its log)".into(),
+        )),
+        (None, _) => Ok(None),
+        (Some(v), None) if v.required => Err(AuthError::Missing),
+        (Some(_), None) => Ok(None),
+        (Some(v), Some(t)) => v.verify(&t).map(Some),
+    }
+}
+
 fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Resp {
     if req.method() != Method::GET {
         let mut r = reject(
@@ -198,6 +214,23 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
             "origin not allowed\n",
         );
     }
+    let identity = match authenticate(&node, req.uri().query()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            let reason = e.reason();
+            let counter = node.metrics.auth_failures.with_label_values(&[reason]);
+            if counter.get().is_multiple_of(1000) {
+                tracing::warn!(node = %node.id, %peer, reason, "refused WebSocket: {e} (one line per 1000 per reason)");
+            }
+            counter.inc();
+            node.metrics.rejected.with_label_values(&["auth"]).inc();
+            let status = match e {
+                AuthError::TooLong(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            return respond(status, "text/plain", format!("{e}\n"));
+        }
+    };
     if node.socket_count() >= node.config.limits.max_connections {
         return reject(
             &node,
@@ -271,7 +304,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
                     Some(ws_config),
                 )
                 .await;
-                connection::serve(node2, ws, client, admission).await;
+                connection::serve(node2, ws, client, admission, identity).await;
             }
             Err(e) => tracing::debug!("upgrade failed: {e}"),
         }
@@ -429,13 +462,13 @@ async fn publish_api(node: &Node, req: Request<Incoming>) -> Resp {
             node.emit(
                 None,
                 &room,
-                Node::event_frame(&room, event, "server", p.data),
+                Node::event_frame(&room, event, "server", None, p.data),
                 true,
             )
         }),
         (None, Some(socket)) => node.send_to(
             &socket,
-            Frame::text(protocol::direct(event, "server", p.data)),
+            Frame::text(protocol::direct(event, "server", None, p.data)),
         ),
         _ => {
             return json_reply(

@@ -58,12 +58,12 @@ impl Node {
         let mut frames = Vec::new();
         for s in had.iter().filter(|s| !now.contains(s)) {
             if st.remove_remote(room, s) {
-                frames.push(protocol::left(room, s, node, reason));
+                frames.push(protocol::left(room, s, node, reason, None));
             }
         }
         for s in now.into_iter().filter(|s| !had.contains(*s)) {
             match st.add_remote(room, s, node, &self.config.limits) {
-                Ok(true) => frames.push(protocol::joined(room, s, node)),
+                Ok(true) => frames.push(protocol::joined(room, s, node, None)),
                 Ok(false) => {}
                 Err(reason) => self.refuse_remote(reason, room, node),
             }
@@ -336,7 +336,7 @@ mod tests {
             room: "r".into(),
             socket: socket.into(),
         };
-        (e, protocol::joined("r", socket, from))
+        (e, protocol::joined("r", socket, from, None))
     }
 
     fn remote(node: &Node) -> Vec<(String, String)> {
@@ -407,7 +407,7 @@ mod tests {
             room: "r".into(),
             socket: "n2.y.1".into(),
         };
-        let left = protocol::left("r", "n2.y.1", "n2", "leave");
+        let left = protocol::left("r", "n2.y.1", "n2", "leave", None);
         feed(&node, &memory, &leave, &left);
         // A second leave is not news.
         feed(&node, &memory, &leave, &left);
@@ -434,7 +434,7 @@ mod tests {
             room: "r".into(),
             binary: false,
         };
-        let body = protocol::event("r", "chat", "n2.y.1", None);
+        let body = protocol::event("r", "chat", "n2.y.1", None, None);
         feed(&node, &memory, &emit("n2"), &body);
         // Our own envelope coming back from the broker is not delivered again.
         feed(&node, &memory, &emit("n1"), &body);

@@ -14,14 +14,18 @@
 //! backplane trait and channel names; [`broker`] the backplane over a
 //! Redis-protocol broker; [`shed`] the byte budgets and age limit that keep
 //! the message path's queues short under load; [`redact`] broker URLs as
-//! logs show them (no password); [`metrics`].
+//! logs show them (no password); [`metrics`]; [`auth`] JSON Web Tokens
+//! and what they allow; [`history`] room history in the broker, offsets
+//! and recovery.
 
 pub mod addresses;
+pub mod auth;
 pub mod backplane;
 pub mod broker;
 pub mod bucket;
 pub mod connection;
 pub mod envelope;
+pub mod history;
 pub mod http;
 pub mod inbound;
 pub mod link;

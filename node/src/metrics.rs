@@ -37,6 +37,15 @@ pub struct Metrics {
     pub closes: IntCounterVec,
     pub node_down: IntCounter,
     pub broker_connected: IntGauge,
+    /// WebSocket upgrades refused for their token, by reason.
+    pub auth_failures: IntCounterVec,
+    /// Room messages written to the history (given an offset).
+    pub history_writes: IntCounter,
+    /// Room messages whose history write failed (delivered without offset).
+    pub history_failures: IntCounter,
+    /// Rejoins with `since`, by result (recovered, resync).
+    pub recoveries: IntCounterVec,
+    pub recovered_messages: IntCounter,
     pub backplane: Arc<Counters>,
 }
 
@@ -131,6 +140,15 @@ impl Metrics {
             ),
             node_down: counter("limpet_node_peer_down_total", "Peer nodes declared dead"),
             broker_connected: gauge("limpet_node_broker_connected", "1 while the broker connection is up"),
+            auth_failures: counter_vec(
+                "limpet_node_auth_failures_total",
+                "WebSocket upgrades and refreshes refused for their token: missing, too_long, malformed, alg_none, wrong_algorithm, forged, expired, claims, other_user",
+                "reason",
+            ),
+            history_writes: counter("limpet_node_history_writes_total", "Room messages appended to the room's history in the broker"),
+            history_failures: counter("limpet_node_history_failures_total", "Room messages whose history write failed (delivered to local members without an offset)"),
+            recoveries: counter_vec("limpet_node_recoveries_total", "Rejoins with `since`, by result: recovered, resync", "result"),
+            recovered_messages: counter("limpet_node_recovered_messages_total", "Missed messages replayed to rejoining clients"),
             backplane,
             registry: r,
         }

@@ -10,9 +10,11 @@
 //! [`crate::backplane::Memory`]).
 
 use crate::addresses::Addresses;
+use crate::auth::Verifier;
 use crate::backplane::{node_channel, Backplane, Inbound, NODES_CHANNEL};
 use crate::broker::{Broker, Settings};
 use crate::envelope::Envelope;
+use crate::history::History;
 use crate::membership::State;
 use crate::metrics::Metrics;
 use crate::peers::Peers;
@@ -41,6 +43,10 @@ pub struct Node {
     pub(crate) max_age: MaxAge,
     /// How far behind the node is; `None` with shedding off.
     pub(crate) lag: Option<Arc<Lag>>,
+    /// Room history and recovery; `None` with `history.size = 0`.
+    pub history: Option<History>,
+    /// Token checks; `None` without an `auth` key.
+    pub auth: Option<Verifier>,
 }
 
 impl Node {
@@ -87,7 +93,17 @@ impl Node {
                 .map_or(0, |d| d.as_millis() as u64)
                 % 0xff_ffff_ffff
         );
-        Arc::new(Node {
+        let auth = match Verifier::from_config(&config) {
+            Ok(v) => v,
+            Err(e) => {
+                // Fail closed: with `auth.required`, every upgrade is refused.
+                tracing::error!("{e}; tokens cannot be checked");
+                None
+            }
+        };
+        Arc::new_cyclic(|weak| Node {
+            history: History::spawn(weak.clone(), &config, metrics.clone()),
+            auth,
             id,
             config,
             metrics,
@@ -101,6 +117,37 @@ impl Node {
             max_age,
             lag: Lag::spawn(max_age),
         })
+    }
+
+    /// Names the user of a local socket (its token's `sub`).
+    pub fn set_user(&self, id: &str, user: &str) {
+        if let Some(s) = self.state.lock().sockets.get_mut(id) {
+            s.user = Some(user.to_string());
+        }
+    }
+
+    /// The user of a local socket, if it has one.
+    pub(crate) fn user_of(&self, st: &State, id: &str) -> Option<String> {
+        st.sockets.get(id).and_then(|s| s.user.clone())
+    }
+
+    /// A room message back from the history writer (stamped with its
+    /// offset, or not when the write failed): local delivery, then one
+    /// publish for the other nodes.
+    pub(crate) fn deliver_stamped(&self, room: &str, frame: Frame, except: Option<&str>) {
+        let st = self.state.lock();
+        self.deliver_room(&st, room, &frame, except, "local", true);
+        drop(st);
+        let envelope = Envelope::Emit {
+            origin: self.id.clone(),
+            room: room.to_string(),
+            binary: matches!(frame, Frame::Binary(_)),
+        };
+        self.publish(
+            crate::backplane::room_channel(room),
+            &envelope,
+            frame.bytes(),
+        );
     }
 
     pub fn next_socket_id(&self) -> String {
@@ -206,6 +253,11 @@ impl Node {
         if let Some(r) = st.rooms.get(room) {
             for member in &r.local {
                 if Some(member.as_str()) != except {
+                    // A member recovering this room's history gets live
+                    // messages after the replay (see crate::history).
+                    if volatile && st.sockets.get(member).is_some_and(|s| s.held(room, frame)) {
+                        continue;
+                    }
                     self.deliver_as(st, member, frame, scope, volatile);
                 }
             }

@@ -23,6 +23,43 @@ pub struct Request<'a> {
     pub to: Option<String>,
     #[serde(rename = "self", default)]
     pub include_self: bool,
+    /// `refresh`: the new token.
+    pub token: Option<String>,
+    /// `join`: where the client's history left off (see [`Since`]).
+    #[serde(default)]
+    pub since: Option<Value>,
+}
+
+/// A rejoin's `since`: the last offset the client saw in the room and the
+/// epoch it belonged to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+impl Since {
+    /// `{"offset": N, "epoch": "..."}` with N a non-negative integer.
+    fn parse(v: &Value) -> Result<Since, Failure> {
+        let bad = |m: &str| Failure::new(Code::BadRequest, format!("`since`: {m}"));
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("expected {\"offset\": N, \"epoch\": \"...\"}"))?;
+        let offset = obj
+            .get("offset")
+            .ok_or_else(|| bad("`offset` is required"))?
+            .as_u64()
+            .ok_or_else(|| bad("`offset` must be a non-negative integer"))?;
+        let epoch = obj
+            .get("epoch")
+            .and_then(Value::as_str)
+            .filter(|e| !e.is_empty() && e.len() <= 64)
+            .ok_or_else(|| bad("`epoch` must be a string of 1 to 64 bytes"))?;
+        Ok(Since {
+            offset,
+            epoch: epoch.to_string(),
+        })
+    }
 }
 
 /// What a client asks for: one variant per `op`, holding the fields that
@@ -37,6 +74,7 @@ pub struct Request<'a> {
 pub enum Op<'r> {
     Join {
         room: String,
+        since: Option<Since>,
     },
     Leave {
         room: String,
@@ -54,6 +92,9 @@ pub enum Op<'r> {
     },
     Presence {
         room: String,
+    },
+    Refresh {
+        token: &'r str,
     },
     Ping,
 }
@@ -84,7 +125,10 @@ impl<'a> Request<'a> {
         };
         let room = || room(self.room.as_deref(), max_room);
         match self.op {
-            Some("join") => Ok(Op::Join { room: room()? }),
+            Some("join") => Ok(Op::Join {
+                room: room()?,
+                since: self.since.as_ref().map(Since::parse).transpose()?,
+            }),
             Some("leave") => Ok(Op::Leave { room: room()? }),
             Some("emit") => Ok(Op::Emit {
                 room: room()?,
@@ -99,9 +143,15 @@ impl<'a> Request<'a> {
             }),
             Some("presence") => Ok(Op::Presence { room: room()? }),
             Some("ping") => Ok(Op::Ping),
+            Some("refresh") => Ok(Op::Refresh {
+                token: self
+                    .token
+                    .as_deref()
+                    .ok_or_else(|| Failure::new(Code::BadRequest, "`token` is required"))?,
+            }),
             Some(other) => Err(Failure::new(
                 Code::UnknownOp,
-                format!("unknown op `{other}` (join, leave, emit, send, presence, ping)"),
+                format!("unknown op `{other}` (join, leave, emit, send, presence, refresh, ping)"),
             )),
             None => Err(Failure::new(Code::BadRequest, "`op` is required")),
         }
@@ -168,6 +218,10 @@ pub enum Code {
     RateLimited,
     BinaryNotSupported,
     Overloaded,
+    /// Outside what the client's token allows.
+    Forbidden,
+    /// A `refresh` with a token that does not verify.
+    Unauthorized,
 }
 
 impl Code {
@@ -185,6 +239,8 @@ impl Code {
             Code::RateLimited => "rate_limited",
             Code::BinaryNotSupported => "binary_not_supported",
             Code::Overloaded => "overloaded",
+            Code::Forbidden => "forbidden",
+            Code::Unauthorized => "unauthorized",
         }
     }
 }
@@ -254,16 +310,26 @@ struct EventFrame<'a> {
     room: Option<&'a str>,
     event: &'a str,
     from: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
     data: &'a RawValue,
 }
 
-/// A room message: `{"type":"event","room":..,"event":..,"from":..,"data":..}`.
-pub fn event(room: &str, event: &str, from: &str, data: Option<&RawValue>) -> String {
+/// A room message: `{"type":"event","room":..,"event":..,"from":..,"data":..}`,
+/// with `"user"` when the sender has one (a token's `sub`).
+pub fn event(
+    room: &str,
+    event: &str,
+    from: &str,
+    user: Option<&str>,
+    data: Option<&RawValue>,
+) -> String {
     let frame = EventFrame {
         kind: "event",
         room: Some(room),
         event,
         from,
+        user,
         data: match data {
             Some(d) => d,
             None => null(),
@@ -273,12 +339,13 @@ pub fn event(room: &str, event: &str, from: &str, data: Option<&RawValue>) -> St
 }
 
 /// A message to one socket: `{"type":"direct","event":..,"from":..,"data":..}`.
-pub fn direct(event: &str, from: &str, data: Option<&RawValue>) -> String {
+pub fn direct(event: &str, from: &str, user: Option<&str>, data: Option<&RawValue>) -> String {
     let frame = EventFrame {
         kind: "direct",
         room: None,
         event,
         from,
+        user,
         data: match data {
             Some(d) => d,
             None => null(),
@@ -287,14 +354,23 @@ pub fn direct(event: &str, from: &str, data: Option<&RawValue>) -> String {
     serde_json::to_string(&frame).expect("serializing strings cannot fail")
 }
 
-pub fn joined(room: &str, socket: &str, node: &str) -> String {
-    json!({"type": "joined", "room": room, "socket": socket, "node": node}).to_string()
+/// `user`: the member's token `sub`, when it has one.
+pub fn joined(room: &str, socket: &str, node: &str, user: Option<&str>) -> String {
+    let mut v = json!({"type": "joined", "room": room, "socket": socket, "node": node});
+    if let Some(u) = user {
+        v["user"] = json!(u);
+    }
+    v.to_string()
 }
 
 /// `reason`: `leave`, `disconnect` or `node_down`.
-pub fn left(room: &str, socket: &str, node: &str, reason: &str) -> String {
-    json!({"type": "left", "room": room, "socket": socket, "node": node, "reason": reason})
-        .to_string()
+pub fn left(room: &str, socket: &str, node: &str, reason: &str, user: Option<&str>) -> String {
+    let mut v =
+        json!({"type": "left", "room": room, "socket": socket, "node": node, "reason": reason});
+    if let Some(u) = user {
+        v["user"] = json!(u);
+    }
+    v.to_string()
 }
 
 pub fn shutdown(reconnect_ms: u64) -> String {
@@ -335,7 +411,7 @@ mod tests {
             op(r#"{"op":"fly"}"#),
             err(
                 Code::UnknownOp,
-                "unknown op `fly` (join, leave, emit, send, presence, ping)"
+                "unknown op `fly` (join, leave, emit, send, presence, refresh, ping)"
             )
         );
         assert_eq!(
@@ -404,11 +480,11 @@ mod tests {
     fn frames() {
         let data = serde_json::from_str::<&RawValue>(r#"{"a":1}"#).unwrap();
         assert_eq!(
-            event("r", "chat", "n.1", Some(data)),
+            event("r", "chat", "n.1", None, Some(data)),
             r#"{"type":"event","room":"r","event":"chat","from":"n.1","data":{"a":1}}"#
         );
         assert_eq!(
-            direct("offer", "n.1", None),
+            direct("offer", "n.1", None, None),
             r#"{"type":"direct","event":"offer","from":"n.1","data":null}"#
         );
         let e = error(

@@ -64,7 +64,8 @@ impl Node {
             };
             self.publish(room_channel(room), &sync, b"");
         }
-        let frame = protocol::joined(room, socket, &self.id);
+        let user = self.user_of(&st, socket);
+        let frame = protocol::joined(room, socket, &self.id, user.as_deref());
         let envelope = Envelope::Join {
             origin: self.id.clone(),
             room: room.to_string(),
@@ -94,7 +95,8 @@ impl Node {
             }
             None => true,
         };
-        let frame = protocol::left(room, socket, &self.id, reason);
+        let user = self.user_of(&st, socket);
+        let frame = protocol::left(room, socket, &self.id, reason, user.as_deref());
         let envelope = Envelope::Leave {
             origin: self.id.clone(),
             room: room.to_string(),
@@ -136,6 +138,17 @@ impl Node {
             }
         }
         let except = if include_self { None } else { socket };
+        if let Some(history) = &self.history {
+            // Delivered once the broker has given it an offset.
+            drop(st);
+            if !history.write(room.to_string(), frame, except.map(str::to_string)) {
+                return Err(Failure::new(
+                    Code::Overloaded,
+                    "the node is overloaded: message dropped, send it again later",
+                ));
+            }
+            return Ok(());
+        }
         self.deliver_room(&st, room, &frame, except, "local", true);
         drop(st);
         let envelope = Envelope::Emit {
@@ -186,7 +199,45 @@ impl Node {
     }
 
     /// Turns a raw data payload into an event frame.
-    pub fn event_frame(room: &str, event: &str, from: &str, data: Option<&RawValue>) -> Frame {
-        Frame::text(protocol::event(room, event, from, data))
+    pub fn event_frame(
+        room: &str,
+        event: &str,
+        from: &str,
+        user: Option<&str>,
+        data: Option<&RawValue>,
+    ) -> Frame {
+        Frame::text(protocol::event(room, event, from, user, data))
+    }
+
+    /// Holds `room`'s live messages for socket `id` while its history is
+    /// replayed (see [`crate::history`]).
+    pub(crate) fn start_hold(&self, id: &str, room: &str) {
+        let max = self.config.limits.outbound_queue_bytes.bytes() as usize / 2;
+        if let Some(s) = self.state.lock().sockets.get(id) {
+            s.start_hold(room, max);
+        }
+    }
+
+    /// Ends the hold: queues the replayed `frames`, then the held live
+    /// messages the replay did not already cover (offset above `upto`).
+    /// Whether nothing was dropped on the way.
+    pub(crate) fn end_hold(&self, id: &str, frames: &[Frame], upto: Option<u64>) -> bool {
+        let st = self.state.lock();
+        let Some(hold) = st.sockets.get(id).and_then(|s| s.end_hold()) else {
+            return false;
+        };
+        for f in frames {
+            self.deliver(&st, id, f, "recovered");
+        }
+        for f in &hold.frames {
+            let seen = match (crate::history::offset_of(f), upto) {
+                (Some(o), Some(upto)) => o <= upto,
+                _ => false,
+            };
+            if !seen {
+                self.deliver_as(&st, id, f, "local", true);
+            }
+        }
+        !hold.overflowed
     }
 }

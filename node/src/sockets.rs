@@ -29,6 +29,8 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame that is not UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The token's `exp` passed without a `refresh`.
+    pub const TOKEN_EXPIRED: u16 = 4004;
 
     /// How long queued frames may take to reach a closing client.
     pub const FLUSH_BEFORE_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -39,6 +41,16 @@ pub mod close {
     pub fn flushes_queue(code: u16) -> bool {
         !matches!(code, SLOW_CONSUMER | HEARTBEAT)
     }
+}
+
+/// Live room messages held during a recovery, bounded in bytes.
+pub(crate) struct Hold {
+    room: String,
+    pub(crate) frames: Vec<Frame>,
+    bytes: usize,
+    max_bytes: usize,
+    /// Some were dropped: the client cannot be told it missed nothing.
+    pub(crate) overflowed: bool,
 }
 
 /// A frame queued for one client. `since` is set for room and direct
@@ -56,6 +68,12 @@ pub struct LocalSocket {
     queued: Arc<AtomicUsize>,
     /// The rooms this socket joined.
     pub(crate) rooms: HashSet<String>,
+    /// The user its token names (`sub`), if any.
+    pub(crate) user: Option<String>,
+    /// While a rejoin recovers a room's history, that room's live messages
+    /// wait here (see [`Hold`]).
+    hold: parking_lot::Mutex<Option<Hold>>,
+    holding: std::sync::atomic::AtomicBool,
     /// Set to a close code to make the connection task close the socket.
     closer: watch::Sender<Option<u16>>,
 }
@@ -70,8 +88,50 @@ impl LocalSocket {
             tx,
             queued,
             rooms: HashSet::new(),
+            user: None,
+            hold: parking_lot::Mutex::new(None),
+            holding: std::sync::atomic::AtomicBool::new(false),
             closer,
         }
+    }
+
+    /// Starts holding `room`'s live messages for this socket, at most
+    /// `max_bytes` of them (more are dropped and the recovery fails).
+    pub(crate) fn start_hold(&self, room: &str, max_bytes: usize) {
+        *self.hold.lock() = Some(Hold {
+            room: room.to_string(),
+            frames: Vec::new(),
+            bytes: 0,
+            max_bytes,
+            overflowed: false,
+        });
+        self.holding.store(true, Relaxed);
+    }
+
+    /// Stops holding and returns what was held.
+    pub(crate) fn end_hold(&self) -> Option<Hold> {
+        self.holding.store(false, Relaxed);
+        self.hold.lock().take()
+    }
+
+    /// Keeps `frame` if this socket is holding `room`; whether it did
+    /// (then it must not be queued).
+    pub(crate) fn held(&self, room: &str, frame: &Frame) -> bool {
+        if !self.holding.load(Relaxed) {
+            return false;
+        }
+        let mut hold = self.hold.lock();
+        let Some(h) = hold.as_mut().filter(|h| h.room == room) else {
+            return false;
+        };
+        let len = frame.bytes().len();
+        if h.bytes + len > h.max_bytes {
+            h.overflowed = true;
+        } else {
+            h.bytes += len;
+            h.frames.push(frame.clone());
+        }
+        true
     }
 
     /// Queues `frame`; a queue full in bytes or in messages closes the

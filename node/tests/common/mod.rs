@@ -348,11 +348,18 @@ impl Client {
     /// Connects with extra request headers (`X-Forwarded-For`, `Origin`);
     /// `Err(status)` when the node refuses the upgrade.
     pub async fn connect_with(node: &NodeProcess, headers: &[(&str, &str)]) -> Result<Client, u16> {
+        Self::connect_url(&format!("ws://{}/ws", node.addr), headers).await
+    }
+
+    /// Connects with `?token=...`; `Err(status)` when refused.
+    pub async fn connect_token(node: &NodeProcess, token: &str) -> Result<Client, u16> {
+        Self::connect_url(&format!("ws://{}/ws?token={token}", node.addr), &[]).await
+    }
+
+    pub async fn connect_url(url: &str, headers: &[(&str, &str)]) -> Result<Client, u16> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-        let mut req = format!("ws://{}/ws", node.addr)
-            .into_client_request()
-            .unwrap();
+        let mut req = url.into_client_request().unwrap();
         for (k, v) in headers {
             req.headers_mut().append(
                 HeaderName::from_bytes(k.as_bytes()).unwrap(),
@@ -475,6 +482,11 @@ impl Client {
             }
             self.pending.push_back(v);
         }
+    }
+
+    /// Frames buffered while waiting for acks, oldest first, taken.
+    pub fn take_pending(&mut self) -> Vec<Value> {
+        self.pending.drain(..).collect()
     }
 
     /// Frames of `kind` received so far without waiting (after a round trip).

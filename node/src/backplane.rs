@@ -46,6 +46,11 @@ pub trait Backplane: Send + Sync {
     /// The node has handled an inbound message of `len` bytes (it leaves
     /// the inbound byte budget).
     fn handled(&self, len: usize);
+    /// Resolves once every command queued before it has run (e.g. a
+    /// subscription is live); `None` when the backplane cannot tell.
+    fn barrier(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        None
+    }
     fn is_connected(&self) -> bool;
     /// When the current connection came up; `None` while disconnected.
     fn connected_since(&self) -> Option<Instant>;

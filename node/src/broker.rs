@@ -44,6 +44,8 @@ enum Cmd {
     Subscribe(String),
     Unsubscribe(String),
     Publish(Publish),
+    /// Answered once every command queued before it has run.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// A sealed envelope waiting to go to the broker.
@@ -171,6 +173,11 @@ impl Backplane for Broker {
         if self.tx.send(Cmd::Publish(publish)).is_err() {
             self.shared.sent(len);
         }
+    }
+
+    fn barrier(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(Cmd::Barrier(tx)).ok().map(|()| rx)
     }
 
     fn is_connected(&self) -> bool {
@@ -358,6 +365,10 @@ async fn run(
                         Ok(())
                     }
                 }
+                Cmd::Barrier(done) => {
+                    let _ = done.send(());
+                    Ok(())
+                }
                 Cmd::Unsubscribe(ch) => {
                     if desired.remove(&ch) {
                         link.unsubscribe(&ch).await
@@ -478,6 +489,8 @@ fn apply_offline(cmd: Cmd, desired: &mut HashSet<String>, shared: &Shared) {
             shared.sent(p.payload.len());
             shared.counters.lost.inc();
         }
+        // Offline, nothing is pending: whoever waits goes on.
+        Cmd::Barrier(done) => drop(done),
     }
 }
 

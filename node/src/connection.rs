@@ -436,8 +436,11 @@ async fn run(
         Op::Join { room, since } => {
             session.may_join(&room)?;
             match (since, &node.history) {
-                (Some(since), Some(history)) => rejoin(node, id, &room, &since, history).await,
-                (since, _) => {
+                (Some(since), Some(history)) => {
+                    crate::recovery::rejoin(node, id, &room, &since, history).await
+                }
+                (None, Some(history)) => crate::recovery::join_at(node, id, &room, history).await,
+                (since, None) => {
                     let members = node.join(id, &room)?;
                     let mut ack = json!({"room": room, "members": members_json(&members)});
                     if since.is_some() {
@@ -509,50 +512,7 @@ async fn run(
     }
 }
 
-/// A join with `since`: the room's live messages are held while its
-/// history after `since` is read and queued, then released (those the
-/// replay did not cover), so the client gets each message once, in order,
-/// all before the ack.
-async fn rejoin(
-    node: &Arc<Node>,
-    id: &str,
-    room: &str,
-    since: &protocol::Since,
-    history: &crate::history::History,
-) -> Result<serde_json::Value, Failure> {
-    node.start_hold(id, room);
-    let members = match node.join(id, room) {
-        Ok(m) => m,
-        Err(f) => {
-            node.end_hold(id, &[], None);
-            return Err(f);
-        }
-    };
-    let recovery = match history.recover(room, since).await {
-        Ok(r) => r,
-        Err(f) => {
-            node.end_hold(id, &[], None);
-            return Err(f);
-        }
-    };
-    let complete = node.end_hold(id, &recovery.frames, recovery.offset);
-    let recovered = recovery.recovered && complete;
-    let mut ack = json!({
-        "room": room,
-        "members": members_json(&members),
-        "recovered": recovered,
-        "missed": recovery.frames.len(),
-    });
-    if let Some(epoch) = recovery.epoch {
-        ack["epoch"] = json!(epoch);
-    }
-    if let Some(offset) = recovery.offset {
-        ack["offset"] = json!(offset);
-    }
-    Ok(ack)
-}
-
-fn members_json(members: &[(String, String)]) -> serde_json::Value {
+pub(crate) fn members_json(members: &[(String, String)]) -> serde_json::Value {
     members
         .iter()
         .map(|(s, n)| json!({"socket": s, "node": n}))

@@ -44,10 +44,10 @@
 use crate::backplane::room_channel;
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::protocol::{Code, Failure, Since};
+
 use crate::shed::{self, ByteBudget, MaxAge};
 use crate::sockets::Frame;
-use bytes::Bytes;
+
 use redis::Value;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -108,7 +108,7 @@ impl Conn {
 /// declared broken.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-struct Link {
+pub(crate) struct Link {
     urls: Vec<String>,
     cluster: bool,
     conn: tokio::sync::Mutex<(Option<Conn>, Option<Instant>)>,
@@ -172,7 +172,7 @@ impl Link {
         self.conn.lock().await.0 = None;
     }
 
-    async fn query(&self, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<Value>> {
+    pub(crate) async fn query(&self, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<Value>> {
         let mut c = self.get().await?;
         let r = c.query(pipe).await;
         if let Err(e) = &r {
@@ -184,27 +184,17 @@ impl Link {
     }
 }
 
-/// What a rejoin with `since` gets.
-pub struct Recovery {
-    /// The missed messages, in order, stamped (empty unless recovered).
-    pub frames: Vec<Frame>,
-    pub recovered: bool,
-    /// The room's current epoch and last offset, when known.
-    pub epoch: Option<String>,
-    pub offset: Option<u64>,
-}
-
 /// The history of every room, in the broker.
 pub struct History {
-    size: usize,
-    ttl: u64,
+    pub(crate) size: usize,
+    pub(crate) ttl: u64,
     tx: mpsc::UnboundedSender<Write>,
     budget: Arc<ByteBudget>,
     max_age: MaxAge,
-    link: Arc<Link>,
-    metrics: Arc<Metrics>,
+    pub(crate) link: Arc<Link>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Most bytes one recovery may queue to a client.
-    max_recovery_bytes: usize,
+    pub(crate) max_recovery_bytes: usize,
 }
 
 impl History {
@@ -275,103 +265,6 @@ impl History {
             return false;
         }
         true
-    }
-
-    /// The messages of `room` after `since`, if the history still has all
-    /// of them under the same epoch.
-    pub async fn recover(&self, room: &str, since: &Since) -> Result<Recovery, Failure> {
-        let skey = stream_key(room);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("GET")
-            .arg(epoch_key(room))
-            .cmd("XREVRANGE")
-            .arg(&skey)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XRANGE")
-            .arg(&skey)
-            .arg(format!("0-{}", since.offset.saturating_add(1)))
-            .arg("+")
-            .arg("COUNT")
-            // MAXLEN ~ may keep somewhat more than `size`.
-            .arg(self.size.saturating_mul(2).saturating_add(100));
-        let unavailable = |e: redis::RedisError| {
-            Failure::new(
-                Code::Overloaded,
-                format!("history unavailable, try again: {e}"),
-            )
-        };
-        let replies = self.link.query(&pipe).await.map_err(unavailable)?;
-        let [epoch, last, entries] = <[Value; 3]>::try_from(replies)
-            .map_err(|_| Failure::new(Code::Overloaded, "history unavailable: unexpected reply"))?;
-        let epoch = as_string(&epoch).filter(|e| valid_epoch(e));
-        let top = entries_of(&last).last().map(|(o, _, _)| *o);
-        let resync = |metrics: &Metrics, epoch: Option<String>, offset: Option<u64>| {
-            metrics.recoveries.with_label_values(&["resync"]).inc();
-            Ok(Recovery {
-                frames: Vec::new(),
-                recovered: false,
-                epoch,
-                offset,
-            })
-        };
-        let Some(epoch) = epoch else {
-            return resync(&self.metrics, None, None);
-        };
-        if epoch != since.epoch {
-            return resync(&self.metrics, Some(epoch), top);
-        }
-        let top = top.unwrap_or(0);
-        if since.offset > top {
-            return Err(Failure::new(
-                Code::BadRequest,
-                format!(
-                    "`since`: offset {} is in the future (the room is at {top})",
-                    since.offset
-                ),
-            ));
-        }
-        let list = entries_of(&entries);
-        let mut frames = Vec::with_capacity(list.len());
-        let mut expected = since.offset + 1;
-        let mut bytes = 0;
-        for (offset, binary, body) in list {
-            // A gap (trimmed, or out of the window) cannot be recovered.
-            if offset != expected {
-                return resync(&self.metrics, Some(epoch), Some(top));
-            }
-            bytes += body.len();
-            if bytes > self.max_recovery_bytes {
-                return resync(&self.metrics, Some(epoch), Some(top));
-            }
-            let frame = if binary {
-                Frame::Binary(body)
-            } else {
-                match Frame::from_body(body, false) {
-                    Some(f) => f,
-                    None => return resync(&self.metrics, Some(epoch), Some(top)),
-                }
-            };
-            frames.push(stamp(&frame, offset, &epoch));
-            expected += 1;
-        }
-        if expected != top + 1 {
-            return resync(&self.metrics, Some(epoch), Some(top));
-        }
-        self.metrics
-            .recoveries
-            .with_label_values(&["recovered"])
-            .inc();
-        self.metrics.recovered_messages.inc_by(frames.len() as u64);
-        Ok(Recovery {
-            frames,
-            recovered: true,
-            epoch: Some(epoch),
-            offset: Some(top),
-        })
     }
 }
 
@@ -516,7 +409,7 @@ fn parse_stamps(values: Vec<Value>, n: usize) -> Option<Vec<(u64, String)>> {
         .collect()
 }
 
-fn as_string(v: &Value) -> Option<String> {
+pub(crate) fn as_string(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
@@ -525,47 +418,18 @@ fn as_string(v: &Value) -> Option<String> {
 }
 
 /// The offset in a stream id `0-N`.
-fn parse_id(id: &str) -> Option<u64> {
+pub(crate) fn parse_id(id: &str) -> Option<u64> {
     id.strip_prefix("0-")?.parse().ok()
 }
 
 /// Epochs are ours (hex), but come back from the broker: anything else is
 /// refused rather than pasted into a frame.
-fn valid_epoch(e: &str) -> bool {
+pub(crate) fn valid_epoch(e: &str) -> bool {
     !e.is_empty() && e.len() <= 64 && e.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// (offset, binary, body) of each entry of an XRANGE reply, skipping any
-/// that is not ours.
-fn entries_of(v: &Value) -> Vec<(u64, bool, Bytes)> {
-    let Value::Array(items) = v else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter_map(|item| {
-            let Value::Array(pair) = item else {
-                return None;
-            };
-            let offset = parse_id(&as_string(pair.first()?)?)?;
-            let Value::Array(fields) = pair.get(1)? else {
-                return None;
-            };
-            let binary = match fields.first()? {
-                Value::BulkString(f) if f == b"b" => true,
-                Value::BulkString(f) if f == b"t" => false,
-                _ => return None,
-            };
-            let Value::BulkString(body) = fields.get(1)? else {
-                return None;
-            };
-            Some((offset, binary, Bytes::copy_from_slice(body)))
-        })
-        .collect()
-}
-
 /// A fresh epoch: 16 hex digits, different on every node and every call.
-fn new_epoch() -> String {
+pub(crate) fn new_epoch() -> String {
     use sha2::{Digest, Sha256};
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     static SEQ: AtomicU64 = AtomicU64::new(0);

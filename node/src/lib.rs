@@ -15,8 +15,8 @@
 //! Redis-protocol broker; [`shed`] the byte budgets and age limit that keep
 //! the message path's queues short under load; [`redact`] broker URLs as
 //! logs show them (no password); [`metrics`]; [`auth`] JSON Web Tokens
-//! and what they allow; [`history`] room history in the broker, offsets
-//! and recovery.
+//! and what they allow; [`history`] room history in the broker and
+//! offsets; [`recovery`] replaying it on a rejoin.
 
 pub mod addresses;
 pub mod auth;
@@ -35,6 +35,7 @@ pub mod node;
 pub mod peers;
 pub mod presence;
 pub mod protocol;
+pub mod recovery;
 pub mod redact;
 pub mod rooms;
 pub mod seal;

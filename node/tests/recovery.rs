@@ -23,7 +23,10 @@ async fn recovery_after_a_node_dies(kind: Kind) {
     }
     let mut client = Client::connect(&na).await;
     let mut sender = Client::connect(&nb).await;
-    client.join("r").await;
+    // With history on, a join's ack says where the room's history stands.
+    let at = client.join("r").await;
+    assert_eq!(at["offset"], 0, "{at}");
+    assert!(at["epoch"].is_string(), "{at}");
     sender.join("r").await;
     // Both see the first message with the same offset and epoch.
     sender
@@ -32,6 +35,7 @@ async fn recovery_after_a_node_dies(kind: Kind) {
     let seen = client.event_named("m0").await;
     let own = sender.event_named("m0").await;
     let (n, epoch) = (seen["offset"].as_u64().unwrap(), seen["epoch"].clone());
+    assert_eq!((n, &epoch), (1, &at["epoch"]), "{seen}");
     assert!(
         epoch.is_string() && !epoch.as_str().unwrap().is_empty(),
         "{seen}"

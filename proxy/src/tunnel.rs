@@ -162,14 +162,17 @@ pub struct Handoff {
     pub sender: SendRequest<Body>,
 }
 
-/// Waits for both upgrades, then copies until the tunnel ends; counted
-/// in `Proxy::tunnels` (what the shutdown drain waits for) and logged
-/// when it opens and closes.
+/// Waits for both upgrades, then hands the tunnel to a task of its own
+/// that copies until it ends; counted in `Proxy::tunnels` (what the
+/// shutdown drain waits for) and logged when it opens and closes.
 ///
 /// Two plain TCP sockets (the common case) get [`tcp_relay::Relay`],
 /// which holds no buffer while idle; a TLS side keeps the generic
 /// [`run`] over hyper's `Upgraded`, since rustls has to decrypt into a
-/// buffer of its own anyway.
+/// buffer of its own anyway. Each gets its own task so that an open
+/// tunnel's task is only as large as its own path needs (the state of
+/// this function, the upgrades and the other path, is not carried along
+/// for the tunnel's whole life).
 pub async fn serve(proxy: Arc<Proxy>, handoff: Handoff) {
     let Handoff {
         pool,
@@ -189,53 +192,97 @@ pub async fn serve(proxy: Arc<Proxy>, handoff: Handoff) {
         }
     };
     drop(sender);
-    let started = Instant::now();
     proxy.tunnels.fetch_add(1, Relaxed);
     tracing::info!(pool = %pool.name(), backend = %backend.id, %client, "tunnel open");
-    let mut close = proxy.close_tunnels.subscribe();
-    let out = match (raw(client_io), raw(upstream_io)) {
+    let open = Open {
+        proxy,
+        pool,
+        backend,
+        client,
+        guard,
+        started: Instant::now(),
+    };
+    match (raw(client_io), raw(upstream_io)) {
         (Ok((c, c_left)), Ok((u, u_left))) => {
-            let mut relay = Relay::new(c, c_left, u, u_left);
-            let end = tokio::select! {
-                end = relay.run(idle) => end,
-                // The shutdown drain deadline cuts the tunnel.
-                _ = close.wait_for(|closed| *closed) => End::Deadline,
-            };
-            Outcome {
-                end,
-                to_upstream: relay.to_upstream(),
-                to_client: relay.to_client(),
-            }
+            tokio::spawn(relay_tcp(open, Relay::new(c, c_left, u, u_left), idle));
         }
         (c, u) => {
-            let copy = run(generic(c), generic(u), idle);
-            tokio::select! {
-                out = copy => out,
-                _ = close.wait_for(|closed| *closed) => Outcome { end: End::Deadline, to_upstream: 0, to_client: 0 },
-            }
+            tokio::spawn(relay_generic(open, generic(c), generic(u), idle));
         }
     };
-    // Counted once the tunnel ends, so an open tunnel holds no handle on
-    // the metrics.
-    let bytes = &proxy.metrics.tunnel_bytes;
-    bytes
-        .with_label_values(&["to_backend"])
-        .inc_by(out.to_upstream);
-    bytes
-        .with_label_values(&["to_client"])
-        .inc_by(out.to_client);
-    drop(guard);
-    proxy.tunnels.fetch_sub(1, Relaxed);
-    tracing::info!(
-        pool = %pool.name(),
-        backend = %backend.id,
-        %client,
-        duration_ms = started.elapsed().as_millis() as u64,
-        bytes_to_backend = out.to_upstream,
-        bytes_to_client = out.to_client,
-        end = ?out.end,
-        "tunnel closed"
-    );
+}
+
+/// What an open tunnel keeps for its close: the count it holds and the
+/// fields of its log line.
+struct Open {
+    proxy: Arc<Proxy>,
+    pool: Arc<Pool>,
+    backend: Arc<Backend>,
+    client: IpAddr,
+    /// Counts the tunnel against its backend until it ends.
+    guard: ActiveGuard,
+    started: Instant,
+}
+
+impl Open {
+    /// Counts the bytes (looked up here, so an open tunnel holds no handle
+    /// on the metrics), releases the counts and logs the close.
+    fn close(self, out: Outcome) {
+        let Open {
+            proxy,
+            pool,
+            backend,
+            client,
+            guard,
+            started,
+        } = self;
+        let bytes = &proxy.metrics.tunnel_bytes;
+        bytes
+            .with_label_values(&["to_backend"])
+            .inc_by(out.to_upstream);
+        bytes
+            .with_label_values(&["to_client"])
+            .inc_by(out.to_client);
+        drop(guard);
+        proxy.tunnels.fetch_sub(1, Relaxed);
+        tracing::info!(
+            pool = %pool.name(),
+            backend = %backend.id,
+            %client,
+            duration_ms = started.elapsed().as_millis() as u64,
+            bytes_to_backend = out.to_upstream,
+            bytes_to_client = out.to_client,
+            end = ?out.end,
+            "tunnel closed"
+        );
+    }
+}
+
+/// A plain TCP tunnel's life; the drain deadline cuts it.
+async fn relay_tcp(open: Open, mut relay: Relay, idle: Duration) {
+    let mut close = open.proxy.close_tunnels.subscribe();
+    let end = tokio::select! {
+        end = relay.run(idle) => end,
+        _ = close.wait_for(|closed| *closed) => End::Deadline,
+    };
+    let out = Outcome {
+        end,
+        to_upstream: relay.to_upstream(),
+        to_client: relay.to_client(),
+    };
+    drop(relay);
+    open.close(out);
+}
+
+/// A tunnel with a TLS side; the drain deadline cuts it (its byte counts
+/// are then lost, as they live in the copy).
+async fn relay_generic(open: Open, client: Box<dyn Io>, upstream: Box<dyn Io>, idle: Duration) {
+    let mut close = open.proxy.close_tunnels.subscribe();
+    let out = tokio::select! {
+        out = run(client, upstream, idle) => out,
+        _ = close.wait_for(|closed| *closed) => Outcome { end: End::Deadline, to_upstream: 0, to_client: 0 },
+    };
+    open.close(out);
 }
 
 /// The plain TCP socket under an upgraded connection and the bytes hyper

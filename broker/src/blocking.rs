@@ -81,13 +81,15 @@ fn try_serve(s: &mut Session, handle: &Arc<ClientHandle>) -> bool {
     let (keys, ids, count) = (b.keys.clone(), b.ids.clone(), b.count);
     let before = s.out.len();
     let broker = s.broker.clone();
-    let served = {
+    let (served, events) = {
         let mut r = s.reply();
         broker
             .keyspace
             .with(|db| serve_read(db, &mut r, &keys, &ids, count, true))
-            .0
     };
+    // Reading may expire a key on the way (lazy expiry): its `expired`
+    // event goes out like any other command's.
+    broker.publish_events(events);
     if served {
         owe(s, handle, before);
         unblock(s);

@@ -9,6 +9,7 @@
 //! loop then comes back to it without reading more.
 
 use crate::commands;
+use crate::handle::KillReason;
 use crate::session::{Session, OUT_READ_PAUSE};
 use bytes::BytesMut;
 use std::sync::atomic::Ordering::Relaxed;
@@ -49,6 +50,14 @@ pub fn process(s: &mut Session, input: &mut BytesMut) -> bool {
                 s.dispatched = None;
                 s.rejected = false;
                 let keep = commands::dispatch(s, &args);
+                if s.reply_over {
+                    // The reply would not fit the output limit: it was cut
+                    // off while being written. Close, as Redis does a client
+                    // past its hard limit, without sending the torn reply.
+                    s.out.truncate(mark);
+                    s.handle.kill(KillReason::HardLimit);
+                    return false;
+                }
                 let now = Instant::now();
                 let usec = now.duration_since(last).as_micros() as u64;
                 last = now;

@@ -53,6 +53,10 @@ pub struct Session {
     pub broker: Arc<Broker>,
     pub handle: Arc<ClientHandle>,
     pub out: BytesMut,
+    /// Most bytes `out` may hold while a reply is written (see
+    /// [`Reply`]); `reply_over` is set when a reply needed more.
+    pub reply_cap: usize,
+    pub reply_over: bool,
     pub proto: Proto,
     pub authenticated: bool,
     pub subs: Subscriptions,
@@ -99,6 +103,19 @@ pub struct Session {
     pub(crate) rejected: bool,
 }
 
+/// The most a connection's output buffer may hold while replies are
+/// written: the larger output hard limit (a client past it is closed
+/// anyway), or 1 GiB when both are off.
+fn reply_cap(config: &limpet_config::BrokerConfig) -> usize {
+    let hard = config
+        .output_limit_normal
+        .hard
+        .bytes()
+        .max(config.output_limit.hard.bytes());
+    let cap = if hard == 0 { 1 << 30 } else { hard };
+    usize::try_from(cap).unwrap_or(usize::MAX)
+}
+
 impl Session {
     /// The session of a freshly admitted client (see [`Broker::admit`]).
     pub fn new(
@@ -108,12 +125,15 @@ impl Session {
     ) -> Session {
         let authenticated = broker.config.requirepass.is_none();
         let limits = broker.limits;
+        let reply_cap = reply_cap(&broker.config);
         let mut parser = RequestParser::new(limits);
         parser.set_unauthenticated(!authenticated, limits);
         Session {
             broker,
             handle,
             out: BytesMut::with_capacity(READ_CHUNK),
+            reply_cap,
+            reply_over: false,
             proto: Proto::Resp2,
             authenticated,
             subs: Subscriptions::default(),
@@ -144,6 +164,8 @@ impl Session {
         Reply {
             buf: &mut self.out,
             proto: self.proto,
+            cap: self.reply_cap,
+            over: &mut self.reply_over,
         }
     }
 

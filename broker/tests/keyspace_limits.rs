@@ -248,3 +248,196 @@ async fn a_multi_queue_is_bounded_by_the_query_buffer_limit() {
     honest_client_served(b.addr, HONEST_WITHIN).await;
     b.proc.assert_alive();
 }
+
+/// One small request that asks for a huge reply: `MGET` of one 1 MB key
+/// 300 times is 300 MB of reply from 3 KB of request. Before, the whole
+/// reply was built in memory first (RSS +300 MB; a million copies would
+/// have taken the process down); the output limit only applied once it
+/// was built. Now a reply stops growing at the output hard limit and the
+/// client is closed, as Redis closes a client past that limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_bigger_than_the_output_limit_closes_the_client_before_it_is_built() {
+    const GROWTH_BOUND_KIB: u64 = 100 * 1024;
+    let config = format!(
+        "{PORT_ZERO}[output_limit]\nhard = \"8mb\"\n[output_limit_normal]\nhard = \"8mb\"\n"
+    );
+    let mut b = BrokerProcess::start(&config);
+    let metrics = b.metrics.expect("metrics port");
+    let mut c = Client::connect(b.addr).await;
+    let value = "v".repeat(1 << 20);
+    assert_eq!(c.call(&["SET", "big", &value]).await, "+OK\r\n");
+    let base = b.proc.rss_kib();
+    // Peak memory while the request runs (the reply is freed after).
+    let pid = b.proc.child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(limpet_testkit::rss_kib(pid));
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let mut request = vec!["MGET"];
+    request.extend(std::iter::repeat_n("big", 300));
+    c.cmd(&request).await;
+    let got = c.read_to_close().await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    assert!(
+        got.len() < 9 << 20,
+        "closed without the 300 MB reply, got {} bytes",
+        got.len()
+    );
+    let growth = peak.saturating_sub(base);
+    assert!(
+        growth < GROWTH_BOUND_KIB,
+        "RSS grew by {growth} KiB at its peak"
+    );
+    eventually("the disconnect is counted", || async move {
+        metric(
+            metrics,
+            "limpet_broker_reply_limit_disconnects_total{limit=\"hard\"}",
+        )
+        .await
+            == Some(1.0)
+    })
+    .await;
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    b.proc.assert_alive();
+}
+
+/// WATCH of 200,000 distinct keys. Before, each key was checked against
+/// every key already watched (4×10^10 comparisons: minutes of one worker
+/// thread), and repeated WATCHes grew without limit. Now the check is a
+/// hash lookup and one connection watches at most 100,000 keys: past it,
+/// an error, at once. Below it WATCH still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_is_bounded_and_linear_in_its_keys() {
+    let mut b = BrokerProcess::start(PORT_ZERO);
+    let mut c = Client::connect(b.addr).await;
+    let keys: Vec<String> = (0..200_000).map(|i| format!("w{i}")).collect();
+    let mut request = vec!["WATCH"];
+    request.extend(keys.iter().map(String::as_str));
+    let reply = c.call(&request).await;
+    assert_eq!(reply, "-ERR a connection may WATCH at most 100000 keys\r\n");
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    // 50,000 keys twice over (duplicates are free), then a change to one.
+    let mut request = vec!["WATCH"];
+    request.extend(keys[..50_000].iter().map(String::as_str));
+    request.extend(keys[..50_000].iter().map(String::as_str));
+    assert_eq!(c.call(&request).await, "+OK\r\n");
+    let mut other = Client::connect(b.addr).await;
+    assert_eq!(other.call(&["SET", "w49999", "x"]).await, "+OK\r\n");
+    assert_eq!(c.call(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(c.call(&["PING"]).await, "+QUEUED\r\n");
+    assert_eq!(c.call(&["EXEC"]).await, "*-1\r\n", "the watch still fires");
+    b.proc.assert_alive();
+}
+
+/// EXEC of writes queued while there was room, run after memory passed
+/// `maxmemory`: Redis refuses the whole transaction with EXECABORT; before,
+/// every queued write ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_of_queued_writes_past_maxmemory_is_refused() {
+    let b = BrokerProcess::start(&format!("maxmemory = \"64kb\"\n{PORT_ZERO}"));
+    let mut tx = Client::connect(b.addr).await;
+    assert_eq!(tx.call(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(tx.call(&["SET", "late", "v"]).await, "+QUEUED\r\n");
+    let mut filler = Client::connect(b.addr).await;
+    let value = "v".repeat(1000);
+    for i in 0.. {
+        if filler.call(&["SET", &format!("f{i}"), &value]).await == OOM {
+            break;
+        }
+        assert!(i < 1000, "never refused");
+    }
+    assert_eq!(
+        tx.call(&["EXEC"]).await,
+        "-EXECABORT Transaction discarded because of: OOM command not allowed when used memory > 'maxmemory'.\r\n"
+    );
+    assert_eq!(tx.call(&["EXISTS", "late"]).await, ":0\r\n");
+}
+
+/// SCAN with COUNT 9223372036854775807 on 250,000 keys. Before, one call
+/// visited the whole table under the keyspace lock (KEYS by another name).
+/// COUNT is a hint: now one call visits at most 100,000 slots and returns
+/// a cursor to go on from, and the whole scan still sees every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_scan_call_visits_a_bounded_part_of_the_keyspace() {
+    let mut b = BrokerProcess::start(PORT_ZERO);
+    let mut c = Client::connect(b.addr).await;
+    let total = 250_000;
+    for chunk in 0..total / 10_000 {
+        let kv: Vec<String> = (chunk * 10_000..(chunk + 1) * 10_000)
+            .flat_map(|i| [format!("k{i}"), "v".to_string()])
+            .collect();
+        let mut request = vec!["MSET"];
+        request.extend(kv.iter().map(String::as_str));
+        assert_eq!(c.call(&request).await, "+OK\r\n");
+    }
+    let mut cursor = "0".to_string();
+    let mut calls = 0;
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        c.cmd(&["SCAN", &cursor, "COUNT", "9223372036854775807"])
+            .await;
+        let reply = c.frame().await;
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        let mut lines = text.split("\r\n");
+        lines.next(); // *2
+        lines.next(); // $len of the cursor
+        cursor = lines.next().expect("a cursor").to_string();
+        for l in lines {
+            if let Some(k) = l.strip_prefix('k') {
+                seen.insert(k.to_string());
+            }
+        }
+        calls += 1;
+        if cursor == "0" {
+            break;
+        }
+        assert!(calls < 100, "the scan never ends");
+    }
+    assert!(calls >= 3, "one call visited everything ({calls} calls)");
+    assert_eq!(
+        seen.len(),
+        total,
+        "every key seen once the cursor is back at 0"
+    );
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    b.proc.assert_alive();
+}
+
+/// A transaction of 100,001 queued commands: EXEC would hold the keyspace
+/// lock for all of them. Past 100,000 the queue refuses, and EXEC answers
+/// EXECABORT, as for any command refused while queuing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_queue_holds_a_bounded_number_of_commands() {
+    let mut b = BrokerProcess::start(PORT_ZERO);
+    let mut c = Client::connect(b.addr).await;
+    assert_eq!(c.call(&["MULTI"]).await, "+OK\r\n");
+    let n = 100_001;
+    let mut pipeline = Vec::new();
+    for _ in 0..n {
+        pipeline.extend_from_slice(b"*2\r\n$6\r\nEXISTS\r\n$1\r\nx\r\n");
+    }
+    c.send(&pipeline).await;
+    let replies = c.frames(n).await;
+    let text = String::from_utf8_lossy(&replies);
+    assert_eq!(text.matches("+QUEUED\r\n").count(), 100_000);
+    assert!(
+        text.ends_with("-ERR MULTI queue holds at most 100000 commands; the transaction is discarded at EXEC\r\n"),
+        "{}",
+        &text[text.len().saturating_sub(200)..]
+    );
+    assert_eq!(
+        c.call(&["EXEC"]).await,
+        "-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    honest_client_served(b.addr, HONEST_WITHIN).await;
+    b.proc.assert_alive();
+}

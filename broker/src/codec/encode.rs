@@ -16,9 +16,17 @@ pub enum Proto {
 }
 
 /// Reply writer over a connection's output buffer.
+///
+/// One request can ask for far more than it sends (`MGET` of one large
+/// key a million times): past `cap` bytes in `buf` no more bulk payloads
+/// are written and `over` is set, so the caller closes the client (as
+/// Redis does past its output hard limit) instead of the allocation
+/// taking the process down.
 pub struct Reply<'a> {
     pub buf: &'a mut BytesMut,
     pub proto: Proto,
+    pub cap: usize,
+    pub over: &'a mut bool,
 }
 
 impl Reply<'_> {
@@ -43,7 +51,19 @@ impl Reply<'_> {
     }
 
     pub fn bulk(&mut self, b: &[u8]) {
+        if self.past_cap(b.len()) {
+            return;
+        }
         put_bulk(self.buf, b);
+    }
+
+    /// Whether writing `len` more bytes would pass the cap (and from then
+    /// on, everything would).
+    fn past_cap(&mut self, len: usize) -> bool {
+        if self.buf.len().saturating_add(len) > self.cap {
+            *self.over = true;
+        }
+        *self.over
     }
 
     pub fn null(&mut self) {
@@ -86,6 +106,9 @@ impl Reply<'_> {
         match self.proto {
             Proto::Resp2 => self.bulk(text),
             Proto::Resp3 => {
+                if self.past_cap(text.len()) {
+                    return;
+                }
                 self.header(b'=', text.len() + 4);
                 self.buf.put_slice(b"txt:");
                 self.buf.put_slice(text);

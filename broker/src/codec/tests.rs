@@ -188,9 +188,12 @@ fn integers_parse_like_string2ll() {
 #[test]
 fn replies_in_both_dialects() {
     let mut buf = BytesMut::new();
+    let mut over = false;
     let mut r = Reply {
         buf: &mut buf,
         proto: Proto::Resp2,
+        cap: usize::MAX,
+        over: &mut over,
     };
     r.map(1);
     r.bulk(b"k");
@@ -202,9 +205,12 @@ fn replies_in_both_dialects() {
         b"*2\r\n$1\r\nk\r\n$-1\r\n$1\r\nx\r\n-ERR a  b\r\n"
     );
     let mut buf = BytesMut::new();
+    let mut over = false;
     let mut r = Reply {
         buf: &mut buf,
         proto: Proto::Resp3,
+        cap: usize::MAX,
+        over: &mut over,
     };
     r.map(1);
     r.bulk(b"k");
@@ -228,4 +234,23 @@ fn message_encoding() {
         &encode_message(Proto::Resp3, b"pmessage", Some(b"c*"), b"ch", b"")[..],
         b">4\r\n$8\r\npmessage\r\n$2\r\nc*\r\n$2\r\nch\r\n$0\r\n\r\n"
     );
+}
+
+#[test]
+fn a_reply_past_its_cap_stops_growing_and_says_so() {
+    let mut buf = BytesMut::new();
+    let mut over = false;
+    let mut r = Reply {
+        buf: &mut buf,
+        proto: Proto::Resp2,
+        cap: 100,
+        over: &mut over,
+    };
+    r.array(3);
+    r.bulk(&[b'x'; 60]);
+    r.bulk(&[b'y'; 60]);
+    r.bulk(b"z");
+    assert!(over);
+    assert!(buf.len() <= 100, "{} bytes", buf.len());
+    assert!(!buf.contains(&b'y') && !buf.contains(&b'z'));
 }

@@ -381,6 +381,9 @@ fn keys_cmd(s: &mut Session, args: &[Bytes]) -> bool {
 /// at the end and a deletion moves the last key into the hole, so a key
 /// present for the whole iteration is at or below the cursor until it is
 /// returned (Redis's guarantee), and may only be returned twice.
+/// Most key slots one SCAN call visits, whatever its COUNT.
+const SCAN_MAX_SLOTS: u64 = 100_000;
+
 fn scan(s: &mut Session, args: &[Bytes]) -> bool {
     let cursor_text = String::from_utf8_lossy(&args[1]);
     let cursor = match parse_cursor(&cursor_text) {
@@ -430,11 +433,13 @@ fn scan(s: &mut Session, args: &[Bytes]) -> bool {
         } else {
             cursor.min(slots)
         };
-        // Visit `count` slots, like Redis visits `count` buckets; a huge
-        // COUNT is bounded by the table's size.
+        // Visit `count` slots, like Redis visits `count` buckets. COUNT
+        // is a hint: one call visits at most SCAN_MAX_SLOTS, since it
+        // holds the keyspace lock, and the cursor says where to go on.
         let mut visited = 0u64;
         let mut found = Vec::new();
-        while at > 0 && visited < count as u64 {
+        let count = (count as u64).min(SCAN_MAX_SLOTS);
+        while at > 0 && visited < count {
             at -= 1;
             visited += 1;
             if let Some((k, e)) = db.key_at(at as usize, now) {

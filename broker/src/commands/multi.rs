@@ -88,6 +88,13 @@ pub fn runs_inside_multi(name: &str) -> bool {
     )
 }
 
+/// Most commands one transaction may queue: EXEC runs them all under the
+/// keyspace lock, so their number bounds how long everyone else waits.
+const MAX_QUEUED: usize = 100_000;
+
+/// Most keys one connection may WATCH at once.
+const MAX_WATCHED: usize = 100_000;
+
 /// A transaction being queued.
 #[derive(Default)]
 pub struct Multi {
@@ -99,11 +106,21 @@ pub struct Multi {
 
 /// Queues a command (called by dispatch for a client inside MULTI).
 pub fn queue(s: &mut Session, cmd: &'static Command, args: &[Bytes]) {
-    let size = 32 + args.iter().map(|a| a.len() as u64).sum::<u64>();
+    // What the queued copy really holds: each argument is a handle plus
+    // its own allocation, so a million empty arguments are not free.
+    let size = 32 + args.iter().map(|a| a.len() as u64 + 48).sum::<u64>();
     let max = s.broker.config.limits.query_buffer_limit.bytes();
     let Some(m) = s.multi.as_mut() else {
         return;
     };
+    if m.queued.len() >= MAX_QUEUED {
+        m.failed = true;
+        s.broker.note_limit("multi_commands");
+        s.reply().error(&format!(
+            "ERR MULTI queue holds at most {MAX_QUEUED} commands; the transaction is discarded at EXEC"
+        ));
+        return;
+    }
     if m.bytes + size > max {
         m.failed = true;
         s.broker.note_limit("query_buffer_limit");
@@ -157,6 +174,14 @@ fn exec(s: &mut Session, _args: &[Bytes]) -> bool {
             .error("EXECABORT Transaction discarded because of previous errors.");
         return true;
     }
+    if s.broker.over_maxmemory() && m.queued.iter().any(|(cmd, _)| cmd.has_flag("denyoom")) {
+        unwatch_all(s);
+        s.broker.metrics.oom_rejections.inc();
+        s.reply().error(
+            "EXECABORT Transaction discarded because of: OOM command not allowed when used memory > 'maxmemory'.",
+        );
+        return true;
+    }
     let broker = s.broker.clone();
     let _held = broker.keyspace.hold();
     if s.watch_flag.load(Relaxed) {
@@ -182,11 +207,19 @@ fn watch(s: &mut Session, args: &[Bytes]) -> bool {
         return true;
     }
     let flag = s.watch_flag.clone();
+    let mut seen: ahash::AHashSet<&[u8]> = s.watched.iter().map(|k| &k[..]).collect();
     let mut new = Vec::new();
     for k in &args[1..] {
-        if !s.watched.contains(k) && !new.contains(k) {
+        if seen.insert(&k[..]) {
             new.push(Bytes::copy_from_slice(k));
         }
+    }
+    if s.watched.len() + new.len() > MAX_WATCHED {
+        s.broker.note_limit("watched_keys");
+        s.reply().error(&format!(
+            "ERR a connection may WATCH at most {MAX_WATCHED} keys"
+        ));
+        return true;
     }
     s.broker.keyspace.with(|db| {
         for k in &new {

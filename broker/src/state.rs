@@ -132,10 +132,22 @@ impl Broker {
     /// Publishes keyspace events on `__keyspace@0__:<key>` (payload: the
     /// event) and `__keyevent@0__:<event>` (payload: the key), as the
     /// `K` and `E` flags ask, like any PUBLISH.
+    ///
+    /// A key name longer than `limits.max_channel_len` (a PUBLISH to such
+    /// a channel is refused) has its keyspace-channel event skipped and
+    /// counted: matching it against every pattern would cost what
+    /// `max_channel_len` exists to bound.
     pub fn publish_events(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
         let flags = self.keyspace.with(|db| db.notify_flags).0;
+        let max_channel =
+            usize::try_from(self.config.limits.max_channel_len.bytes()).unwrap_or(usize::MAX);
         for e in events {
-            if flags & notify::KEYSPACE != 0 {
+            if flags & notify::KEYSPACE != 0 && e.key.len() + 15 > max_channel {
+                self.note_limit("max_channel_len");
+            } else if flags & notify::KEYSPACE != 0 {
                 let mut ch = b"__keyspace@0__:".to_vec();
                 ch.extend_from_slice(&e.key);
                 self.registry

@@ -441,3 +441,33 @@ async fn a_multi_queue_holds_a_bounded_number_of_commands() {
     honest_client_served(b.addr, HONEST_WITHIN).await;
     b.proc.assert_alive();
 }
+
+/// Keyspace events name the key in the channel: a 5,000-byte key name
+/// made a channel longer than `limits.max_channel_len` (4 KB), which a
+/// PUBLISH may not use and which every pattern is matched against. Its
+/// keyspace-channel event is now skipped and counted; the keyevent one
+/// (key in the payload) and events for other keys still go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_events_for_keys_longer_than_a_channel_are_skipped() {
+    let b = BrokerProcess::start(&format!("notify_keyspace_events = \"KEA\"\n{PORT_ZERO}"));
+    let metrics = b.metrics.expect("metrics port");
+    let mut sub = Client::connect(b.addr).await;
+    sub.cmd(&["PSUBSCRIBE", "__keyspace@0__:*"]).await;
+    sub.frame().await;
+    let mut c = Client::connect(b.addr).await;
+    let long = "k".repeat(5000);
+    assert_eq!(c.call(&["SET", &long, "v"]).await, "+OK\r\n");
+    assert_eq!(c.call(&["SET", "short", "v"]).await, "+OK\r\n");
+    let first = String::from_utf8_lossy(&sub.frame().await).into_owned();
+    assert!(
+        first.contains("__keyspace@0__:short\r\n"),
+        "the first keyspace event is for the short key: {}",
+        &first[..first.len().min(120)]
+    );
+    let rejected = metric(
+        metrics,
+        "limpet_broker_limit_rejections_total{limit=\"max_channel_len\"}",
+    )
+    .await;
+    assert_eq!(rejected, Some(1.0));
+}

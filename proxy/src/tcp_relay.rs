@@ -17,8 +17,10 @@
 //!   a `read` that would only return EAGAIN.
 //! * **No per-chunk bookkeeping shared with anyone.** Byte counts are plain
 //!   fields, read by the caller when the relay ends (or is cut by the drain
-//!   deadline); the idle clock is read once per poll that moved bytes, and
-//!   the idle timer is re-armed only when it fires.
+//!   deadline); no clock is read per message: the idle timer ticks eight
+//!   times per `tunnel_idle` and looks at whether the counts changed, so
+//!   a tunnel closes after between 1 and 1.125 × `tunnel_idle` of
+//!   silence (never sooner).
 //!
 //! Half-close: when one side sends FIN, what it sent is written out, then
 //! the other side's write half is shut down while the other direction
@@ -38,7 +40,6 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 /// Bytes read and not yet written, in a buffer held only until they are.
 enum Chunk {
@@ -200,10 +201,18 @@ impl Relay {
     /// Cancel-safe in the sense the drain deadline needs: dropping the
     /// future leaves the counts as they were.
     pub async fn run(&mut self, idle: Duration) -> End {
-        let timer = (!idle.is_zero()).then(|| tokio::time::sleep(idle));
+        // The idle timer ticks every `idle / CHECKS` and the relay notes at
+        // each tick whether bytes moved since the last one, so no clock is
+        // read while bytes move. Silence is summed from tick deadlines;
+        // the tunnel closes after between `idle` and `idle + idle/CHECKS`
+        // without a byte, never sooner.
+        const CHECKS: u32 = 8;
+        // At least 1 ms, so that a tiny `idle` cannot make a zero tick.
+        let tick = (idle / CHECKS).max(Duration::from_millis(1));
+        let timer = (!idle.is_zero()).then(|| tokio::time::sleep(tick));
         tokio::pin!(timer);
-        let mut last_active = Instant::now();
-        let mut seen = 0u64;
+        let mut seen = self.up.bytes + self.down.bytes;
+        let mut quiet = Duration::ZERO;
         poll_fn(|cx| {
             let Relay {
                 client,
@@ -220,18 +229,20 @@ impl Relay {
                 (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
                 _ => {}
             }
-            let moved = up.bytes + down.bytes;
-            if moved != seen {
-                seen = moved;
-                last_active = Instant::now();
-            }
             if let Some(mut timer) = timer.as_mut().as_pin_mut() {
                 while timer.as_mut().poll(cx).is_ready() {
-                    let deadline = last_active + idle;
-                    if Instant::now() >= deadline {
-                        return Poll::Ready(End::IdleTimeout);
+                    let moved = up.bytes + down.bytes;
+                    if moved != seen {
+                        seen = moved;
+                        quiet = Duration::ZERO;
+                    } else {
+                        quiet += tick;
+                        if quiet >= idle {
+                            return Poll::Ready(End::IdleTimeout);
+                        }
                     }
-                    timer.as_mut().reset(deadline);
+                    let next = timer.deadline() + tick;
+                    timer.as_mut().reset(next);
                 }
             }
             Poll::Pending
@@ -245,6 +256,7 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+    use tokio::time::Instant;
 
     /// A connected pair of loopback sockets.
     async fn pair() -> (TcpStream, TcpStream) {
@@ -373,9 +385,13 @@ mod tests {
         }
         let quiet = Instant::now();
         assert_eq!(run.as_mut().await, End::IdleTimeout);
+        // The last push was 20 s ago: closed 30 s after it, within the
+        // tick's slack (30 s / 8), never sooner.
+        let after = quiet.elapsed();
+        assert!(after >= Duration::from_secs(10), "closed early: {after:?}");
         assert!(
-            quiet.elapsed() >= Duration::from_secs(10),
-            "30 s after the last push"
+            after <= Duration::from_millis(13_750),
+            "closed late: {after:?}"
         );
     }
 

@@ -4,6 +4,11 @@
 //! measured while one proxy instance is up, so each contender starts once;
 //! the two tables are rendered apart because the report puts scenario 2
 //! between them.
+//!
+//! The saturation run also reads the CPU time (user and sys apart) of the
+//! contender's own processes from `/proc/<pid>/stat` before and after, and
+//! divides it by the round trips: on a shared machine throughput swings
+//! 10–30 % between runs, CPU time per message far less.
 
 use super::contenders::{start_proxy, Kind};
 use super::procs::{have, wait_port};
@@ -22,7 +27,35 @@ pub(crate) struct ProxyRuns {
     many: Vec<(Kind, Latency)>,
     /// `wrk` requests/s and its p99 as printed; empty without `wrk`.
     http: Vec<(Kind, (f64, String))>,
+    /// CPU µs per echoed message at saturation (user, sys), median run.
+    cpu: Vec<(Kind, (f64, f64))>,
     failed_to_start: Vec<String>,
+}
+
+/// User and sys clock ticks of `pids` so far, from `/proc/<pid>/stat`.
+fn cpu_ticks(pids: &[u32]) -> (u64, u64) {
+    pids.iter().fold((0, 0), |(u, s), pid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name: state is the 1st, utime the 12th.
+        let mut rest = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace()
+            .skip(11);
+        let mut next = || rest.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let (du, ds) = (next(), next());
+        (u + du, s + ds)
+    })
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), 100 on Linux.
+fn ticks_per_sec() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// Starts each contender in turn over `backends` and drives the echo and
@@ -37,7 +70,9 @@ pub(crate) async fn measure(
     let mut single = Vec::new();
     let mut many = Vec::new();
     let mut http = Vec::new();
+    let mut cpu = Vec::new();
     let mut failed_to_start = Vec::new();
+    let tick_us = 1e6 / ticks_per_sec();
     for &kind in kinds {
         let started = match start_proxy(kind, backends, dir, bin) {
             Ok(s) => s,
@@ -56,22 +91,34 @@ pub(crate) async fn measure(
             }
             None => backends.to_vec(),
         };
+        let pids = started.as_ref().map(|(p, _)| p.pids()).unwrap_or_default();
         let mut one = Vec::new();
         let mut lots = Vec::new();
+        let mut per_msg = Vec::new();
         for _ in 0..s.repeat {
             one.push(load::echo(&targets[..1], 1, 100, Duration::from_secs(s.single_secs)).await);
-            lots.push(
-                load::echo(
-                    &targets,
-                    s.many_conns,
-                    100,
-                    Duration::from_secs(s.many_secs),
-                )
-                .await,
-            );
+            let before = cpu_ticks(&pids);
+            let run = load::echo(
+                &targets,
+                s.many_conns,
+                100,
+                Duration::from_secs(s.many_secs),
+            )
+            .await;
+            let after = cpu_ticks(&pids);
+            let n = run.count.max(1) as f64;
+            per_msg.push((
+                after.0.saturating_sub(before.0) as f64 * tick_us / n,
+                after.1.saturating_sub(before.1) as f64 * tick_us / n,
+            ));
+            lots.push(run);
         }
         single.push((kind, median_by(one)));
         many.push((kind, median_by(lots)));
+        if !pids.is_empty() {
+            per_msg.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
+            cpu.push((kind, per_msg[per_msg.len() / 2]));
+        }
         if have("wrk") {
             http.push((kind, wrk(targets[0], s.wrk_secs)));
         }
@@ -85,6 +132,7 @@ pub(crate) async fn measure(
         single,
         many,
         http,
+        cpu,
         failed_to_start,
     }
 }
@@ -112,6 +160,22 @@ pub(crate) fn overhead(runs: &ProxyRuns, many_conns: usize) -> (String, ChartGro
         "messages/s",
         &runs.many,
     );
+    if !runs.cpu.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n### CPU per echoed message, {many_conns} connections\n\nThe contender's processes only (nginx: master and workers), from `/proc/<pid>/stat`, median of the runs.\n\n| contender | user µs | sys µs | user + sys µs |\n|---|---|---|---|"
+        );
+        for (k, (user, sys)) in &runs.cpu {
+            let _ = writeln!(
+                md,
+                "| {} | {:.2} | {:.2} | {:.2} |",
+                k.name(),
+                user,
+                sys,
+                user + sys
+            );
+        }
+    }
     let chart = (
         format!("WebSocket echo, {many_conns} connections: messages/s"),
         runs.many

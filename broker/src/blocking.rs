@@ -125,15 +125,10 @@ pub async fn wait(
         let notify = b.notify.clone();
         let deadline = b.deadline;
         // Replies made before the XREAD go out while it waits.
-        if !s.out.is_empty() {
-            match stream.try_write(&s.out) {
-                Ok(n) => {
-                    s.wrote(n);
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Err("write error"),
-            }
+        match s.try_flush(stream) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(_) => return Err("write error"),
         }
         let timeout = async {
             match deadline {

@@ -74,15 +74,10 @@ pub async fn run(
                 break "closed";
             }
         }
-        if !s.out.is_empty() {
-            match stream.try_write(&s.out) {
-                Ok(n) => {
-                    s.wrote(n);
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => break "write error",
-            }
+        match s.try_flush(&stream) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(_) => break "write error",
         }
         // After the write, so replies already made go out before more run.
         if s.paused && s.out.len() < OUT_READ_PAUSE {

@@ -252,6 +252,23 @@ impl Session {
         self.broker.metrics.net_output_bytes.inc_by(n as u64);
     }
 
+    /// Writes what the socket takes now of the pending output, without
+    /// waiting: `Ok(true)` if some went out, `Ok(false)` if nothing is
+    /// pending or the socket is full.
+    pub fn try_flush(&mut self, stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+        if self.out.is_empty() {
+            return Ok(false);
+        }
+        match stream.try_write(&self.out) {
+            Ok(n) => {
+                self.wrote(n);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Unsubscribes from everything without replying (RESET, disconnect).
     pub fn drop_subscriptions(&mut self) {
         let registry = &self.broker.registry;

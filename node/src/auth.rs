@@ -377,6 +377,50 @@ mod tests {
         assert!(matches!(v.verify(&no_sub), Err(AuthError::Claims(_))));
     }
 
+    /// A throwaway P-256 key pair, for this test only.
+    const EC_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgq2mOH1/kJI7gH0JF
+e91pMOWb2h+7XDj8Ov2UAuiDKFmhRANCAATwHLkpGfgAa+GxGN8750JboU0QHMBF
+CsyXBP7j4bZvRU7RPZ1BnOiUo/EvO8xMaVQKv9n9aBK4exN/BRfn9Pqc
+-----END PRIVATE KEY-----
+";
+    const EC_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE8By5KRn4AGvhsRjfO+dCW6FNEBzA
+RQrMlwT+4+G2b0VO0T2dQZzolKPxLzvMTGlUCr/Z/WgSuHsTfwUX5/T6nA==
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn es256_with_a_public_key_file_and_no_hs256_downgrade() {
+        let path = std::env::temp_dir().join(format!("limpet-es256-{}.pem", std::process::id()));
+        std::fs::write(&path, EC_PUBLIC).unwrap();
+        let mut c = NodeConfig::default();
+        c.auth.public_key = Some(path.display().to_string());
+        c.auth.algorithm = Some("ES256".into());
+        c.auth.issuer = Some("https://auth.example".into());
+        let v = Verifier::from_config(&c).unwrap().unwrap();
+        let _ = std::fs::remove_file(&path);
+        let key = EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap();
+        let claims = json!({"sub": "ann", "exp": now() + 60, "iss": "https://auth.example"});
+        let es = encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap();
+        assert_eq!(v.verify(&es).unwrap().user, "ann");
+        let wrong_iss = json!({"sub": "ann", "exp": now() + 60, "iss": "https://evil"});
+        let es = encode(&Header::new(Algorithm::ES256), &wrong_iss, &key).unwrap();
+        assert!(matches!(v.verify(&es), Err(AuthError::Claims(_))));
+        // The classic downgrade: an HS256 token "signed" with the public key.
+        let hs = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(EC_PUBLIC.as_bytes()),
+        )
+        .unwrap();
+        assert!(matches!(v.verify(&hs), Err(AuthError::WrongAlgorithm(..))));
+        // A missing key file is a start-up error naming the file.
+        c.auth.public_key = Some("/nonexistent/jwt.pem".into());
+        let err = Verifier::from_config(&c).err().unwrap().to_string();
+        assert!(err.contains("/nonexistent/jwt.pem"), "{err}");
+    }
+
     #[test]
     fn globs() {
         assert!(glob(b"team-*", b"team-"));

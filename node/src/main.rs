@@ -10,10 +10,19 @@ use tokio::signal::unix::{signal, SignalKind};
 fn main() -> std::process::ExitCode {
     // The help of --config: what runs without a file.
     const CONFIG_HELP: &str = "TOML config file; without one the node listens on 127.0.0.1:9001 and uses the broker at redis://127.0.0.1:6379/";
-    limpet_startup::program!(config_help: CONFIG_HELP).main(|_| Ok(()), |config, _| serve(config))
+    limpet_startup::program!(config_help: CONFIG_HELP).main(check, |config, _| serve(config))
+}
+
+/// What `--check` verifies beyond the config itself: the JWT key loads.
+fn check(config: &NodeConfig) -> anyhow::Result<()> {
+    limpet_node::auth::Verifier::from_config(config)?;
+    Ok(())
 }
 
 async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+    // A key that does not load is a start-up error, not a node that
+    // refuses every client.
+    check(&config)?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;

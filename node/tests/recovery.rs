@@ -174,3 +174,8 @@ async fn offsets_are_unique_and_consecutive_across_nodes() {
     let first = offsets[0];
     assert_eq!(offsets, (first..first + 40).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_a_node_dies_over_redis_cluster() {
+    recovery_after_a_node_dies(Kind::RedisCluster).await;
+}

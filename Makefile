@@ -3,17 +3,20 @@
 #   make cluster  build release binaries and run the stack on loopback
 #   make cluster-tls  the same behind TLS (https://localhost:8443)
 #   make check    formatting and lints, as CI wants them
+#   make deb      Debian packages of the three binaries in target/debian/ (checked)
 
 CARGO ?= cargo
 
-.PHONY: test test-deps bench-deps build release cluster cluster-tls check fmt bench bench-quick bench-broker
+.PHONY: test test-deps bench-deps build release cluster cluster-tls check fmt bench bench-quick bench-broker deb deb-deps deploy-check
 
 test: test-deps
 	$(CARGO) test --workspace --all-targets --locked
 	node --test tests/browser/
+	$(MAKE) --no-print-directory deploy-check
 
 test-deps:
 	@./scripts/install-test-deps.sh
+	@./deploy/install-deps.sh rules
 
 build:
 	$(CARGO) build --workspace --locked
@@ -54,3 +57,23 @@ bench-broker: release test-deps
 FUZZ_SECONDS ?= 60
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) ./fuzz/run.sh
+
+# Debian packages (cargo-deb): target/debian/limpet-{proxy,broker,node}_<version>-1_<arch>.deb,
+# each with the binary, /etc/limpet/<name>.toml (conffile), the systemd unit
+# from deploy/systemd and its README section; then installs each into a
+# scratch root with dpkg, runs --check, verifies the unit and purges it.
+deb: deb-deps release
+	./deploy/deb-docs.sh
+	for p in limpet-proxy limpet-broker limpet-node; do $(CARGO) deb -p $$p --no-build --locked || exit 1; done
+	./deploy/check-debs.sh
+
+deb-deps:
+	@./deploy/install-deps.sh deb
+
+# What deploy/ ships, without building packages: default configs pass
+# --check and units pass systemd-analyze verify (against the debug
+# binaries `make test` built), alert rules pass promtool.
+deploy-check:
+	@./deploy/install-deps.sh rules
+	./deploy/verify-units.sh target/debug
+	promtool check rules deploy/prometheus/alerts.yml

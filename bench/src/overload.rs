@@ -12,7 +12,6 @@
 //! and the drops the limpet nodes counted (`limpet_node_shed_total`, read
 //! from each node's `/metrics`). It prints figures; it asserts nothing.
 
-
 use crate::load::{self, Latency};
 use crate::scenarios::stack::{limpet_stack, socketio_stack, Stack};
 use std::fmt::Write as _;
@@ -39,6 +38,9 @@ struct Step {
     /// limpet nodes' shed counters, summed, by `path` label.
     shed: Vec<(String, f64)>,
     dead: Vec<String>,
+    /// CPU time of the stack's processes (not the load generator's) per
+    /// delivered message, µs.
+    cpu_us: Option<f64>,
 }
 
 impl Step {
@@ -58,8 +60,8 @@ pub async fn run(
     std::fs::create_dir_all(&dir)?;
     let mut md = format!(
         "## 5b. Whole stack at twice its saturation rate: {clients} clients in rooms of 4, {secs} s per step\n\n\
-         | stack | saturation (msgs/s per client) | run at | expected deliveries/s | delivered/s | p50 ms | p99 ms | missing | drops counted by the nodes | status |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n"
+         | stack | saturation (msgs/s per client) | run at | expected deliveries/s | delivered/s | p50 ms | p99 ms | missing | drops counted by the nodes | stack CPU µs per delivery | status |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for (which, key) in ["on", "off", "socketio"].into_iter().enumerate() {
         if !only.is_empty() && !only.iter().any(|o| o == key) {
@@ -89,7 +91,7 @@ pub async fn run(
         let mut stack = match stack {
             Ok(s) => s,
             Err(e) => {
-                let _ = writeln!(md, "| stack {which} | | | | | | | | | not run: {e:#} |");
+                let _ = writeln!(md, "| stack {which} | | | | | | | | | | not run: {e:#} |");
                 continue;
             }
         };
@@ -102,8 +104,8 @@ pub async fn run(
         for &rate in search {
             let s = step(&mut stack, clients, secs, rate).await;
             eprintln!(
-                "limpet-bench: overload {} at {rate}/s: {:.0} of {:.0} delivered/s, p99 {} µs",
-                stack.name, s.lat.per_sec, s.expected, s.lat.p99_us
+                "limpet-bench: overload {} at {rate}/s: {:.0} of {:.0} delivered/s, p99 {} µs, stack CPU {:.1} µs per delivery",
+                stack.name, s.lat.per_sec, s.expected, s.lat.p99_us, s.cpu_us.unwrap_or(0.0)
             );
             if s.saturated() || !s.dead.is_empty() {
                 break;
@@ -113,7 +115,7 @@ pub async fn run(
         let Some(saturation) = saturation else {
             let _ = writeln!(
                 md,
-                "| {} | below 10 | | | | | | | | saturated at the first step |",
+                "| {} | below 10 | | | | | | | | | saturated at the first step |",
                 stack.name
             );
             continue;
@@ -131,8 +133,9 @@ pub async fn run(
         } else {
             format!("crashed: {}", s.dead.join(", "))
         };
+        let cpu = s.cpu_us.map_or("–".to_string(), |c| format!("{c:.1}"));
         let row = format!(
-            "| {} | {saturation} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0}% | {shed} | {status} |",
+            "| {} | {saturation} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0}% | {shed} | {cpu} | {status} |",
             stack.name,
             s.rate,
             s.expected,
@@ -154,6 +157,7 @@ pub async fn run(
 /// (their growth during the run).
 async fn step(stack: &mut Stack, clients: usize, secs: u64, rate: f64) -> Step {
     let before = shed_counters(&stack.nodes).await;
+    let cpu_before = stack.cpu_ticks();
     let lat = load::rooms(
         stack.proto,
         stack.entry,
@@ -163,6 +167,7 @@ async fn step(stack: &mut Stack, clients: usize, secs: u64, rate: f64) -> Step {
         Duration::from_secs(secs),
     )
     .await;
+    let cpu = stack.cpu_ticks().saturating_sub(cpu_before);
     let after = shed_counters(&stack.nodes).await;
     let shed = after
         .into_iter()
@@ -178,12 +183,16 @@ async fn step(stack: &mut Stack, clients: usize, secs: u64, rate: f64) -> Step {
     let expected = clients as f64 * (rate * secs as f64 + 1.0) * 3.0 / secs as f64;
     // Let queues empty before the next step.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Clock ticks are 10 ms; the stack's CPU over what it delivered.
+    let delivered = lat.per_sec * secs as f64;
+    let cpu_us = (delivered > 0.0).then(|| cpu as f64 * 10_000.0 / delivered);
     Step {
         rate,
         expected,
         lat,
         shed,
         dead: stack.dead(),
+        cpu_us,
     }
 }
 

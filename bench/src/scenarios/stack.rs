@@ -5,7 +5,9 @@
 //! same room protocol load, so the two are measured the same way.
 
 use super::contenders::{start_proxy, Kind};
-use super::procs::{free_addr, have, redis_server, wait_port, Proc, BENCH_NODE_ADDRESS_LIMITS};
+use super::procs::{
+    cpu_ticks_of, free_addr, have, redis_server, wait_port, Proc, BENCH_NODE_ADDRESS_LIMITS,
+};
 use crate::load;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -26,6 +28,13 @@ pub(crate) struct Stack {
 impl Stack {
     pub fn rss_kib(&self) -> u64 {
         self.procs.iter().map(Proc::rss_kib).sum()
+    }
+
+    /// CPU time (user + system) of every process of the stack so far, in
+    /// clock ticks of 10 ms; the load generator is not part of it.
+    pub fn cpu_ticks(&self) -> u64 {
+        let pids: Vec<u32> = self.procs.iter().flat_map(Proc::pids).collect();
+        cpu_ticks_of(&pids)
     }
 
     /// Names of processes that have exited.

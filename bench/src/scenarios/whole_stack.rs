@@ -20,7 +20,7 @@ pub(crate) async fn run(quick: bool, dir: &Path, bin: &Path) -> String {
     };
     let _ = writeln!(
         md,
-        "\n## 5. Whole stack: {clients} clients in rooms of 4 over 3 nodes\n\nEvery client emits to its room at the given rate; each message is delivered to the 3 others. Raised step by step until latency breaks down.\n\n| stack | msgs/s per client | expected deliveries/s | delivered/s | p50 ms | p99 ms | errors | stack RSS | RSS growth per client | status |\n|---|---|---|---|---|---|---|---|---|---|"
+        "\n## 5. Whole stack: {clients} clients in rooms of 4 over 3 nodes\n\nEvery client emits to its room at the given rate; each message is delivered to the 3 others. Raised step by step until latency breaks down.\n\n| stack | msgs/s per client | expected deliveries/s | delivered/s | p50 ms | p99 ms | errors | stack CPU µs per delivery | stack RSS | RSS growth per client | status |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for which in 0..2 {
         let stack = if which == 0 {
@@ -33,7 +33,7 @@ pub(crate) async fn run(quick: bool, dir: &Path, bin: &Path) -> String {
             Err(e) => {
                 let _ = writeln!(
                     md,
-                    "| {} | | | | | | | | | not run: {e:#} |",
+                    "| {} | | | | | | | | | | not run: {e:#} |",
                     if which == 0 { "limpet" } else { "socket.io" }
                 );
                 continue;
@@ -42,6 +42,7 @@ pub(crate) async fn run(quick: bool, dir: &Path, bin: &Path) -> String {
         let baseline = stack.rss_kib();
         for &rate in rates {
             let (proto, entry) = (stack.proto, stack.entry);
+            let cpu_before = stack.cpu_ticks();
             let run = tokio::spawn(load::rooms(
                 proto,
                 entry,
@@ -53,6 +54,14 @@ pub(crate) async fn run(quick: bool, dir: &Path, bin: &Path) -> String {
             tokio::time::sleep(Duration::from_secs(secs / 2 + 1)).await;
             let rss = stack.rss_kib();
             let r = run.await.unwrap_or_default();
+            // Clock ticks are 10 ms: the stack's CPU (not the load
+            // generator's) over what it delivered.
+            let cpu = stack.cpu_ticks().saturating_sub(cpu_before) as f64 * 10_000.0;
+            let cpu_per = if r.per_sec > 0.0 {
+                format!("{:.1}", cpu / (r.per_sec * secs as f64))
+            } else {
+                "–".to_string()
+            };
             let dead = stack.dead();
             let status = if dead.is_empty() {
                 "ok".to_string()
@@ -63,7 +72,7 @@ pub(crate) async fn run(quick: bool, dir: &Path, bin: &Path) -> String {
             let expected = clients as f64 * (rate * secs as f64 + 1.0) * 3.0 / secs as f64;
             let _ = writeln!(
                 md,
-                "| {} | {rate} | {expected:.0} | {:.0} | {:.1} | {:.1} | {} | {:.1} MiB | {:.1} KiB | {status} |",
+                "| {} | {rate} | {expected:.0} | {:.0} | {:.1} | {:.1} | {} | {cpu_per} | {:.1} MiB | {:.1} KiB | {status} |",
                 stack.name,
                 r.per_sec,
                 r.p50_us as f64 / 1000.0,

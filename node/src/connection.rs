@@ -506,7 +506,14 @@ async fn run(
         }
         Op::Presence { room } => {
             let (members, complete) = node.presence(&room).await;
-            Ok(json!({"room": room, "members": members_json(&members), "complete": complete}))
+            let members: Vec<serde_json::Value> = members
+                .iter()
+                .map(|(s, n, u)| match u {
+                    Some(u) => json!({"socket": s, "node": n, "user": u}),
+                    None => json!({"socket": s, "node": n}),
+                })
+                .collect();
+            Ok(json!({"room": room, "members": members, "complete": complete}))
         }
         Op::Ping => Ok(json!({"pong": true})),
     }

@@ -98,6 +98,10 @@ pub enum Envelope {
         query: u64,
         #[serde(rename = "m")]
         members: Vec<String>,
+        /// Each member's user (token `sub`), `""` for none, in the same
+        /// order; absent from nodes that predate it.
+        #[serde(rename = "u", default, skip_serializing_if = "Vec::is_empty")]
+        users: Vec<String>,
     },
 }
 
@@ -168,6 +172,7 @@ mod tests {
             room: "r".into(),
             query: 7,
             members: vec!["a".into()],
+            users: vec!["ann".into()],
         };
         let bytes = found.encode(b"");
         assert_eq!(Envelope::decode(&bytes), Some((found, Bytes::new())));

@@ -242,9 +242,15 @@ impl Node {
                 query,
             } => {
                 let st = self.state.lock();
+                let members = st.local_members(&room);
+                let users = members
+                    .iter()
+                    .map(|s| self.user_of(&st, s).unwrap_or_default())
+                    .collect();
                 let reply = Envelope::Found {
                     origin: self.id.clone(),
-                    members: st.local_members(&room),
+                    members,
+                    users,
                     room,
                     query,
                 };
@@ -254,8 +260,9 @@ impl Node {
                 origin,
                 query,
                 members,
+                users,
                 ..
-            } => self.peers.answer(query, &origin, &members),
+            } => self.peers.answer(query, &origin, &members, &users),
         }
     }
 

@@ -11,10 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+/// A room member as presence reports it: (socket, node, user).
+pub type Member = (String, String, Option<String>);
+
 /// A presence query waiting for other nodes' answers.
 struct WhoQuery {
     expected: HashSet<String>,
-    members: Vec<(String, String)>,
+    members: Vec<Member>,
     answered: HashSet<String>,
     done: Option<oneshot::Sender<()>>,
 }
@@ -91,15 +94,16 @@ impl Peers {
 
     /// `node`'s answer to query `q` (ignored when the query is closed, or
     /// the node answered already).
-    pub fn answer(&self, q: u64, node: &str, found: &[String]) {
+    pub fn answer(&self, q: u64, node: &str, found: &[String], users: &[String]) {
         let mut queries = self.queries.lock();
         let Some(query) = queries.get_mut(&q) else {
             return;
         };
         if query.answered.insert(node.to_string()) {
-            query
-                .members
-                .extend(found.iter().map(|s| (s.clone(), node.to_string())));
+            query.members.extend(found.iter().enumerate().map(|(i, s)| {
+                let user = users.get(i).filter(|u| !u.is_empty()).cloned();
+                (s.clone(), node.to_string(), user)
+            }));
         }
         if query.expected.is_subset(&query.answered) {
             if let Some(done) = query.done.take() {
@@ -109,7 +113,7 @@ impl Peers {
     }
 
     /// Closes query `q`; the members collected so far.
-    pub fn close(&self, q: u64) -> Vec<(String, String)> {
+    pub fn close(&self, q: u64) -> Vec<Member> {
         self.queries
             .lock()
             .remove(&q)

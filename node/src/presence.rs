@@ -62,8 +62,8 @@ impl Node {
         self.publish(NODES_CHANNEL.to_string(), &bye, b"");
     }
 
-    /// Everyone in `room` across the cluster: ((socket, node) sorted, complete).
-    pub async fn presence(&self, room: &str) -> (Vec<(String, String)>, bool) {
+    /// Everyone in `room` across the cluster: ((socket, node, user) sorted, complete).
+    pub async fn presence(&self, room: &str) -> (Vec<crate::peers::Member>, bool) {
         let mut members = self.local_list(room);
         let expected = self.peers.names();
         if expected.is_empty() {

@@ -190,11 +190,14 @@ impl Node {
     }
 
     /// This node's own members of a room.
-    pub(crate) fn local_list(&self, room: &str) -> Vec<(String, String)> {
+    pub(crate) fn local_list(&self, room: &str) -> Vec<crate::peers::Member> {
         let st = self.state.lock();
         st.local_members(room)
             .into_iter()
-            .map(|s| (s, self.id.clone()))
+            .map(|s| {
+                let user = self.user_of(&st, &s);
+                (s, self.id.clone(), user)
+            })
             .collect()
     }
 

@@ -97,15 +97,15 @@ async fn bad_tokens_get_401_at_the_handshake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_limits_rooms_and_publishing() {
     let broker = Broker::start(Kind::Limpet).await;
-    let node = NodeProcess::start("auth-b", &broker, &auth_config());
-    node.wait_ready().await;
+    let (node, other) = two_nodes(&broker, ["auth-b", "auth-b2"], &auth_config()).await;
     let token = mint(
         json!({"sub": "ann", "exp": now() + 60, "rooms": ["team-*", "lobby"], "publish": ["team-*"]}),
         SECRET,
     );
     let mut ann = Client::connect_token(&node, &token).await.unwrap();
     let bob_token = mint(json!({"sub": "bob", "exp": now() + 60}), SECRET);
-    let mut bob = Client::connect_token(&node, &bob_token).await.unwrap();
+    // Bob is on another node: users cross nodes in frames and presence.
+    let mut bob = Client::connect_token(&other, &bob_token).await.unwrap();
 
     assert_eq!(
         error_code(&mut ann, json!({"op": "join", "room": "secret"})).await,
@@ -137,6 +137,27 @@ async fn a_token_limits_rooms_and_publishing() {
     let e = bob.event_named("hi").await;
     assert_eq!(e["user"], "ann", "{e}");
     assert_eq!(e["from"], json!(ann.socket), "existing fields stay");
+    let p = ann.ok(json!({"op": "presence", "room": "team-red"})).await;
+    let mut users: Vec<(String, String)> = p["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["user"].as_str().unwrap().to_string(),
+                m["node"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    users.sort();
+    assert_eq!(
+        users,
+        [
+            ("ann".to_string(), "auth-b".to_string()),
+            ("bob".to_string(), "auth-b2".to_string())
+        ],
+        "{p}"
+    );
     // Still connected and working.
     ann.ok(json!({"op": "ping"})).await;
 }

@@ -197,6 +197,7 @@ pub(crate) async fn rejoin(
     since: &Since,
     history: &History,
 ) -> Result<serde_json::Value, Failure> {
+    let fresh = !node.is_member(id, room);
     node.start_hold(id, room);
     let members = match node.join(id, room) {
         Ok(m) => m,
@@ -213,8 +214,29 @@ pub(crate) async fn rejoin(
     }
     let recovery = match history.recover(room, since).await {
         Ok(r) => r,
+        // The history cannot be read now (the broker is away): the join
+        // stands and the client resyncs.
+        Err(f) if f.code == Code::Overloaded => {
+            tracing::debug!(node = %node.id, socket = %id, %room, "recovery failed: {}", f.message);
+            history
+                .metrics
+                .recoveries
+                .with_label_values(&["resync"])
+                .inc();
+            Recovery {
+                frames: Vec::new(),
+                recovered: false,
+                epoch: None,
+                offset: None,
+            }
+        }
+        // A bad request (an offset in the future): refused, and a join
+        // made only for it undone.
         Err(f) => {
             node.end_hold(id, &[], None);
+            if fresh {
+                let _ = node.leave(id, room, "leave");
+            }
             return Err(f);
         }
     };

@@ -185,6 +185,15 @@ impl Node {
         Ok(())
     }
 
+    /// Whether local socket `socket` is in `room`.
+    pub(crate) fn is_member(&self, socket: &str, room: &str) -> bool {
+        self.state
+            .lock()
+            .sockets
+            .get(socket)
+            .is_some_and(|s| s.rooms.contains(room))
+    }
+
     pub fn room_count(&self) -> usize {
         self.state.lock().rooms.len()
     }

@@ -125,6 +125,16 @@ async fn recovery_after_a_node_dies(kind: Kind) {
         assert!(reply["message"].as_str().unwrap().contains(why), "{reply}");
     }
     other.ok(json!({"op": "ping"})).await;
+    // A rejoin refused for its `since` leaves the client out of the room.
+    let mut third = Client::connect(&nc).await;
+    let reply = third
+        .request(json!({"op": "join", "room": "r", "since": {"offset": n + 1000, "epoch": epoch}}))
+        .await;
+    assert_eq!(reply["code"], "bad_request", "{reply}");
+    let reply = third
+        .request(json!({"op": "emit", "room": "r", "event": "x"}))
+        .await;
+    assert_eq!(reply["code"], "not_member", "{reply}");
     assert!(
         nc.metric("limpet_node_recoveries_total{result=\"recovered\"}")
             .await
@@ -178,4 +188,27 @@ async fn offsets_are_unique_and_consecutive_across_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_after_a_node_dies_over_redis_cluster() {
     recovery_after_a_node_dies(Kind::RedisCluster).await;
+}
+
+/// With the broker gone, room messages still reach local members (without
+/// an offset: they are not in any history), and a rejoin cannot recover:
+/// its ack says `recovered: false` rather than failing the join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_broker_local_delivery_goes_on_and_rejoins_resync() {
+    let mut broker = Broker::start(Kind::Limpet).await;
+    let node = NodeProcess::start("rd", &broker, HISTORY);
+    node.wait_ready().await;
+    let mut a = Client::connect(&node).await;
+    let mut b = Client::connect(&node).await;
+    let at = a.join("r").await;
+    b.join("r").await;
+    broker.stop().await;
+    b.emit("r", "offline", json!(1)).await;
+    let e = a.event_named("offline").await;
+    assert!(e.get("offset").is_none(), "{e}");
+    let mut c = Client::connect(&node).await;
+    let ack = c
+        .ok(json!({"op": "join", "room": "r", "since": {"offset": at["offset"], "epoch": at["epoch"]}}))
+        .await;
+    assert_eq!(ack["recovered"], false, "{ack}");
 }

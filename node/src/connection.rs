@@ -107,14 +107,6 @@ impl Session {
     }
 }
 
-/// Sleeps until `at`, or forever without one.
-async fn until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Serves one client until it leaves. `admission` is its place in its
 /// address's limits, given back when this returns; `identity` is who its
 /// token names, if it has one.
@@ -259,10 +251,19 @@ pub async fn serve(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut awaiting_pong = false;
     let started = Instant::now();
+    // One timer for the token's expiry, moved when a refresh moves it.
+    let mut armed = session.expires;
+    let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    let expiry = tokio::time::sleep_until(armed.unwrap_or(far));
+    tokio::pin!(expiry);
     let end = loop {
+        if session.expires != armed {
+            armed = session.expires;
+            expiry.as_mut().reset(armed.unwrap_or(far));
+        }
         tokio::select! {
             _ = close_rx.changed() => break "closed by the server",
-            _ = until(session.expires) => {
+            _ = &mut expiry, if armed.is_some() => {
                 node.metrics.closes.with_label_values(&["token_expired"]).inc();
                 let _ = closer.send(Some(close::TOKEN_EXPIRED));
                 break "token expired";

@@ -475,6 +475,61 @@ pub(crate) fn offset_of(frame: &Frame) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backplane::Memory;
+    use limpet_config::{ByteSize, NodeConfig};
+    use std::sync::atomic::AtomicUsize;
+    use tokio_tungstenite::tungstenite::Message;
+
+    /// On a single-threaded runtime the writer cannot run while the test
+    /// emits, so what the queue holds is exactly what was emitted.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_history_queue_is_bounded_in_bytes_and_counts_what_it_sheds() {
+        let mut config = NodeConfig {
+            id: Some("n1".into()),
+            // Nothing listens there: the writer's connect fails.
+            broker: vec!["redis://127.0.0.1:1/".into()],
+            ..NodeConfig::default()
+        };
+        config.history.size = 10;
+        config.limits.max_message_bytes = ByteSize(1024);
+        config.limits.publish_queue_bytes = ByteSize(4096);
+        let node = Node::with_backplane(config, Arc::new(Memory::new(None)));
+        let (tx, mut rx) = mpsc::channel(64);
+        let closer = tokio::sync::watch::channel(None).0;
+        node.add_socket("n1.a.1", tx, Arc::new(AtomicUsize::new(0)), closer);
+        let (tx2, _rx2) = mpsc::channel(64);
+        let closer2 = tokio::sync::watch::channel(None).0;
+        node.add_socket("n1.a.2", tx2, Arc::new(AtomicUsize::new(0)), closer2);
+        node.join("n1.a.1", "r").unwrap();
+        node.join("n1.a.2", "r").unwrap();
+        while rx.try_recv().is_ok() {}
+        let frame = Frame::text(format!("{{\"x\":\"{}\"}}", "x".repeat(990)));
+        let refused = (0..10)
+            .filter(|_| {
+                node.emit(Some("n1.a.2"), "r", frame.clone(), false)
+                    .is_err()
+            })
+            .count();
+        // 997 + 1 bytes each: four fit in 4,096.
+        assert_eq!(refused, 6);
+        let shed = node
+            .metrics
+            .backplane
+            .shed
+            .with_label_values(&["node_to_broker", "queue_full"])
+            .get();
+        assert_eq!(shed, 6);
+        // Once the writer runs (its broker is unreachable) the four accepted
+        // still reach the local member, without an offset.
+        for _ in 0..4 {
+            let out = rx.recv().await.unwrap();
+            let Message::Text(t) = out.msg else {
+                panic!("a text frame")
+            };
+            assert!(t.as_str().starts_with("{\"x\""), "{}", t.as_str());
+        }
+        assert_eq!(node.metrics.history_failures.get(), 4);
+    }
 
     #[test]
     fn keys_share_the_channel_slot() {

@@ -82,6 +82,9 @@ pub struct Identity {
     pub user: String,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// `auth.leeway`, in seconds: the socket is closed that long after
+    /// `exp`, as the handshake accepts a token that long after it.
+    leeway: u64,
     rooms: Option<Vec<String>>,
     publish: Option<Vec<String>>,
 }
@@ -106,7 +109,7 @@ impl Identity {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        std::time::Duration::from_secs(self.exp).saturating_sub(now)
+        std::time::Duration::from_secs(self.exp.saturating_add(self.leeway)).saturating_sub(now)
     }
 }
 
@@ -233,6 +236,7 @@ impl Verifier {
         Ok(Identity {
             user: sub,
             exp: c.exp,
+            leeway: self.validation.leeway,
             rooms: c.rooms,
             publish: c.publish,
         })

@@ -278,9 +278,15 @@ export class Limpet {
       }
       case "event": {
         const pos = this.rooms.get(v.room);
-        if (pos && typeof v.offset === "number") {
-          // Already seen (a replay overlapping a live copy): drop it.
-          if (pos.epoch === v.epoch && pos.offset !== undefined && v.offset <= pos.offset) break;
+        if (pos && typeof v.offset === "number" && typeof v.epoch === "string") {
+          // Offsets seen lately, to drop a copy seen twice (a replay
+          // overlapping a live message). Not "offset <= last": two nodes
+          // emitting at once can deliver 7 before 6, and 6 is still new.
+          if (pos.epoch !== v.epoch) pos.seen = new Set();
+          else if (pos.seen?.has(v.offset)) break;
+          pos.seen ??= new Set();
+          pos.seen.add(v.offset);
+          if (pos.seen.size > 1024) pos.seen.delete(pos.seen.values().next().value);
           this.#position(v.room, v.epoch, v.offset);
         }
         this.#emitLocal("event", v);
@@ -320,6 +326,7 @@ export class Limpet {
             // The history cannot fill the gap: start over from here.
             pos.epoch = r.epoch;
             pos.offset = r.offset;
+            pos.seen = new Set();
             const info = { room, epoch: r.epoch, offset: r.offset };
             this.options.onResync?.(room, info);
             this.#emitLocal("resync", info);

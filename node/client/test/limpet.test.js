@@ -148,3 +148,45 @@ test("close() rejects what is pending and never reconnects", async () => {
   await new Promise((r) => setTimeout(r, 50));
   assert.equal(opens, 1);
 });
+
+/** A WebSocket stand-in the test drives by hand. */
+class FakeSocket {
+  static last;
+  constructor(url) {
+    this.url = url;
+    this.readyState = 1;
+    this.sent = [];
+    FakeSocket.last = this;
+    queueMicrotask(() => this.push({ type: "welcome", socket: "n.a.1", node: "n" }));
+  }
+  push(v) {
+    this.onmessage?.({ data: JSON.stringify(v) });
+  }
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+  close() {
+    this.readyState = 3;
+  }
+}
+
+test("events are deduplicated by offset, not dropped when they arrive out of order", async () => {
+  const a = connect("ws://fake/ws", { WebSocket: FakeSocket });
+  await a.ready;
+  const ws = FakeSocket.last;
+  const joining = a.join("r");
+  await new Promise((r) => setImmediate(r));
+  const req = ws.sent.find((m) => m.op === "join");
+  ws.push({ type: "ack", id: req.id, result: { room: "r", members: [], epoch: "e1", offset: 5 } });
+  await joining;
+  const got = [];
+  a.on("event", (e) => got.push(e.offset));
+  const ev = (offset, epoch = "e1") => ws.push({ type: "event", room: "r", event: "x", from: "n.b.1", data: null, offset, epoch });
+  ev(7);
+  ev(6); // from another node, later: still new
+  ev(7); // a second copy: dropped
+  ev(1, "e2"); // a new epoch starts again
+  assert.deepEqual(got, [7, 6, 1]);
+  assert.deepEqual({ ...a.rooms.get("r"), seen: undefined }, { epoch: "e2", offset: 1, seen: undefined });
+  a.close();
+});

@@ -8,6 +8,7 @@
 
 use crate::error::plain;
 use crate::forward;
+use crate::limits::SharedSlot;
 use crate::live::Proxy;
 use crate::router::host_only;
 use hyper::server::conn::http1;
@@ -26,6 +27,7 @@ pub async fn serve_http<IO>(
     scheme: &'static str,
     hsts: Option<String>,
     mut shutdown: watch::Receiver<bool>,
+    slot: SharedSlot,
 ) where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -34,9 +36,11 @@ pub async fn serve_http<IO>(
     let hsts = hsts.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok());
     let service = {
         let proxy = proxy.clone();
-        service_fn(move |req| {
+        service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let proxy = proxy.clone();
             let hsts = hsts.clone();
+            // An upgrade takes the slot into its tunnel (see SharedSlot).
+            req.extensions_mut().insert(slot.clone());
             async move {
                 let mut resp = forward::handle(proxy, req, client, scheme).await;
                 if let Some(v) = hsts {

@@ -12,6 +12,7 @@
 use crate::client_body::{BodyState, ClientBody};
 use crate::error::ForwardError;
 use crate::headers::{self, client_ip};
+use crate::limits::SharedSlot;
 use crate::live::{Proxy, Routing};
 use crate::metrics::class;
 use crate::relay;
@@ -98,6 +99,8 @@ struct Outgoing {
     client: IpAddr,
     /// The client's side of an upgrade the route allows.
     upgrade: Option<OnUpgrade>,
+    /// The client connection's slot, for the tunnel to hold.
+    slot: Option<SharedSlot>,
     wish: Wish,
 }
 
@@ -130,6 +133,10 @@ impl Outgoing {
             proxy.metrics.upgrades_refused.inc();
         }
         let upgrade = upgrade_to.is_some().then(|| hyper::upgrade::on(&mut req));
+        let slot = upgrade
+            .is_some()
+            .then(|| req.extensions_mut().remove::<SharedSlot>())
+            .flatten();
         let (parts, body) = req.into_parts();
         let mut up_headers = parts.headers.clone();
         headers::strip_hop_by_hop(&mut up_headers, upgrade_to);
@@ -147,6 +154,7 @@ impl Outgoing {
             body_state,
             client,
             upgrade,
+            slot,
             wish: Wish::read(pool, &parts.headers, &parts.uri, client),
             method: parts.method,
         }
@@ -405,6 +413,7 @@ fn respond(
                 upstream_upgrade: hyper::upgrade::on(&mut resp),
                 sender,
                 backend,
+                slot: out.slot.take(),
             };
             tokio::spawn(tunnel::serve(proxy.clone(), handoff));
             let (parts, _) = resp.into_parts();

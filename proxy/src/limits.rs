@@ -49,6 +49,13 @@ impl Connections {
     }
 }
 
+/// A connection's slot, shared by its requests: an upgraded request
+/// hands a clone to its tunnel, so the slot is held until the tunnel ends
+/// (hyper lets go of the connection when the upgrade completes; without
+/// this an open tunnel counted against no limit).
+#[derive(Clone)]
+pub struct SharedSlot(pub std::sync::Arc<Slot>);
+
 /// One admitted connection; dropping it releases its counts.
 pub struct Slot {
     conns: Arc<Connections>,

@@ -12,7 +12,7 @@ use crate::connection::{serve_http, serve_redirect};
 use crate::error::ForwardError;
 use crate::handshake;
 use crate::headers::canonical;
-use crate::limits::Slot;
+use crate::limits::{SharedSlot, Slot};
 use crate::live::Proxy;
 use crate::tls;
 use hyper_util::rt::TokioIo;
@@ -178,6 +178,7 @@ async fn serve_connection(
         return;
     }
     let listen = &proxy.listen[mode.listener];
+    let slot = SharedSlot(Arc::new(slot));
     match (&mode.tls, &listen.tls) {
         (Some(server), Some(tls_cfg)) => {
             let timeout = tls_cfg.handshake_timeout.get();
@@ -195,13 +196,25 @@ async fn serve_connection(
                 "https",
                 hsts,
                 shutdown,
+                slot,
             )
             .await;
         }
         _ if listen.redirect_https => {
-            serve_redirect(&proxy, TokioIo::new(tcp), listen.https_port).await
+            serve_redirect(&proxy, TokioIo::new(tcp), listen.https_port).await;
+            drop(slot);
         }
-        _ => serve_http(&proxy, TokioIo::new(tcp), client, "http", None, shutdown).await,
+        _ => {
+            serve_http(
+                &proxy,
+                TokioIo::new(tcp),
+                client,
+                "http",
+                None,
+                shutdown,
+                slot,
+            )
+            .await
+        }
     }
-    drop(slot);
 }

@@ -14,6 +14,7 @@
 //! hands them to [`crate::tcp_relay`] (no buffer while idle, one wakeup
 //! per message); a TLS side goes through the generic [`run`] here.
 
+use crate::limits::SharedSlot;
 use crate::live::Proxy;
 use crate::select::{ActiveGuard, Backend, Pool};
 use crate::tcp_relay::Relay;
@@ -160,6 +161,9 @@ pub struct Handoff {
     /// The backend connection's handle, held until both upgrades resolve
     /// so the connection is not shut down under the `101`.
     pub sender: SendRequest<Body>,
+    /// The client connection's place in `limits.max_connections` (and
+    /// per-address), held for the tunnel's life.
+    pub slot: Option<SharedSlot>,
 }
 
 /// Waits for both upgrades, then hands the tunnel to a task of its own
@@ -183,6 +187,7 @@ pub async fn serve(proxy: Arc<Proxy>, handoff: Handoff) {
         client_upgrade,
         upstream_upgrade,
         sender,
+        slot,
     } = handoff;
     let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
         Ok(pair) => pair,
@@ -200,6 +205,7 @@ pub async fn serve(proxy: Arc<Proxy>, handoff: Handoff) {
         backend,
         client,
         guard,
+        _slot: slot,
         started: Instant::now(),
     };
     match (raw(client_io), raw(upstream_io)) {
@@ -221,6 +227,8 @@ struct Open {
     client: IpAddr,
     /// Counts the tunnel against its backend until it ends.
     guard: ActiveGuard,
+    /// Counts it against the proxy's connection limits until it ends.
+    _slot: Option<SharedSlot>,
     started: Instant,
 }
 
@@ -234,6 +242,7 @@ impl Open {
             backend,
             client,
             guard,
+            _slot,
             started,
         } = self;
         let bytes = &proxy.metrics.tunnel_bytes;

@@ -309,6 +309,42 @@ async fn sigterm_waits_for_tunnels_until_the_deadline() {
     );
 }
 
+/// Open WebSocket tunnels count against `max_connections` for their whole
+/// life. Before, hyper let go of the client connection when the upgrade
+/// completed, and its slot with it: at `max_connections = 3`, 12 of 12
+/// tunnels opened, so tunnels counted against no limit at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tunnels_hold_their_connection_slots() {
+    let b1 = TestBackend::start("b1").await;
+    let proxy = ProxyProcess::start(&raw_config(
+        &[&b1],
+        "[limits]\nmax_connections = 3",
+        "",
+        "",
+        "",
+    ));
+    let mut tunnels = Vec::new();
+    for i in 0..3 {
+        let (mut ws, _) = ws_connect(proxy.addr, "/", None).await.unwrap();
+        assert_eq!(echo(&mut ws, &format!("t{i}")).await, format!("b1:t{i}"));
+        tunnels.push(ws);
+    }
+    // Every slot is held by a tunnel: a fourth tunnel and a plain request
+    // are refused.
+    assert!(
+        ws_connect(proxy.addr, "/", None).await.is_err(),
+        "a fourth tunnel was admitted past max_connections = 3"
+    );
+    assert_eq!(http(proxy.addr, "GET", "/", &[]).await.status, 503);
+    // The tunnels still work, and closing one frees its slot.
+    assert_eq!(echo(&mut tunnels[0], "still").await, "b1:still");
+    drop(tunnels.pop());
+    eventually("a closed tunnel gives its slot back", || async {
+        http(proxy.addr, "GET", "/", &[]).await.status == 200
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limits_hold_under_a_burst() {
     let b1 = TestBackend::start("b1").await;

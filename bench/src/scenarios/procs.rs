@@ -62,9 +62,25 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// Kills the process and its children: nginx's workers outlive a
+    /// killed master otherwise, and would hold the machine's CPU and ports
+    /// for every later run.
     fn drop(&mut self) {
+        let children: Vec<String> = self
+            .pids()
+            .into_iter()
+            .skip(1)
+            .map(|p| p.to_string())
+            .collect();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !children.is_empty() {
+            let _ = Command::new("kill")
+                .arg("-9")
+                .args(&children)
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = &self.name;
     }
 }

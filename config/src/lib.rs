@@ -16,7 +16,7 @@ mod units;
 pub use broker::{BrokerConfig, MetricsConfig, OutputLimit, ProtocolLimits};
 pub use error::{ConfigError, FieldError};
 pub use load::{load_file, load_or_default, parse_str, Validate};
-pub use node::{Heartbeat, NodeConfig, NodeLimits, Shutdown};
+pub use node::{Auth, Heartbeat, History, NodeConfig, NodeLimits, Shutdown};
 pub use proxy::{
     AdminConfig, Affinity, BackendConfig, Balancer, CertConfig, CookieConfig, HealthConfig,
     ListenConfig, PassiveConfig, PoolConfig, ProxyConfig, ProxyLimits, ProxyShutdown, RouteConfig,

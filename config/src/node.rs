@@ -19,6 +19,15 @@ pub struct NodeConfig {
     /// Cluster's nodes plus `cluster = true` use sharded pub/sub instead.
     pub broker: Vec<String>,
     pub cluster: bool,
+    /// How long one attempt to (re)connect to the broker may take, the TCP
+    /// connects and handshakes of both connections (commands and pub/sub)
+    /// included, before it is given up and retried after the back-off
+    /// (100 ms doubling to 5 s). The Redis client bounds only the command
+    /// connection's TCP connect (1 s) by itself; an unbounded step into a
+    /// black hole (a firewall dropping packets, a vanished host) would wait
+    /// out the kernel's retries, minutes, and keep the node cut off that
+    /// long after the network heals. Default 2 s.
+    pub broker_connect_timeout: Duration,
     /// Browser `Origin`s allowed to connect; empty allows any.
     pub allowed_origins: Vec<String>,
     /// Bearer token required by `POST /api/publish`; unset: no token needed
@@ -251,6 +260,7 @@ impl Default for NodeConfig {
             ws_path: "/ws".into(),
             broker: vec!["redis://127.0.0.1:6379/".into()],
             cluster: false,
+            broker_connect_timeout: Duration::secs(2),
             allowed_origins: Vec::new(),
             api_token: None,
             cluster_secret: None,
@@ -444,6 +454,9 @@ impl Validate for NodeConfig {
                 "history.size",
                 "at most 1000000 messages per room",
             ));
+        }
+        if self.broker_connect_timeout.is_zero() {
+            return Err(FieldError::new("broker_connect_timeout", "must be above 0"));
         }
         let h = &self.heartbeat;
         if h.ping_interval.is_zero() || h.node_interval.is_zero() {

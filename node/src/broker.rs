@@ -13,6 +13,13 @@
 //! local to this node. Local delivery never waits for any of this. The
 //! connections themselves are in [`crate::link`].
 //!
+//! A broker behind a silent black hole (no RST) is noticed by time: every
+//! command, SUBSCRIBE included, has 5 s to be answered, and the heartbeat
+//! publishes every `heartbeat.node_interval`, so the link is declared lost
+//! within about 5 s plus one interval. A reconnect attempt is bounded by
+//! `broker_connect_timeout`, so the node is back at most one back-off
+//! step (5 s) plus that long after the network heals.
+//!
 //! Outgoing envelopes are sealed and incoming ones checked here (see
 //! [`crate::seal::Seal`]), so a forged envelope is dropped before it
 //! takes a place in the inbound queue. That queue is bounded in bytes
@@ -61,6 +68,8 @@ pub(crate) struct Publish {
 pub struct Settings {
     pub urls: Vec<String>,
     pub cluster: bool,
+    /// The longest one connection attempt may take (`broker_connect_timeout`).
+    pub connect_timeout: Duration,
     pub seal: Seal,
     pub inbound_queue_bytes: usize,
     pub publish_queue_bytes: usize,
@@ -106,7 +115,14 @@ impl Broker {
             max_age: settings.max_age,
             counters,
         });
-        let task = run(settings.urls, settings.cluster, rx, inbound, shared.clone());
+        let task = run(
+            settings.urls,
+            settings.cluster,
+            settings.connect_timeout,
+            rx,
+            inbound,
+            shared.clone(),
+        );
         // The broker connections (and the Redis client's own tasks) run on
         // a thread of their own: publishes and pushes are work already
         // accepted, and as a few tasks among thousands of client tasks
@@ -265,6 +281,7 @@ impl Drop for Reader {
 async fn run(
     urls: Vec<String>,
     cluster: bool,
+    connect_timeout: Duration,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     inbound: mpsc::UnboundedSender<Inbound>,
     shared: Arc<Shared>,
@@ -279,7 +296,7 @@ async fn run(
     let target = crate::redact::broker_urls(&urls);
     loop {
         let link = tokio::select! {
-            r = open(&urls, cluster) => r,
+            r = open(&urls, cluster, connect_timeout) => r,
             // Keep the wish list current while connecting.
             cmd = rx.recv() => {
                 match cmd {

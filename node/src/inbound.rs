@@ -10,7 +10,7 @@
 //! enforced by the backplane). Past a bound the envelope is ignored and
 //! counted in `limpet_node_backplane_rejected_total{reason}`.
 
-use crate::backplane::{node_channel, room_channel, Inbound};
+use crate::backplane::{node_channel, room_channel, Inbound, NODES_CHANNEL};
 use crate::envelope::Envelope;
 use crate::membership::{Bound, State};
 use crate::node::Node;
@@ -124,7 +124,17 @@ impl Node {
     /// After the broker came back: tell every room who is here, and ask
     /// who is there. (Peers' heartbeat clocks restart with the connection;
     /// see `run_heartbeats`.)
+    ///
+    /// A heartbeat goes first: a peer that declared us dead during the
+    /// outage takes us back as live before our member lists arrive (the
+    /// broker keeps one connection's publishes in order), so a presence
+    /// query there right after the `joined` events already counts us. The
+    /// periodic heartbeat could come up to `node_interval` later.
     fn resync(&self) {
+        let hb = Envelope::Heartbeat {
+            origin: self.id.clone(),
+        };
+        self.publish(NODES_CHANNEL.to_string(), &hb, b"");
         let st = self.state.lock();
         for room in st.rooms.keys() {
             let members = Envelope::Members {

@@ -32,16 +32,56 @@ pub(crate) enum Incoming {
 /// 500 ms is shorter than a full pipeline takes on a slow link or a loaded
 /// machine, and each spurious timeout reconnects and loses what was queued;
 /// a broker that is really gone is found by this, by TCP, and by the peers'
-/// heartbeat timeout.
+/// heartbeat timeout. It bounds SUBSCRIBE and UNSUBSCRIBE on the pub/sub
+/// connection too, which the Redis client leaves unbounded: one of those
+/// sent into a black hole would otherwise hold the link task, and every
+/// command queued behind it, for as long as TCP keeps retransmitting
+/// (about 15 minutes), with `/health` still saying `connected`.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(crate) async fn open(urls: &[String], cluster: bool) -> redis::RedisResult<(Link, Incoming)> {
+/// `fut`, or a timeout error (an I/O error, so the link is treated as
+/// broken, not as refused) after `limit`.
+async fn bounded<T>(
+    what: &str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what}: no answer from the broker within {limit:?}"),
+        ))),
+    }
+}
+
+/// Opens the connection set; the whole attempt (every TCP connect and
+/// handshake) is bounded by `connect_timeout`.
+pub(crate) async fn open(
+    urls: &[String],
+    cluster: bool,
+    connect_timeout: Duration,
+) -> redis::RedisResult<(Link, Incoming)> {
+    bounded(
+        "connect",
+        connect_timeout,
+        open_unbounded(urls, cluster, connect_timeout),
+    )
+    .await
+}
+
+async fn open_unbounded(
+    urls: &[String],
+    cluster: bool,
+    connect_timeout: Duration,
+) -> redis::RedisResult<(Link, Incoming)> {
     if cluster {
         let (tx, pushes) = mpsc::unbounded_channel();
         let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(tx)
             .response_timeout(RESPONSE_TIMEOUT)
+            .connection_timeout(connect_timeout)
             .build()?;
         let conn = client.get_async_connection().await?;
         return Ok((Link::Cluster { conn }, Incoming::Cluster(pushes)));
@@ -54,7 +94,9 @@ pub(crate) async fn open(urls: &[String], cluster: bool) -> redis::RedisResult<(
     let client = redis::Client::open(info)?;
     let publisher = client
         .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT)),
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_connection_timeout(Some(connect_timeout)),
         )
         .await?;
     let (sink, stream) = client.get_async_pubsub().await?.split();
@@ -67,14 +109,18 @@ pub(crate) async fn open(urls: &[String], cluster: bool) -> redis::RedisResult<(
 impl Link {
     pub(crate) async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
-            Link::Standalone { sink, .. } => sink.subscribe(channel).await,
+            Link::Standalone { sink, .. } => {
+                bounded("SUBSCRIBE", RESPONSE_TIMEOUT, sink.subscribe(channel)).await
+            }
             Link::Cluster { conn } => conn.ssubscribe(channel).await,
         }
     }
 
     pub(crate) async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
-            Link::Standalone { sink, .. } => sink.unsubscribe(channel).await,
+            Link::Standalone { sink, .. } => {
+                bounded("UNSUBSCRIBE", RESPONSE_TIMEOUT, sink.unsubscribe(channel)).await
+            }
             Link::Cluster { conn } => conn.sunsubscribe(channel).await,
         }
     }

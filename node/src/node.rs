@@ -59,6 +59,7 @@ impl Node {
             Settings {
                 urls: config.broker.clone(),
                 cluster: config.cluster,
+                connect_timeout: config.broker_connect_timeout.get(),
                 seal: Seal::new(config.cluster_secret.as_deref()),
                 inbound_queue_bytes: config.limits.inbound_queue_bytes.bytes() as usize,
                 publish_queue_bytes: config.limits.publish_queue_bytes.bytes() as usize,

@@ -48,6 +48,15 @@ impl Broker {
     /// Starts a broker; a limpet-broker runs with `limits`.
     pub async fn start_with(kind: Kind, limits: limpet_config::ProtocolLimits) -> Broker {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_at(kind, addr, limits).await
+    }
+
+    /// Starts a broker on `addr` (e.g. a test namespace's veth address).
+    pub async fn start_at(
+        kind: Kind,
+        addr: SocketAddr,
+        limits: limpet_config::ProtocolLimits,
+    ) -> Broker {
         let mut b = Broker {
             kind,
             addr,
@@ -203,6 +212,18 @@ impl NodeProcess {
     /// Starts a node whose `broker = ...` lines are `broker_lines` (e.g. a
     /// relay in front of the broker).
     pub fn start_with(id: &str, broker_lines: &str, extra: &str) -> NodeProcess {
+        Self::start_wrapped(id, "127.0.0.1:0", broker_lines, extra, &[])
+    }
+
+    /// Starts a node listening on `bind`, its command line prefixed with
+    /// `wrap` (e.g. `ip netns exec NS` to run it in a test namespace).
+    pub fn start_wrapped(
+        id: &str,
+        bind: &str,
+        broker_lines: &str,
+        extra: &str,
+        wrap: &[&str],
+    ) -> NodeProcess {
         // Quick node heartbeats so dead nodes are noticed fast in tests.
         let fast = "[heartbeat]\nnode_interval = \"300ms\"\nnode_timeout = \"2s\"\n";
         let extra = if extra.contains("[heartbeat]") {
@@ -210,21 +231,27 @@ impl NodeProcess {
         } else {
             format!("{extra}\n{fast}")
         };
-        let text = format!("id = \"{id}\"\nbind = \"127.0.0.1:0\"\n{broker_lines}\n{extra}\n");
+        let text = format!("id = \"{id}\"\nbind = \"{bind}\"\n{broker_lines}\n{extra}\n");
         let name = format!(
             "{id}-{}.toml",
             SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let path = limpet_testkit::write_temp("limpet-node-test", &name, &text);
+        let node = env!("CARGO_BIN_EXE_limpet-node");
+        let mut cmd = match wrap.split_first() {
+            Some((program, args)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(args).arg(node);
+                c
+            }
+            None => std::process::Command::new(node),
+        };
         let mut proc = limpet_testkit::Logged::spawn(
             &format!("node {id}"),
-            std::process::Command::new(env!("CARGO_BIN_EXE_limpet-node"))
-                .arg("--config")
-                .arg(&path)
-                .env(
-                    "RUST_LOG",
-                    std::env::var("LIMPET_TEST_LOG").unwrap_or_else(|_| "info".into()),
-                ),
+            cmd.arg("--config").arg(&path).env(
+                "RUST_LOG",
+                std::env::var("LIMPET_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
         );
         let addr = proc.wait_addrs(&["listening for WebSocket clients"])[0];
         NodeProcess {

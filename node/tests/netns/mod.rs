@@ -1,0 +1,176 @@
+//! A network namespace for fault tests: one "host" with its own address,
+//! joined to the root namespace by a veth pair on a /30 that exists only
+//! between the two (`10.201.<n>.1` root side, `10.201.<n>.2` inside).
+//! Everything is removed on drop (deleting the namespace deletes its veth
+//! end, and the other end with it), also when an assertion fails.
+//!
+//! Needs root and iproute2 (and iptables for [`Netns::block_port`]);
+//! [`Netns::create`] returns `None` with a loud `SKIPPED:` line otherwise,
+//! so a machine that cannot run these tests never passes them silently.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+
+pub struct Netns {
+    pub name: String,
+    /// The root namespace's end of the /30.
+    pub host_ip: IpAddr,
+    /// The namespace's own address.
+    pub ns_ip: IpAddr,
+    host_veth: String,
+    /// iptables rules added inside, deleted on drop.
+    rules: Vec<Vec<String>>,
+}
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn skip(why: &str) -> Option<Netns> {
+    eprintln!("\n*** SKIPPED: network fault test: {why} (needs root, iproute2 and iptables) ***\n");
+    None
+}
+
+impl Netns {
+    /// A fresh namespace `limpet-nf-<pid>-<k>`, or `None` (after a loud
+    /// SKIPPED message) when this machine cannot make one.
+    pub fn create(k: u8) -> Option<Netns> {
+        let uid = Command::new("id").arg("-u").output();
+        if !uid.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0") {
+            return skip("not running as root");
+        }
+        for tool in ["ip", "iptables"] {
+            if Command::new(tool).arg("-V").output().is_err() {
+                return skip(&format!("`{tool}` not found"));
+            }
+        }
+        let pid = std::process::id();
+        // A /30 per process and namespace; 10.201.0.0/16 is only ever
+        // used between a test's own namespaces.
+        let n = ((pid as usize * 4 + k as usize) % 250 + 1) as u8;
+        let name = format!("limpet-nf-{pid}-{k}");
+        let host_veth = format!("lnf{}h{k}", pid % 1_000_000);
+        let ns_veth = format!("lnf{}n{k}", pid % 1_000_000);
+        let host_ip = Ipv4Addr::new(10, 201, n, 1);
+        let ns_ip = Ipv4Addr::new(10, 201, n, 2);
+        if let Err(e) = run(&["ip", "netns", "add", &name]) {
+            return skip(&e);
+        }
+        // From here on, drop cleans up.
+        let ns = Netns {
+            name: name.clone(),
+            host_ip: host_ip.into(),
+            ns_ip: ns_ip.into(),
+            host_veth: host_veth.clone(),
+            rules: Vec::new(),
+        };
+        let steps: Vec<Vec<String>> = vec![
+            vec![
+                "ip", "link", "add", &host_veth, "type", "veth", "peer", "name", &ns_veth,
+            ],
+            vec!["ip", "link", "set", &ns_veth, "netns", &name],
+            vec![
+                "ip",
+                "addr",
+                "add",
+                &format!("{host_ip}/30"),
+                "dev",
+                &host_veth,
+            ],
+            vec!["ip", "link", "set", &host_veth, "up"],
+            vec![
+                "ip",
+                "netns",
+                "exec",
+                &name,
+                "ip",
+                "addr",
+                "add",
+                &format!("{ns_ip}/30"),
+                "dev",
+                &ns_veth,
+            ],
+            vec![
+                "ip", "netns", "exec", &name, "ip", "link", "set", &ns_veth, "up",
+            ],
+            vec![
+                "ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up",
+            ],
+        ]
+        .into_iter()
+        .map(|v| v.into_iter().map(String::from).collect())
+        .collect();
+        for step in &steps {
+            let args: Vec<&str> = step.iter().map(String::as_str).collect();
+            if let Err(e) = run(&args) {
+                drop(ns);
+                return skip(&e);
+            }
+        }
+        Some(ns)
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &std::ffi::OsStr) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    fn iptables(&self, op: &str, rule: &[String]) -> Result<(), String> {
+        let mut args = vec!["ip", "netns", "exec", &self.name, "iptables", "-w", op];
+        args.extend(rule.iter().map(String::as_str));
+        run(&args)
+    }
+
+    /// A silent black hole, inside the namespace, for TCP to and from
+    /// `port` (e.g. the broker's): packets dropped, no RST, nothing else
+    /// touched.
+    pub fn block_port(&mut self, port: u16) {
+        let port = port.to_string();
+        for rule in [
+            ["OUTPUT", "-p", "tcp", "--dport", &port, "-j", "DROP"],
+            ["INPUT", "-p", "tcp", "--sport", &port, "-j", "DROP"],
+        ] {
+            let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+            self.iptables("-A", &rule).expect("add iptables rule");
+            self.rules.push(rule);
+        }
+    }
+
+    /// Removes every rule [`Netns::block_port`] added.
+    pub fn heal(&mut self) {
+        for rule in std::mem::take(&mut self.rules) {
+            self.iptables("-D", &rule).expect("delete iptables rule");
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for rule in std::mem::take(&mut self.rules) {
+            let _ = self.iptables("-D", &rule);
+        }
+        // Processes still inside keep a namespace alive only while they
+        // run; the tests' Logged processes are killed before this (they
+        // are declared after the namespace, so dropped first).
+        if let Err(e) = run(&["ip", "netns", "delete", &self.name]) {
+            eprintln!("netns cleanup: {e}");
+        }
+        // Gone with the namespace's end; this only reports a leftover.
+        let _ = run(&["ip", "link", "delete", &self.host_veth]);
+    }
+}

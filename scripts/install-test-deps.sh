@@ -2,7 +2,8 @@
 # Installs the third-party programs the test suite talks to, on Debian:
 # redis-server (differential tests), Node.js with socket.io from npm
 # (socket.io behind limpet-proxy), Chromium with playwright-core from npm
-# (the demo page test). Idempotent and quiet when all is there.
+# (the demo page test), and ip and iptables (the network-fault tests build
+# namespaces and drop packets). Idempotent and quiet when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,8 @@ command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""

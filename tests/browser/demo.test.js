@@ -81,7 +81,8 @@ test("two browsers on two nodes share a room and survive a node dying", { timeou
   for (const [n, port] of Object.entries(nodePorts)) {
     nodes[`node-${n}`] = run(`node-${n}`, "limpet-node",
       `id = "node-${n}"\nbind = "127.0.0.1:${port}"\nbroker = ["redis://127.0.0.1:${brokerPort}/"]\n` +
-      `static_dir = "${path.join(root, "node/static")}"\n[heartbeat]\nnode_interval = "300ms"\nnode_timeout = "2s"\n`, dir);
+      `static_dir = "${path.join(root, "node/static")}"\n[heartbeat]\nnode_interval = "300ms"\nnode_timeout = "2s"\n` +
+      `[history]\nsize = 100\n`, dir);
   }
   let backends = "";
   for (const [n, port] of Object.entries(nodePorts)) {
@@ -139,8 +140,18 @@ test("two browsers on two nodes share a room and survive a node dying", { timeou
     await bob.page.screenshot({ path: path.join(artifacts, "bob-before.png") });
 
     // Kill alice's node outright. Her page must reconnect to another node.
+    // Her browser is offline meanwhile, so bob's next three messages are
+    // surely sent before she is back: she must recover exactly those.
     const dead = alice.node;
+    await alice.ctx.setOffline(true);
     nodes[dead].kill("SIGKILL");
+    await alice.page.waitForFunction(() => document.getElementById("state").textContent !== "connected", null, { timeout: DEADLINE });
+    const missed = ["missed one", "missed two", "missed three"];
+    for (const text of missed) {
+      await say(bob, text);
+      await sees(bob, text);
+    }
+    await alice.ctx.setOffline(false);
     await alice.page.waitForFunction((d) => {
       const n = document.getElementById("node").textContent;
       return n.startsWith("node-") && n !== d && document.getElementById("state").textContent === "connected";
@@ -148,6 +159,12 @@ test("two browsers on two nodes share a room and survive a node dying", { timeou
     const moved = await alice.page.textContent("#node");
     // Back in the room with bob, across nodes again (or on bob's node).
     await alice.page.waitForFunction(() => document.getElementById("log").textContent.includes("joined lobby"), null, { timeout: DEADLINE });
+    // The rejoin recovered bob's three messages from the history, and the
+    // page says so.
+    await sees(alice, "recovered 3 missed message(s) in lobby");
+    const log = await alice.page.textContent("#log");
+    const at = missed.map((t) => log.indexOf(t));
+    assert.ok(at.every((i, k) => i >= 0 && (k === 0 || i > at[k - 1])), `alice's log lacks the missed messages in order: ${log}`);
     await say(alice, "alice is back on another node");
     await sees(bob, "alice is back on another node");
     await say(bob, "welcome back");

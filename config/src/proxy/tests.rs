@@ -59,6 +59,38 @@ fn errors_point_at_the_field() {
         err.contains("pool.0.backend.1.address: `localhost` is not host:port"),
         "{err}"
     );
+    // A URL (an nginx proxy_pass habit) passed --check, then failed at run
+    // time as a name to look up.
+    let err = parse(&POOL.replace("localhost:9002", "http://127.0.0.1:9002"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`http://127.0.0.1:9002` is not host:port: write it without the scheme, as `127.0.0.1:9002`"),
+        "{err}"
+    );
+    for bad in [
+        "127.0.0.1:9002/",
+        "a b:9002",
+        "[::1:9002",
+        "[zz]:9002",
+        "host:0",
+    ] {
+        assert!(
+            parse(&POOL.replace("localhost:9002", bad)).is_err(),
+            "{bad} passed"
+        );
+    }
+    for good in [
+        "[::1]:9002",
+        "node-a.internal:9002",
+        "10.0.0.7:9002",
+        "my_host:1",
+    ] {
+        assert!(
+            parse(&POOL.replace("localhost:9002", good)).is_ok(),
+            "{good} refused"
+        );
+    }
     let err = parse(&POOL.replace("affinity = \"cookie\"", "affinity = \"sticky\""))
         .unwrap_err()
         .to_string();

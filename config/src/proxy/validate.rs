@@ -7,10 +7,33 @@ use super::*;
 use crate::{FieldError, Validate};
 
 /// `host:port` with a non-empty host and a numeric port.
+/// `host:port` where host is a DNS name, an IPv4 address or a bracketed
+/// IPv6 address. A URL (`http://10.0.0.1:8080`, an nginx `proxy_pass`
+/// habit) used to pass here and fail at run time as a name to look up.
 fn valid_host_port(s: &str) -> bool {
-    match s.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
-        None => false,
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        }
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
+/// The message for an address that is not host:port.
+fn not_host_port(address: &str) -> String {
+    match address.split_once("://") {
+        Some((_, rest)) => format!(
+            "`{address}` is not host:port: write it without the scheme, as `{}`",
+            rest.trim_end_matches('/')
+        ),
+        None => format!("`{address}` is not host:port"),
     }
 }
 
@@ -149,10 +172,7 @@ impl Validate for ProxyConfig {
                     ));
                 }
                 if !valid_host_port(&b.address) {
-                    return Err(FieldError::new(
-                        at("address"),
-                        format!("`{}` is not host:port", b.address),
-                    ));
+                    return Err(FieldError::new(at("address"), not_host_port(&b.address)));
                 }
                 if b.weight == 0 || b.weight > 1000 {
                     return Err(FieldError::new(at("weight"), "must be between 1 and 1000"));

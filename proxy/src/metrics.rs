@@ -33,6 +33,7 @@ pub struct Metrics {
     pub handshakes: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     cert_expiry: IntGaugeVec,
+    render_lock: std::sync::Mutex<()>,
     backend_up: IntGaugeVec,
     backend_active: IntGaugeVec,
     backend_tunnels: IntGaugeVec,
@@ -181,6 +182,7 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            render_lock: std::sync::Mutex::new(()),
             backend_up: gauge_vec(
                 "limpet_proxy_backend_up",
                 "1 when the backend takes new sessions",
@@ -203,7 +205,19 @@ impl Metrics {
     }
 
     /// Prometheus text, with backend gauges read from the pools now.
+    ///
+    /// The per-backend gauges are rebuilt from the pools each time, so a
+    /// backend that a reload removed leaves no series behind (it would
+    /// otherwise report `backend_up 1` forever). A lock keeps two scrapes
+    /// from interleaving the reset and the refill.
     pub fn render(&self, pools: &[Arc<Pool>]) -> String {
+        let _one_at_a_time = self
+            .render_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.backend_up.reset();
+        self.backend_active.reset();
+        self.backend_tunnels.reset();
         let now = std::time::Instant::now();
         for pool in pools {
             for b in &pool.backends {

@@ -208,6 +208,14 @@ async fn reload_keeps_open_tunnels_and_refuses_a_broken_config() {
     let (mut tunnel, _) = ws_connect(proxy.addr, "/", None).await.unwrap();
     assert_eq!(echo(&mut tunnel, "before").await, "b1:before");
 
+    let before = proxy.metrics().await;
+    assert!(
+        before
+            .lines()
+            .any(|l| l.starts_with("limpet_proxy_backend_up") && l.contains("\"b1\"")),
+        "{before}"
+    );
+
     // The pool now holds b2 only.
     std::fs::write(&path, raw_config(&[&b2], "", "", "", COOKIE)).unwrap();
     proxy.signal("HUP");
@@ -222,6 +230,20 @@ async fn reload_keeps_open_tunnels_and_refuses_a_broken_config() {
         echo(&mut tunnel, "during").await,
         "b1:during",
         "the open tunnel stays on its old backend"
+    );
+    // The removed backend leaves no per-backend series behind (before: b1
+    // kept reporting backend_up 1 after the reload removed it).
+    let metrics = proxy.metrics().await;
+    let stale: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("limpet_proxy_backend_") && l.contains("\"b1\""))
+        .collect();
+    assert!(stale.is_empty(), "series of the removed backend: {stale:?}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("limpet_proxy_backend_up") && l.contains("\"b2\"")),
+        "{metrics}"
     );
     let (mut fresh, _) = ws_connect(proxy.addr, "/", None).await.unwrap();
     assert_eq!(

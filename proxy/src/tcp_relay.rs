@@ -223,8 +223,17 @@ impl Relay {
             let up_state = up.poll(cx, client, upstream);
             let down_state = down.poll(cx, upstream, client);
             match (up_state, down_state) {
-                (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => {
-                    return Poll::Ready(End::Error)
+                (Poll::Ready(Err(e)), _) => {
+                    return Poll::Ready(End::Error {
+                        copying: "client_to_backend",
+                        kind: e.kind(),
+                    })
+                }
+                (_, Poll::Ready(Err(e))) => {
+                    return Poll::Ready(End::Error {
+                        copying: "backend_to_client",
+                        kind: e.kind(),
+                    })
                 }
                 (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
                 _ => {}
@@ -400,6 +409,13 @@ mod tests {
         let (client, _backend, mut relay) = tunnel(b"", b"").await;
         client.set_zero_linger().unwrap();
         drop(client);
-        assert_eq!(relay.run(Duration::from_secs(30)).await, End::Error);
+        // The log line says which copy failed and why.
+        assert_eq!(
+            relay.run(Duration::from_secs(30)).await,
+            End::Error {
+                copying: "client_to_backend",
+                kind: io::ErrorKind::ConnectionReset
+            }
+        );
     }
 }

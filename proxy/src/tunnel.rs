@@ -39,7 +39,13 @@ const BUF: usize = 4 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
     Closed,
-    Error,
+    /// A socket failed: which copy saw it (`client_to_backend`,
+    /// `backend_to_client`, or `either` on the TLS path, which copies both
+    /// ways in one call) and the error's kind, so the log line says why.
+    Error {
+        copying: &'static str,
+        kind: std::io::ErrorKind,
+    },
     IdleTimeout,
     /// Closed by the proxy's shutdown drain deadline.
     Deadline,
@@ -136,7 +142,10 @@ where
         }
     };
     let end = tokio::select! {
-        r = copy => if r.is_ok() { End::Closed } else { End::Error },
+        r = copy => match r {
+            Ok(_) => End::Closed,
+            Err(e) => End::Error { copying: "either", kind: e.kind() },
+        },
         _ = watchdog => End::IdleTimeout,
     };
     Outcome {

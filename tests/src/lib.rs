@@ -128,6 +128,24 @@ pub fn addr_in(line: &str) -> Option<SocketAddr> {
 }
 
 /// Writes `text` into this test process's scratch folder.
+/// `target/<profile>/limpet-<name>`, the workspace's binary built next to
+/// the running test (`target/<profile>/deps/<test>`). For tests outside
+/// the crate that owns the binary, where `CARGO_BIN_EXE_*` is not set.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("test binary is in target/<profile>/deps");
+    let bin = dir.join(format!("limpet-{name}"));
+    assert!(
+        bin.exists(),
+        "{} missing: run the tests with `cargo test --workspace` (or `make test`), which builds it",
+        bin.display()
+    );
+    bin
+}
+
 pub fn write_temp(prefix: &str, name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create scratch folder");

@@ -69,20 +69,8 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// `target/<profile>/limpet-<name>`, next to `target/<profile>/deps/<this test>`.
 fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary is in target/<profile>/deps");
-    let bin = dir.join(format!("limpet-{name}"));
-    assert!(
-        bin.exists(),
-        "{} missing: run the tests with `cargo test --workspace` (or `make test`), which builds it",
-        bin.display()
-    );
-    bin
+    limpet_testkit::workspace_binary(name)
 }
 
 /// A shipped default config with `replacements` applied; each must match.

@@ -16,7 +16,7 @@
 //! handle drops, the test failing or not.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use futures_util::{SinkExt, StreamExt};
@@ -30,20 +30,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const COOKIE: &str = "limpet_sticky";
 
-/// `target/<profile>/limpet-<name>`, next to `target/<profile>/deps/<this test>`.
 fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary is in target/<profile>/deps");
-    let bin = dir.join(format!("limpet-{name}"));
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (`cargo build -p limpet-node -p limpet-proxy -p limpet-broker`)",
-        bin.display()
-    );
-    bin
+    limpet_testkit::workspace_binary(name)
 }
 
 fn start(name: &str, label: &str, config: &str, markers: &[&str]) -> (Logged, Vec<SocketAddr>) {

@@ -85,22 +85,21 @@ impl Drop for Proc {
     }
 }
 
-/// User + system CPU time of `pids` so far, in clock ticks (1/100 s),
-/// from `/proc/<pid>/stat`.
-pub(crate) fn cpu_ticks_of(pids: &[u32]) -> u64 {
-    pids.iter()
-        .map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // Fields after the command name: state is the 1st, utime the 12th.
-            stat.rsplit_once(')')
-                .map_or("", |(_, r)| r)
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|v| v.parse::<u64>().ok())
-                .sum::<u64>()
-        })
-        .sum()
+/// User and system CPU time of `pids` so far, in clock ticks (1/100 s on
+/// Linux), from `/proc/<pid>/stat`.
+pub(crate) fn cpu_ticks(pids: &[u32]) -> (u64, u64) {
+    pids.iter().fold((0, 0), |(u, s), pid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name: state is the 1st, utime the 12th.
+        let mut rest = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace()
+            .skip(11);
+        let mut next = || rest.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let (du, ds) = (next(), next());
+        (u + du, s + ds)
+    })
 }
 
 fn rss_of(pid: u32) -> u64 {

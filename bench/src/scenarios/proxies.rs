@@ -11,7 +11,7 @@
 //! 10–30 % between runs, CPU time per message far less.
 
 use super::contenders::{start_proxy, Kind};
-use super::procs::{have, wait_port};
+use super::procs::{cpu_ticks, have, wait_port};
 use super::report::{latency_table, median_by, ratio, ChartGroup};
 use super::sizes::Sizes;
 use crate::load::{self, Latency};
@@ -30,22 +30,6 @@ pub(crate) struct ProxyRuns {
     /// CPU µs per echoed message at saturation (user, sys), median run.
     cpu: Vec<(Kind, (f64, f64))>,
     failed_to_start: Vec<String>,
-}
-
-/// User and sys clock ticks of `pids` so far, from `/proc/<pid>/stat`.
-fn cpu_ticks(pids: &[u32]) -> (u64, u64) {
-    pids.iter().fold((0, 0), |(u, s), pid| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the command name: state is the 1st, utime the 12th.
-        let mut rest = stat
-            .rsplit_once(')')
-            .map_or("", |(_, r)| r)
-            .split_whitespace()
-            .skip(11);
-        let mut next = || rest.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let (du, ds) = (next(), next());
-        (u + du, s + ds)
-    })
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`), 100 on Linux.

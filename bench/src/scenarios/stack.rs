@@ -6,7 +6,7 @@
 
 use super::contenders::{start_proxy, Kind};
 use super::procs::{
-    cpu_ticks_of, free_addr, have, redis_server, wait_port, Proc, BENCH_NODE_ADDRESS_LIMITS,
+    cpu_ticks, free_addr, have, redis_server, wait_port, Proc, BENCH_NODE_ADDRESS_LIMITS,
 };
 use crate::load;
 use std::fmt::Write as _;
@@ -34,7 +34,8 @@ impl Stack {
     /// clock ticks of 10 ms; the load generator is not part of it.
     pub fn cpu_ticks(&self) -> u64 {
         let pids: Vec<u32> = self.procs.iter().flat_map(Proc::pids).collect();
-        cpu_ticks_of(&pids)
+        let (user, sys) = cpu_ticks(&pids);
+        user + sys
     }
 
     /// Names of processes that have exited.

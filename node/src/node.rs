@@ -136,7 +136,19 @@ impl Node {
     /// offset, or not when the write failed): local delivery, then one
     /// publish for the other nodes.
     pub(crate) fn deliver_stamped(&self, room: &str, frame: Frame, except: Option<&str>) {
-        let st = self.state.lock();
+        self.deliver_and_publish(self.state.lock(), room, frame, except);
+    }
+
+    /// A room message's way out of this node: delivered to the local
+    /// members under `st` (the caller's hold on the state, released here),
+    /// then published once for the other nodes.
+    pub(crate) fn deliver_and_publish(
+        &self,
+        st: parking_lot::MutexGuard<'_, State>,
+        room: &str,
+        frame: Frame,
+        except: Option<&str>,
+    ) {
         self.deliver_room(&st, room, &frame, except, "local", true);
         drop(st);
         let envelope = Envelope::Emit {

@@ -149,14 +149,7 @@ impl Node {
             }
             return Ok(());
         }
-        self.deliver_room(&st, room, &frame, except, "local", true);
-        drop(st);
-        let envelope = Envelope::Emit {
-            origin: self.id.clone(),
-            room: room.to_string(),
-            binary: matches!(frame, Frame::Binary(_)),
-        };
-        self.publish(room_channel(room), &envelope, frame.bytes());
+        self.deliver_and_publish(st, room, frame, except);
         Ok(())
     }
 

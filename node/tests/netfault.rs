@@ -5,10 +5,9 @@
 //! once the link heals. Skips loudly without root, iproute2 or iptables.
 
 mod common;
-mod netns;
 
 use common::*;
-use netns::Netns;
+use limpet_testkit::netns::Netns;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -5,6 +5,8 @@
 //! log instead of guessing free ports. Waits poll with a deadline, never a
 //! fixed sleep, so they hold on a loaded 2-core machine.
 
+pub mod netns;
+
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -4,11 +4,12 @@
 //! Everything is removed on drop (deleting the namespace deletes its veth
 //! end, and the other end with it), also when an assertion fails.
 //!
+//! Shared by the proxy's, the node's and the workspace's fault tests, so
+//! every "host" is made and torn down the same way.
+//!
 //! Needs root and iproute2 (and iptables for [`Netns::block_port`]);
 //! [`Netns::create`] returns `None` with a loud `SKIPPED:` line otherwise,
 //! so a machine that cannot run these tests never passes them silently.
-#![allow(dead_code)]
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 
@@ -140,18 +141,50 @@ impl Netns {
     /// `port` (e.g. the broker's): packets dropped, no RST, nothing else
     /// touched.
     pub fn block_port(&mut self, port: u16) {
+        self.drop_port(port, None);
+    }
+
+    /// Random loss, inside the namespace: each TCP packet to or from
+    /// `port` is dropped with probability `p` (e.g. 0.05 for 5 %).
+    pub fn lossy_port(&mut self, port: u16, p: f64) {
+        self.drop_port(port, Some(p));
+    }
+
+    fn drop_port(&mut self, port: u16, p: Option<f64>) {
         let port = port.to_string();
-        for rule in [
-            ["OUTPUT", "-p", "tcp", "--dport", &port, "-j", "DROP"],
-            ["INPUT", "-p", "tcp", "--sport", &port, "-j", "DROP"],
-        ] {
-            let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+        for (chain, dir) in [("OUTPUT", "--dport"), ("INPUT", "--sport")] {
+            let mut rule: Vec<String> = ["-p", "tcp", dir, &port]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            rule.insert(0, chain.to_string());
+            if let Some(p) = p {
+                for a in ["-m", "statistic", "--mode", "random", "--probability"] {
+                    rule.push(a.to_string());
+                }
+                rule.push(format!("{p}"));
+            }
+            rule.push("-j".into());
+            rule.push("DROP".into());
             self.iptables("-A", &rule).expect("add iptables rule");
             self.rules.push(rule);
         }
     }
 
-    /// Removes every rule [`Netns::block_port`] added.
+    /// Every packet in and out of the namespace dropped (the host
+    /// vanished: no RST, no ICMP), until [`Netns::heal`].
+    pub fn black_hole(&mut self) {
+        for (chain, iface) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+            let rule: Vec<String> = [chain, "!", iface, "lo", "-j", "DROP"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            self.iptables("-A", &rule).expect("add iptables rule");
+            self.rules.push(rule);
+        }
+    }
+
+    /// Removes every rule this namespace's fault methods added.
     pub fn heal(&mut self) {
         for rule in std::mem::take(&mut self.rules) {
             self.iptables("-D", &rule).expect("delete iptables rule");

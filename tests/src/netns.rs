@@ -184,6 +184,23 @@ impl Netns {
         }
     }
 
+    /// Any other iptables rule inside the namespace (e.g.
+    /// `["INPUT", "-p", "tcp", "--dport", "7000", "-j", "DROP"]`), removed
+    /// by [`Netns::heal`] or on drop.
+    pub fn add_rule(&mut self, rule: &[&str]) {
+        let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+        self.iptables("-A", &rule).expect("add iptables rule");
+        self.rules.push(rule);
+    }
+
+    /// Sets the root side of the veth pair down (`false`) or up again: a
+    /// silent black hole for everything to and from the namespace, with
+    /// sends queued, that heals when it comes back up.
+    pub fn link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        run(&["ip", "link", "set", &self.host_veth, state]).expect("set veth state");
+    }
+
     /// Removes every rule this namespace's fault methods added.
     pub fn heal(&mut self) {
         for rule in std::mem::take(&mut self.rules) {

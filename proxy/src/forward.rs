@@ -264,6 +264,7 @@ async fn connect(
         address: &backend.address,
         tls: pool.upstream_tls.as_deref(),
         connect_timeout: cfg.timeouts.connect.get(),
+        keepalive: upstream::Keepalive::of(cfg),
     };
     let idle = cfg.timeouts.upstream_idle.get();
     match upstream::obtain(&backend.idle, target, fresh, idle).await {

@@ -2,6 +2,15 @@
 //! probed every `interval` with `GET path`; 2xx and 3xx count as success.
 //! `fall` consecutive failures take an up backend out, `rise` consecutive
 //! successes bring a down one back (HAProxy's `rise`/`fall`).
+//!
+//! Marking a backend down also lets go of what is already connected to
+//! it: its idle keep-alive connections are dropped (to a host that
+//! vanished they look open, and a request on one would wait for
+//! `timeouts.response`), and with `on_marked_down = "shutdown-tunnels"`
+//! (the default) its open tunnels are closed so their clients reconnect
+//! to a live backend, like HAProxy's `on-marked-down shutdown-sessions`.
+//! Only checks do this: an admin drain keeps tunnels by design, and a
+//! single passive failure is too little evidence to cut every client.
 
 use crate::metrics::Metrics;
 use crate::select::{Backend, Pool};
@@ -11,7 +20,12 @@ use http_body_util::{BodyExt, Empty};
 use std::sync::Arc;
 use tokio::sync::watch;
 
-pub fn spawn(pool: Arc<Pool>, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) {
+pub fn spawn(
+    pool: Arc<Pool>,
+    keepalive: Option<upstream::Keepalive>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
     let Some(path) = pool.config.health.path.clone() else {
         return;
     };
@@ -20,6 +34,7 @@ pub fn spawn(pool: Arc<Pool>, metrics: Arc<Metrics>, shutdown: watch::Receiver<b
             pool.clone(),
             backend,
             path.clone(),
+            keepalive,
             metrics.clone(),
             shutdown.clone(),
         ));
@@ -30,6 +45,7 @@ async fn check_loop(
     pool: Arc<Pool>,
     backend: Arc<Backend>,
     path: String,
+    keepalive: Option<upstream::Keepalive>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -46,6 +62,7 @@ async fn check_loop(
             address: &backend.address,
             tls: pool.upstream_tls.as_deref(),
             connect_timeout: h.timeout.get(),
+            keepalive,
         };
         let result = probe(target, &path, h.timeout.get()).await;
         let label = if result.is_ok() { "success" } else { "failure" };
@@ -66,9 +83,22 @@ async fn check_loop(
                 ok_run = 0;
                 if backend.healthy() && fail_run >= h.fall && backend.set_healthy(false) {
                     tracing::warn!(pool = %pool.name(), backend = %backend.id, address = %backend.address, "backend is down after {} failed checks: {reason}", fail_run);
+                    marked_down(&pool, &backend);
                 }
             }
         }
+    }
+}
+
+/// Lets go of what is connected to a backend the checks just took out.
+fn marked_down(pool: &Pool, backend: &Backend) {
+    let idle = backend.idle.clear();
+    let tunnels = backend.tunnels.load(std::sync::atomic::Ordering::Relaxed);
+    if pool.config.health.shuts_down_tunnels() {
+        backend.shutdown_tunnels();
+        tracing::warn!(pool = %pool.name(), backend = %backend.id, "closing {tunnels} tunnels and {idle} idle connections to the backend marked down (on_marked_down = \"shutdown-tunnels\")");
+    } else {
+        tracing::info!(pool = %pool.name(), backend = %backend.id, "dropped {idle} idle connections; {tunnels} tunnels stay open (on_marked_down = \"keep\")");
     }
 }
 

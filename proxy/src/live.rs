@@ -63,7 +63,12 @@ impl Routing {
         });
         let (stop_health, stop_rx) = watch::channel(false);
         for pool in &pools {
-            health::spawn(pool.clone(), metrics.clone(), stop_rx.clone());
+            health::spawn(
+                pool.clone(),
+                crate::upstream::Keepalive::of(&config),
+                metrics.clone(),
+                stop_rx.clone(),
+            );
         }
         Ok(Routing {
             config,

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub upgrades: IntCounterVec,
     pub tunnel_bytes: IntCounterVec,
+    pub tunnels_closed: IntCounterVec,
     pub affinity: IntCounterVec,
     pub connect_errors: IntCounterVec,
     pub retries: IntCounterVec,
@@ -98,6 +99,11 @@ impl Metrics {
                 "limpet_proxy_tunnel_bytes_total",
                 "Bytes copied through tunnels",
                 &["direction"],
+            ),
+            tunnels_closed: counter_vec(
+                "limpet_proxy_tunnels_closed_total",
+                "Tunnels closed, by why (closed, error, idle_timeout, deadline, backend_marked_down)",
+                &["pool", "backend", "end"],
             ),
             affinity: counter_vec(
                 "limpet_proxy_affinity_total",

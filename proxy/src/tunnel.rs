@@ -8,8 +8,9 @@
 //! both directions, so a server that only pushes keeps the tunnel alive).
 //!
 //! [`serve`] is the tunnel's whole life after the request path hands it
-//! over: the counts the shutdown drain waits for, the drain deadline that
-//! cuts it, and one log line when it opens and one when it closes. It
+//! over: the counts the shutdown drain waits for, the drain deadline and
+//! the backend's health (`on_marked_down`) that cut it, and one log line
+//! when it opens and one when it closes. It
 //! takes the raw sockets back from hyper when both sides are plain TCP and
 //! hands them to [`crate::tcp_relay`] (no buffer while idle, one wakeup
 //! per message); a TLS side goes through the generic [`run`] here.
@@ -49,6 +50,22 @@ pub enum End {
     IdleTimeout,
     /// Closed by the proxy's shutdown drain deadline.
     Deadline,
+    /// Closed because health checks marked the backend down
+    /// (`health.on_marked_down = "shutdown-tunnels"`).
+    BackendMarkedDown,
+}
+
+impl End {
+    /// Label of `limpet_proxy_tunnels_closed_total{end}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Error { .. } => "error",
+            End::IdleTimeout => "idle_timeout",
+            End::Deadline => "deadline",
+            End::BackendMarkedDown => "backend_marked_down",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -261,6 +278,11 @@ impl Open {
         bytes
             .with_label_values(&["to_client"])
             .inc_by(out.to_client);
+        proxy
+            .metrics
+            .tunnels_closed
+            .with_label_values(&[pool.name(), &backend.id, out.end.label()])
+            .inc();
         drop(guard);
         proxy.tunnels.fetch_sub(1, Relaxed);
         tracing::info!(
@@ -276,12 +298,27 @@ impl Open {
     }
 }
 
-/// A plain TCP tunnel's life; the drain deadline cuts it.
+impl Open {
+    /// Resolves when the proxy cuts the tunnel from outside: the shutdown
+    /// drain deadline, or health checks marking its backend down.
+    fn cut(&self) -> impl std::future::Future<Output = End> + Send + 'static {
+        let mut close = self.proxy.close_tunnels.subscribe();
+        let marked_down = self.backend.tunnels_shut_down();
+        async move {
+            tokio::select! {
+                _ = close.wait_for(|closed| *closed) => End::Deadline,
+                _ = marked_down => End::BackendMarkedDown,
+            }
+        }
+    }
+}
+
+/// A plain TCP tunnel's life; the drain deadline or a mark-down cuts it.
 async fn relay_tcp(open: Open, mut relay: Relay, idle: Duration) {
-    let mut close = open.proxy.close_tunnels.subscribe();
+    let cut = open.cut();
     let end = tokio::select! {
         end = relay.run(idle) => end,
-        _ = close.wait_for(|closed| *closed) => End::Deadline,
+        end = cut => end,
     };
     let out = Outcome {
         end,
@@ -292,13 +329,13 @@ async fn relay_tcp(open: Open, mut relay: Relay, idle: Duration) {
     open.close(out);
 }
 
-/// A tunnel with a TLS side; the drain deadline cuts it (its byte counts
-/// are then lost, as they live in the copy).
+/// A tunnel with a TLS side; the drain deadline or a mark-down cuts it
+/// (its byte counts are then lost, as they live in the copy).
 async fn relay_generic(open: Open, client: Box<dyn Io>, upstream: Box<dyn Io>, idle: Duration) {
-    let mut close = open.proxy.close_tunnels.subscribe();
+    let cut = open.cut();
     let out = tokio::select! {
         out = run(client, upstream, idle) => out,
-        _ = close.wait_for(|closed| *closed) => Outcome { end: End::Deadline, to_upstream: 0, to_client: 0 },
+        end = cut => Outcome { end, to_upstream: 0, to_client: 0 },
     };
     open.close(out);
 }

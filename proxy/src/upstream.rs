@@ -72,12 +72,52 @@ impl IdleConns {
         list.push((sender, Instant::now()));
     }
 
+    /// Drops every idle connection (their backend was marked down: a
+    /// connection to a host that vanished looks open and ready, and a
+    /// request on it would wait for `timeouts.response`).
+    pub fn clear(&self) -> usize {
+        std::mem::take(&mut *self.list.lock()).len()
+    }
+
     pub fn len(&self) -> usize {
         self.list.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// TCP keepalive on a socket to a backend (`upstream_keepalive`): a host
+/// that vanished without a RST is noticed by the kernel after `idle +
+/// interval × count` of silence, so a quiet tunnel or pooled connection
+/// to it ends instead of staying open until `tunnel_idle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// The configured keepalive, `None` when `upstream_keepalive.idle = 0`.
+    pub fn of(cfg: &limpet_config::ProxyConfig) -> Option<Keepalive> {
+        let k = &cfg.upstream_keepalive;
+        (!k.idle.is_zero()).then(|| Keepalive {
+            idle: k.idle.get(),
+            interval: k.interval.get(),
+            count: k.count,
+        })
+    }
+
+    /// Sets it on `tcp`. tokio only switches `SO_KEEPALIVE` on and off;
+    /// the timings need `socket2` (the same crate tokio uses underneath).
+    fn apply(self, tcp: &TcpStream) -> std::io::Result<()> {
+        let params = socket2::TcpKeepalive::new()
+            .with_time(self.idle)
+            .with_interval(self.interval)
+            .with_retries(self.count);
+        socket2::SockRef::from(tcp).set_tcp_keepalive(&params)
     }
 }
 
@@ -88,6 +128,7 @@ pub struct Target<'a> {
     /// TLS toward `https`/`wss` backends.
     pub tls: Option<&'a crate::tls::UpstreamConnector>,
     pub connect_timeout: Duration,
+    pub keepalive: Option<Keepalive>,
 }
 
 /// Opens a TCP connection (TLS on top for `https` pools) and an HTTP/1.1
@@ -97,6 +138,7 @@ pub async fn connect(target: Target<'_>) -> Result<SendRequest<Body>, ConnectErr
         address,
         tls,
         connect_timeout: timeout,
+        keepalive,
     } = target;
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Err(_) => return Err(ConnectError::Timeout(address.to_string())),
@@ -104,6 +146,13 @@ pub async fn connect(target: Target<'_>) -> Result<SendRequest<Body>, ConnectErr
         Ok(Ok(tcp)) => tcp,
     };
     let _ = tcp.set_nodelay(true);
+    if let Some(k) = keepalive {
+        if let Err(e) = k.apply(&tcp) {
+            // Not worth failing the request for: health checks and
+            // `on_marked_down` still close what goes to a dead host.
+            tracing::debug!(backend = %address, "TCP keepalive not set: {e}");
+        }
+    }
     match tls {
         None => handshake(address, TokioIo::new(tcp)).await,
         Some(tls) => {

@@ -16,6 +16,8 @@ pub struct ProxyConfig {
     pub timeouts: Timeouts,
     pub limits: ProxyLimits,
     pub shutdown: ProxyShutdown,
+    /// TCP keepalive on every socket to a backend.
+    pub upstream_keepalive: UpstreamKeepalive,
     /// Peers whose `X-Forwarded-For` is believed (load balancers in front),
     /// and the only peers allowed to send a PROXY protocol header.
     pub trusted_proxies: Vec<Cidr>,
@@ -168,6 +170,24 @@ pub struct ProxyShutdown {
     pub drain_deadline: Duration,
 }
 
+/// TCP keepalive on sockets to backends (`SO_KEEPALIVE` with
+/// `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`). The second net under
+/// `health.on_marked_down`: a backend host that vanished without a RST
+/// leaves a quiet tunnel or pooled connection open forever otherwise
+/// (nothing is sent, so nothing times out). With it the kernel gives up
+/// after `idle + interval × count` of silence from the backend (60 s by
+/// default), also in pools without active health checks.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamKeepalive {
+    /// Quiet time before the first probe; 0 turns keepalive off.
+    pub idle: Duration,
+    /// Time between unanswered probes.
+    pub interval: Duration,
+    /// Unanswered probes after which the connection is dropped.
+    pub count: u32,
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Affinity {
@@ -288,6 +308,31 @@ pub struct HealthConfig {
     pub rise: u32,
     /// Consecutive failures to mark an up backend down.
     pub fall: u32,
+    /// What happens to the open tunnels of a backend these checks mark
+    /// down (HAProxy's `on-marked-down shutdown-sessions`). An admin
+    /// `drain` or `maint` never closes tunnels; this is only for checks.
+    pub on_marked_down: OnMarkedDown,
+}
+
+impl HealthConfig {
+    /// True when a backend these checks mark down has its tunnels closed.
+    pub fn shuts_down_tunnels(&self) -> bool {
+        self.on_marked_down == OnMarkedDown::ShutdownTunnels
+    }
+}
+
+/// `health.on_marked_down`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum OnMarkedDown {
+    /// Close them at once, so their clients reconnect to a live backend
+    /// (a tunnel to a host that vanished would otherwise wait for
+    /// `tunnel_idle` or TCP keepalive).
+    #[serde(rename = "shutdown-tunnels")]
+    ShutdownTunnels,
+    /// Leave them open until they end by themselves (the checks may be
+    /// failing for a reason that does not touch open sockets).
+    #[serde(rename = "keep")]
+    Keep,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -345,6 +390,7 @@ impl Default for ProxyConfig {
             timeouts: Timeouts::default(),
             limits: ProxyLimits::default(),
             shutdown: ProxyShutdown::default(),
+            upstream_keepalive: UpstreamKeepalive::default(),
             trusted_proxies: Vec::new(),
             pools: Vec::new(),
             routes: Vec::new(),
@@ -394,6 +440,16 @@ impl Default for ProxyShutdown {
     }
 }
 
+impl Default for UpstreamKeepalive {
+    fn default() -> Self {
+        UpstreamKeepalive {
+            idle: Duration::secs(30),
+            interval: Duration::secs(10),
+            count: 3,
+        }
+    }
+}
+
 impl Default for CookieConfig {
     fn default() -> Self {
         CookieConfig {
@@ -417,6 +473,7 @@ impl Default for HealthConfig {
             timeout: Duration::secs(1),
             rise: 2,
             fall: 3,
+            on_marked_down: OnMarkedDown::ShutdownTunnels,
         }
     }
 }

@@ -160,3 +160,37 @@ fn shipped_examples_are_valid() {
         }
     }
 }
+
+#[test]
+fn marked_down_backends_and_upstream_keepalive() {
+    let cfg = parse(POOL).unwrap();
+    assert!(cfg.pools[0].health.shuts_down_tunnels());
+    assert_eq!(cfg.upstream_keepalive.idle.get().as_secs(), 30);
+    assert_eq!(cfg.upstream_keepalive.interval.get().as_secs(), 10);
+    assert_eq!(cfg.upstream_keepalive.count, 3);
+    let keep = POOL.replace(
+        "[[pool.backend]]\nid = \"a\"",
+        "[pool.health]\non_marked_down = \"keep\"\n[[pool.backend]]\nid = \"a\"",
+    );
+    assert!(!parse(&keep).unwrap().pools[0].health.shuts_down_tunnels());
+    let err = parse(&keep.replace("\"keep\"", "\"shutdown-sessions\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown variant `shutdown-sessions`, expected `shutdown-tunnels` or `keep`"),
+        "{err}"
+    );
+    let off = format!("[upstream_keepalive]\nidle = 0\n{POOL}");
+    assert!(parse(&off).unwrap().upstream_keepalive.idle.is_zero());
+    for (bad, field) in [
+        ("idle = \"500ms\"", "upstream_keepalive.idle"),
+        ("interval = 0", "upstream_keepalive.interval"),
+        ("count = 0", "upstream_keepalive.count"),
+        ("count = 500", "upstream_keepalive.count"),
+    ] {
+        let err = parse(&format!("[upstream_keepalive]\n{bad}\n{POOL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+}

@@ -114,6 +114,30 @@ impl Validate for ProxyConfig {
                 ));
             }
         }
+        let k = &self.upstream_keepalive;
+        if !k.idle.is_zero() {
+            // The kernel's limits: seconds up to 32767, at most 127 probes;
+            // below a second it rounds down to 0 and refuses.
+            let secs = |d: crate::Duration| (1..=32767).contains(&d.get().as_secs());
+            if !secs(k.idle) {
+                return Err(FieldError::new(
+                    "upstream_keepalive.idle",
+                    "must be 0 (off) or between 1s and 32767s",
+                ));
+            }
+            if !secs(k.interval) {
+                return Err(FieldError::new(
+                    "upstream_keepalive.interval",
+                    "must be between 1s and 32767s",
+                ));
+            }
+            if !(1..=127).contains(&k.count) {
+                return Err(FieldError::new(
+                    "upstream_keepalive.count",
+                    "must be between 1 and 127",
+                ));
+            }
+        }
         if self.admin.request_timeout.is_zero() {
             return Err(FieldError::new("admin.request_timeout", "must be above 0"));
         }

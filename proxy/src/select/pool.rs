@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::watch;
 
 /// Why a pool cannot be built from its config.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,10 @@ pub struct Backend {
     state: AtomicU8,
     passive: Mutex<Passive>,
     pub idle: IdleConns,
+    /// Bumped each time health checks mark the backend down with
+    /// `on_marked_down = "shutdown-tunnels"`; every open tunnel to it
+    /// watches this and closes (see [`Backend::shutdown_tunnels`]).
+    marked_down: watch::Sender<u64>,
 }
 
 impl Backend {
@@ -91,6 +96,25 @@ impl Backend {
             state: AtomicU8::new(AdminState::Ready as u8),
             passive: Mutex::new(Passive::default()),
             idle: IdleConns::default(),
+            marked_down: watch::channel(0).0,
+        }
+    }
+
+    /// Tells every tunnel open to this backend to close now.
+    pub fn shutdown_tunnels(&self) {
+        self.marked_down.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Resolves at the next [`Backend::shutdown_tunnels`] (only those
+    /// after this call: a tunnel opened later is not closed by an earlier
+    /// one).
+    pub fn tunnels_shut_down(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.marked_down.subscribe();
+        async move {
+            // Err: the backend is gone, and with it any later signal.
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 

@@ -30,6 +30,10 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     pub unhealthy: Arc<AtomicBool>,
     pub requests: Arc<AtomicUsize>,
+    /// The proxy-side address of the connection each request other than
+    /// `/health` came on, in order: tells a reused keep-alive connection
+    /// from a fresh one.
+    pub served_from: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -43,19 +47,34 @@ impl TestBackend {
         let addr = listener.local_addr().unwrap();
         let unhealthy = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (id2, unhealthy2, requests2) = (id.to_string(), unhealthy.clone(), requests.clone());
+        let served_from = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (id2, unhealthy2, requests2, served2) = (
+            id.to_string(),
+            unhealthy.clone(),
+            requests.clone(),
+            served_from.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
-                let Ok((tcp, _)) = listener.accept().await else {
+                let Ok((tcp, peer)) = listener.accept().await else {
                     continue;
                 };
-                let (id, unhealthy, requests) =
-                    (id2.clone(), unhealthy2.clone(), requests2.clone());
+                let (id, unhealthy, requests, served) = (
+                    id2.clone(),
+                    unhealthy2.clone(),
+                    requests2.clone(),
+                    served2.clone(),
+                );
                 conns.spawn(async move {
-                    let service = service_fn(move |req| {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let (id, unhealthy, requests) =
                             (id.clone(), unhealthy.clone(), requests.clone());
+                        if req.uri().path() != "/health" {
+                            if let Ok(mut s) = served.lock() {
+                                s.push(peer);
+                            }
+                        }
                         async move {
                             if req.uri().path() == "/upload" {
                                 return Ok(upload_respond(&id, &requests, req).await);
@@ -78,8 +97,14 @@ impl TestBackend {
             addr,
             unhealthy,
             requests,
+            served_from,
             task,
         }
+    }
+
+    /// Where the last request other than `/health` came from.
+    pub fn last_served_from(&self) -> Option<SocketAddr> {
+        self.served_from.lock().ok()?.last().copied()
     }
 
     /// Stops accepting and drops every connection; returns once the port
@@ -203,19 +228,41 @@ static CONFIG_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl ProxyProcess {
     pub fn start(config_text: &str) -> ProxyProcess {
+        Self::launch(
+            std::process::Command::new(env!("CARGO_BIN_EXE_limpet-proxy")),
+            config_text,
+            None,
+        )
+    }
+
+    /// The proxy inside a network namespace (a "host" of the fault
+    /// tests), with its listeners bound to `0.0.0.0:0` in the config;
+    /// `addr` and `admin` are then the namespace's address and those ports.
+    pub fn start_in(ns: &limpet_testkit::netns::Netns, config_text: &str) -> ProxyProcess {
+        let binary = std::ffi::OsStr::new(env!("CARGO_BIN_EXE_limpet-proxy"));
+        Self::launch(ns.command(binary), config_text, Some(ns.ns_ip))
+    }
+
+    fn launch(
+        mut cmd: std::process::Command,
+        config_text: &str,
+        ip: Option<std::net::IpAddr>,
+    ) -> ProxyProcess {
         let path = write_temp(
             &format!("proxy-{}.toml", CONFIG_SEQ.fetch_add(1, Relaxed)),
             config_text,
         );
         let mut proc = limpet_testkit::Logged::spawn(
             "limpet-proxy",
-            std::process::Command::new(env!("CARGO_BIN_EXE_limpet-proxy"))
-                .arg("--config")
-                .arg(&path)
-                .env("RUST_LOG", "info"),
+            cmd.arg("--config").arg(&path).env("RUST_LOG", "info"),
         );
-        let addrs =
+        let mut addrs =
             proc.wait_addrs(&["listening for HTTP and WebSocket clients", "admin listener"]);
+        if let Some(ip) = ip {
+            for a in &mut addrs {
+                a.set_ip(ip);
+            }
+        }
         ProxyProcess {
             proc,
             config_path: path,
@@ -298,7 +345,18 @@ pub async fn http(
     path: &str,
     headers: &[(&str, &str)],
 ) -> HttpReply {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let s = TcpStream::connect(addr).await.expect("connect");
+    http_on(s, method, path, headers).await
+}
+
+/// [`http`] on a connection the caller made (e.g. from a chosen source
+/// address).
+pub async fn http_on(
+    mut s: TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpReply {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));

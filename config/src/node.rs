@@ -21,13 +21,26 @@ pub struct NodeConfig {
     pub cluster: bool,
     /// How long one attempt to (re)connect to the broker may take, the TCP
     /// connects and handshakes of both connections (commands and pub/sub)
-    /// included, before it is given up and retried after the back-off
-    /// (100 ms doubling to 5 s). The Redis client bounds only the command
+    /// included, before it is given up and retried (see
+    /// `broker_backoff_max`). The Redis client bounds only the command
     /// connection's TCP connect (1 s) by itself; an unbounded step into a
     /// black hole (a firewall dropping packets, a vanished host) would wait
     /// out the kernel's retries, minutes, and keep the node cut off that
     /// long after the network heals. Default 2 s.
     pub broker_connect_timeout: Duration,
+    /// How long one broker command may wait for its answer (a whole
+    /// publish pipeline, a SUBSCRIBE) before the connection is declared
+    /// broken and reopened. With the heartbeat publishing every
+    /// `heartbeat.node_interval`, it bounds how long a broker behind a
+    /// black hole (no RST) goes unnoticed: this plus one interval.
+    /// Default 5 s: well above a pipeline's time on a slow or lossy link.
+    pub broker_response_timeout: Duration,
+    /// The longest wait between the starts of two attempts to reconnect
+    /// to the broker (the back-off starts at 100 ms and doubles up to
+    /// this). An attempt that timed out is followed by the next at once.
+    /// It bounds how long cross-node delivery stays down after the broker
+    /// is back; default 1 s.
+    pub broker_backoff_max: Duration,
     /// Browser `Origin`s allowed to connect; empty allows any.
     pub allowed_origins: Vec<String>,
     /// Bearer token required by `POST /api/publish`; unset: no token needed
@@ -261,6 +274,8 @@ impl Default for NodeConfig {
             broker: vec!["redis://127.0.0.1:6379/".into()],
             cluster: false,
             broker_connect_timeout: Duration::secs(2),
+            broker_response_timeout: Duration::secs(5),
+            broker_backoff_max: Duration::secs(1),
             allowed_origins: Vec::new(),
             api_token: None,
             cluster_secret: None,
@@ -455,8 +470,14 @@ impl Validate for NodeConfig {
                 "at most 1000000 messages per room",
             ));
         }
-        if self.broker_connect_timeout.is_zero() {
-            return Err(FieldError::new("broker_connect_timeout", "must be above 0"));
+        for (field, d) in [
+            ("broker_connect_timeout", self.broker_connect_timeout),
+            ("broker_response_timeout", self.broker_response_timeout),
+            ("broker_backoff_max", self.broker_backoff_max),
+        ] {
+            if d.is_zero() {
+                return Err(FieldError::new(field, "must be above 0"));
+            }
         }
         let h = &self.heartbeat;
         if h.ping_interval.is_zero() || h.node_interval.is_zero() {
@@ -499,6 +520,8 @@ mod tests {
         assert_eq!(cfg.heartbeat.ping_interval.get().as_secs(), 25);
         assert_eq!(cfg.limits.publish_queue_bytes.bytes(), 1024 * 1024);
         assert_eq!(cfg.limits.max_queue_delay.get().as_millis(), 0);
+        assert_eq!(cfg.broker_response_timeout.get().as_secs(), 5);
+        assert_eq!(cfg.broker_backoff_max.get().as_secs(), 1);
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         for name in [
             "node.toml",
@@ -563,6 +586,13 @@ mod tests {
         .unwrap_err();
         assert!(
             err.to_string().contains("limits.outbound_queue_bytes"),
+            "{err}"
+        );
+        let err = parse_str::<NodeConfig>("broker_backoff_max = \"0s\"\n", Path::new("node.toml"))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("broker_backoff_max: must be above 0"),
             "{err}"
         );
         let err = parse_str::<NodeConfig>(

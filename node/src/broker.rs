@@ -14,11 +14,20 @@
 //! connections themselves are in [`crate::link`].
 //!
 //! A broker behind a silent black hole (no RST) is noticed by time: every
-//! command, SUBSCRIBE included, has 5 s to be answered, and the heartbeat
-//! publishes every `heartbeat.node_interval`, so the link is declared lost
-//! within about 5 s plus one interval. A reconnect attempt is bounded by
-//! `broker_connect_timeout`, so the node is back at most one back-off
-//! step (5 s) plus that long after the network heals.
+//! command, SUBSCRIBE included, has `broker_response_timeout` (5 s) to be
+//! answered, and the heartbeat publishes every `heartbeat.node_interval`,
+//! so the link is declared lost within about 5 s plus one interval.
+//!
+//! Reconnect attempts start 100 ms apart, doubling up to
+//! `broker_backoff_max` (1 s), counted from the start of the failed
+//! attempt, and each is bounded by `broker_connect_timeout` (2 s). A broker
+//! that refuses (restarting) is tried again every second at most; one
+//! behind a black hole is tried again as soon as an attempt times out, so
+//! a SYN goes out at least every second (the attempt's own retransmit
+//! after 1 s, then the next attempt) and the node is back about a second
+//! after the broker is reachable again. A longer back-off would add its
+//! whole length to every outage: with 5 s, a broker back after a restart
+//! waited up to 5 s more for the nodes.
 //!
 //! Outgoing envelopes are sealed and incoming ones checked here (see
 //! [`crate::seal::Seal`]), so a forged envelope is dropped before it
@@ -36,6 +45,7 @@
 //! see [`crate::shed`].
 
 use crate::backplane::{Backplane, Inbound};
+pub use crate::link::Deadlines;
 use crate::link::{open, refused, Incoming};
 use crate::metrics::Counters;
 use crate::seal::Seal;
@@ -68,8 +78,12 @@ pub(crate) struct Publish {
 pub struct Settings {
     pub urls: Vec<String>,
     pub cluster: bool,
-    /// The longest one connection attempt may take (`broker_connect_timeout`).
-    pub connect_timeout: Duration,
+    /// The longest one connection attempt may take (`broker_connect_timeout`)
+    /// and one command (`broker_response_timeout`).
+    pub deadlines: Deadlines,
+    /// The longest wait between the starts of two reconnect attempts
+    /// (`broker_backoff_max`).
+    pub backoff_max: Duration,
     pub seal: Seal,
     pub inbound_queue_bytes: usize,
     pub publish_queue_bytes: usize,
@@ -118,7 +132,8 @@ impl Broker {
         let task = run(
             settings.urls,
             settings.cluster,
-            settings.connect_timeout,
+            settings.deadlines,
+            settings.backoff_max,
             rx,
             inbound,
             shared.clone(),
@@ -281,7 +296,8 @@ impl Drop for Reader {
 async fn run(
     urls: Vec<String>,
     cluster: bool,
-    connect_timeout: Duration,
+    deadlines: Deadlines,
+    backoff_max: Duration,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     inbound: mpsc::UnboundedSender<Inbound>,
     shared: Arc<Shared>,
@@ -289,14 +305,16 @@ async fn run(
     let counters = shared.counters.clone();
     let (connected, since) = (&shared.connected, &shared.since);
     let mut desired: HashSet<String> = HashSet::new();
-    let mut backoff = Duration::from_millis(100);
+    let first = Duration::from_millis(100).min(backoff_max);
+    let mut backoff = first;
     let mut ever_connected = false;
     let mut pending: Option<Cmd> = None;
     // Shown in logs: never with the password (see crate::redact).
     let target = crate::redact::broker_urls(&urls);
     loop {
+        let attempt = tokio::time::Instant::now();
         let link = tokio::select! {
-            r = open(&urls, cluster, connect_timeout) => r,
+            r = open(&urls, cluster, deadlines) => r,
             // Keep the wish list current while connecting.
             cmd = rx.recv() => {
                 match cmd {
@@ -309,8 +327,19 @@ async fn run(
         let (mut link, incoming) = match link {
             Ok(link) => link,
             Err(e) => {
-                tracing::warn!(broker = %target, "broker unreachable: {e}; retrying in {backoff:?}");
-                if !back_off(&mut backoff, &mut rx, &mut desired, &shared).await {
+                let next = attempt + backoff;
+                let wait = next.saturating_duration_since(tokio::time::Instant::now());
+                tracing::warn!(broker = %target, "broker unreachable: {e}; retrying in {wait:?}");
+                if !back_off(
+                    next,
+                    &mut backoff,
+                    backoff_max,
+                    &mut rx,
+                    &mut desired,
+                    &shared,
+                )
+                .await
+                {
                     return;
                 }
                 continue;
@@ -328,7 +357,7 @@ async fn run(
                 // Kept in `desired`: the next reconnect tries it again.
                 Err(e) if refused(&e) => note_refused(&counters, ch, &e),
                 Err(e) => {
-                    tracing::warn!(broker = %target, "resubscribe failed: {e}; retrying in {backoff:?}");
+                    tracing::warn!(broker = %target, "resubscribe failed: {e}; retrying after the back-off ({backoff:?} from the attempt)");
                     healthy = false;
                     break;
                 }
@@ -339,12 +368,22 @@ async fn run(
             // that accepts connections but fails them is retried in a
             // tight loop.
             drop(reader);
-            if !back_off(&mut backoff, &mut rx, &mut desired, &shared).await {
+            let next = attempt + backoff;
+            if !back_off(
+                next,
+                &mut backoff,
+                backoff_max,
+                &mut rx,
+                &mut desired,
+                &shared,
+            )
+            .await
+            {
                 return;
             }
             continue;
         }
-        backoff = Duration::from_millis(100);
+        backoff = first;
         *since.lock() = Some(std::time::Instant::now());
         connected.store(true, Relaxed);
         if ever_connected {
@@ -463,15 +502,18 @@ fn next_batch(
     batch
 }
 
-/// Waits out `backoff` (still taking commands) and doubles it, up to 5 s;
-/// false when the node has gone away.
+/// Waits until `deadline` (the failed attempt's start plus the back-off;
+/// at once when the attempt itself took that long), still taking
+/// commands, and doubles `backoff` up to `max`; false when the node has
+/// gone away.
 async fn back_off(
+    deadline: tokio::time::Instant,
     backoff: &mut Duration,
+    max: Duration,
     rx: &mut mpsc::UnboundedReceiver<Cmd>,
     desired: &mut HashSet<String>,
     shared: &Shared,
 ) -> bool {
-    let deadline = tokio::time::Instant::now() + *backoff;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
@@ -481,7 +523,7 @@ async fn back_off(
             },
         }
     }
-    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    *backoff = (*backoff * 2).min(max);
     true
 }
 

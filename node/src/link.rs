@@ -10,8 +10,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// An open connection set, standalone or cluster: the side that sends
-/// commands. What the broker pushes is read from [`Incoming`].
-pub(crate) enum Link {
+/// commands, each bounded by the response deadline. What the broker
+/// pushes is read from [`Incoming`].
+pub(crate) struct Link {
+    conns: Conns,
+    response: Duration,
+}
+
+enum Conns {
     Standalone {
         publisher: redis::aio::MultiplexedConnection,
         sink: redis::aio::PubSubSink,
@@ -27,17 +33,23 @@ pub(crate) enum Incoming {
     Cluster(mpsc::UnboundedReceiver<redis::PushInfo>),
 }
 
-/// How long one broker command (a whole publish pipeline included) may take
-/// before the connection is declared broken. The Redis client's default of
-/// 500 ms is shorter than a full pipeline takes on a slow link or a loaded
-/// machine, and each spurious timeout reconnects and loses what was queued;
-/// a broker that is really gone is found by this, by TCP, and by the peers'
-/// heartbeat timeout. It bounds SUBSCRIBE and UNSUBSCRIBE on the pub/sub
-/// connection too, which the Redis client leaves unbounded: one of those
-/// sent into a black hole would otherwise hold the link task, and every
-/// command queued behind it, for as long as TCP keeps retransmitting
-/// (about 15 minutes), with `/health` still saying `connected`.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the link waits for the broker: one whole attempt to open the
+/// connections (`broker_connect_timeout`), and one command's answer
+/// (`broker_response_timeout`).
+///
+/// The response timeout covers a whole publish pipeline, and SUBSCRIBE and
+/// UNSUBSCRIBE on the pub/sub connection, which the Redis client leaves
+/// unbounded: one of those sent into a black hole would otherwise hold the
+/// link task, and every command queued behind it, for as long as TCP keeps
+/// retransmitting (about 15 minutes), with `/health` still saying
+/// `connected`. The Redis client's own default of 500 ms is shorter than a
+/// full pipeline takes on a slow link or a loaded machine, and each
+/// spurious timeout reconnects and loses what was queued.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub connect: Duration,
+    pub response: Duration,
+}
 
 /// `fut`, or a timeout error (an I/O error, so the link is treated as
 /// broken, not as refused) after `limit`.
@@ -56,35 +68,44 @@ async fn bounded<T>(
 }
 
 /// Opens the connection set; the whole attempt (every TCP connect and
-/// handshake) is bounded by `connect_timeout`.
+/// handshake) is bounded by the connect deadline.
 pub(crate) async fn open(
     urls: &[String],
     cluster: bool,
-    connect_timeout: Duration,
+    deadlines: Deadlines,
 ) -> redis::RedisResult<(Link, Incoming)> {
-    bounded(
+    let (conns, incoming) = bounded(
         "connect",
-        connect_timeout,
-        open_unbounded(urls, cluster, connect_timeout),
+        deadlines.connect,
+        open_unbounded(urls, cluster, deadlines),
     )
-    .await
+    .await?;
+    let link = Link {
+        conns,
+        response: deadlines.response,
+    };
+    Ok((link, incoming))
 }
 
 async fn open_unbounded(
     urls: &[String],
     cluster: bool,
-    connect_timeout: Duration,
-) -> redis::RedisResult<(Link, Incoming)> {
+    deadlines: Deadlines,
+) -> redis::RedisResult<(Conns, Incoming)> {
+    let Deadlines {
+        connect: connect_timeout,
+        response: response_timeout,
+    } = deadlines;
     if cluster {
         let (tx, pushes) = mpsc::unbounded_channel();
         let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(tx)
-            .response_timeout(RESPONSE_TIMEOUT)
+            .response_timeout(response_timeout)
             .connection_timeout(connect_timeout)
             .build()?;
         let conn = client.get_async_connection().await?;
-        return Ok((Link::Cluster { conn }, Incoming::Cluster(pushes)));
+        return Ok((Conns::Cluster { conn }, Incoming::Cluster(pushes)));
     }
     // Without TCP_NODELAY (the Redis client's default is off) a pipeline's
     // last segment can wait for a delayed ACK, tens of milliseconds per
@@ -95,39 +116,43 @@ async fn open_unbounded(
     let publisher = client
         .get_multiplexed_async_connection_with_config(
             &redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_response_timeout(Some(response_timeout))
                 .set_connection_timeout(Some(connect_timeout)),
         )
         .await?;
     let (sink, stream) = client.get_async_pubsub().await?.split();
     Ok((
-        Link::Standalone { publisher, sink },
+        Conns::Standalone { publisher, sink },
         Incoming::Standalone(stream),
     ))
 }
 
 impl Link {
     pub(crate) async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
-        match self {
-            Link::Standalone { sink, .. } => {
-                bounded("SUBSCRIBE", RESPONSE_TIMEOUT, sink.subscribe(channel)).await
+        let limit = self.response;
+        match &mut self.conns {
+            Conns::Standalone { sink, .. } => {
+                bounded("SUBSCRIBE", limit, sink.subscribe(channel)).await
             }
-            Link::Cluster { conn } => conn.ssubscribe(channel).await,
+            Conns::Cluster { conn } => bounded("SSUBSCRIBE", limit, conn.ssubscribe(channel)).await,
         }
     }
 
     pub(crate) async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
-        match self {
-            Link::Standalone { sink, .. } => {
-                bounded("UNSUBSCRIBE", RESPONSE_TIMEOUT, sink.unsubscribe(channel)).await
+        let limit = self.response;
+        match &mut self.conns {
+            Conns::Standalone { sink, .. } => {
+                bounded("UNSUBSCRIBE", limit, sink.unsubscribe(channel)).await
             }
-            Link::Cluster { conn } => conn.sunsubscribe(channel).await,
+            Conns::Cluster { conn } => {
+                bounded("SUNSUBSCRIBE", limit, conn.sunsubscribe(channel)).await
+            }
         }
     }
 
     pub(crate) async fn publish(&mut self, batch: &[Publish]) -> redis::RedisResult<()> {
-        match self {
-            Link::Standalone { publisher, .. } => {
+        match &mut self.conns {
+            Conns::Standalone { publisher, .. } => {
                 let mut pipe = redis::pipe();
                 for p in batch {
                     pipe.cmd("PUBLISH")
@@ -137,7 +162,7 @@ impl Link {
                 }
                 pipe.query_async(publisher).await
             }
-            Link::Cluster { conn } => {
+            Conns::Cluster { conn } => {
                 // Shard channels live on different nodes: one command each.
                 for p in batch {
                     let _: i64 = redis::cmd("SPUBLISH")

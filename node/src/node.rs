@@ -59,7 +59,11 @@ impl Node {
             Settings {
                 urls: config.broker.clone(),
                 cluster: config.cluster,
-                connect_timeout: config.broker_connect_timeout.get(),
+                deadlines: crate::broker::Deadlines {
+                    connect: config.broker_connect_timeout.get(),
+                    response: config.broker_response_timeout.get(),
+                },
+                backoff_max: config.broker_backoff_max.get(),
                 seal: Seal::new(config.cluster_secret.as_deref()),
                 inbound_queue_bytes: config.limits.inbound_queue_bytes.bytes() as usize,
                 publish_queue_bytes: config.limits.publish_queue_bytes.bytes() as usize,

@@ -125,7 +125,7 @@ impl From<&SendError> for ForwardError {
     fn from(e: &SendError) -> ForwardError {
         match e {
             SendError::Timeout(_) => ForwardError::BackendTimeout,
-            SendError::Hyper(_) => ForwardError::BackendFailed,
+            SendError::Hyper(_) | SendError::MarkedDown => ForwardError::BackendFailed,
         }
     }
 }

@@ -6,7 +6,10 @@
 //! skipped and another tried (when the request was never written, or is
 //! idempotent without a body); the client is then re-pinned with a fresh
 //! cookie. A client that breaks its own upload gets 400/408 and the
-//! backend is not blamed for it (see `client_body`). Whatever gives up
+//! backend is not blamed for it (see `client_body`). A request still
+//! waiting for the head of a backend that health checks mark down meanwhile
+//! goes to another backend when it is replayable, else gets 502 (see
+//! `health`). Whatever gives up
 //! returns a [`ForwardError`]; `fail` counts it and answers.
 
 use crate::client_body::{BodyState, ClientBody};
@@ -213,7 +216,14 @@ async fn forward(
         let guard = ActiveGuard::new(backend.clone());
         let started = Instant::now();
         let response_timeout = cfg.timeouts.response.get();
-        let sent = upstream::send(conn, up_req, response_timeout, out.body_state.wait_done()).await;
+        let sent = upstream::send(
+            conn,
+            up_req,
+            response_timeout,
+            out.body_state.wait_done(),
+            backend.sessions_shut_down(),
+        )
+        .await;
         let failed = match sent {
             Ok((resp, sender)) => {
                 let answer = Answer {
@@ -299,6 +309,16 @@ fn after_failure(
         // The client broke its own request: not the backend's failure.
         tracing::info!(pool = %pool.name(), backend = %backend.id, %client, "{fault}");
         return Next::Fail(fault.into());
+    }
+    if matches!(error, SendError::MarkedDown) {
+        // Already out: nothing to count against it. Only a request that
+        // cannot have changed anything goes to another backend.
+        tracing::info!(pool = %pool.name(), backend = %backend.id, %client, "{error}");
+        return if out.replayable {
+            Next::Another
+        } else {
+            Next::Fail(error.into())
+        };
     }
     let timed_out = matches!(error, SendError::Timeout(_));
     let retry = !timed_out && (unsent || out.replayable);

@@ -8,7 +8,9 @@
 //! vanished they look open, and a request on one would wait for
 //! `timeouts.response`), and with `on_marked_down = "shutdown-tunnels"`
 //! (the default) its open tunnels are closed so their clients reconnect
-//! to a live backend, like HAProxy's `on-marked-down shutdown-sessions`.
+//! to a live backend, and requests still waiting for its answer are sent
+//! elsewhere (replayable ones) or answered 502 instead of waiting for
+//! `timeouts.response`, like HAProxy's `on-marked-down shutdown-sessions`.
 //! Only checks do this: an admin drain keeps tunnels by design, and a
 //! single passive failure is too little evidence to cut every client.
 
@@ -95,8 +97,8 @@ fn marked_down(pool: &Pool, backend: &Backend) {
     let idle = backend.idle.clear();
     let tunnels = backend.tunnels.load(std::sync::atomic::Ordering::Relaxed);
     if pool.config.health.shuts_down_tunnels() {
-        backend.shutdown_tunnels();
-        tracing::warn!(pool = %pool.name(), backend = %backend.id, "closing {tunnels} tunnels and {idle} idle connections to the backend marked down (on_marked_down = \"shutdown-tunnels\")");
+        backend.shutdown_sessions();
+        tracing::warn!(pool = %pool.name(), backend = %backend.id, "closing {tunnels} tunnels, waiting requests and {idle} idle connections to the backend marked down (on_marked_down = \"shutdown-tunnels\")");
     } else {
         tracing::info!(pool = %pool.name(), backend = %backend.id, "dropped {idle} idle connections; {tunnels} tunnels stay open (on_marked_down = \"keep\")");
     }

@@ -303,7 +303,7 @@ impl Open {
     /// drain deadline, or health checks marking its backend down.
     fn cut(&self) -> impl std::future::Future<Output = End> + Send + 'static {
         let mut close = self.proxy.close_tunnels.subscribe();
-        let marked_down = self.backend.tunnels_shut_down();
+        let marked_down = self.backend.sessions_shut_down();
         async move {
             tokio::select! {
                 _ = close.wait_for(|closed| *closed) => End::Deadline,

@@ -41,6 +41,11 @@ pub enum SendError {
     Timeout(Duration),
     #[error("{0}")]
     Hyper(#[from] hyper::Error),
+    /// Health checks marked the backend down while the request waited
+    /// (`on_marked_down = "shutdown-tunnels"`): a black-holed backend would
+    /// otherwise hold it for the whole `timeouts.response`.
+    #[error("backend marked down by health checks before it answered")]
+    MarkedDown,
 }
 
 /// Idle keep-alive connections to one backend.
@@ -229,12 +234,15 @@ pub struct Failed {
 /// Sends `req` and waits for the response head, at most `response_timeout`
 /// counted from the moment the client's body was fully read (`body_done`
 /// resolves): time spent uploading belongs to the client, not the backend.
-/// Returns the connection for reuse once the body has been read.
+/// Gives up when `marked_down` resolves (the backend's health checks
+/// failed meanwhile). Returns the connection for reuse once the body has
+/// been read.
 pub async fn send(
     conn: Conn,
     req: Request<Body>,
     response_timeout: Duration,
     body_done: impl std::future::Future<Output = ()>,
+    marked_down: impl std::future::Future<Output = ()>,
 ) -> Result<(Response<hyper::body::Incoming>, SendRequest<Body>), Failed> {
     let Conn { mut sender, .. } = conn;
     let head = sender.try_send_request(req);
@@ -251,5 +259,6 @@ pub async fn send(
             }
         },
         _ = deadline => Err(Failed { error: SendError::Timeout(response_timeout), unsent: None }),
+        _ = marked_down => Err(Failed { error: SendError::MarkedDown, unsent: None }),
     }
 }

@@ -136,9 +136,19 @@ async fn black_holed_backend_is_taken_out_and_its_tunnels_closed() {
         to_live.expect("a live cookie"),
         to_dead.expect("a dead cookie"),
     );
-    let r = http(proxy.addr, "GET", "/", &[("cookie", &to_dead)]).await;
-    assert_eq!(r.backend(), Some("dead"));
-    let pooled = dead.last_served_from().expect("a request reached dead");
+    // Two keep-alive connections to `dead` in the proxy's pool: two slow
+    // requests at once, each on a connection of its own.
+    let pinned = [("cookie", to_dead.as_str())];
+    let slow = || http(proxy.addr, "GET", "/slow", &pinned);
+    let (r1, r2) = tokio::join!(slow(), slow());
+    assert_eq!((r1.backend(), r2.backend()), (Some("dead"), Some("dead")));
+    let pooled: Vec<SocketAddr> = dead.served_from.lock().expect("not poisoned")[..]
+        .iter()
+        .rev()
+        .take(2)
+        .copied()
+        .collect();
+    assert_ne!(pooled[0], pooled[1], "two connections");
 
     // Tunnels: three to the backend about to vanish, one to the other.
     let mut doomed = Vec::new();
@@ -153,6 +163,13 @@ async fn black_holed_backend_is_taken_out_and_its_tunnels_closed() {
     // The black hole: every packet between the proxy and `dead` dropped.
     ns.block_port(dead.addr.port());
     let cut = Instant::now();
+
+    // A plain request pinned to it goes out now on a pooled connection,
+    // into the silence: it must not wait for `timeouts.response` (60 s).
+    let waiting = tokio::spawn({
+        let (addr, cookie) = (proxy.addr, to_dead.clone());
+        async move { http(addr, "GET", "/", &[("cookie", &cookie)]).await }
+    });
 
     // A client pinned to it connects now, before any check noticed: the
     // proxy's connect gives up after `timeouts.connect` (1 s) and the
@@ -206,6 +223,19 @@ async fn black_holed_backend_is_taken_out_and_its_tunnels_closed() {
     let log = proxy.log_text();
     assert!(log.contains("end=BackendMarkedDown"), "{log}");
 
+    // The request that went into the black hole is sent elsewhere when
+    // the checks mark the backend down.
+    let r = tokio::time::timeout_at(cut + DETECT_BOUND + SLACK, waiting)
+        .await
+        .expect("the request on the pooled connection came back in time")
+        .expect("the request task");
+    assert_eq!(r.backend(), Some("live"), "{}", r.body);
+    assert!(r.header("set-cookie").is_some(), "re-pinned with a cookie");
+    eprintln!(
+        "MEASURED: black hole -> request waiting on a pooled connection answered by live: {:?}",
+        cut.elapsed()
+    );
+
     // Their clients reconnect, with the same cookie, to the live backend.
     for _ in 0..3 {
         let (ws, on) = ws_with(&proxy, "/", &to_dead).await;
@@ -228,10 +258,10 @@ async fn black_holed_backend_is_taken_out_and_its_tunnels_closed() {
     eprintln!("MEASURED: heal -> up again: {back:?} (rise = 2 × 500ms)");
     let r = http(proxy.addr, "GET", "/", &[("cookie", &to_dead)]).await;
     assert_eq!(r.backend(), Some("dead"));
-    assert_ne!(
-        dead.last_served_from(),
-        Some(pooled),
-        "the keep-alive connection from before the black hole was reused"
+    let from = dead.last_served_from().expect("served");
+    assert!(
+        !pooled.contains(&from),
+        "a keep-alive connection from before the black hole was reused"
     );
     kept.close(None).await.ok();
     drop((doomed, kept));
@@ -382,4 +412,38 @@ async fn two_proxies_agree_and_only_the_cut_one_sees_backends_down() {
     drop((a, b));
     drop(backends);
     drop((a_host, b_host));
+}
+
+/// The setting itself, on loopback (no namespace needed): a backend whose
+/// checks fail closes its tunnels by default and keeps them with
+/// `on_marked_down = "keep"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_marked_down_closes_tunnels_unless_told_to_keep_them() {
+    for keep in [false, true] {
+        let b1 = TestBackend::start("b1").await;
+        let setting = if keep {
+            "on_marked_down = \"keep\"\n"
+        } else {
+            ""
+        };
+        let proxy = ProxyProcess::start(&config(&[&b1], "", &format!("{HEALTH}{setting}")));
+        let (mut ws, _) = ws_connect(proxy.addr, "/", None).await.expect("tunnel");
+        assert_eq!(echo(&mut ws, "a").await, "b1:a");
+        b1.unhealthy
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        eventually("b1 marked down", || async {
+            proxy
+                .log_text()
+                .contains("backend is down after 3 failed checks")
+        })
+        .await;
+        let ended = tokio::time::timeout(Duration::from_secs(2), closed(&mut ws)).await;
+        assert_eq!(ended.is_err(), keep, "keep = {keep}: tunnel still open");
+        if keep {
+            assert_eq!(echo(&mut ws, "b").await, "b1:b");
+        }
+        let series = "limpet_proxy_tunnels_closed_total{backend=\"b1\",end=\"backend_marked_down\",pool=\"nodes\"}";
+        let expected = if keep { 0.0 } else { 1.0 };
+        assert_eq!(proxy.metric(series).await, expected, "keep = {keep}");
+    }
 }

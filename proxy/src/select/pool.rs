@@ -78,8 +78,9 @@ pub struct Backend {
     passive: Mutex<Passive>,
     pub idle: IdleConns,
     /// Bumped each time health checks mark the backend down with
-    /// `on_marked_down = "shutdown-tunnels"`; every open tunnel to it
-    /// watches this and closes (see [`Backend::shutdown_tunnels`]).
+    /// `on_marked_down = "shutdown-tunnels"`; every open tunnel to it, and
+    /// every request waiting for its answer, watches this and lets go
+    /// (see [`Backend::shutdown_sessions`]).
     marked_down: watch::Sender<u64>,
 }
 
@@ -100,15 +101,16 @@ impl Backend {
         }
     }
 
-    /// Tells every tunnel open to this backend to close now.
-    pub fn shutdown_tunnels(&self) {
+    /// Tells every tunnel open to this backend to close now, and every
+    /// request waiting for its answer to give up on it.
+    pub fn shutdown_sessions(&self) {
         self.marked_down.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Resolves at the next [`Backend::shutdown_tunnels`] (only those
+    /// Resolves at the next [`Backend::shutdown_sessions`] (only those
     /// after this call: a tunnel opened later is not closed by an earlier
     /// one).
-    pub fn tunnels_shut_down(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub fn sessions_shut_down(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.marked_down.subscribe();
         async move {
             // Err: the backend is gone, and with it any later signal.

@@ -164,3 +164,22 @@ fn no_backend_says_why() {
     }
     assert_eq!(select(&pool, &Wish::Any, &[]), Err(NoBackend::AllFull));
 }
+
+/// A mark-down reaches the tunnels and requests open when it happens, not
+/// those that start later (a tunnel opened after the backend came back
+/// must not be closed by an old verdict).
+#[tokio::test]
+async fn a_shutdown_reaches_only_sessions_open_before_it() {
+    use std::time::Duration;
+    let pool = Pool::for_test("", &[1]);
+    let backend = &pool.backends[0];
+    backend.shutdown_sessions();
+    let waiting = backend.sessions_shut_down();
+    tokio::pin!(waiting);
+    let early = tokio::time::timeout(Duration::from_millis(50), &mut waiting).await;
+    assert!(early.is_err(), "an earlier shutdown was seen");
+    backend.shutdown_sessions();
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the shutdown reaches it");
+}

@@ -447,3 +447,36 @@ async fn on_marked_down_closes_tunnels_unless_told_to_keep_them() {
         assert_eq!(proxy.metric(series).await, expected, "keep = {keep}");
     }
 }
+
+/// The second net: without health checks, TCP keepalive on the upstream
+/// socket ends a quiet tunnel to a black-holed backend after `idle +
+/// interval × count` (here 1 + 1 × 2 = 3 s), not after `tunnel_idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_keepalive_ends_a_quiet_tunnel_to_a_black_hole() {
+    let Some(mut ns) = Netns::create(3) else {
+        return;
+    };
+    let gone = TestBackend::start_on("gone", SocketAddr::new(ns.host_ip, 0)).await;
+    let proxy = ProxyProcess::start_in(
+        &ns,
+        &format!(
+            "[upstream_keepalive]\nidle = \"1s\"\ninterval = \"1s\"\ncount = 2\n{LISTEN}[[pool]]\nname = \"nodes\"\n[[pool.backend]]\nid = \"gone\"\naddress = \"{}\"\n[[route]]\npool = \"nodes\"\n",
+            gone.addr
+        ),
+    );
+    let (mut ws, _) = ws_connect(proxy.addr, "/", None).await.expect("tunnel");
+    assert_eq!(echo(&mut ws, "a").await, "gone:a");
+    ns.block_port(gone.addr.port());
+    let cut = Instant::now();
+    tokio::time::timeout_at(cut + Duration::from_secs(3) + SLACK, closed(&mut ws))
+        .await
+        .unwrap_or_else(|_| panic!("tunnel still open {:?} after the cut", cut.elapsed()));
+    eprintln!(
+        "MEASURED: black hole, no health checks -> tunnel ended by TCP keepalive: {:?} (bound 3s)",
+        cut.elapsed()
+    );
+    let log = proxy.log_text();
+    assert!(log.contains("kind: TimedOut"), "{log}");
+    drop(proxy);
+    drop(ns);
+}

@@ -437,7 +437,7 @@ async fn on_marked_down_closes_tunnels_unless_told_to_keep_them() {
                 .contains("backend is down after 3 failed checks")
         })
         .await;
-        let ended = tokio::time::timeout(Duration::from_secs(2), closed(&mut ws)).await;
+        let ended = tokio::time::timeout(Duration::from_secs(4), closed(&mut ws)).await;
         assert_eq!(ended.is_err(), keep, "keep = {keep}: tunnel still open");
         if keep {
             assert_eq!(echo(&mut ws, "b").await, "b1:b");

@@ -219,9 +219,15 @@ async fn black_holed_backend_is_taken_out_and_its_tunnels_closed() {
     );
     assert_eq!(echo(&mut kept, "still").await, "live:still");
     let metric = "limpet_proxy_tunnels_closed_total{backend=\"dead\",end=\"backend_marked_down\",pool=\"nodes\"}";
-    assert_eq!(proxy.metric(metric).await, 3.0);
-    let log = proxy.log_text();
-    assert!(log.contains("end=BackendMarkedDown"), "{log}");
+    // The proxy drops the sockets just before it counts and logs the close.
+    eventually(
+        "3 tunnels counted and logged as closed for the mark-down",
+        || async {
+            proxy.metric(metric).await == 3.0
+                && proxy.log_text().matches("end=BackendMarkedDown").count() == 3
+        },
+    )
+    .await;
 
     // The request that went into the black hole is sent elsewhere when
     // the checks mark the backend down.
@@ -444,7 +450,10 @@ async fn on_marked_down_closes_tunnels_unless_told_to_keep_them() {
         }
         let series = "limpet_proxy_tunnels_closed_total{backend=\"b1\",end=\"backend_marked_down\",pool=\"nodes\"}";
         let expected = if keep { 0.0 } else { 1.0 };
-        assert_eq!(proxy.metric(series).await, expected, "keep = {keep}");
+        eventually("the close counted", || async {
+            proxy.metric(series).await == expected
+        })
+        .await;
     }
 }
 
@@ -475,8 +484,10 @@ async fn upstream_keepalive_ends_a_quiet_tunnel_to_a_black_hole() {
         "MEASURED: black hole, no health checks -> tunnel ended by TCP keepalive: {:?} (bound 3s)",
         cut.elapsed()
     );
-    let log = proxy.log_text();
-    assert!(log.contains("kind: TimedOut"), "{log}");
+    eventually("the close logged with the keepalive's timeout", || async {
+        proxy.log_text().contains("kind: TimedOut")
+    })
+    .await;
     drop(proxy);
     drop(ns);
 }

@@ -31,6 +31,11 @@ pub enum ForwardError {
     AllFull,
     #[error("no backend is up")]
     NoneUp,
+    /// The engine.io session's backend is gone (down, maint, removed or
+    /// unreachable): the client gets engine.io's own answer for an unknown
+    /// session, which makes it start a new one instead of retrying.
+    #[error("Session ID unknown")]
+    SessionUnknown,
     /// No response head within `timeouts.response` after the upload.
     #[error("the backend did not answer in time")]
     BackendTimeout,
@@ -65,7 +70,7 @@ fn client_body_text(fault: ClientFault) -> &'static str {
 impl ForwardError {
     pub fn status(self) -> StatusCode {
         match self {
-            ForwardError::BadHost(_) => StatusCode::BAD_REQUEST,
+            ForwardError::BadHost(_) | ForwardError::SessionUnknown => StatusCode::BAD_REQUEST,
             ForwardError::NoRoute => StatusCode::NOT_FOUND,
             ForwardError::Unreachable
             | ForwardError::BackendFailed
@@ -93,6 +98,21 @@ impl ForwardError {
     }
 
     pub fn response(self) -> Response<Body> {
+        if self == ForwardError::SessionUnknown {
+            // Byte for byte what engine.io answers (its error code 1), so
+            // socket.io clients treat it as their own server's verdict.
+            let mut resp = Response::new(
+                Full::new(Bytes::from_static(
+                    br#"{"code":1,"message":"Session ID unknown"}"#,
+                ))
+                .map_err(|never| match never {})
+                .boxed(),
+            );
+            *resp.status_mut() = self.status();
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return resp;
+        }
         plain(self.status(), &self.body())
     }
 
@@ -117,6 +137,7 @@ impl From<NoBackend> for ForwardError {
             NoBackend::Unreachable => ForwardError::Unreachable,
             NoBackend::AllFull => ForwardError::AllFull,
             NoBackend::NoneUp => ForwardError::NoneUp,
+            NoBackend::SessionGone => ForwardError::SessionUnknown,
         }
     }
 }
@@ -206,6 +227,9 @@ mod tests {
                 "400 bad request: the request body was cut short or malformed",
             ),
         ];
+        let resp = ForwardError::SessionUnknown.response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
         for (error, text) in cases {
             assert_eq!(error.body(), text);
             assert_eq!(error.status().as_u16().to_string(), text[..3]);

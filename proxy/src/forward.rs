@@ -20,6 +20,7 @@ use crate::live::{Proxy, Routing};
 use crate::metrics::class;
 use crate::relay;
 use crate::router::{host_only, Route};
+use crate::select::socketio::Learner;
 use crate::select::{self, ActiveGuard, Backend, Choice, Pool, Wish};
 use crate::tunnel;
 use crate::upstream::{self, Body, Conn, SendError};
@@ -443,16 +444,39 @@ fn respond(
         // A non-101 answer to an upgrade request is relayed as is; that
         // connection is not reused, since it was asked to switch protocols.
         upgrade => {
+            let learn = learner(pool, &out.wish, &resp, &backend.id);
             let reuse = upgrade.is_none().then_some((sender, backend));
             let (parts, incoming) = resp.into_parts();
             let tracked = relay::Tracked {
                 inner: incoming,
                 guard: Some(guard),
                 conn: reuse,
+                learn,
             };
             Response::from_parts(parts, BodyExt::boxed(tracked))
         }
     }
+}
+
+/// A reader for the sid of an engine.io handshake answer: a `200` to a
+/// polling request without a sid, in a pool with socketio affinity. A
+/// compressed answer is left alone (engine.io compresses only answers
+/// above 1 KiB, which an open packet is not).
+fn learner(pool: &Pool, wish: &Wish, resp: &Response<Incoming>, backend: &str) -> Option<Learner> {
+    let handshake = matches!(
+        wish,
+        Wish::Session {
+            handshake: true,
+            ..
+        }
+    );
+    let identity = resp
+        .headers()
+        .get(http::header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let table = pool.sids.as_ref()?;
+    (handshake && identity && resp.status() == StatusCode::OK)
+        .then(|| Learner::new(table.clone(), backend))
 }
 
 fn is_idempotent(method: &Method) -> bool {

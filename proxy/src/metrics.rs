@@ -1,6 +1,8 @@
 //! Prometheus metrics for the proxy. Counters are bumped on the request
 //! path; per-backend gauges (health, open requests, tunnels) are read from
 //! the live pool state when `/metrics` is scraped, so they are never stale.
+//! The socket.io session tables count for themselves (they outlive
+//! reloads) and are read the same way.
 
 use crate::select::Pool;
 use prometheus::{
@@ -38,6 +40,10 @@ pub struct Metrics {
     backend_up: IntGaugeVec,
     backend_active: IntGaugeVec,
     backend_tunnels: IntGaugeVec,
+    sid_sessions: IntGaugeVec,
+    sid_lookups: IntCounterVec,
+    sid_evictions: IntCounterVec,
+    sid_handshakes: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -107,7 +113,7 @@ impl Metrics {
             ),
             affinity: counter_vec(
                 "limpet_proxy_affinity_total",
-                "Backend choices by affinity outcome (hit, new, invalid, down, hashed, balanced)",
+                "Backend choices by affinity outcome (hit, new, invalid, down, hashed, balanced, sid)",
                 &["pool", "outcome"],
             ),
             connect_errors: counter_vec(
@@ -198,6 +204,29 @@ impl Metrics {
                 "Requests in flight plus open tunnels",
             ),
             backend_tunnels: gauge_vec("limpet_proxy_backend_tunnels", "Open upgraded tunnels"),
+            sid_sessions: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("limpet_proxy_socketio_sessions", "engine.io sessions in the sid table (affinity = \"socketio\")"),
+                    &["pool"],
+                )
+                .expect("valid metric"),
+            ),
+            sid_lookups: counter_vec(
+                "limpet_proxy_socketio_sid_lookups_total",
+                "Requests carrying an engine.io sid, by whether the sid table knew it (hit, miss)",
+                &["pool", "result"],
+            ),
+            sid_evictions: counter_vec(
+                "limpet_proxy_socketio_sessions_evicted_total",
+                "Sessions the sid table forgot (full: pushed out at max_sessions, idle: session_idle)",
+                &["pool", "reason"],
+            ),
+            sid_handshakes: counter_vec(
+                "limpet_proxy_socketio_handshakes_total",
+                "engine.io handshake answers read for their sid (learned, unreadable)",
+                &["pool", "result"],
+            ),
             registry: r,
         }
     }
@@ -224,6 +253,7 @@ impl Metrics {
         self.backend_up.reset();
         self.backend_active.reset();
         self.backend_tunnels.reset();
+        self.render_sid_tables(pools);
         let now = std::time::Instant::now();
         for pool in pools {
             for b in &pool.backends {
@@ -242,6 +272,40 @@ impl Metrics {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
+    }
+}
+
+impl Metrics {
+    /// The socket.io session tables' own counts, as they are now (the
+    /// series of a pool a reload removed go with it).
+    fn render_sid_tables(&self, pools: &[Arc<Pool>]) {
+        self.sid_sessions.reset();
+        self.sid_lookups.reset();
+        self.sid_evictions.reset();
+        self.sid_handshakes.reset();
+        for pool in pools {
+            let Some(table) = &pool.sids else { continue };
+            let s = table.stats();
+            let name = pool.name();
+            self.sid_sessions
+                .with_label_values(&[name])
+                .set(s.sessions as i64);
+            for (result, n) in [("hit", s.hits), ("miss", s.misses)] {
+                self.sid_lookups
+                    .with_label_values(&[name, result])
+                    .inc_by(n);
+            }
+            for (reason, n) in [("full", s.evicted_full), ("idle", s.evicted_idle)] {
+                self.sid_evictions
+                    .with_label_values(&[name, reason])
+                    .inc_by(n);
+            }
+            for (result, n) in [("learned", s.learned), ("unreadable", s.unreadable)] {
+                self.sid_handshakes
+                    .with_label_values(&[name, result])
+                    .inc_by(n);
+            }
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! A backend's response body on its way to the client. Once it has been
 //! read to the end, its keep-alive connection goes back to the backend's
 //! idle list and the backend's in-flight count drops; a body cut short
-//! takes its connection with it, since its state is unknown.
+//! takes its connection with it, since its state is unknown. An engine.io
+//! handshake answer is read for its sid on the way (`select::socketio`).
 
+use crate::select::socketio::Learner;
 use crate::select::{ActiveGuard, Backend};
 use crate::upstream::{Body, BoxError};
 use bytes::Bytes;
@@ -19,6 +21,8 @@ pub struct Tracked {
     pub guard: Option<ActiveGuard>,
     /// Present when the connection may be reused.
     pub conn: Option<(SendRequest<Body>, Arc<Backend>)>,
+    /// Reads the session id of an engine.io handshake answer.
+    pub learn: Option<Learner>,
 }
 
 impl Tracked {
@@ -29,6 +33,9 @@ impl Tracked {
             }
         }
         self.guard.take();
+        if let Some(mut learner) = self.learn.take() {
+            learner.finish();
+        }
     }
 }
 
@@ -50,7 +57,12 @@ impl hyper::body::Body for Tracked {
                 this.finish(false);
                 Poll::Ready(Some(Err(e.into())))
             }
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(learner), Some(data)) = (this.learn.as_mut(), frame.data_ref()) {
+                    learner.feed(data);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -139,3 +139,182 @@ async fn socketio_needs_stickiness_and_gets_it() {
     );
     eprintln!("without affinity: {summary}");
 }
+
+/// Runs `proxy/tests/socketio/cookieless-client.js` (Node clients without
+/// `withCredentials`) against `url`; returns its JSON summary line.
+async fn run_cookieless_clients(dir: &Path, url: &str, count: usize) -> String {
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/socketio/cookieless-client.js");
+    let modules = dir.join("node_modules");
+    let url = url.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .args([url, count.to_string()])
+            .env("NODE_PATH", modules)
+            .output()
+            .expect("run the socket.io client")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Node's `socket.io-client` keeps no cookies unless `withCredentials` is
+/// set, so behind cookie affinity its polling requests scatter over the
+/// nodes and most sessions break. `affinity = "socketio"` follows the
+/// engine.io sid instead: every session works, polling then WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_affinity_needs_no_cookies() {
+    let dir = fixtures();
+    let (_nodes, addrs) = start_nodes(&dir).await;
+    let clients = 30;
+
+    let proxy = ProxyProcess::start(&proxy_config(
+        &addrs,
+        "affinity = \"socketio\"\n[pool.cookie]\nsecret = \"socket.io test secret\"",
+    ));
+    let summary = run_cookieless_clients(&dir, &format!("http://{}", proxy.addr), clients).await;
+    eprintln!("socketio affinity, no cookies: {summary}");
+    assert_eq!(
+        field(&summary, "ok"),
+        clients,
+        "every session works: {summary}"
+    );
+    assert_eq!(field(&summary, "failed"), 0, "{summary}");
+    assert_eq!(field(&summary, "connect_error"), 0, "{summary}");
+    assert_eq!(field(&summary, "disconnect"), 0, "{summary}");
+    assert_eq!(
+        field(&summary, "upgraded"),
+        clients,
+        "every session alive on its WebSocket after the upgrade: {summary}"
+    );
+    let nodes_used = addrs
+        .iter()
+        .filter(|(id, _)| summary.contains(&format!("\"{id}\":")))
+        .count();
+    assert!(nodes_used > 1, "sessions spread over the nodes: {summary}");
+    let learned = proxy
+        .metric("limpet_proxy_socketio_handshakes_total{pool=\"io\",result=\"learned\"}")
+        .await;
+    assert!(
+        learned >= clients as f64,
+        "every handshake's sid learned: {learned}"
+    );
+    let hits = proxy
+        .metric("limpet_proxy_socketio_sid_lookups_total{pool=\"io\",result=\"hit\"}")
+        .await;
+    // At least the polling hello and the upgrade of each session.
+    assert!(hits >= 2.0 * clients as f64, "sid hits: {hits}");
+    let sessions = proxy
+        .metric("limpet_proxy_socketio_sessions{pool=\"io\"}")
+        .await;
+    assert!(
+        sessions >= clients as f64,
+        "sessions in the table: {sessions}"
+    );
+
+    // The problem this solves: the same clients behind cookie affinity.
+    let cookie = ProxyProcess::start(&proxy_config(
+        &addrs,
+        "affinity = \"cookie\"\n[pool.cookie]\nsecret = \"socket.io test secret\"",
+    ));
+    let summary = run_cookieless_clients(&dir, &format!("http://{}", cookie.addr), clients).await;
+    eprintln!("cookie affinity, no cookies: {summary}");
+    assert!(
+        field(&summary, "failed") > 0,
+        "cookie affinity cannot hold clients without a cookie jar: {summary}"
+    );
+}
+
+/// One engine.io polling request through the proxy: `(status, backend, body)`.
+async fn poll(
+    proxy: std::net::SocketAddr,
+    method: &str,
+    query: &str,
+    body: &str,
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    let req = format!(
+        "{method} /socket.io/?EIO=4&transport=polling{query} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let reply = parse_reply(&raw);
+    let backend = reply.header("x-limpet-backend").unwrap_or("").to_string();
+    (reply.status, backend, reply.body)
+}
+
+/// The sid of an engine.io open packet.
+fn sid_of(open: &str) -> String {
+    open.split("\"sid\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no sid in {open}"))
+        .to_string()
+}
+
+/// A session's requests follow its sid to the node that issued it; once
+/// that node is gone the client gets engine.io's own "session unknown"
+/// (and reconnects) instead of a node that never heard of it. A sid the
+/// proxy does not know is balanced, and its node says the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_sid_follows_its_node_and_ends_cleanly_when_it_is_gone() {
+    let dir = fixtures();
+    let (mut nodes, addrs) = start_nodes(&dir).await;
+    let proxy = ProxyProcess::start(&proxy_config(
+        &addrs,
+        "affinity = \"socketio\"\nbalancer = \"round_robin\"\nbackend_header = true",
+    ));
+    let (status, node, open) = poll(proxy.addr, "GET", "", "").await;
+    assert_eq!(status, 200, "{open}");
+    let sid = sid_of(&open);
+    let with_sid = format!("&sid={sid}");
+    // Round robin would move every other request; the sid holds them.
+    for _ in 0..4 {
+        let (status, on, body) = poll(proxy.addr, "POST", &with_sid, "40").await;
+        assert_eq!(
+            (status, on.as_str(), body.as_str()),
+            (200, node.as_str(), "ok")
+        );
+    }
+    // The handshake answer had no cookie to hold the client: only the sid.
+    let unknown = poll(proxy.addr, "POST", "&sid=not-a-session", "40").await;
+    assert_eq!(unknown.0, 400, "the node answers for a sid nobody issued");
+    assert!(unknown.2.contains("Session ID unknown"), "{}", unknown.2);
+
+    // The session's node dies: its sid gets engine.io's answer from the proxy.
+    let index = addrs
+        .iter()
+        .position(|(id, _)| *id == node)
+        .expect("a node id");
+    let port = addrs[index].1;
+    nodes.remove(index);
+    eventually("the node's port refuses", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    })
+    .await;
+    let (status, on, body) = poll(proxy.addr, "POST", &with_sid, "40").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(on, "", "answered by the proxy, not by a node");
+    assert_eq!(body, r#"{"code":1,"message":"Session ID unknown"}"#);
+    // A new session still works, on a live node.
+    let (status, on, _) = poll(proxy.addr, "GET", "", "").await;
+    assert_eq!(status, 200);
+    assert_ne!(on, node);
+}

@@ -201,6 +201,12 @@ pub enum Affinity {
     Header,
     /// Consistent hash of a query parameter (`affinity_key` names it).
     Query,
+    /// engine.io (socket.io) sessions: the proxy learns each session's
+    /// `sid` from the backend's handshake answer and sends every request
+    /// carrying `?sid=` to the backend that issued it, so clients that keep
+    /// no cookies (Node's `socket.io-client` without `withCredentials`)
+    /// stay on their backend. The sealed cookie is issued and honoured too.
+    Socketio,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -236,6 +242,9 @@ pub struct PoolConfig {
     pub hash_seed: u64,
     #[serde(default)]
     pub cookie: CookieConfig,
+    /// The session table of `affinity = "socketio"`.
+    #[serde(default)]
+    pub socketio: SocketioConfig,
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default)]
@@ -295,6 +304,32 @@ pub struct CookieConfig {
     /// Key that seals cookie values. Proxies sharing it read each other's
     /// cookies. Unset: a random key per process (cookies die with it).
     pub secret: Option<String>,
+}
+
+/// `[pool.socketio]`: the engine.io session table (sid → backend) that
+/// `affinity = "socketio"` keeps, one per pool and per proxy instance.
+/// Clients choose how many sessions they open, so the table is bounded:
+/// past `max_sessions` the least recently used session is forgotten (its
+/// client then follows its cookie, or is balanced and told by the backend
+/// that its session is unknown, and reconnects).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketioConfig {
+    /// Most sessions remembered; about 100 bytes each.
+    pub max_sessions: usize,
+    /// A session not seen for this long is forgotten. A polling client
+    /// asks at least every `pingInterval` (25 s by default); after the
+    /// upgrade to a WebSocket the tunnel no longer needs the entry.
+    pub session_idle: Duration,
+}
+
+impl Default for SocketioConfig {
+    fn default() -> Self {
+        SocketioConfig {
+            max_sessions: 100_000,
+            session_idle: Duration::secs(120),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

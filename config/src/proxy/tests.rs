@@ -194,3 +194,30 @@ fn marked_down_backends_and_upstream_keepalive() {
         assert!(err.contains(field), "{bad}: {err}");
     }
 }
+
+#[test]
+fn socketio_affinity_and_its_session_table() {
+    let cfg = parse(&POOL.replace("affinity = \"cookie\"", "affinity = \"socketio\"")).unwrap();
+    let pool = &cfg.pools[0];
+    assert_eq!(pool.affinity, Affinity::Socketio);
+    assert_eq!(pool.socketio.max_sessions, 100_000);
+    assert_eq!(pool.socketio.session_idle.get().as_secs(), 120);
+    let set = POOL.replace(
+        "[[pool.backend]]\nid = \"a\"",
+        "[pool.socketio]\nmax_sessions = 500\nsession_idle = \"1m\"\n[[pool.backend]]\nid = \"a\"",
+    );
+    let cfg = parse(&set).unwrap();
+    assert_eq!(cfg.pools[0].socketio.max_sessions, 500);
+    assert_eq!(cfg.pools[0].socketio.session_idle.get().as_secs(), 60);
+    for (bad, field) in [
+        ("max_sessions = 0", "pool.0.socketio.max_sessions"),
+        ("session_idle = 0", "pool.0.socketio.session_idle"),
+    ] {
+        let text = POOL.replace(
+            "[[pool.backend]]\nid = \"a\"",
+            &format!("[pool.socketio]\n{bad}\n[[pool.backend]]\nid = \"a\""),
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+}

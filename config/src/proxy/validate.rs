@@ -178,6 +178,18 @@ impl Validate for ProxyConfig {
                     "header and query affinity need affinity_key",
                 ));
             }
+            if pool.socketio.max_sessions == 0 {
+                return Err(FieldError::new(
+                    at("socketio.max_sessions"),
+                    "must be at least 1",
+                ));
+            }
+            if pool.socketio.session_idle.is_zero() {
+                return Err(FieldError::new(
+                    at("socketio.session_idle"),
+                    "must be above 0",
+                ));
+            }
             for (j, b) in pool.backends.iter().enumerate() {
                 let at = |f: &str| format!("pool.{i}.backend.{j}.{f}");
                 if b.id.is_empty() || !b.id.bytes().all(|c| c.is_ascii_graphic()) {

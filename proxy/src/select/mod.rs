@@ -14,6 +14,10 @@
 //! * ip, header, query ([`hash`]): weighted rendezvous over the backends
 //!   that may take new sessions; no key (header or query missing) falls
 //!   back to the balancer;
+//! * socketio ([`socketio`]): a request carrying an engine.io `sid` the
+//!   pool's table knows goes to the backend that issued it, and gets
+//!   engine.io's "session unknown" when that backend is gone; otherwise
+//!   the cookie rules above (a table is per instance, a cookie is not);
 //! * none: the balancer ([`balancer`]).
 //!
 //! [`pool`] holds the backends and their health, and the state these
@@ -23,6 +27,7 @@ pub mod balancer;
 pub mod cookie;
 pub mod hash;
 pub mod pool;
+pub mod socketio;
 
 pub use pool::{ActiveGuard, AdminState, Backend, Pool, PoolError};
 
@@ -47,6 +52,8 @@ pub enum Outcome {
     Hashed,
     /// No affinity (or no key to hash): balancer.
     Balanced,
+    /// engine.io sid found in the session table.
+    Sid,
 }
 
 impl Outcome {
@@ -59,6 +66,7 @@ impl Outcome {
             Outcome::Down => "down",
             Outcome::Hashed => "hashed",
             Outcome::Balanced => "balanced",
+            Outcome::Sid => "sid",
         }
     }
 }
@@ -85,11 +93,32 @@ pub enum Pinned {
     Backend(usize),
 }
 
+/// What the session table said about a request's engine.io `sid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sid {
+    /// The request carries none: a new session, or not engine.io.
+    Absent,
+    /// Carries one this instance does not know.
+    Unknown,
+    /// Issued by this backend (index into `Pool::backends`).
+    Backend(usize),
+    /// Issued by a backend this pool no longer has.
+    Gone,
+}
+
 /// What a request says about where it wants to go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wish {
     /// `affinity = "cookie"`.
     Cookie(Pinned),
+    /// `affinity = "socketio"`: the sid, then the cookie. `handshake` is
+    /// true for an engine.io polling request without a sid, whose answer
+    /// names the new session.
+    Session {
+        sid: Sid,
+        pinned: Pinned,
+        handshake: bool,
+    },
     /// Hashed affinity, with the key the request carried.
     Key(Vec<u8>),
     /// No affinity, or hashed affinity without a key.
@@ -102,20 +131,42 @@ impl Wish {
     pub fn read(pool: &Pool, headers: &HeaderMap, uri: &Uri, client: IpAddr) -> Wish {
         let cfg = &pool.config;
         let key = |k: Option<Vec<u8>>| k.map_or(Wish::Any, Wish::Key);
+        let pinned = || {
+            let cookies = headers
+                .get_all(COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            match cookie::find_cookie(cookies, &cfg.cookie.name) {
+                None => Pinned::Absent,
+                Some(value) => pool
+                    .sealer
+                    .open(value)
+                    .and_then(|id| pool.index_of(&id))
+                    .map_or(Pinned::Unreadable, Pinned::Backend),
+            }
+        };
         match cfg.affinity {
-            Affinity::Cookie => {
-                let cookies = headers
-                    .get_all(COOKIE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok());
-                Wish::Cookie(match cookie::find_cookie(cookies, &cfg.cookie.name) {
-                    None => Pinned::Absent,
-                    Some(value) => pool
-                        .sealer
-                        .open(value)
-                        .and_then(|id| pool.index_of(&id))
-                        .map_or(Pinned::Unreadable, Pinned::Backend),
-                })
+            Affinity::Cookie => Wish::Cookie(pinned()),
+            Affinity::Socketio => {
+                let query = uri.query();
+                let sid = match (hash::query_param(query, "sid"), &pool.sids) {
+                    (None, _) => Sid::Absent,
+                    (Some(_), None) => Sid::Unknown,
+                    (Some(sid), Some(table)) => match table.lookup(sid, Instant::now()) {
+                        socketio::SidLookup::Unknown => Sid::Unknown,
+                        socketio::SidLookup::Known(id) => {
+                            pool.index_of(&id).map_or(Sid::Gone, Sid::Backend)
+                        }
+                    },
+                };
+                let handshake = sid == Sid::Absent
+                    && hash::query_param(query, "EIO").is_some()
+                    && hash::query_param(query, "transport") == Some("polling");
+                Wish::Session {
+                    sid,
+                    pinned: pinned(),
+                    handshake,
+                }
             }
             Affinity::IpHash => Wish::Key(match client {
                 IpAddr::V4(v4) => v4.octets().to_vec(),
@@ -146,6 +197,9 @@ pub enum NoBackend {
     AllFull,
     /// None is up (health checks, passive failures, drain or maint).
     NoneUp,
+    /// The engine.io session's backend is down, in maint, removed or
+    /// failed for this request: only it knows the session.
+    SessionGone,
 }
 
 /// The backend for the next attempt of a request, never one in `tried`.
@@ -164,6 +218,26 @@ pub fn select(pool: &Pool, wish: &Wish, tried: &[usize]) -> Result<Choice, NoBac
             })
         }
         Wish::Cookie(pinned) => pick_pinned(pool, *pinned, tried, &candidates, now),
+        Wish::Session {
+            sid: Sid::Backend(i),
+            ..
+        } => {
+            let max = pool.config.max_connections_per_backend;
+            let b = &pool.backends[*i];
+            if tried.contains(i) || !b.takes_pinned(now, 0) {
+                return Err(NoBackend::SessionGone);
+            }
+            if !b.takes_pinned(now, max) {
+                return Err(NoBackend::AllFull);
+            }
+            Some(Choice {
+                index: *i,
+                outcome: Outcome::Sid,
+                set_cookie: None,
+            })
+        }
+        Wish::Session { sid: Sid::Gone, .. } => return Err(NoBackend::SessionGone),
+        Wish::Session { pinned, .. } => pick_pinned(pool, *pinned, tried, &candidates, now),
         Wish::Any => balancer::pick(pool, &candidates).map(|index| Choice {
             index,
             outcome: Outcome::Balanced,

@@ -8,6 +8,7 @@
 //! key, the round-robin position and the smooth weighted counters.
 
 use super::cookie::Sealer;
+use super::socketio::SidTable;
 use crate::upstream::IdleConns;
 use limpet_config::{BackendConfig, PoolConfig};
 use parking_lot::Mutex;
@@ -247,6 +248,8 @@ pub struct Pool {
     pub config: PoolConfig,
     pub backends: Vec<Arc<Backend>>,
     pub sealer: Arc<Sealer>,
+    /// engine.io sessions, for `affinity = "socketio"`; kept across reloads.
+    pub sids: Option<Arc<SidTable>>,
     /// TLS toward the backends, when `[pool.tls] enabled = true`.
     pub upstream_tls: Option<Arc<crate::tls::UpstreamConnector>>,
     /// Round-robin position.
@@ -276,12 +279,28 @@ impl Pool {
             (Some(prev), _) => prev.sealer.clone(),
             (None, Some(secret)) => Arc::new(Sealer::new(secret.as_bytes())),
             (None, None) => {
-                if config.affinity == limpet_config::Affinity::Cookie {
+                if matches!(
+                    config.affinity,
+                    limpet_config::Affinity::Cookie | limpet_config::Affinity::Socketio
+                ) {
                     tracing::warn!(pool = %config.name, "no cookie.secret configured: using a random one, so cookies do not survive a restart and other proxy instances cannot read them");
                 }
                 Arc::new(Sealer::random())
             }
         };
+        let sids = (config.affinity == limpet_config::Affinity::Socketio).then(|| {
+            let (max, idle) = (
+                config.socketio.max_sessions,
+                config.socketio.session_idle.get(),
+            );
+            match previous.and_then(|p| p.sids.clone()) {
+                Some(table) => {
+                    table.configure(max, idle);
+                    table
+                }
+                None => Arc::new(SidTable::new(max, idle)),
+            }
+        });
         let backends: Vec<_> = config
             .backends
             .iter()
@@ -296,6 +315,7 @@ impl Pool {
             config,
             backends,
             sealer,
+            sids,
             upstream_tls,
             next: AtomicUsize::new(0),
             current_weights: Mutex::new(vec![0; n]),

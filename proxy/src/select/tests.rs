@@ -183,3 +183,107 @@ async fn a_shutdown_reaches_only_sessions_open_before_it() {
         .await
         .expect("the shutdown reaches it");
 }
+
+const SOCKETIO_POOL: &str =
+    "affinity = \"socketio\"\n[pool.cookie]\nsecret = \"0123456789abcdef0123\"";
+
+fn socketio_wish(pool: &Pool, uri: &'static str, cookie: Option<&str>) -> Wish {
+    let mut headers = HeaderMap::new();
+    if let Some(value) = cookie {
+        let cookie = format!("{}={value}", pool.config.cookie.name);
+        headers.insert(COOKIE, HeaderValue::from_str(&cookie).unwrap());
+    }
+    Wish::read(pool, &headers, &Uri::from_static(uri), client())
+}
+
+#[test]
+fn socketio_sids_go_to_their_backend_or_get_session_unknown() {
+    let pool = Pool::for_test(SOCKETIO_POOL, &[1, 1, 1]);
+    let table = pool.sids.as_ref().expect("a socketio pool has a sid table");
+    table.insert("S1", "b1".into(), Instant::now());
+    table.insert("S9", "removed".into(), Instant::now());
+
+    // A handshake: no sid, balanced, and a cookie issued for browsers.
+    let wish = socketio_wish(&pool, "/socket.io/?EIO=4&transport=polling&t=x", None);
+    assert_eq!(
+        wish,
+        Wish::Session {
+            sid: Sid::Absent,
+            pinned: Pinned::Absent,
+            handshake: true
+        }
+    );
+    let choice = select(&pool, &wish, &[]).unwrap();
+    assert_eq!(choice.outcome, Outcome::New);
+    assert!(choice.set_cookie.is_some());
+
+    // A known sid wins over round robin, and over a cookie naming another.
+    let wish = socketio_wish(
+        &pool,
+        "/socket.io/?EIO=4&transport=websocket&sid=S1",
+        Some(&pool.sealer.seal("b0")),
+    );
+    for _ in 0..4 {
+        let choice = select(&pool, &wish, &[]).unwrap();
+        assert_eq!((choice.index, choice.outcome), (1, Outcome::Sid));
+        assert_eq!(choice.set_cookie, None);
+    }
+    // Drain keeps sessions; down, maint, a failed attempt or removal end them.
+    pool.backends[1].set_admin_state(AdminState::Drain);
+    assert_eq!(select(&pool, &wish, &[]).unwrap().index, 1);
+    assert_eq!(select(&pool, &wish, &[1]), Err(NoBackend::SessionGone));
+    pool.backends[1].set_admin_state(AdminState::Maint);
+    assert_eq!(select(&pool, &wish, &[]), Err(NoBackend::SessionGone));
+    pool.backends[1].set_admin_state(AdminState::Ready);
+    pool.backends[1].set_healthy(false);
+    assert_eq!(select(&pool, &wish, &[]), Err(NoBackend::SessionGone));
+    let removed = socketio_wish(&pool, "/socket.io/?EIO=4&transport=polling&sid=S9", None);
+    assert!(matches!(removed, Wish::Session { sid: Sid::Gone, .. }));
+    assert_eq!(select(&pool, &removed, &[]), Err(NoBackend::SessionGone));
+
+    // An unknown sid (another instance's, or forgotten) follows the
+    // cookie when there is one, and is balanced otherwise.
+    let wish = socketio_wish(
+        &pool,
+        "/socket.io/?EIO=4&transport=polling&sid=ELSEWHERE",
+        Some(&pool.sealer.seal("b2")),
+    );
+    let choice = select(&pool, &wish, &[]).unwrap();
+    assert_eq!((choice.index, choice.outcome), (2, Outcome::Hit));
+    let wish = socketio_wish(
+        &pool,
+        "/socket.io/?EIO=4&transport=polling&sid=ELSEWHERE",
+        None,
+    );
+    assert!(matches!(
+        wish,
+        Wish::Session {
+            sid: Sid::Unknown,
+            handshake: false,
+            ..
+        }
+    ));
+    assert!(select(&pool, &wish, &[]).is_ok());
+    let stats = table.stats();
+    assert_eq!((stats.hits, stats.misses), (2, 2));
+}
+
+#[test]
+fn the_sid_table_survives_a_reload_with_its_new_limits() {
+    let pool = Pool::for_test(SOCKETIO_POOL, &[1, 1]);
+    let table = pool.sids.clone().unwrap();
+    table.insert("S1", "b1".into(), Instant::now());
+    table.insert("S2", "b0".into(), Instant::now());
+    let mut cfg = pool.config.clone();
+    cfg.socketio.max_sessions = 1;
+    let reloaded = Pool::new(cfg, Some(&pool)).unwrap();
+    let kept = reloaded.sids.as_ref().unwrap();
+    assert!(std::sync::Arc::ptr_eq(kept, &table));
+    assert_eq!(kept.len(), 1, "shrunk to the new bound");
+    assert_eq!(
+        kept.lookup("S2", Instant::now()),
+        socketio::SidLookup::Known("b0".into())
+    );
+    let cookie_pool = Pool::for_test(COOKIE_POOL, &[1]);
+    assert!(cookie_pool.sids.is_none());
+}

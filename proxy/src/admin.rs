@@ -1,6 +1,11 @@
-//! The admin listener: Prometheus `/metrics`, a liveness `/health`, and the
-//! admin API (JSON in and out), loopback by default, optionally behind a
-//! bearer token:
+//! The admin listener: Prometheus `/metrics`, `/health`, and the admin API
+//! (JSON in and out), loopback by default, optionally behind a bearer
+//! token:
+//!
+//! * `GET  /health` — `200 ok`, or `503` with the reason when every
+//!   backend of every pool is down or in maint: an L4 balancer or a DNS
+//!   health check in front of several proxies then sends clients to
+//!   another one instead of to a proxy that can only answer 503.
 //!
 //! * `GET  /api/pools` — every pool and backend with health, admin state,
 //!   open requests and tunnels, requests served.
@@ -93,7 +98,12 @@ async fn respond(proxy: &Proxy, req: Request<hyper::body::Incoming>) -> Resp {
         (&Method::GET, "/metrics") => {
             return text(StatusCode::OK, proxy.metrics.render(&proxy.routing().pools))
         }
-        (&Method::GET, "/health") => return text(StatusCode::OK, "ok\n".into()),
+        (&Method::GET, "/health") => {
+            return match nothing_up(proxy) {
+                None => text(StatusCode::OK, "ok\n".into()),
+                Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+            }
+        }
         _ => {}
     }
     if !path.starts_with("/api/") {
@@ -146,6 +156,28 @@ fn token_matches(given: &[u8], token: &[u8]) -> bool {
         .as_slice()
         .ct_eq(Sha256::digest(token).as_slice())
         .into()
+}
+
+/// Why this proxy cannot serve anything: every backend of every pool is
+/// down (health checks, passive failures) or in maint. `None` while one
+/// can take clients, or when there are no pools at all (nothing to judge).
+fn nothing_up(proxy: &Proxy) -> Option<String> {
+    let routing = proxy.routing();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for pool in &routing.pools {
+        let mut backends = Vec::new();
+        for b in &pool.backends {
+            let state = match (b.is_available(now), b.admin_state()) {
+                (true, AdminState::Maint) => "maint",
+                (true, _) => return None,
+                (false, _) => "down",
+            };
+            backends.push(format!("{} {state}", b.id));
+        }
+        out.push(format!("{}: {}", pool.name(), backends.join(", ")));
+    }
+    (!out.is_empty()).then(|| format!("no backend is up in any pool ({})\n", out.join("; ")))
 }
 
 fn find_pool(proxy: &Proxy, name: &str) -> bool {

@@ -535,3 +535,39 @@ async fn proxy_protocol_sets_the_client_address() {
         1.0
     );
 }
+
+/// `/health` on the admin port is what L4 balancers and DNS checks ask: it
+/// says 503, with the reason, while no backend of any pool can take a
+/// client, and ok again once one can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_health_fails_while_every_backend_is_down() {
+    let b1 = TestBackend::start("b1").await;
+    let b2 = TestBackend::start("b2").await;
+    let health = "[pool.health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1";
+    let proxy = ProxyProcess::start(&config(&[&b1, &b2], "", health));
+    assert_eq!(admin(&proxy, "GET", "/health", "", None).await.status, 200);
+    b1.unhealthy
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    // One backend left: still serving.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reply = admin(&proxy, "GET", "/health", "", None).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok\n"));
+    b2.unhealthy
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let p = &proxy;
+    eventually("/health says 503", || async move {
+        admin(p, "GET", "/health", "", None).await.status == 503
+    })
+    .await;
+    let reply = admin(&proxy, "GET", "/health", "", None).await;
+    assert_eq!(
+        reply.body,
+        "no backend is up in any pool (nodes: b1 down, b2 down)\n"
+    );
+    b2.unhealthy
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    eventually("/health says ok again", || async move {
+        admin(p, "GET", "/health", "", None).await.status == 200
+    })
+    .await;
+}

@@ -163,15 +163,19 @@ pub async fn idle(target: SocketAddr, path: &str, conns: usize) -> (Vec<TcpStrea
 
 /// Redis-protocol fan-out: `subs_per_channel` subscribers on each of
 /// `channels` channels, one publisher sending `messages` messages round
-/// robin over the channels. Delivered messages per second and
-/// publish-to-receive latency.
-pub async fn fanout(
+/// robin over the channels, closed loop with at most `WINDOW` publishes in
+/// flight. Delivered messages per second and publish-to-receive latency,
+/// and what `probe` returned when the first publish went out and when the
+/// last subscriber was done (the caller reads the server's CPU time with
+/// it, so connecting and subscribing are not counted).
+pub async fn fanout<T, P: Fn() -> T>(
     broker: SocketAddr,
     channels: usize,
     subs_per_channel: usize,
     messages: usize,
     size: usize,
-) -> Latency {
+    probe: P,
+) -> (Latency, [T; 2]) {
     let origin = Instant::now();
     let all = Arc::new(Mutex::new(histogram()));
     let expected = messages / channels * subs_per_channel * channels;
@@ -247,8 +251,13 @@ pub async fn fanout(
     for r in ready {
         let _ = tokio::time::timeout(Duration::from_secs(20), r).await;
     }
+    let Ok(mut publisher) = connect_from(0, broker).await else {
+        let nothing = summarize(&histogram(), Duration::ZERO, expected as u64);
+        return (nothing, [probe(), probe()]);
+    };
+    let first = probe();
     let started = Instant::now();
-    if let Ok(mut publisher) = connect_from(0, broker).await {
+    {
         let pad = "p".repeat(size.saturating_sub(24));
         let mut batch = Vec::with_capacity(64 * 1024);
         let mut replies = vec![0u8; 64 * 1024];
@@ -265,7 +274,7 @@ pub async fn fanout(
                 .as_bytes(),
             );
             outstanding += 1;
-            if batch.len() > 16 * 1024 || outstanding >= 64 {
+            if batch.len() > 16 * 1024 || outstanding >= WINDOW {
                 if publisher.write_all(&batch).await.is_err() {
                     break;
                 }
@@ -289,13 +298,19 @@ pub async fn fanout(
         let _ = tokio::time::timeout(Duration::from_secs(30), s).await;
     }
     let elapsed = started.elapsed();
+    let last = probe();
     let h = all
         .lock()
         .map(|h| h.clone())
         .unwrap_or_else(|_| histogram());
     let got = received.load(Relaxed);
-    summarize(&h, elapsed, expected.saturating_sub(got as usize) as u64)
+    let latency = summarize(&h, elapsed, expected.saturating_sub(got as usize) as u64);
+    (latency, [first, last])
 }
+
+/// Publishes the fan-out publisher keeps in flight before it waits for
+/// their replies.
+pub const WINDOW: usize = 64;
 
 /// Which room server protocol a room load speaks.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

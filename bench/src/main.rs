@@ -5,6 +5,9 @@
 //! * `limpet-bench run [--quick] [--out bench/results]` — every scenario,
 //!   every contender, one after another on this machine; writes
 //!   `latest.md` and `latest.svg`.
+//! * `limpet-bench broker [--quick] [--out bench/results/broker-fanout.md]`
+//!   — scenario 4 alone: limpet-broker vs redis-server, PUBLISH and
+//!   fan-out in two shapes with the server's CPU per delivery.
 //! * `limpet-bench overload [--clients 400] [--seconds 5]` — scenario 5 at
 //!   twice each stack's saturation rate (limpet with and without load
 //!   shedding, and socket.io); prints p99, delivered/s and counted drops.
@@ -71,6 +74,18 @@ enum Cmd {
         #[arg(long, default_value = "target/release")]
         bin: PathBuf,
     },
+    /// Scenario 4 alone (limpet-broker vs redis-server: PUBLISH and
+    /// fan-out in two shapes, with server CPU per delivery); writes `out`.
+    Broker {
+        /// A small version (a few seconds).
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value = "bench/results/broker-fanout.md")]
+        out: PathBuf,
+        /// Folder with the release binaries of limpet.
+        #[arg(long, default_value = "target/release")]
+        bin: PathBuf,
+    },
     /// Scenario 5 (whole stack, rooms of 4) at twice each stack's
     /// saturation rate; prints a table (markdown) of p99 and drops.
     Overload {
@@ -121,11 +136,13 @@ fn main() -> anyhow::Result<()> {
                 subscribers,
                 messages,
             } => {
-                let r = load::fanout(broker, channels, subscribers, messages, 100).await;
+                let (r, _) =
+                    load::fanout(broker, channels, subscribers, messages, 100, || (0, 0)).await;
                 println!("{r:?}");
                 Ok(())
             }
             Cmd::Run { quick, out, bin } => scenarios::run(quick, &out, &bin).await,
+            Cmd::Broker { quick, out, bin } => scenarios::broker(quick, &out, &bin).await,
             Cmd::Overload {
                 clients,
                 seconds,
@@ -172,7 +189,7 @@ mod smoke {
         let addr = server.local_addrs()[0];
         let (_stop, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(server.run(rx));
-        let r = load::fanout(addr, 2, 3, 200, 100).await;
+        let (r, _) = load::fanout(addr, 2, 3, 200, 100, || (0, 0)).await;
         assert_eq!(r.errors, 0, "{r:?}");
         assert_eq!(r.count, 600, "200 messages over 2 channels × 3 subscribers");
     }

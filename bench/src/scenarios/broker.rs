@@ -1,101 +1,238 @@
 //! Scenario 4, limpet-broker next to redis-server on the same machine:
 //! pipelined `PUBLISH` throughput with `redis-benchmark`, and fan-out
-//! (publish → receive) to many subscribers of one channel and to many
-//! channels of two subscribers each, driven by the bench's own client.
-//! Skipped with a note when Redis is not installed.
+//! (publish → receive) in two shapes, driven by the bench's own client:
+//! one channel with 100 subscribers, and many channels with two
+//! subscribers each. Each subscriber is its own TCP connection; the
+//! publisher is closed loop with a window ([`load::WINDOW`]), so the load
+//! saturates whichever server is measured.
+//!
+//! Per shape and server: delivered messages per second, publish → receive
+//! p50 and p99, and the server's CPU time per delivered message (user and
+//! sys of the server process alone, from `/proc/<pid>/stat`, counted from
+//! the first publish to the last delivery). The two servers run one after
+//! the other in every round, so machine noise hits both alike; CPU per
+//! delivery is the figure that noise moves least. Skipped with a note when
+//! Redis is not installed.
+//!
+//! `limpet-bench broker` runs this scenario alone (see [`standalone`]).
 
-use super::procs::{free_addr, have, redis_server, wait_port, Proc};
+use super::procs::{
+    cpu_ticks, free_addr, have, redis_server, ticks_per_sec, version, wait_port, Proc,
+};
 use super::report::{median_by, ratio, ChartGroup};
 use super::sizes::Sizes;
-use crate::load;
+use crate::load::{self, Latency};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
+/// One fan-out run against one server.
+#[derive(Clone, Default)]
+struct Fanout {
+    latency: Latency,
+    /// Server CPU per delivered message, µs: user, sys.
+    user_us: f64,
+    sys_us: f64,
+    /// The load generator's own CPU per delivered message, µs (user +
+    /// sys): on a machine it shares with the server, what is left of the
+    /// cores for the server is what this leaves.
+    client_us: f64,
+}
+
+impl Fanout {
+    fn cpu_us(&self) -> f64 {
+        self.user_us + self.sys_us
+    }
+}
+
+/// The median run by rate, with the median CPU per delivery (the two
+/// medians are taken apart: the fastest run need not be the cheapest).
+fn median(runs: Vec<Fanout>) -> Fanout {
+    let mut cpu: Vec<(f64, f64)> = runs.iter().map(|r| (r.user_us, r.sys_us)).collect();
+    cpu.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
+    let (user_us, sys_us) = cpu.get(cpu.len() / 2).copied().unwrap_or_default();
+    let mut client: Vec<f64> = runs.iter().map(|r| r.client_us).collect();
+    client.sort_by(f64::total_cmp);
+    Fanout {
+        client_us: client.get(client.len() / 2).copied().unwrap_or_default(),
+        latency: median_by(runs.into_iter().map(|r| r.latency).collect()),
+        user_us,
+        sys_us,
+    }
+}
+
+async fn fanout(addr: SocketAddr, pid: u32, channels: usize, subs: usize, msgs: usize) -> Fanout {
+    let me = std::process::id();
+    let probe = || (cpu_ticks(&[pid]), cpu_ticks(&[me]));
+    let (latency, [(server0, me0), (server1, me1)]) =
+        load::fanout(addr, channels, subs, msgs, 100, probe).await;
+    let per = 1e6 / ticks_per_sec() / latency.count.max(1) as f64;
+    let client = (me1.0 + me1.1).saturating_sub(me0.0 + me0.1);
+    Fanout {
+        user_us: server1.0.saturating_sub(server0.0) as f64 * per,
+        sys_us: server1.1.saturating_sub(server0.1) as f64 * per,
+        client_us: client as f64 * per,
+        latency,
+    }
+}
+
 /// The scenario-4 table and its chart of one-channel fan-out.
 pub(crate) async fn run(dir: &Path, bin: &Path, s: &Sizes) -> anyhow::Result<(String, ChartGroup)> {
     let mut md = String::new();
-    let _ = writeln!(md, "\n## 4. Broker: limpet-broker vs redis-server\n\n| measurement | redis-server | limpet-broker | ratio |\n|---|---|---|---|");
+    let _ = writeln!(md, "\n## 4. Broker: limpet-broker vs redis-server\n");
     let mut chart = Vec::new();
-    if have("redis-server") && have("redis-benchmark") {
-        let lb = free_addr()?;
-        let rb = free_addr()?;
-        std::fs::write(
-            dir.join("bb.toml"),
-            format!("bind = [\"{lb}\"]\n[metrics]\nenabled = false\n"),
-        )?;
-        let _l = Proc::spawn(
-            "limpet-broker",
-            Command::new(bin.join("limpet-broker"))
-                .arg("--config")
-                .arg(dir.join("bb.toml"))
-                .env("RUST_LOG", "warn"),
-        )?;
-        let _r = redis_server(rb)?;
-        wait_port(lb).await;
-        wait_port(rb).await;
-        let mut pl = Vec::new();
-        let mut pr = Vec::new();
+    if !(have("redis-server") && have("redis-benchmark")) {
+        let _ = writeln!(
+            md,
+            "(redis-server / redis-benchmark not installed: run `make test-deps`)"
+        );
+        return Ok((md, ("broker fan-out 1 → 100: delivered/s".into(), chart)));
+    }
+    let lb = free_addr()?;
+    let rb = free_addr()?;
+    std::fs::write(
+        dir.join("bb.toml"),
+        format!("bind = [\"{lb}\"]\n[metrics]\nenabled = false\n"),
+    )?;
+    let limpet = Proc::spawn(
+        "limpet-broker",
+        Command::new(bin.join("limpet-broker"))
+            .arg("--config")
+            .arg(dir.join("bb.toml"))
+            .env("RUST_LOG", "warn"),
+    )?;
+    let redis = redis_server(rb)?;
+    wait_port(lb).await;
+    wait_port(rb).await;
+    let _ = writeln!(
+        md,
+        "Fan-out: each subscriber its own connection, one publisher closed loop with {} publishes in flight, 100-byte payloads; CPU is the server process's user + sys time per delivered message from the first publish to the last delivery. Medians of {} round(s), servers alternated within each round.\n",
+        load::WINDOW,
+        s.repeat
+    );
+    let _ = writeln!(
+        md,
+        "| measurement | redis-server | limpet-broker | limpet / redis |\n|---|---|---|---|"
+    );
+    let mut pl = Vec::new();
+    let mut pr = Vec::new();
+    for _ in 0..s.repeat {
+        pr.push(redis_benchmark(rb, s.publish_n));
+        pl.push(redis_benchmark(lb, s.publish_n));
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (rp, lp) = (med(pr), med(pl));
+    let _ = writeln!(
+        md,
+        "| `redis-benchmark -P 16 -n {} PUBLISH`, requests/s | {rp:.0} | {lp:.0} | {} |",
+        s.publish_n,
+        ratio(lp, rp)
+    );
+    let shapes = [
+        ("1 channel × 100 subscribers", 1, 100, s.fanout_msgs),
+        (
+            "wide: 2 subscribers per channel",
+            s.wide_channels,
+            2,
+            s.wide_msgs,
+        ),
+    ];
+    for (label, channels, subs, msgs) in shapes {
+        let mut rr = Vec::new();
+        let mut ll = Vec::new();
         for _ in 0..s.repeat {
-            pr.push(redis_benchmark(rb, s.publish_n));
-            pl.push(redis_benchmark(lb, s.publish_n));
+            rr.push(fanout(rb, redis.child.id(), channels, subs, msgs).await);
+            ll.push(fanout(lb, limpet.child.id(), channels, subs, msgs).await);
         }
-        let med = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
-        };
-        let (r, l) = (med(pr), med(pl));
+        let (r, l) = (median(rr), median(ll));
+        let label = format!("{label} ({channels} channel(s), {msgs} publishes)");
         let _ = writeln!(
             md,
-            "| `redis-benchmark -P 16 -n {} PUBLISH`, requests/s | {r:.0} | {l:.0} | {} |",
-            s.publish_n,
-            ratio(l, r)
+            "| {label}: delivered/s | {:.0} | {:.0} | {} |",
+            r.latency.per_sec,
+            l.latency.per_sec,
+            ratio(l.latency.per_sec, r.latency.per_sec)
         );
-        for (label, channels, subs) in [
-            ("1 publisher → 100 subscribers, one channel", 1, 100),
-            (
-                "wide fan-out, 2 subscribers per channel",
-                s.wide_channels,
-                2,
-            ),
+        for (what, rv, lv) in [
+            ("p50", r.latency.p50_us, l.latency.p50_us),
+            ("p99", r.latency.p99_us, l.latency.p99_us),
         ] {
-            let mut rr = Vec::new();
-            let mut ll = Vec::new();
-            for _ in 0..s.repeat {
-                rr.push(load::fanout(rb, channels, subs, s.fanout_msgs, 100).await);
-                ll.push(load::fanout(lb, channels, subs, s.fanout_msgs, 100).await);
-            }
-            let (r, l) = (median_by(rr), median_by(ll));
             let _ = writeln!(
                 md,
-                "| {label} ({channels} channel(s)): delivered/s | {:.0} | {:.0} | {} |",
-                r.per_sec,
-                l.per_sec,
-                ratio(l.per_sec, r.per_sec)
+                "| {label}: publish→receive {what} µs | {rv} | {lv} | {} |",
+                ratio(lv as f64, rv as f64)
             );
-            let _ = writeln!(
-                md,
-                "| {label}: publish→receive p99 µs | {} | {} | {} |",
-                r.p99_us,
-                l.p99_us,
-                ratio(l.p99_us as f64, r.p99_us as f64)
-            );
-            if channels == 1 {
-                chart.push(("redis-server".to_string(), r.per_sec));
-                chart.push(("limpet-broker".to_string(), l.per_sec));
-            }
         }
-    } else {
         let _ = writeln!(
             md,
-            "| (redis-server / redis-benchmark not installed: run `make test-deps`) | | | |"
+            "| {label}: server CPU µs per delivery (user + sys) | {:.2} ({:.2} + {:.2}) | {:.2} ({:.2} + {:.2}) | {} |",
+            r.cpu_us(),
+            r.user_us,
+            r.sys_us,
+            l.cpu_us(),
+            l.user_us,
+            l.sys_us,
+            ratio(l.cpu_us(), r.cpu_us())
         );
+        let _ = writeln!(
+            md,
+            "| {label}: load generator CPU µs per delivery (same machine) | {:.2} | {:.2} | |",
+            r.client_us, l.client_us
+        );
+        let lost = r.latency.errors + l.latency.errors;
+        if lost > 0 {
+            let _ = writeln!(
+                md,
+                "| {label}: messages not received (redis, limpet) | {} | {} | |",
+                r.latency.errors, l.latency.errors
+            );
+        }
+        if channels == 1 {
+            chart.push(("redis-server".to_string(), r.latency.per_sec));
+            chart.push(("limpet-broker".to_string(), l.latency.per_sec));
+        }
     }
     Ok((
         md,
         ("broker fan-out 1 → 100: delivered/s".to_string(), chart),
     ))
+}
+
+/// `limpet-bench broker`: scenario 4 alone, written to `out` (markdown)
+/// with the date, machine and versions.
+pub(crate) async fn standalone(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
+    let s = Sizes::new(quick);
+    anyhow::ensure!(
+        bin.join("limpet-broker").exists(),
+        "{} missing: build with `cargo build --release -p limpet-broker`",
+        bin.join("limpet-broker").display()
+    );
+    let dir = std::env::temp_dir().join(format!("limpet-bench-broker-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut md = format!(
+        "# limpet-broker fan-out{}\n\nGenerated by `limpet-bench broker{}`.\n\n* date: {}\n* machine: {} cores, {}, load average before the run: {}\n* versions: limpet {}, {}\n",
+        if quick { " (quick run)" } else { "" },
+        if quick { " --quick" } else { "" },
+        version("date", &["-u"]),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        version("uname", &["-sr"]),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        env!("CARGO_PKG_VERSION"),
+        version("redis-server", &["--version"]),
+    );
+    let (table, _) = run(&dir, bin, &s).await?;
+    md.push_str(&table);
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(out, &md)?;
+    println!("{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 fn redis_benchmark(addr: SocketAddr, n: usize) -> f64 {

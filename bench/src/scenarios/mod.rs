@@ -22,6 +22,11 @@ use sizes::Sizes;
 use std::fmt::Write as _;
 use std::path::Path;
 
+/// Scenario 4 on its own (`limpet-bench broker`).
+pub async fn broker(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
+    broker::standalone(quick, out, bin).await
+}
+
 pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
     let s = Sizes::new(quick);
     for b in ["limpet-proxy", "limpet-broker", "limpet-node"] {

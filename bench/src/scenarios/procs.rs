@@ -102,6 +102,16 @@ pub(crate) fn cpu_ticks(pids: &[u32]) -> (u64, u64) {
     })
 }
 
+/// Clock ticks per second of [`cpu_ticks`] (`getconf CLK_TCK`).
+pub(crate) fn ticks_per_sec() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 fn rss_of(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -122,6 +132,11 @@ pub(crate) fn free_port() -> u16 {
 
 /// A redis-server on loopback at `addr` with persistence off: the contender
 /// in the broker comparison and the backplane of the socket.io stack.
+///
+/// Protected mode off: the load generator connects from 127.0.0.1–8
+/// ([`crate::load::SOURCES`]), and Redis 7's protected mode answers
+/// `-DENIED` to every loopback address but 127.0.0.1, which silently cut
+/// seven in eight fan-out subscribers from Redis's figures.
 pub(crate) fn redis_server(addr: SocketAddr) -> anyhow::Result<Proc> {
     Proc::spawn(
         "redis-server",
@@ -130,6 +145,8 @@ pub(crate) fn redis_server(addr: SocketAddr) -> anyhow::Result<Proc> {
             &addr.port().to_string(),
             "--bind",
             "127.0.0.1",
+            "--protected-mode",
+            "no",
             "--save",
             "",
             "--appendonly",

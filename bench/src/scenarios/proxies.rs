@@ -11,7 +11,7 @@
 //! 10–30 % between runs, CPU time per message far less.
 
 use super::contenders::{start_proxy, Kind};
-use super::procs::{cpu_ticks, have, wait_port};
+use super::procs::{cpu_ticks, have, ticks_per_sec, wait_port};
 use super::report::{latency_table, median_by, ratio, ChartGroup};
 use super::sizes::Sizes;
 use crate::load::{self, Latency};
@@ -30,16 +30,6 @@ pub(crate) struct ProxyRuns {
     /// CPU µs per echoed message at saturation (user, sys), median run.
     cpu: Vec<(Kind, (f64, f64))>,
     failed_to_start: Vec<String>,
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`), 100 on Linux.
-fn ticks_per_sec() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// Starts each contender in turn over `backends` and drives the echo and

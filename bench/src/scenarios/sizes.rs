@@ -11,6 +11,8 @@ pub(crate) struct Sizes {
     pub(crate) publish_n: usize,
     pub(crate) fanout_msgs: usize,
     pub(crate) wide_channels: usize,
+    /// Publishes in the wide fan-out (spread over `wide_channels`).
+    pub(crate) wide_msgs: usize,
 }
 
 impl Sizes {
@@ -24,8 +26,9 @@ impl Sizes {
                 idle_conns: 1000,
                 wrk_secs: 2,
                 publish_n: 200_000,
-                fanout_msgs: 2_000,
+                fanout_msgs: 5_000,
                 wide_channels: 100,
+                wide_msgs: 20_000,
             }
         } else {
             Sizes {
@@ -36,8 +39,9 @@ impl Sizes {
                 idle_conns: 9000,
                 wrk_secs: 5,
                 publish_n: 1_000_000,
-                fanout_msgs: 20_000,
+                fanout_msgs: 100_000,
                 wide_channels: 1000,
+                wide_msgs: 200_000,
             }
         }
     }

@@ -29,6 +29,10 @@
 //! whole length to every outage: with 5 s, a broker back after a restart
 //! waited up to 5 s more for the nodes.
 //!
+//! On a Redis Cluster one member may be cut off while the others answer:
+//! its failures cost only the rooms on its slots, and the link is lost
+//! only when no member answers (see [`crate::shards`]).
+//!
 //! Outgoing envelopes are sealed and incoming ones checked here (see
 //! [`crate::seal::Seal`]), so a forged envelope is dropped before it
 //! takes a place in the inbound queue. That queue is bounded in bytes
@@ -49,6 +53,7 @@ pub use crate::link::Deadlines;
 use crate::link::{open, refused, Incoming};
 use crate::metrics::Counters;
 use crate::seal::Seal;
+use crate::shards::{Done, Shards};
 use crate::shed::{self, ByteBudget, MaxAge};
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -351,11 +356,18 @@ async fn run(
             shared.clone(),
         )));
         let mut healthy = true;
+        let mut shards = Shards::new();
         for ch in &desired {
             match link.subscribe(ch).await {
                 Ok(()) => {}
                 // Kept in `desired`: the next reconnect tries it again.
                 Err(e) if refused(&e) => note_refused(&counters, ch, &e),
+                // A cluster member cut off: its channels are retried in
+                // the background, the others work meanwhile.
+                Err(e) if link.is_cluster() => {
+                    tracing::warn!(channel = %ch, "resubscribe failed: {e}; retrying in the background");
+                    shards.subscribe_failed(ch.clone());
+                }
                 Err(e) => {
                     tracing::warn!(broker = %target, "resubscribe failed: {e}; retrying after the back-off ({backoff:?} from the attempt)");
                     healthy = false;
@@ -395,6 +407,7 @@ async fn run(
         }
         ever_connected = true;
 
+        let mut retry_tick = tokio::time::interval(backoff_max);
         loop {
             let cmd = match pending.take() {
                 Some(cmd) => cmd,
@@ -405,6 +418,24 @@ async fn run(
                     },
                     // The reader ends when the connection is gone.
                     _ = &mut reader.0 => break,
+                    done = shards.next(), if shards.busy() => {
+                        if let Done::Published(sent, bytes) = done {
+                            shared.sent(bytes);
+                            counters.published.inc_by(sent.ok);
+                            if let Some(e) = sent.error {
+                                crate::shards::note_member_failed(&counters, sent.failed, &e);
+                                if !refused(&e) && shards.silent_for(deadlines.response) {
+                                    tracing::warn!(broker = %target, "broker command failed: {e}; no cluster member answered for {:?}", deadlines.response);
+                                    break;
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    _ = retry_tick.tick(), if shards.wants_retry() => {
+                        shards.retry(&link);
+                        continue;
+                    }
                 },
             };
             let result = match cmd {
@@ -415,7 +446,17 @@ async fn run(
                                 note_refused(&counters, &ch, &e);
                                 Ok(())
                             }
-                            r => r,
+                            Err(e) if link.is_cluster() => {
+                                tracing::warn!(channel = %ch, "subscribe failed: {e}; retrying in the background");
+                                shards.subscribe_failed(ch);
+                                Ok(())
+                            }
+                            r => {
+                                if r.is_ok() {
+                                    shards.ok();
+                                }
+                                r
+                            }
                         }
                     } else {
                         Ok(())
@@ -426,8 +467,21 @@ async fn run(
                     Ok(())
                 }
                 Cmd::Unsubscribe(ch) => {
+                    shards.forget(&ch);
                     if desired.remove(&ch) {
-                        link.unsubscribe(&ch).await
+                        match link.unsubscribe(&ch).await {
+                            // The member went away with the subscription.
+                            Err(e) if link.is_cluster() => {
+                                tracing::debug!(channel = %ch, "unsubscribe failed: {e}");
+                                Ok(())
+                            }
+                            r => {
+                                if r.is_ok() {
+                                    shards.ok();
+                                }
+                                r
+                            }
+                        }
                     } else {
                         Ok(())
                     }
@@ -435,6 +489,11 @@ async fn run(
                 Cmd::Publish(first) => {
                     let batch = next_batch(first, &mut rx, &mut pending, &shared);
                     let n = batch.len() as u64;
+                    if let Some(fut) = link.publish_detached(&batch) {
+                        let bytes = batch.iter().map(|p| p.payload.len()).sum();
+                        shards.publish(fut, n, bytes);
+                        continue;
+                    }
                     let r = if batch.is_empty() {
                         Ok(())
                     } else {
@@ -445,6 +504,7 @@ async fn run(
                     }
                     if r.is_ok() {
                         counters.published.inc_by(n);
+                        shards.ok();
                     } else {
                         counters.lost.inc_by(n);
                     }
@@ -456,6 +516,9 @@ async fn run(
                 break;
             }
         }
+        let (bytes, messages) = shards.abandon();
+        shared.sent(bytes);
+        counters.lost.inc_by(messages);
         drop(reader);
         connected.store(false, Relaxed);
         *since.lock() = None;
@@ -554,60 +617,5 @@ fn apply_offline(cmd: Cmd, desired: &mut HashSet<String>, shared: &Shared) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn shared(secret: Option<&str>, max: usize) -> Shared {
-        let metrics = crate::metrics::Metrics::new();
-        Shared {
-            connected: AtomicBool::new(true),
-            since: parking_lot::Mutex::new(None),
-            seal: Seal::new(secret),
-            budget: ByteBudget::new(max),
-            outbox: ByteBudget::new(max),
-            max_age: MaxAge::new(Duration::from_millis(100)),
-            counters: metrics.backplane.clone(),
-        }
-    }
-
-    #[test]
-    fn the_inbound_queue_is_bounded_in_bytes() {
-        let s = shared(None, 100);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        for _ in 0..3 {
-            s.receive(&tx, "c".into(), Bytes::from(vec![b'x'; 60]));
-        }
-        let rejected = |why: &str| s.counters.rejected.with_label_values(&[why]).get();
-        assert_eq!(rejected("inbound_full"), 2);
-        assert_eq!(s.counters.inbound_bytes.get(), 60);
-        assert!(matches!(rx.try_recv(), Ok(Inbound::Message { .. })));
-        assert!(rx.try_recv().is_err());
-        // Handling it frees the room for the next one.
-        s.budget.release(60);
-        s.receive(&tx, "c".into(), Bytes::from(vec![b'x'; 60]));
-        assert!(matches!(rx.try_recv(), Ok(Inbound::Message { .. })));
-    }
-
-    #[test]
-    fn unsealed_messages_are_refused_with_a_secret() {
-        let s = shared(Some("0123456789abcdef"), 1 << 20);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        s.receive(
-            &tx,
-            "c".into(),
-            Bytes::from_static(b"{\"k\":\"hb\",\"o\":\"x\"}\n"),
-        );
-        assert!(rx.try_recv().is_err());
-        assert_eq!(s.counters.rejected.with_label_values(&["auth"]).get(), 1);
-        let sealed = s
-            .seal
-            .seal("c", Bytes::from_static(b"{\"k\":\"hb\",\"o\":\"x\"}\n"));
-        s.receive(&tx, "c".into(), sealed);
-        match rx.try_recv() {
-            Ok(Inbound::Message { payload, .. }) => {
-                assert_eq!(&payload[..], b"{\"k\":\"hb\",\"o\":\"x\"}\n")
-            }
-            _ => panic!("the sealed message is queued, unsealed"),
-        }
-    }
-}
+#[path = "broker_tests.rs"]
+mod tests;

@@ -39,5 +39,6 @@ pub mod recovery;
 pub mod redact;
 pub mod rooms;
 pub mod seal;
+pub mod shards;
 pub mod shed;
 pub mod sockets;

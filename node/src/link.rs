@@ -2,6 +2,15 @@
 //! (sharded pub/sub): [`Link`] sends commands, [`Incoming`] yields what
 //! the broker pushes. Reconnecting, resubscribing and the queues around
 //! them live in [`crate::broker`].
+//!
+//! A Redis Cluster is several servers, and one of them may be unreachable
+//! while the others answer (a partition, a master down before failover).
+//! The cluster client keeps one connection per member, reconnects a lost
+//! one by itself and resubscribes its shard channels there, so on a
+//! cluster a member's trouble is not the link's: opening succeeds with a
+//! member missing, a member's disconnection does not end [`Incoming`], and
+//! publishes run detached ([`Link::publish_detached`]) so that one waiting
+//! for a cut member does not hold up the rooms on the others.
 
 use crate::broker::Publish;
 use bytes::Bytes;
@@ -68,7 +77,8 @@ async fn bounded<T>(
 }
 
 /// Opens the connection set; the whole attempt (every TCP connect and
-/// handshake) is bounded by the connect deadline.
+/// handshake) is bounded by the connect deadline (three of them on a
+/// cluster, see [`open_limit`]).
 pub(crate) async fn open(
     urls: &[String],
     cluster: bool,
@@ -76,7 +86,7 @@ pub(crate) async fn open(
 ) -> redis::RedisResult<(Link, Incoming)> {
     let (conns, incoming) = bounded(
         "connect",
-        deadlines.connect,
+        open_limit(cluster, deadlines.connect),
         open_unbounded(urls, cluster, deadlines),
     )
     .await?;
@@ -85,6 +95,18 @@ pub(crate) async fn open(
         response: deadlines.response,
     };
     Ok((link, incoming))
+}
+
+/// The whole opening attempt's bound. A cluster is opened in up to three
+/// rounds (its seed members, the slot map, the members the map names),
+/// each connecting to members in parallel with `connect` apiece; a member
+/// that does not answer (cut off) must not fail the whole attempt.
+fn open_limit(cluster: bool, connect: Duration) -> Duration {
+    if cluster {
+        connect * 3
+    } else {
+        connect
+    }
 }
 
 async fn open_unbounded(
@@ -177,6 +199,75 @@ impl Link {
     }
 }
 
+/// What a detached publish came to: how many messages went out, and the
+/// first error of those that did not.
+pub(crate) struct Sent {
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) error: Option<redis::RedisError>,
+}
+
+impl Link {
+    /// On a cluster, the SPUBLISHes of `batch` as a future of their own
+    /// (each routed to its channel's member and bounded by the response
+    /// timeout) that the caller polls alongside new commands; they are
+    /// handed to the client in order when first polled. `None` on a
+    /// single broker, where one pipeline is the right unit.
+    pub(crate) fn publish_detached(
+        &self,
+        batch: &[Publish],
+    ) -> Option<impl std::future::Future<Output = Sent> + Send + 'static> {
+        let Conns::Cluster { conn } = &self.conns else {
+            return None;
+        };
+        let sends: Vec<_> = batch
+            .iter()
+            .map(|p| {
+                let mut conn = conn.clone();
+                let cmd = redis::cmd("SPUBLISH")
+                    .arg(&p.channel)
+                    .arg(&p.payload[..])
+                    .clone();
+                async move { cmd.query_async::<i64>(&mut conn).await }
+            })
+            .collect();
+        Some(async move {
+            let mut sent = Sent {
+                ok: 0,
+                failed: 0,
+                error: None,
+            };
+            for r in futures_util::future::join_all(sends).await {
+                match r {
+                    Ok(_) => sent.ok += 1,
+                    Err(e) => {
+                        sent.failed += 1;
+                        sent.error.get_or_insert(e);
+                    }
+                }
+            }
+            sent
+        })
+    }
+
+    /// On a cluster, an SSUBSCRIBE as a future of its own, bounded by the
+    /// response timeout; `None` on a single broker.
+    pub(crate) fn subscribe_detached(
+        &self,
+        channel: &str,
+    ) -> Option<impl std::future::Future<Output = redis::RedisResult<()>> + Send + 'static> {
+        let Conns::Cluster { conn } = &self.conns else {
+            return None;
+        };
+        let (mut conn, channel, limit) = (conn.clone(), channel.to_string(), self.response);
+        Some(async move { bounded("SSUBSCRIBE", limit, conn.ssubscribe(&channel)).await })
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.conns, Conns::Cluster { .. })
+    }
+}
+
 impl Incoming {
     /// The next message, or `None` when the connection is gone.
     pub(crate) async fn next(&mut self) -> Option<(String, Bytes)> {
@@ -191,7 +282,12 @@ impl Incoming {
             Incoming::Cluster(pushes) => loop {
                 let push = pushes.recv().await?;
                 match push.kind {
-                    redis::PushKind::Disconnection => return None,
+                    // One member's connection: the cluster client
+                    // reconnects it and resubscribes its channels itself.
+                    redis::PushKind::Disconnection => {
+                        tracing::warn!("lost the connection to one Redis Cluster member; the client reconnects it");
+                        continue;
+                    }
                     redis::PushKind::SMessage | redis::PushKind::Message => {
                         let msg = redis::Msg::from_push_info(push)?;
                         return Some((

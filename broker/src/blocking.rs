@@ -19,7 +19,7 @@
 use crate::commands::serve_read;
 use crate::handle::ClientHandle;
 use crate::keyspace::stream::StreamId;
-use crate::session::{Session, OUT_PULL_LIMIT};
+use crate::session::Session;
 use bytes::{Bytes, BytesMut};
 use std::io;
 use std::sync::Arc;
@@ -73,12 +73,14 @@ pub fn unblock(s: &mut Session) {
     }
 }
 
-/// Tries to serve the blocked XREAD; true (and the client let go) if it did.
-fn try_serve(s: &mut Session, handle: &Arc<ClientHandle>) -> bool {
+/// Tries to serve the blocked XREAD; true (and the client let go) if it
+/// did. `Err` when writing the reply failed.
+fn try_serve(s: &mut Session, handle: &Arc<ClientHandle>) -> io::Result<bool> {
     let Some(b) = s.blocked.as_ref() else {
-        return true;
+        return Ok(true);
     };
     let (keys, ids, count) = (b.keys.clone(), b.ids.clone(), b.count);
+    s.begin();
     let before = s.out.len();
     let broker = s.broker.clone();
     let (served, events) = {
@@ -89,12 +91,13 @@ fn try_serve(s: &mut Session, handle: &Arc<ClientHandle>) -> bool {
     };
     // Reading may expire a key on the way (lazy expiry): its `expired`
     // event goes out like any other command's.
-    broker.publish_events(events);
+    broker.publish_events(events, &mut s.fanout);
     if served {
         owe(s, handle, before);
         unblock(s);
     }
-    served
+    s.commit()?;
+    Ok(served)
 }
 
 /// Counts the reply bytes written since `before` as owed by the client,
@@ -124,12 +127,6 @@ pub async fn wait(
         };
         let notify = b.notify.clone();
         let deadline = b.deadline;
-        // Replies made before the XREAD go out while it waits.
-        match s.try_flush(stream) {
-            Ok(true) => continue,
-            Ok(false) => {}
-            Err(_) => return Err("write error"),
-        }
         let timeout = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -141,22 +138,26 @@ pub async fn wait(
             _ = handle.killed() => return Err("killed"),
             _ = shutdown.changed() => return Err("shutdown"),
             _ = notify.notified() => {
-                try_serve(s, &handle);
+                if try_serve(s, &handle).is_err() {
+                    return Err("write error");
+                }
             }
             _ = timeout => {
+                s.begin();
                 let before = s.out.len();
                 s.reply().null_array();
                 owe(s, &handle, before);
                 unblock(s);
-            }
-            // A RESP3 client gets its pushes while it waits, as in Redis.
-            msg = s.rx.recv(), if s.out.len() < OUT_PULL_LIMIT => {
-                if let Some(msg) = msg {
-                    s.append_push(&msg);
+                if s.commit().is_err() {
+                    return Err("write error");
                 }
             }
-            r = stream.writable(), if !s.out.is_empty() => {
-                if r.is_err() {
+            // Replies made before the XREAD, and a RESP3 client's pushes
+            // (written by their publishers, as in Redis), go out while it
+            // waits; this writes what the socket did not take at once.
+            _ = handle.write_wanted(), if !s.writing => s.writing = true,
+            r = stream.writable(), if s.writing => {
+                if r.is_err() || s.flush().is_err() {
                     return Err("write error");
                 }
             }

@@ -5,31 +5,34 @@
 //!
 //! It decides only *when* to read and write: running the requests is
 //! [`crate::requests`], the connection's state is [`Session`]. Reading
-//! stops while the client owes more than `OUT_READ_PAUSE` reply bytes (TCP
-//! backpressure instead of memory), and pushes are pulled from the queue
-//! only while less than `OUT_PULL_LIMIT` waits, so a slow subscriber's
-//! backlog stays where publishers can see it and cut it off.
+//! stops while the client owes more than `OUT_READ_PAUSE` bytes (TCP
+//! backpressure instead of memory). Pushed messages are written by their
+//! publishers ([`crate::handle::Fanout`]); this task writes only what a
+//! socket would not take at once, when a publisher or its own batch left
+//! some ([`crate::outbox::Outbox`]), so a subscriber that keeps up is
+//! never woken for a message.
 
 use crate::handle::{ClientHandle, KillReason};
-use crate::session::{Session, OUT_PULL_LIMIT, OUT_READ_PAUSE, READ_CHUNK};
+use crate::session::{Session, OUT_READ_PAUSE, READ_CHUNK};
 use crate::state::Broker;
 use crate::{blocking, requests};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Serves one connection until it closes, is killed, or the broker stops.
 pub async fn run(
     broker: Arc<Broker>,
     handle: Arc<ClientHandle>,
-    rx: mpsc::UnboundedReceiver<Bytes>,
     stream: TcpStream,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut s = Session::new(broker, handle.clone(), rx);
+    let stream = Arc::new(stream);
+    handle.attach(stream.clone());
+    let mut s = Session::new(broker, handle.clone());
     let timeout = s.broker.config.timeout;
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut reading = true;
@@ -54,6 +57,10 @@ pub async fn run(
                 _ = shutdown.changed() => break "shutdown",
                 _ = tokio::time::sleep_until(until) => {}
             }
+            // The replies held back go out now.
+            if s.commit().is_err() {
+                break "write error";
+            }
         }
         if s.blocked.is_some() {
             // XREAD BLOCK: park until served, timed out or gone; then go
@@ -64,23 +71,17 @@ pub async fn run(
             s.paused = true;
             continue;
         }
-        s.move_pushes(OUT_PULL_LIMIT);
         if eof && !s.paused {
             s.close_after_reply = true;
         }
         if s.close_after_reply {
             reading = false;
-            if s.out.is_empty() {
+            if !s.writing && handle.unsent_bytes() == 0 {
                 break "closed";
             }
         }
-        match s.try_flush(&stream) {
-            Ok(true) => continue,
-            Ok(false) => {}
-            Err(_) => break "write error",
-        }
-        // After the write, so replies already made go out before more run.
-        if s.paused && s.out.len() < OUT_READ_PAUSE {
+        let full = handle.unsent_bytes() >= OUT_READ_PAUSE;
+        if s.paused && !full {
             tokio::task::yield_now().await;
             if handle.kill_reason() != KillReason::None {
                 break "killed";
@@ -93,7 +94,6 @@ pub async fn run(
             }
             continue;
         }
-        let full = s.out.len() >= OUT_READ_PAUSE;
         if full && !backpressured {
             s.broker.metrics.output_backpressure.inc();
         }
@@ -110,8 +110,9 @@ pub async fn run(
             biased;
             _ = handle.killed() => break "killed",
             _ = shutdown.changed() => break "shutdown",
-            r = stream.writable(), if !s.out.is_empty() => {
-                if r.is_err() {
+            _ = handle.write_wanted(), if !s.writing => s.writing = true,
+            r = stream.writable(), if s.writing => {
+                if r.is_err() || s.flush().is_err() {
                     break "write error";
                 }
             }
@@ -142,11 +143,6 @@ pub async fn run(
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => break "read error",
-                }
-            }
-            msg = s.rx.recv(), if s.out.len() < OUT_PULL_LIMIT => {
-                if let Some(msg) = msg {
-                    s.append_push(&msg);
                 }
             }
             _ = &mut idle, if idle_applies => break "idle timeout",
@@ -197,5 +193,7 @@ fn finish(mut s: Session, reason: &str) {
     blocking::unblock(&mut s);
     crate::commands::unwatch_all(&mut s);
     s.drop_subscriptions();
+    // Last, after no publisher can find the client any more.
+    handle.detach();
     s.broker.unregister(handle.id);
 }

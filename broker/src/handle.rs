@@ -2,8 +2,17 @@
 //!
 //! [`ClientHandle`] is what the registry holds for every subscriber and
 //! what `CLIENT LIST` / `CLIENT KILL` read: publishers queue messages into
-//! it, any task may flag it for disconnection. [`OutputPolicy`] says when
-//! a client owes too much unsent output; [`KillReason`] why it must go.
+//! its [`Outbox`] and write them to its socket, any task may flag it for
+//! disconnection. [`OutputPolicy`] says when a client owes too much unsent
+//! output; [`KillReason`] why it must go.
+//!
+//! Delivery: a publisher queues each message and notes the subscriber in
+//! its [`Fanout`]; at the end of its batch of requests it writes each noted
+//! subscriber's queue to that subscriber's socket with one `writev`. Only
+//! when the socket does not take it all is the subscriber's own task woken
+//! (once) to wait for room, so a message costs no task wake-up and many
+//! messages to one subscriber cost one system call, as in Redis's event
+//! loop.
 //!
 //! Output limits (Redis's `client-output-buffer-limit`): `obuf` counts
 //! every byte owed to the client and not yet written to its socket, queued
@@ -13,16 +22,20 @@
 //! connection task wakes on the flag, drops the queue and closes the
 //! socket, so a subscriber that never reads costs at most its limit.
 //!
-//! This module imports nothing else from the crate, so that the registry
-//! (and everything else) can depend on it without a loop.
+//! This module imports nothing else from the crate but [`crate::outbox`],
+//! so that the registry (and everything else) can depend on it without a
+//! loop.
 
-use bytes::Bytes;
+use crate::outbox::Outbox;
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 #[derive(Debug)]
 pub struct OutputPolicy {
@@ -101,7 +114,10 @@ pub struct ClientHandle {
     pub psub_count: AtomicUsize,
     pub ssub_count: AtomicUsize,
     resp3: AtomicBool,
-    tx: mpsc::UnboundedSender<Bytes>,
+    out: Mutex<Outbox>,
+    /// Tells the connection task to wait for its socket and write what a
+    /// publisher could not.
+    write_wanted: Notify,
     obuf: AtomicU64,
     soft_since: AtomicU64,
     kill_reason: AtomicU8,
@@ -109,16 +125,10 @@ pub struct ClientHandle {
 }
 
 impl ClientHandle {
-    /// Creates the handle of a freshly accepted connection, and the queue
-    /// its connection task reads pushed messages from.
-    pub fn new(
-        id: u64,
-        peer: SocketAddr,
-        local: SocketAddr,
-        fd: i32,
-    ) -> (Arc<ClientHandle>, mpsc::UnboundedReceiver<Bytes>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let handle = Arc::new(ClientHandle {
+    /// Creates the handle of a freshly accepted connection (its socket is
+    /// attached by the connection task, [`ClientHandle::attach`]).
+    pub fn new(id: u64, peer: SocketAddr, local: SocketAddr, fd: i32) -> Arc<ClientHandle> {
+        Arc::new(ClientHandle {
             id,
             peer,
             local,
@@ -133,13 +143,25 @@ impl ClientHandle {
             psub_count: AtomicUsize::new(0),
             ssub_count: AtomicUsize::new(0),
             resp3: AtomicBool::new(false),
-            tx,
+            out: Mutex::new(Outbox::default()),
+            write_wanted: Notify::new(),
             obuf: AtomicU64::new(0),
             soft_since: AtomicU64::new(0),
             kill_reason: AtomicU8::new(KillReason::None as u8),
             kill: Notify::new(),
-        });
-        (handle, rx)
+        })
+    }
+
+    /// Gives publishers the socket to write to.
+    pub fn attach(&self, sock: Arc<TcpStream>) {
+        self.out.lock().attach(sock);
+    }
+
+    /// The connection is closing: what is owed is dropped, the socket let
+    /// go, and later messages are refused.
+    pub fn detach(&self) {
+        let dropped = self.out.lock().close();
+        self.obuf.fetch_sub(dropped as u64, Relaxed);
     }
 
     /// Whether pushes to this client are RESP3 (`HELLO 3`) or RESP2 arrays.
@@ -158,7 +180,9 @@ impl ClientHandle {
 
     /// Queues a pushed message unless that would put the client past its
     /// output limit, in which case the client is flagged for disconnection.
-    pub fn deliver(&self, msg: &Bytes, policy: &OutputPolicy) {
+    /// `fanout` notes the client, to be written at the end of the
+    /// publisher's batch ([`Fanout::flush`]).
+    pub fn deliver(self: &Arc<Self>, msg: &Bytes, policy: &OutputPolicy, fanout: &mut Fanout) {
         if self.kill_reason.load(Relaxed) != KillReason::None as u8 {
             return;
         }
@@ -169,10 +193,76 @@ impl ClientHandle {
             self.kill(reason);
             return;
         }
-        if self.tx.send(msg.clone()).is_err() {
+        let mut out = self.out.lock();
+        if out.closed {
             // The connection task is gone; nothing will write these bytes.
             self.obuf.fetch_sub(len, Relaxed);
+            return;
         }
+        out.push(msg.clone());
+        if !out.scheduled {
+            out.scheduled = true;
+            fanout.pending.push(self.clone());
+        }
+    }
+
+    /// The publisher's side of [`Fanout::flush`] for this client.
+    fn flush_for_publisher(&self) -> usize {
+        let (written, wake) = self.out.lock().flush_publisher();
+        self.obuf.fetch_sub(written as u64, Relaxed);
+        if wake {
+            self.write_wanted.notify_one();
+        }
+        written
+    }
+
+    /// The client's task starts running requests (see [`Outbox::begin`]).
+    pub fn begin(&self) {
+        self.out.lock().begin();
+    }
+
+    /// Moves what was pushed since [`ClientHandle::begin`] into `out`;
+    /// returns the bytes moved (already counted as owed).
+    pub fn take_held(&self, out: &mut BytesMut) -> usize {
+        self.out.lock().take_held(out)
+    }
+
+    /// Ends the client's batch (see [`Outbox::commit`]). Returns the bytes
+    /// written and whether some are left for the task to write when the
+    /// socket has room.
+    pub fn commit(&self, out: &mut BytesMut) -> io::Result<(usize, bool)> {
+        let mut o = self.out.lock();
+        let written = o.commit(out)?;
+        self.obuf.fetch_sub(written as u64, Relaxed);
+        Ok((written, o.writer))
+    }
+
+    /// The client's task writes what is owed once the socket has room.
+    /// Returns the bytes written and whether some are still left.
+    pub fn flush(&self) -> io::Result<(usize, bool)> {
+        let mut o = self.out.lock();
+        let written = o.flush_owner()?;
+        self.obuf.fetch_sub(written as u64, Relaxed);
+        Ok((written, o.writer))
+    }
+
+    /// Resolves when a publisher left bytes for the client's task to write.
+    pub async fn write_wanted(&self) {
+        self.write_wanted.notified().await;
+    }
+
+    /// Bytes queued and not yet written (`output_bytes` less the replies
+    /// of a batch still running).
+    pub fn unsent_bytes(&self) -> usize {
+        self.out.lock().bytes
+    }
+
+    /// Everything queued, as if written (tests without a socket).
+    #[cfg(test)]
+    pub(crate) fn take_unsent(&self) -> Vec<u8> {
+        let all = self.out.lock().take_all();
+        self.obuf.fetch_sub(all.len() as u64, Relaxed);
+        all
     }
 
     /// Counts `n` more reply bytes owed to the client, and flags it when that
@@ -182,11 +272,6 @@ impl ClientHandle {
         if let Some(reason) = policy.exceeded(used, &self.soft_since) {
             self.kill(reason);
         }
-    }
-
-    /// Records that `n` owed bytes reached the socket.
-    pub fn wrote(&self, n: u64) {
-        self.obuf.fetch_sub(n, Relaxed);
     }
 
     /// Resolves once the client is flagged (or already was).
@@ -212,5 +297,36 @@ impl ClientHandle {
     pub fn is_pubsub(&self) -> bool {
         self.sub_count.load(Relaxed) + self.psub_count.load(Relaxed) + self.ssub_count.load(Relaxed)
             > 0
+    }
+}
+
+/// The subscribers a publisher queued messages for during one batch of
+/// requests, to be written at its end: one system call per subscriber per
+/// batch, however many messages it got.
+#[derive(Default)]
+pub struct Fanout {
+    pending: Vec<Arc<ClientHandle>>,
+}
+
+impl Fanout {
+    /// Writes every noted subscriber's queue to its socket, as far as the
+    /// socket takes it now. Returns the bytes written.
+    pub fn flush(&mut self) -> usize {
+        self.pending
+            .drain(..)
+            .map(|client| client.flush_for_publisher())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+impl Drop for Fanout {
+    /// A batch that ends without its flush (a connection closing at once)
+    /// still writes what it queued: nothing else would.
+    fn drop(&mut self) {
+        self.flush();
     }
 }

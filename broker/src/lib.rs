@@ -7,7 +7,8 @@
 //! protocol state; [`state`] is what all connections share ([`state::Broker`]);
 //! [`registry`] keeps subscriptions and fans messages out; [`keyspace`]
 //! holds keys, values, expiry and notifications; [`handle`] is
-//! the shared half of a client (output queue, limits, kill flag). Leaves:
+//! the shared half of a client (output queue, limits, kill flag) and
+//! [`outbox`] its ordered output and the one place its socket is written. Leaves:
 //! [`codec`] reads requests and writes RESP2/RESP3 replies; [`glob`]
 //! matches Redis patterns; [`metrics`] serves Prometheus `/metrics`;
 //! [`auth_guard`] makes password guessing slow and its logging cheap;
@@ -23,6 +24,7 @@ pub mod glob;
 pub mod handle;
 pub mod keyspace;
 pub mod metrics;
+pub mod outbox;
 pub mod registry;
 pub mod requests;
 pub mod server;

@@ -9,7 +9,8 @@
 //! A message is encoded at most once per reply dialect (RESP2 array, RESP3
 //! push) and per pattern, and the same reference-counted bytes are queued to
 //! every receiver. Queuing never blocks: each receiver's queue is bounded
-//! by its output limit instead (see [`crate::handle::ClientHandle::deliver`]).
+//! by its output limit instead (see [`crate::handle::ClientHandle::deliver`]);
+//! the publisher writes them out at the end of its batch ([`Fanout`]).
 //!
 //! Matching a publish against every pattern is the one step whose cost a
 //! client can raise (many patterns, long channels); when it is large it
@@ -19,12 +20,12 @@
 //! Ordering: a publisher queues while it holds the map's read lock, and a
 //! subscriber changes its subscriptions under the write lock, so every
 //! message for a channel queued before an `UNSUBSCRIBE` is already in the
-//! subscriber's queue when the unsubscribe returns; the session drains the
-//! queue before writing its reply, exactly as Redis orders them.
+//! subscriber's queue when the unsubscribe returns; the session moves them
+//! ahead of its reply, exactly as Redis orders them.
 
 use crate::codec::{encode_message, Proto};
 use crate::glob::{glob_match, Glob};
-use crate::handle::{ClientHandle, OutputPolicy};
+use crate::handle::{ClientHandle, Fanout, OutputPolicy};
 use ahash::AHashMap;
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -109,11 +110,17 @@ impl<'a> Encoded<'a> {
         })
     }
 
-    fn send_all(&mut self, subscribers: &Subscribers, policy: &OutputPolicy, done: &mut Published) {
+    fn send_all(
+        &mut self,
+        subscribers: &Subscribers,
+        policy: &OutputPolicy,
+        fanout: &mut Fanout,
+        done: &mut Published,
+    ) {
         for client in subscribers.values() {
             let msg = self.get(client.resp3());
             done.bytes += msg.len();
-            client.deliver(msg, policy);
+            client.deliver(msg, policy, fanout);
         }
         done.receivers += subscribers.len();
     }
@@ -174,13 +181,15 @@ impl Registry {
     }
 
     /// `PUBLISH` (channel subscribers, then every matching pattern) or
-    /// `SPUBLISH` (shard channel subscribers only).
+    /// `SPUBLISH` (shard channel subscribers only). The messages are
+    /// queued; `fanout` writes them ([`Fanout::flush`]).
     pub fn publish(
         &self,
         space: Space,
         channel: &[u8],
         payload: &[u8],
         policy: &OutputPolicy,
+        fanout: &mut Fanout,
     ) -> Published {
         let mut done = Published::default();
         let kind: &'static [u8] = match space {
@@ -190,7 +199,8 @@ impl Registry {
         {
             let map = self.space(space).read();
             if let Some(subs) = map.get(channel) {
-                Encoded::new(kind, None, channel, payload).send_all(subs, policy, &mut done);
+                Encoded::new(kind, None, channel, payload)
+                    .send_all(subs, policy, fanout, &mut done);
             }
         }
         if space == Space::Global {
@@ -201,6 +211,7 @@ impl Registry {
                         Encoded::new(b"pmessage", Some(pattern), channel, payload).send_all(
                             &entry.subscribers,
                             policy,
+                            fanout,
                             &mut done,
                         );
                     }

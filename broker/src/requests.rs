@@ -1,6 +1,7 @@
 //! Running one read batch of a client's requests: parse, dispatch each to
 //! its command, then count the reply bytes against the client's output
-//! limit and the batch against the metrics.
+//! limit and the batch against the metrics, and write the replies and
+//! the messages the batch published ([`Session::commit`]).
 //!
 //! Between the socket loop ([`crate::connection`]), which decides when to
 //! read and write, and the commands, which only see a [`Session`]. A batch
@@ -20,11 +21,31 @@ use std::time::{Duration, Instant};
 /// matched against many patterns) is served in slices, not in one go.
 const PROCESS_SLICE: Duration = Duration::from_millis(1);
 
-/// Parses and runs every complete request in `input`. Returns false when
-/// the connection must close at once without another reply.
+/// Parses and runs every complete request in `input`, then writes what it
+/// can. Returns false when the connection must close at once without
+/// another reply.
 pub fn process(s: &mut Session, input: &mut BytesMut) -> bool {
     let start_len = s.out.len();
     let start_drained = s.drained;
+    s.begin();
+    let keep = run(s, input);
+    if keep {
+        let replies = (s.out.len() - start_len) - s.drained.wrapping_sub(start_drained);
+        let policy = if s.in_pubsub_mode() {
+            &s.broker.output_policy
+        } else {
+            &s.broker.normal_output_policy
+        };
+        s.handle.owe(replies as u64, policy);
+    } else {
+        // Closing at once: no more replies, but what the batch published
+        // still goes out to its subscribers.
+        s.out.clear();
+    }
+    s.commit().is_ok() && keep
+}
+
+fn run(s: &mut Session, input: &mut BytesMut) -> bool {
     let mut commands = 0u64;
     let started = Instant::now();
     // One clock read per command: each command's time runs from the end of
@@ -43,7 +64,7 @@ pub fn process(s: &mut Session, input: &mut BytesMut) -> bool {
         match s.parser.next(input) {
             Ok(Some(args)) => {
                 commands += 1;
-                if !s.rx.is_empty() {
+                if s.in_pubsub_mode() {
                     s.drain_pushes();
                 }
                 let mark = s.out.len();
@@ -111,13 +132,6 @@ pub fn process(s: &mut Session, input: &mut BytesMut) -> bool {
             .last_active_ms
             .store(s.handle.connected.elapsed().as_millis() as u64, Relaxed);
     }
-    let replies = (s.out.len() - start_len) - s.drained.wrapping_sub(start_drained);
-    let policy = if s.in_pubsub_mode() {
-        &s.broker.output_policy
-    } else {
-        &s.broker.normal_output_policy
-    };
-    s.handle.owe(replies as u64, policy);
     true
 }
 

@@ -103,10 +103,10 @@ async fn accept_loop(
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().unwrap_or(peer);
                     match broker.admit(peer, local, stream.as_raw_fd()) {
-                        Some((handle, rx)) => {
+                        Some(handle) => {
                             broker.metrics.clients.inc();
                             tracing::debug!(client = handle.id, %peer, "client connected");
-                            conns.spawn(connection::run(broker.clone(), handle, rx, stream, shutdown.clone()));
+                            conns.spawn(connection::run(broker.clone(), handle, stream, shutdown.clone()));
                         }
                         None => {
                             let refused = broker.metrics.rejected_connections.get();

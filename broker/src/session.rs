@@ -1,6 +1,13 @@
 //! [`Session`]: one connection's protocol state, which only its own task
 //! touches — reply dialect, authentication, subscriptions, the request
-//! parser, the output buffer and the queue of pushed messages.
+//! parser, the buffer its replies are made in, and the subscribers its
+//! publishes queued messages for.
+//!
+//! Output: a batch of requests runs between [`Session::begin`] and
+//! [`Session::commit`]; its replies build up in `out`, and the commit hands
+//! them to the client's [`crate::outbox::Outbox`] in their place among the
+//! pushes and writes what the socket takes, then writes the messages the
+//! batch published to other subscribers' sockets.
 //!
 //! The commands work on a `Session` and nothing else, so this module knows
 //! nothing of sockets or of the command table: the socket loop is
@@ -11,23 +18,18 @@
 use crate::blocking::Blocked;
 use crate::codec::{Proto, Reply, RequestParser};
 use crate::commands::Multi;
-use crate::handle::ClientHandle;
+use crate::handle::{ClientHandle, Fanout};
 use crate::registry::Space;
 use crate::state::Broker;
 use ahash::AHashSet;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
-/// Pushed messages are moved from the queue into the output buffer only
-/// while it holds less than this, so a slow reader's backlog stays in the
-/// queue where publishers can see it.
-pub const OUT_PULL_LIMIT: usize = 64 * 1024;
-/// Stop running and reading requests while this many reply bytes wait for
-/// the client: a client that pipelines without reading gets TCP
-/// backpressure, and holds at most this plus one reply.
+/// Stop running and reading requests while this many bytes wait for the
+/// client: a client that pipelines without reading gets TCP backpressure,
+/// and holds at most this plus one reply.
 pub const OUT_READ_PAUSE: usize = 1024 * 1024;
 /// Initial size of the input and output buffers, and the read size.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -68,12 +70,17 @@ pub struct Session {
     pub stats: BatchStats,
     /// Failed AUTH attempts on this connection.
     pub auth_failures: u32,
-    pub(crate) rx: mpsc::UnboundedReceiver<Bytes>,
     pub(crate) parser: RequestParser,
-    /// Running total of bytes moved from the queue into `out`; they are
+    /// Running total of bytes moved from the outbox into `out`; they are
     /// already counted in the handle's output bytes, so a batch subtracts
     /// them from what it adds.
     pub(crate) drained: usize,
+    /// Subscribers this connection's publishes queued messages for, written
+    /// when its batch ends.
+    pub(crate) fanout: Fanout,
+    /// Bytes are owed that the socket would not take: the connection task
+    /// waits for it to have room.
+    pub(crate) writing: bool,
     /// A batch stopped before the end of its input (its time slice ran
     /// out): the connection task yields, then carries on without reading.
     pub(crate) paused: bool,
@@ -118,11 +125,7 @@ fn reply_cap(config: &limpet_config::BrokerConfig) -> usize {
 
 impl Session {
     /// The session of a freshly admitted client (see [`Broker::admit`]).
-    pub fn new(
-        broker: Arc<Broker>,
-        handle: Arc<ClientHandle>,
-        rx: mpsc::UnboundedReceiver<Bytes>,
-    ) -> Session {
+    pub fn new(broker: Arc<Broker>, handle: Arc<ClientHandle>) -> Session {
         let authenticated = broker.config.requirepass.is_none();
         let limits = broker.limits;
         let reply_cap = reply_cap(&broker.config);
@@ -141,9 +144,10 @@ impl Session {
             last_cmd: "NULL",
             stats: BatchStats::default(),
             auth_failures: 0,
-            rx,
             parser,
             drained: 0,
+            fanout: Fanout::default(),
+            writing: false,
             paused: false,
             hold_until: None,
             blocked: None,
@@ -169,28 +173,39 @@ impl Session {
         }
     }
 
-    /// Moves queued pushes into the output buffer while it holds less than
-    /// `limit` bytes. The only way pushes reach `out`, so their bytes are
-    /// counted once.
-    pub fn move_pushes(&mut self, limit: usize) {
-        while self.out.len() < limit {
-            match self.rx.try_recv() {
-                Ok(msg) => self.append_push(&msg),
-                Err(_) => break,
-            }
-        }
-    }
-
-    /// Appends one push already taken off the queue.
-    pub fn append_push(&mut self, msg: &Bytes) {
-        self.drained = self.drained.wrapping_add(msg.len());
-        self.out.extend_from_slice(msg);
-    }
-
-    /// Moves every queued push into the output buffer, so that a reply
-    /// written next comes after them, as in Redis's single stream.
+    /// Moves the pushes queued since the batch began into the output
+    /// buffer, so that a reply written next comes after them, as in
+    /// Redis's single stream. Their bytes are already counted as owed.
     pub fn drain_pushes(&mut self) {
-        self.move_pushes(usize::MAX);
+        let moved = self.handle.take_held(&mut self.out);
+        self.drained = self.drained.wrapping_add(moved);
+    }
+
+    /// A batch of requests starts: pushes arriving now wait behind its
+    /// replies (see [`crate::outbox::Outbox`]).
+    pub fn begin(&mut self) {
+        self.handle.begin();
+    }
+
+    /// The batch ends: its replies join the client's outbox and go out
+    /// as far as the socket takes them, then the messages it published go
+    /// out to their subscribers. `Err` when the client's socket failed.
+    ///
+    /// While the connection is held back ([`Session::hold`]) the replies
+    /// stay here, ahead of any push, until the connection task commits
+    /// again when the hold is over.
+    pub fn commit(&mut self) -> std::io::Result<()> {
+        let result = if self.hold_until.is_some() {
+            Ok((0, self.writing))
+        } else {
+            self.handle.commit(&mut self.out)
+        };
+        let mut written = self.fanout.flush();
+        let (own, left) = result?;
+        written += own;
+        self.writing = left;
+        self.broker.metrics.net_output_bytes.inc_by(written as u64);
+        Ok(())
     }
 
     /// Whether EXEC is running this client's queued commands.
@@ -245,28 +260,14 @@ impl Session {
             .store(self.subs.shards.len(), Relaxed);
     }
 
-    /// Records that `n` bytes of `out` reached the socket.
-    pub fn wrote(&mut self, n: usize) {
-        self.out.advance(n);
-        self.handle.wrote(n as u64);
-        self.broker.metrics.net_output_bytes.inc_by(n as u64);
-    }
-
-    /// Writes what the socket takes now of the pending output, without
-    /// waiting: `Ok(true)` if some went out, `Ok(false)` if nothing is
-    /// pending or the socket is full.
-    pub fn try_flush(&mut self, stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
-        if self.out.is_empty() {
-            return Ok(false);
-        }
-        match stream.try_write(&self.out) {
-            Ok(n) => {
-                self.wrote(n);
-                Ok(true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e),
-        }
+    /// Writes what the socket takes now of what is owed, without waiting
+    /// (after the socket said it has room). Clears `writing` once nothing
+    /// is left.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        let (written, left) = self.handle.flush()?;
+        self.writing = left;
+        self.broker.metrics.net_output_bytes.inc_by(written as u64);
+        Ok(())
     }
 
     /// Unsubscribes from everything without replying (RESET, disconnect).

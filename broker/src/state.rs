@@ -7,19 +7,17 @@
 
 use crate::auth_guard::AuthGuard;
 use crate::codec::Limits;
-use crate::handle::{ClientHandle, OutputPolicy};
+use crate::handle::{ClientHandle, Fanout, OutputPolicy};
 use crate::keyspace::{notify, Event, Keyspace};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Space};
 use ahash::AHashMap;
-use bytes::Bytes;
 use limpet_config::BrokerConfig;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// State shared by all connections.
 pub struct Broker {
@@ -95,23 +93,18 @@ impl Broker {
         self.clients.lock().len()
     }
 
-    /// Takes a slot for a new client and returns its handle and push
-    /// queue, or `None` when `maxclients` is reached. Refused clients
-    /// still use up an id, as in Redis.
-    pub fn admit(
-        &self,
-        peer: SocketAddr,
-        local: SocketAddr,
-        fd: i32,
-    ) -> Option<(Arc<ClientHandle>, mpsc::UnboundedReceiver<Bytes>)> {
+    /// Takes a slot for a new client and returns its handle, or `None`
+    /// when `maxclients` is reached. Refused clients still use up an id,
+    /// as in Redis.
+    pub fn admit(&self, peer: SocketAddr, local: SocketAddr, fd: i32) -> Option<Arc<ClientHandle>> {
         let id = self.next_id.fetch_add(1, Relaxed);
-        let (handle, rx) = ClientHandle::new(id, peer, local, fd);
+        let handle = ClientHandle::new(id, peer, local, fd);
         let mut clients = self.clients.lock();
         if clients.len() >= self.config.maxclients {
             return None;
         }
         clients.insert(id, handle.clone());
-        Some((handle, rx))
+        Some(handle)
     }
 
     pub fn unregister(&self, id: u64) {
@@ -137,7 +130,9 @@ impl Broker {
     /// a channel is refused) has its keyspace-channel event skipped and
     /// counted: matching it against every pattern would cost what
     /// `max_channel_len` exists to bound.
-    pub fn publish_events(&self, events: Vec<Event>) {
+    ///
+    /// The messages are queued; `fanout` writes them ([`Fanout::flush`]).
+    pub fn publish_events(&self, events: Vec<Event>, fanout: &mut Fanout) {
         if events.is_empty() {
             return;
         }
@@ -150,13 +145,23 @@ impl Broker {
             } else if flags & notify::KEYSPACE != 0 {
                 let mut ch = b"__keyspace@0__:".to_vec();
                 ch.extend_from_slice(&e.key);
-                self.registry
-                    .publish(Space::Global, &ch, e.event.as_bytes(), &self.output_policy);
+                self.registry.publish(
+                    Space::Global,
+                    &ch,
+                    e.event.as_bytes(),
+                    &self.output_policy,
+                    fanout,
+                );
             }
             if flags & notify::KEYEVENT != 0 {
                 let ch = format!("__keyevent@0__:{}", e.event);
-                self.registry
-                    .publish(Space::Global, ch.as_bytes(), &e.key, &self.output_policy);
+                self.registry.publish(
+                    Space::Global,
+                    ch.as_bytes(),
+                    &e.key,
+                    &self.output_policy,
+                    fanout,
+                );
             }
         }
     }
@@ -174,7 +179,10 @@ impl Broker {
             .keyspace
             .with(|db| db.expire_cycle(crate::keyspace::now_ms(), crate::keyspace::EXPIRE_BATCH));
         if !events.is_empty() {
-            self.publish_events(events);
+            let mut fanout = Fanout::default();
+            self.publish_events(events, &mut fanout);
+            let written = fanout.flush();
+            self.metrics.net_output_bytes.inc_by(written as u64);
         }
         self.update_keyspace_gauges();
         n

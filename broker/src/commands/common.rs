@@ -50,7 +50,7 @@ pub(super) fn keys<R>(
         broker.keyspace.with(|db| f(db, &mut reply))
     };
     if !events.is_empty() {
-        broker.publish_events(events);
+        broker.publish_events(events, &mut s.fanout);
     }
     r
 }

@@ -359,10 +359,14 @@ fn publish_in(s: &mut Session, args: &[Bytes], space: Space) -> bool {
     if refuse_long_channels(s, &args[1..2]) {
         return true;
     }
-    let done = s
-        .broker
-        .registry
-        .publish(space, &args[1], &args[2], &s.broker.output_policy);
+    let broker = &s.broker;
+    let done = broker.registry.publish(
+        space,
+        &args[1],
+        &args[2],
+        &broker.output_policy,
+        &mut s.fanout,
+    );
     s.stats.published += 1;
     s.stats.delivered += done.receivers as u64;
     s.stats.delivered_bytes += done.bytes as u64;

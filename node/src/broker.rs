@@ -48,6 +48,7 @@
 //! longer than `limits.max_queue_delay` are dropped instead of sent late;
 //! see [`crate::shed`].
 
+use crate::backoff::Backoff;
 use crate::backplane::{Backplane, Inbound};
 pub use crate::link::Deadlines;
 use crate::link::{open, refused, Incoming};
@@ -310,8 +311,7 @@ async fn run(
     let counters = shared.counters.clone();
     let (connected, since) = (&shared.connected, &shared.since);
     let mut desired: HashSet<String> = HashSet::new();
-    let first = Duration::from_millis(100).min(backoff_max);
-    let mut backoff = first;
+    let mut backoff = Backoff::new(backoff_max);
     let mut ever_connected = false;
     let mut pending: Option<Cmd> = None;
     // Shown in logs: never with the password (see crate::redact).
@@ -332,18 +332,20 @@ async fn run(
         let (mut link, incoming) = match link {
             Ok(link) => link,
             Err(e) => {
-                let next = attempt + backoff;
-                let wait = next.saturating_duration_since(tokio::time::Instant::now());
-                tracing::warn!(broker = %target, "broker unreachable: {e}; retrying in {wait:?}");
-                if !back_off(
-                    next,
-                    &mut backoff,
-                    backoff_max,
-                    &mut rx,
-                    &mut desired,
-                    &shared,
-                )
-                .await
+                let wait = backoff.wait(attempt);
+                // After an attempt that timed out (a black hole) the next
+                // starts at once.
+                let when = if wait.is_zero() {
+                    "now".to_string()
+                } else {
+                    format!("in {wait:?}")
+                };
+                tracing::warn!(broker = %target, "broker unreachable: {e}; retrying {when}");
+                if !backoff
+                    .sleep(attempt, &mut rx, |cmd| {
+                        apply_offline(cmd, &mut desired, &shared)
+                    })
+                    .await
                 {
                     return;
                 }
@@ -369,7 +371,7 @@ async fn run(
                     shards.subscribe_failed(ch.clone());
                 }
                 Err(e) => {
-                    tracing::warn!(broker = %target, "resubscribe failed: {e}; retrying after the back-off ({backoff:?} from the attempt)");
+                    tracing::warn!(broker = %target, "resubscribe failed: {e}; retrying after the back-off");
                     healthy = false;
                     break;
                 }
@@ -380,22 +382,17 @@ async fn run(
             // that accepts connections but fails them is retried in a
             // tight loop.
             drop(reader);
-            let next = attempt + backoff;
-            if !back_off(
-                next,
-                &mut backoff,
-                backoff_max,
-                &mut rx,
-                &mut desired,
-                &shared,
-            )
-            .await
+            if !backoff
+                .sleep(attempt, &mut rx, |cmd| {
+                    apply_offline(cmd, &mut desired, &shared)
+                })
+                .await
             {
                 return;
             }
             continue;
         }
-        backoff = first;
+        backoff.reset();
         *since.lock() = Some(std::time::Instant::now());
         connected.store(true, Relaxed);
         if ever_connected {
@@ -563,31 +560,6 @@ fn next_batch(
         }
     }
     batch
-}
-
-/// Waits until `deadline` (the failed attempt's start plus the back-off;
-/// at once when the attempt itself took that long), still taking
-/// commands, and doubles `backoff` up to `max`; false when the node has
-/// gone away.
-async fn back_off(
-    deadline: tokio::time::Instant,
-    backoff: &mut Duration,
-    max: Duration,
-    rx: &mut mpsc::UnboundedReceiver<Cmd>,
-    desired: &mut HashSet<String>,
-    shared: &Shared,
-) -> bool {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => break,
-            cmd = rx.recv() => match cmd {
-                None => return false,
-                Some(cmd) => apply_offline(cmd, desired, shared),
-            },
-        }
-    }
-    *backoff = (*backoff * 2).min(max);
-    true
 }
 
 /// Counts a SUBSCRIBE the broker refused; logs the first and every 100th,

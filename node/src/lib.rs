@@ -20,6 +20,7 @@
 
 pub mod addresses;
 pub mod auth;
+pub mod backoff;
 pub mod backplane;
 pub mod broker;
 pub mod bucket;

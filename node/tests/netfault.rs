@@ -352,7 +352,7 @@ async fn broker_host_gone_then_back() {
             .filter_map(|l| {
                 l.split("broker unreachable")
                     .nth(1)?
-                    .split("retrying in ")
+                    .split("; retrying ")
                     .nth(1)
             })
             .map(str::to_string)

@@ -46,6 +46,14 @@ pub enum ForwardError {
     /// connection's state is unknown, so it is neither relayed nor reused.
     #[error("the backend switched protocols unasked")]
     SwitchedUnasked,
+    /// A CONNECT over HTTP/2 that is not a WebSocket (RFC 8441) on a
+    /// route that tunnels WebSockets: the proxy is no forward proxy.
+    #[error("CONNECT is only for WebSockets (RFC 8441) on a route that tunnels them")]
+    ConnectRefused,
+    /// The backend answered a bridged WebSocket (HTTP/2 extended CONNECT)
+    /// with something other than a `101` for the proxy's key.
+    #[error("the backend's WebSocket handshake answer was invalid")]
+    BadWebSocketAnswer,
     /// The client broke its own upload (see `client_body`).
     #[error("{}", client_body_text(*.0))]
     ClientBody(ClientFault),
@@ -74,7 +82,9 @@ impl ForwardError {
             ForwardError::NoRoute => StatusCode::NOT_FOUND,
             ForwardError::Unreachable
             | ForwardError::BackendFailed
-            | ForwardError::SwitchedUnasked => StatusCode::BAD_GATEWAY,
+            | ForwardError::SwitchedUnasked
+            | ForwardError::BadWebSocketAnswer => StatusCode::BAD_GATEWAY,
+            ForwardError::ConnectRefused => StatusCode::NOT_IMPLEMENTED,
             ForwardError::AllFull | ForwardError::NoneUp | ForwardError::TooManyConnections => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -213,6 +223,14 @@ mod tests {
             (
                 ForwardError::SwitchedUnasked,
                 "502 bad gateway: the backend switched protocols unasked",
+            ),
+            (
+                ForwardError::ConnectRefused,
+                "501 not implemented: CONNECT is only for WebSockets (RFC 8441) on a route that tunnels them",
+            ),
+            (
+                ForwardError::BadWebSocketAnswer,
+                "502 bad gateway: the backend's WebSocket handshake answer was invalid",
             ),
             (
                 ForwardError::ClientBody(ClientFault::Timeout),

@@ -15,6 +15,7 @@
 use crate::client_body::{BodyState, ClientBody};
 use crate::error::ForwardError;
 use crate::headers::{self, client_ip};
+use crate::http2::Bridge;
 use crate::limits::SharedSlot;
 use crate::live::{Proxy, Routing};
 use crate::metrics::class;
@@ -56,9 +57,22 @@ pub async fn handle(
     let Some(route) = routing.router.route(host, req.uri().path()) else {
         return fail(&proxy, ["", ""], ForwardError::NoRoute);
     };
+    if req.extensions().get::<Bridge>().is_some()
+        && !route.upgrades.iter().any(|p| p == "websocket")
+    {
+        // A 2xx to a CONNECT opens a tunnel: it must not come from a
+        // backend that was sent a plain GET.
+        return fail(&proxy, ["", ""], ForwardError::ConnectRefused);
+    }
     let pool = routing.pools[route.pool].clone();
     let outgoing = Outgoing::new(&proxy, &routing, &pool, route, req, peer, scheme);
     forward(&proxy, &routing.config, &pool, outgoing).await
+}
+
+/// Answers a request the proxy refuses before routing it, counted as
+/// every failure is.
+pub fn refuse(proxy: &Proxy, error: ForwardError) -> Response<Body> {
+    fail(proxy, ["", ""], error)
 }
 
 /// Counts a failure and answers it. Every request the proxy answers
@@ -77,8 +91,12 @@ fn fail(proxy: &Proxy, labels: [&str; 2], error: ForwardError) -> Response<Body>
             .inc(),
         _ => {}
     }
-    // A 101 nobody asked for was counted when it arrived.
-    if error != ForwardError::SwitchedUnasked {
+    // A 101 nobody asked for, or a bad answer to a bridged WebSocket, was
+    // counted when it arrived.
+    if !matches!(
+        error,
+        ForwardError::SwitchedUnasked | ForwardError::BadWebSocketAnswer
+    ) {
         let status = class(error.status().as_u16());
         metrics
             .requests
@@ -105,6 +123,8 @@ struct Outgoing {
     upgrade: Option<OnUpgrade>,
     /// The client connection's slot, for the tunnel to hold.
     slot: Option<SharedSlot>,
+    /// An HTTP/2 WebSocket (extended CONNECT) sent on as an HTTP/1.1 upgrade.
+    bridge: Option<Bridge>,
     wish: Wish,
 }
 
@@ -141,6 +161,7 @@ impl Outgoing {
             .is_some()
             .then(|| req.extensions_mut().remove::<SharedSlot>())
             .flatten();
+        let bridge = req.extensions_mut().remove::<Bridge>();
         let (parts, body) = req.into_parts();
         let mut up_headers = parts.headers.clone();
         headers::strip_hop_by_hop(&mut up_headers, upgrade_to);
@@ -159,6 +180,7 @@ impl Outgoing {
             client,
             upgrade,
             slot,
+            bridge,
             wish: Wish::read(pool, &parts.headers, &parts.uri, client),
             method: parts.method,
         }
@@ -408,10 +430,24 @@ fn respond(
         tracing::warn!(pool = %pool.name(), backend = %backend.id, %client, "101 to a request without an allowed upgrade");
         return fail(proxy, labels, ForwardError::SwitchedUnasked);
     }
+    if let Some(bridge) = &out.bridge {
+        // The client asked with an HTTP/2 CONNECT: it gets 200 for a valid
+        // 101, and a 2xx for anything else would open a tunnel to nothing.
+        let valid = switching && bridge.accepts(resp.headers());
+        if !valid && (switching || status.is_success()) {
+            tracing::warn!(pool = %pool.name(), backend = %backend.id, %client, %status, "invalid answer to a bridged WebSocket handshake");
+            return fail(proxy, labels, ForwardError::BadWebSocketAnswer);
+        }
+    }
     let keep_upgrade = switching
         .then(|| resp.headers().get(http::header::UPGRADE).cloned())
-        .flatten();
+        .flatten()
+        .filter(|_| out.bridge.is_none());
     headers::strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
+    if switching && out.bridge.is_some() {
+        resp.headers_mut()
+            .remove(http::header::SEC_WEBSOCKET_ACCEPT);
+    }
     if let Some(cookie) = &choice.set_cookie {
         if let Ok(v) = HeaderValue::from_str(cookie) {
             resp.headers_mut().append(SET_COOKIE, v);
@@ -438,7 +474,10 @@ fn respond(
                 slot: out.slot.take(),
             };
             tokio::spawn(tunnel::serve(proxy.clone(), handoff));
-            let (parts, _) = resp.into_parts();
+            let (mut parts, _) = resp.into_parts();
+            if out.bridge.is_some() {
+                parts.status = StatusCode::OK;
+            }
             Response::from_parts(parts, empty_body())
         }
         // A non-101 answer to an upgrade request is relayed as is; that

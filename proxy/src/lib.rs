@@ -5,7 +5,8 @@
 //!
 //! * [`listen`] accepts clients and applies the connection [`limits`];
 //!   [`handshake`] reads the PROXY header ([`proxy_protocol`]) and does
-//!   the TLS handshake ([`tls`]); [`connection`] serves HTTP/1.1 on it.
+//!   the TLS handshake ([`tls`]); [`connection`] serves HTTP/1.1 on it,
+//!   [`http2`] HTTP/2 when a TLS client chose it.
 //! * [`forward`] is the request path: [`router`] finds the pool,
 //!   [`headers`] rewrites forwarding headers and finds the client address,
 //!   [`select`] picks the backend (sticky cookies, rendezvous hashing,
@@ -28,6 +29,7 @@ pub mod forward;
 pub mod handshake;
 pub mod headers;
 pub mod health;
+pub mod http2;
 pub mod limits;
 pub mod listen;
 pub mod live;

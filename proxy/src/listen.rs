@@ -1,5 +1,6 @@
 //! Client listeners: accept, the connection limits, then each connection
-//! through its handshakes (`handshake`) to HTTP (`connection`).
+//! through its handshakes (`handshake`) to HTTP/1.1 (`connection`), or to
+//! HTTP/2 (`http2`) when a TLS client chose `h2` by ALPN.
 //!
 //! A connection over a limit is answered at once with a short error and
 //! closed, instead of being accepted and left to stall: 503 past
@@ -12,6 +13,7 @@ use crate::connection::{serve_http, serve_redirect};
 use crate::error::ForwardError;
 use crate::handshake;
 use crate::headers::canonical;
+use crate::http2;
 use crate::limits::{SharedSlot, Slot};
 use crate::live::Proxy;
 use crate::tls;
@@ -189,6 +191,11 @@ async fn serve_connection(
             let hsts = tls_cfg
                 .hsts_max_age
                 .map(|d| format!("max-age={}", d.get().as_secs()));
+            if stream.get_ref().1.alpn_protocol() == Some(http2::ALPN_H2) {
+                let hsts = hsts.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok());
+                http2::serve_h2(&proxy, TokioIo::new(stream), client, hsts, shutdown, slot).await;
+                return;
+            }
             serve_http(
                 &proxy,
                 TokioIo::new(stream),

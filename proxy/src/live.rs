@@ -107,9 +107,11 @@ impl Proxy {
         for l in &listen {
             match &l.tls {
                 Some(t) => {
-                    let server = tls::server(t).map_err(|source| SetupError::ListenerTls {
-                        bind: l.bind,
-                        source: Box::new(source),
+                    let server = tls::server(t, config.http2.enabled).map_err(|source| {
+                        SetupError::ListenerTls {
+                            bind: l.bind,
+                            source: Box::new(source),
+                        }
                     })?;
                     metrics.record_cert_expiries(
                         &l.bind.to_string(),

@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
 fn check(config: &ProxyConfig) -> anyhow::Result<()> {
     for l in &config.listen {
         if let Some(tls) = &l.tls {
-            if let Err(e) = limpet_proxy::tls::server(tls) {
+            if let Err(e) = limpet_proxy::tls::server(tls, config.http2.enabled) {
                 anyhow::bail!("TLS for {}: {e}", l.bind);
             }
         }

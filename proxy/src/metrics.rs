@@ -35,6 +35,10 @@ pub struct Metrics {
     pub proxy_protocol_errors: IntCounterVec,
     pub handshakes: IntCounterVec,
     pub tls_reloads: IntCounterVec,
+    pub http2_connections: IntCounter,
+    pub http2_open_connections: IntGauge,
+    pub http2_streams: IntCounterVec,
+    pub http2_connection_errors: IntCounterVec,
     cert_expiry: IntGaugeVec,
     render_lock: std::sync::Mutex<()>,
     backend_up: IntGaugeVec,
@@ -186,6 +190,32 @@ impl Metrics {
             ),
             handshakes: counter_vec("limpet_proxy_tls_handshakes_total", "TLS handshakes by outcome and version", &["outcome", "version"]),
             tls_reloads: counter_vec("limpet_proxy_tls_reloads_total", "Certificate reloads by outcome", &["outcome"]),
+            http2_connections: reg(
+                &r,
+                IntCounter::new(
+                    "limpet_proxy_http2_connections_total",
+                    "Client connections that chose HTTP/2 (ALPN h2)",
+                )
+                .expect("valid"),
+            ),
+            http2_open_connections: reg(
+                &r,
+                IntGauge::new(
+                    "limpet_proxy_http2_client_connections",
+                    "HTTP/2 client connections open now",
+                )
+                .expect("valid"),
+            ),
+            http2_streams: counter_vec(
+                "limpet_proxy_http2_streams_total",
+                "HTTP/2 streams by kind (request; websocket: RFC 8441 extended CONNECT; refused: another CONNECT)",
+                &["kind"],
+            ),
+            http2_connection_errors: counter_vec(
+                "limpet_proxy_http2_connection_errors_total",
+                "HTTP/2 connections that ended in an error (enhance_your_calm: GOAWAY for too many reset streams, the rapid-reset guard; protocol_error, io, timeout, other)",
+                &["reason"],
+            ),
             cert_expiry: reg(
                 &r,
                 IntGaugeVec::new(

@@ -170,7 +170,8 @@ pub struct ServerTls {
     pub resolver: Arc<Resolver>,
 }
 
-pub fn server(cfg: &TlsListenConfig) -> Result<ServerTls, TlsError> {
+/// A TLS listener; with `http2`, ALPN offers `h2` before `http/1.1`.
+pub fn server(cfg: &TlsListenConfig, http2: bool) -> Result<ServerTls, TlsError> {
     let store = CertStore::load(cfg)?;
     let resolver = Arc::new(Resolver {
         store: ArcSwap::from_pointee(store),
@@ -184,6 +185,11 @@ pub fn server(cfg: &TlsListenConfig) -> Result<ServerTls, TlsError> {
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if http2 {
+        config
+            .alpn_protocols
+            .insert(0, crate::http2::ALPN_H2.to_vec());
+    }
     Ok(ServerTls {
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         resolver,

@@ -1,72 +1,14 @@
 //! limpet-proxy as the TLS edge, end to end with certificates made here.
 
 mod common;
+use common::pki::{temp_dir, Pki};
 use common::*;
 use rustls::pki_types::{CertificateDer, ServerName};
-use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A test CA that issues leaf certificates into files.
-struct Pki {
-    ca_params: rcgen::CertificateParams,
-    ca_key: rcgen::KeyPair,
-    ca_der: CertificateDer<'static>,
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Pki {
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "limpet test CA");
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        Pki {
-            ca_der: ca.der().clone(),
-            ca_params,
-            ca_key,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Issues a certificate for `names` into `<file>.pem` / `<file>.key`; returns its DER.
-    fn issue(&self, file: &str, names: &[&str]) -> CertificateDer<'static> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        // Write the key first: the watcher must never see a new cert with the old key.
-        std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
-        std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).unwrap();
-        cert.der().clone()
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).display().to_string()
-    }
-
-    fn client(&self) -> tokio_rustls::TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca_der.clone()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-    }
-}
 
 async fn tls_connect(
     pki: &Pki,
@@ -127,10 +69,6 @@ where
             _ => continue,
         }
     }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("limpet-tls-{}-{name}", std::process::id()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

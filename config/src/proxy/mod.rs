@@ -18,6 +18,8 @@ pub struct ProxyConfig {
     pub shutdown: ProxyShutdown,
     /// TCP keepalive on every socket to a backend.
     pub upstream_keepalive: UpstreamKeepalive,
+    /// HTTP/2 on the TLS listeners.
+    pub http2: Http2Config,
     /// Peers whose `X-Forwarded-For` is believed (load balancers in front),
     /// and the only peers allowed to send a PROXY protocol header.
     pub trusted_proxies: Vec<Cidr>,
@@ -168,6 +170,44 @@ pub struct ProxyShutdown {
     /// After SIGTERM/SIGINT, how long open tunnels may keep running before
     /// they are closed.
     pub drain_deadline: Duration,
+}
+
+/// `[http2]`: HTTP/2 on every TLS listener, offered by ALPN next to
+/// HTTP/1.1 (cleartext h2c is never spoken). Requests go on to the
+/// backends as HTTP/1.1, and a WebSocket over HTTP/2 (RFC 8441 extended
+/// CONNECT) becomes an HTTP/1.1 upgrade. A client chooses how many
+/// streams it opens and how fast it resets them, so these bound it
+/// (CVE-2023-44487, "rapid reset", is a flood of opened-then-reset streams).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// Offer `h2` by ALPN. Takes effect at start (listeners do not reload).
+    pub enabled: bool,
+    /// Streams one connection may have open at once
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS); past it the client waits.
+    pub max_concurrent_streams: u32,
+    /// Largest request header list (SETTINGS_MAX_HEADER_LIST_SIZE);
+    /// a larger one gets 431.
+    pub max_header_list_size: ByteSize,
+    /// Streams a client may open and reset before the proxy took them up;
+    /// one more and the connection gets GOAWAY (ENHANCE_YOUR_CALM). The
+    /// rapid-reset guard.
+    pub max_pending_reset_streams: usize,
+    /// Streams the proxy may reset for the client's protocol errors before
+    /// it closes the connection.
+    pub max_error_reset_streams: usize,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            enabled: true,
+            max_concurrent_streams: 100,
+            max_header_list_size: ByteSize(16 * 1024),
+            max_pending_reset_streams: 20,
+            max_error_reset_streams: 1024,
+        }
+    }
 }
 
 /// TCP keepalive on sockets to backends (`SO_KEEPALIVE` with
@@ -426,6 +466,7 @@ impl Default for ProxyConfig {
             limits: ProxyLimits::default(),
             shutdown: ProxyShutdown::default(),
             upstream_keepalive: UpstreamKeepalive::default(),
+            http2: Http2Config::default(),
             trusted_proxies: Vec::new(),
             pools: Vec::new(),
             routes: Vec::new(),

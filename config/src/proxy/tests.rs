@@ -221,3 +221,40 @@ fn socketio_affinity_and_its_session_table() {
         assert!(err.contains(field), "{bad}: {err}");
     }
 }
+
+#[test]
+fn http2_limits() {
+    let cfg = parse(POOL).unwrap();
+    assert_eq!(cfg.http2, Http2Config::default());
+    assert!(cfg.http2.enabled);
+    assert_eq!(cfg.http2.max_concurrent_streams, 100);
+    assert_eq!(cfg.http2.max_header_list_size.bytes(), 16 * 1024);
+    assert_eq!(cfg.http2.max_pending_reset_streams, 20);
+    assert_eq!(cfg.http2.max_error_reset_streams, 1024);
+    let off = parse(&format!(
+        "[http2]\nenabled = false\nmax_concurrent_streams = 10\n{POOL}"
+    ))
+    .unwrap();
+    assert!(!off.http2.enabled);
+    assert_eq!(off.http2.max_concurrent_streams, 10);
+    for (bad, field) in [
+        ("max_concurrent_streams = 0", "http2.max_concurrent_streams"),
+        (
+            "max_header_list_size = \"100b\"",
+            "http2.max_header_list_size",
+        ),
+        (
+            "max_pending_reset_streams = 0",
+            "http2.max_pending_reset_streams",
+        ),
+        (
+            "max_error_reset_streams = 0",
+            "http2.max_error_reset_streams",
+        ),
+    ] {
+        let err = parse(&format!("[http2]\n{bad}\n{POOL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+}

@@ -138,6 +138,30 @@ impl Validate for ProxyConfig {
                 ));
             }
         }
+        let h2 = &self.http2;
+        if h2.max_concurrent_streams == 0 {
+            return Err(FieldError::new(
+                "http2.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&h2.max_header_list_size.bytes()) {
+            return Err(FieldError::new(
+                "http2.max_header_list_size",
+                "must be between 1kb and 16mb",
+            ));
+        }
+        for (name, n) in [
+            ("max_pending_reset_streams", h2.max_pending_reset_streams),
+            ("max_error_reset_streams", h2.max_error_reset_streams),
+        ] {
+            if n == 0 {
+                return Err(FieldError::new(
+                    format!("http2.{name}"),
+                    "must be at least 1 (it guards against reset floods)",
+                ));
+            }
+        }
         if self.admin.request_timeout.is_zero() {
             return Err(FieldError::new("admin.request_timeout", "must be above 0"));
         }

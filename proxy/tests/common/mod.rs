@@ -21,6 +21,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 pub use limpet_testkit::DEADLINE;
 
+pub mod pki;
+
 /// A backend: `GET /health` (200, or 503 when told to fail), `/slow` (answers
 /// after 3 s), `/upload` (answers once it has read the whole body), WebSocket echo
 /// that prefixes each message with its id, and any other request answered

@@ -308,18 +308,19 @@ pub struct Fanout {
     pending: Vec<Arc<ClientHandle>>,
 }
 
+fn write_all(clients: impl Iterator<Item = Arc<ClientHandle>>) -> u64 {
+    clients
+        .map(|client| client.flush_for_publisher() as u64)
+        .sum()
+}
+
 impl Fanout {
     /// Writes every noted subscriber's queue to its socket, as far as the
-    /// socket takes it now. Returns the bytes written.
-    pub fn flush(&mut self) -> usize {
-        self.pending
-            .drain(..)
-            .map(|client| client.flush_for_publisher())
-            .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+    /// socket takes it now, and counts the bytes in `written`. (Handing
+    /// half of a wide fan-out to a helper task on the other worker thread
+    /// was measured: fewer deliveries per second and a worse p99.)
+    pub fn flush(&mut self, written: &prometheus::IntCounter) {
+        written.inc_by(write_all(self.pending.drain(..)));
     }
 }
 
@@ -327,6 +328,6 @@ impl Drop for Fanout {
     /// A batch that ends without its flush (a connection closing at once)
     /// still writes what it queued: nothing else would.
     fn drop(&mut self) {
-        self.flush();
+        write_all(self.pending.drain(..));
     }
 }

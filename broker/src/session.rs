@@ -195,16 +195,16 @@ impl Session {
     /// stay here, ahead of any push, until the connection task commits
     /// again when the hold is over.
     pub fn commit(&mut self) -> std::io::Result<()> {
-        let result = if self.hold_until.is_some() {
-            Ok((0, self.writing))
-        } else {
-            self.handle.commit(&mut self.out)
-        };
-        let mut written = self.fanout.flush();
-        let (own, left) = result?;
-        written += own;
-        self.writing = left;
-        self.broker.metrics.net_output_bytes.inc_by(written as u64);
+        // Others' messages first, as Redis's event loop writes them before
+        // the publisher's replies: the publisher's next requests then find
+        // the fan-out done, instead of queuing behind it.
+        let net_output = &self.broker.metrics.net_output_bytes;
+        self.fanout.flush(net_output);
+        if self.hold_until.is_none() {
+            let (own, left) = self.handle.commit(&mut self.out)?;
+            net_output.inc_by(own as u64);
+            self.writing = left;
+        }
         Ok(())
     }
 

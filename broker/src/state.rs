@@ -181,8 +181,7 @@ impl Broker {
         if !events.is_empty() {
             let mut fanout = Fanout::default();
             self.publish_events(events, &mut fanout);
-            let written = fanout.flush();
-            self.metrics.net_output_bytes.inc_by(written as u64);
+            fanout.flush(&self.metrics.net_output_bytes);
         }
         self.update_keyspace_gauges();
         n

@@ -13,6 +13,17 @@
 //!   `ready`, `drain` (no new sessions; cookie holders still reach it, like
 //!   HAProxy's drain) or `maint` (nothing new; cookie holders re-pinned).
 //! * `POST /api/reload` — the same as `SIGHUP`.
+//! * `GET  /` — the status page (`status.html`): one HTML page with no
+//!   external assets that polls `/api/pools` and draws the live state,
+//!   with drain, maint and ready buttons calling the API above.
+//!
+//! With a token, the API and the page want it as `Authorization: Bearer
+//! <token>`, or from a browser as HTTP Basic with the token as password
+//! (the page answers 401 with a Basic challenge, and the browser then
+//! sends it with the page's own API calls). A browser request that
+//! changes something must come from the admin's own origin: a page
+//! elsewhere cannot drain backends through a browser that is logged in
+//! (or on loopback, where no token is set).
 //!
 //! The admin port is private but not trusted: a request body must arrive
 //! within `admin.request_timeout` (a declared length that never comes used
@@ -106,25 +117,43 @@ async fn respond(proxy: &Proxy, req: Request<hyper::body::Incoming>) -> Resp {
         }
         _ => {}
     }
-    if !path.starts_with("/api/") {
+    let page = path == "/" && req.method() == Method::GET;
+    if !path.starts_with("/api/") && !page {
         return text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics or /api/pools\n".into(),
+            "not found; try /, /metrics or /api/pools\n".into(),
         );
     }
     if let Some(token) = &proxy.routing().config.admin.token {
-        let given = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        if !given.is_some_and(|given| token_matches(given, token.as_bytes())) {
+        if !authorized(req.headers(), token) {
             proxy
                 .metrics
                 .admin_errors
                 .with_label_values(&["unauthorized"])
                 .inc();
-            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            resp.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static(
+                    "Basic realm=\"limpet-proxy admin\", charset=\"UTF-8\"",
+                ),
+            );
+            return resp;
         }
+    }
+    if page {
+        return status_page();
+    }
+    if !same_origin(&req) {
+        proxy
+            .metrics
+            .admin_errors
+            .with_label_values(&["cross_origin"])
+            .inc();
+        return error(
+            StatusCode::FORBIDDEN,
+            "a browser request from another origin cannot change anything here",
+        );
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
@@ -146,6 +175,67 @@ async fn respond(proxy: &Proxy, req: Request<hyper::body::Incoming>) -> Resp {
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
+}
+
+/// The status page: static, everything live comes from `/api/pools`.
+fn status_page() -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from_static(include_bytes!("status.html"))));
+    let headers = resp.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // Nothing from elsewhere: no external assets, no framing.
+    headers.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        hyper::header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'",
+        ),
+    );
+    resp
+}
+
+/// The admin token as `Bearer <token>`, or as the password of HTTP Basic
+/// (any user name), which is how a browser sends it.
+fn authorized(headers: &hyper::HeaderMap, token: &str) -> bool {
+    use base64::Engine;
+    let Some(value) = headers.get(hyper::header::AUTHORIZATION) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    if let Some(given) = value.strip_prefix(b"Bearer ") {
+        return token_matches(given, token.as_bytes());
+    }
+    let Some(encoded) = value.strip_prefix(b"Basic ") else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim_ascii()) else {
+        return false;
+    };
+    match decoded.iter().position(|&b| b == b':') {
+        Some(colon) => token_matches(&decoded[colon + 1..], token.as_bytes()),
+        None => false,
+    }
+}
+
+/// False for a request that changes something and that a browser sent
+/// from a page of another origin (its `Origin` names another host than
+/// the `Host` it was sent to). Clients that are not browsers send no
+/// `Origin` and are not concerned.
+fn same_origin(req: &Request<hyper::body::Incoming>) -> bool {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return true;
+    }
+    let Some(origin) = req.headers().get(hyper::header::ORIGIN) else {
+        return true;
+    };
+    let host = req.headers().get(hyper::header::HOST);
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest);
+    matches!((origin_host, host.and_then(|h| h.to_str().ok())), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
 /// Compares digests in constant time: neither the position of the first
@@ -205,6 +295,8 @@ fn pools_json(proxy: &Proxy, only: Option<&str>) -> Value {
                         "active": b.active.load(Relaxed),
                         "tunnels": b.tunnels.load(Relaxed),
                         "requests": b.requests.load(Relaxed),
+                        "bytes": b.bytes.load(Relaxed),
+                        "failures": b.failures.load(Relaxed),
                     })
                 })
                 .collect();
@@ -288,7 +380,7 @@ async fn set_state(
 
 #[cfg(test)]
 mod tests {
-    use super::token_matches;
+    use super::{authorized, token_matches};
 
     #[test]
     fn tokens_match_only_exactly() {
@@ -296,5 +388,24 @@ mod tests {
         assert!(!token_matches(b"sesame-0124", b"sesame-0123"));
         assert!(!token_matches(b"sesame-012", b"sesame-0123"));
         assert!(!token_matches(b"", b"sesame-0123"));
+    }
+
+    #[test]
+    fn bearer_or_basic_with_the_token_as_password() {
+        let with = |value: &str| {
+            let mut h = hyper::HeaderMap::new();
+            h.insert(hyper::header::AUTHORIZATION, value.parse().unwrap());
+            authorized(&h, "sesame-0123")
+        };
+        assert!(with("Bearer sesame-0123"));
+        // admin:sesame-0123 and :sesame-0123
+        assert!(with("Basic YWRtaW46c2VzYW1lLTAxMjM="));
+        assert!(with("Basic OnNlc2FtZS0wMTIz"));
+        // admin:wrong, no colon, not base64, another scheme
+        assert!(!with("Basic YWRtaW46d3Jvbmc="));
+        assert!(!with("Basic c2VzYW1lLTAxMjM="));
+        assert!(!with("Basic !!!"));
+        assert!(!with("Digest sesame-0123"));
+        assert!(!authorized(&hyper::HeaderMap::new(), "sesame-0123"));
     }
 }

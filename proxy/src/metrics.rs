@@ -150,7 +150,7 @@ impl Metrics {
             ),
             admin_errors: counter_vec(
                 "limpet_proxy_admin_errors_total",
-                "Admin API requests refused (unauthorized, body_timeout, body_too_large)",
+                "Admin API requests refused (unauthorized, cross_origin, body_timeout, body_too_large)",
                 &["reason"],
             ),
             response_seconds: reg(

@@ -58,8 +58,13 @@ impl hyper::body::Body for Tracked {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(learner), Some(data)) = (this.learn.as_mut(), frame.data_ref()) {
-                    learner.feed(data);
+                if let Some(data) = frame.data_ref() {
+                    if let Some(guard) = &this.guard {
+                        guard.count_bytes(data.len() as u64);
+                    }
+                    if let Some(learner) = this.learn.as_mut() {
+                        learner.feed(data);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -283,6 +283,7 @@ impl Open {
             .tunnels_closed
             .with_label_values(&[pool.name(), &backend.id, out.end.label()])
             .inc();
+        guard.count_bytes(out.to_upstream + out.to_client);
         drop(guard);
         proxy.tunnels.fetch_sub(1, Relaxed);
         tracing::info!(

@@ -74,6 +74,13 @@ pub struct Backend {
     pub tunnels: AtomicUsize,
     /// Requests answered, for the admin API.
     pub requests: std::sync::atomic::AtomicU64,
+    /// Bytes passed on for it, for the admin API and the status page:
+    /// response bodies as they pass, tunnel bytes (both ways) when the
+    /// tunnel closes.
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// Its own failures (connects refused or timed out, no answer in time,
+    /// 5xx with `fail_on_5xx`), counted even when passive checks are off.
+    pub failures: std::sync::atomic::AtomicU64,
     healthy: AtomicBool,
     state: AtomicU8,
     passive: Mutex<Passive>,
@@ -94,6 +101,8 @@ impl Backend {
             active: AtomicUsize::new(0),
             tunnels: AtomicUsize::new(0),
             requests: std::sync::atomic::AtomicU64::new(0),
+            bytes: std::sync::atomic::AtomicU64::new(0),
+            failures: std::sync::atomic::AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             state: AtomicU8::new(AdminState::Ready as u8),
             passive: Mutex::new(Passive::default()),
@@ -182,6 +191,7 @@ impl Backend {
     /// Records a connect failure or 5xx. Returns true when this takes the
     /// backend out.
     pub fn record_failure(&self, cfg: &PoolConfig, now: Instant) -> bool {
+        self.failures.fetch_add(1, Relaxed);
         let max = cfg.passive.max_fails;
         if max == 0 {
             return false;
@@ -226,6 +236,11 @@ impl ActiveGuard {
             backend,
             tunnel: false,
         }
+    }
+
+    /// Counts bytes passed on for its backend.
+    pub fn count_bytes(&self, n: u64) {
+        self.backend.bytes.fetch_add(n, Relaxed);
     }
 
     pub fn into_tunnel(mut self) -> ActiveGuard {

@@ -126,11 +126,7 @@ async fn respond(proxy: &Proxy, req: Request<hyper::body::Incoming>) -> Resp {
     }
     if let Some(token) = &proxy.routing().config.admin.token {
         if !authorized(req.headers(), token) {
-            proxy
-                .metrics
-                .admin_errors
-                .with_label_values(&["unauthorized"])
-                .inc();
+            count_refusal(proxy, "unauthorized");
             let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
             resp.headers_mut().insert(
                 hyper::header::WWW_AUTHENTICATE,
@@ -145,11 +141,7 @@ async fn respond(proxy: &Proxy, req: Request<hyper::body::Incoming>) -> Resp {
         return status_page();
     }
     if !same_origin(&req) {
-        proxy
-            .metrics
-            .admin_errors
-            .with_label_values(&["cross_origin"])
-            .inc();
+        count_refusal(proxy, "cross_origin");
         return error(
             StatusCode::FORBIDDEN,
             "a browser request from another origin cannot change anything here",
@@ -175,6 +167,15 @@ async fn respond(proxy: &Proxy, req: Request<hyper::body::Incoming>) -> Resp {
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
+}
+
+/// Counts an admin request refused, by `reason`.
+fn count_refusal(proxy: &Proxy, reason: &str) {
+    proxy
+        .metrics
+        .admin_errors
+        .with_label_values(&[reason])
+        .inc();
 }
 
 /// The status page: static, everything live comes from `/api/pools`.
@@ -320,19 +321,11 @@ async fn set_state(
     let body = match read.await {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(_)) => {
-            proxy
-                .metrics
-                .admin_errors
-                .with_label_values(&["body_too_large"])
-                .inc();
+            count_refusal(proxy, "body_too_large");
             return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 4 KiB");
         }
         Err(_) => {
-            proxy
-                .metrics
-                .admin_errors
-                .with_label_values(&["body_timeout"])
-                .inc();
+            count_refusal(proxy, "body_timeout");
             return error(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("the request body did not arrive within {limit:?}"),

@@ -16,21 +16,10 @@ async fn admin(
     body: &str,
     token: Option<&str>,
 ) -> HttpReply {
-    let mut s = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    parse_reply(&raw)
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    let mut headers = vec!["Host: admin"];
+    headers.extend(auth.as_deref());
+    request(proxy.admin, method, path, &headers, body).await
 }
 
 async fn cookie_for(proxy: &ProxyProcess, backend: &str) -> String {

@@ -69,23 +69,8 @@ fn proxy_config(addrs: &[(String, u16)], pool: &str) -> String {
 
 /// Runs the npm client against `url`; returns its JSON summary line.
 async fn run_clients(dir: &Path, url: &str, count: usize) -> String {
-    let dir = dir.to_path_buf();
-    let url = url.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(dir.join("client.js"))
-            .args([url, count.to_string()])
-            .output()
-            .expect("run the socket.io client")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let args = vec![url.to_string(), count.to_string()];
+    node_script(dir.join("client.js"), dir.join("node_modules"), args).await
 }
 
 fn field(summary: &str, name: &str) -> usize {
@@ -145,24 +130,8 @@ async fn socketio_needs_stickiness_and_gets_it() {
 async fn run_cookieless_clients(dir: &Path, url: &str, count: usize) -> String {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/socketio/cookieless-client.js");
-    let modules = dir.join("node_modules");
-    let url = url.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .args([url, count.to_string()])
-            .env("NODE_PATH", modules)
-            .output()
-            .expect("run the socket.io client")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let args = vec![url.to_string(), count.to_string()];
+    node_script(script, dir.join("node_modules"), args).await
 }
 
 /// Node's `socket.io-client` keeps no cookies unless `withCredentials` is
@@ -239,21 +208,15 @@ async fn poll(
     query: &str,
     body: &str,
 ) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(proxy)
-        .await
-        .expect("connect");
-    let req = format!(
-        "{method} /socket.io/?EIO=4&transport=polling{query} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let reply = parse_reply(&raw);
+    let path = format!("/socket.io/?EIO=4&transport=polling{query}");
+    let reply = request(
+        proxy,
+        method,
+        &path,
+        &["Content-Type: text/plain;charset=UTF-8"],
+        body,
+    )
+    .await;
     let backend = reply.header("x-limpet-backend").unwrap_or("").to_string();
     (reply.status, backend, reply.body)
 }

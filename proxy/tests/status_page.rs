@@ -7,13 +7,13 @@
 mod common;
 use common::*;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "sesame-0123";
 
+/// A request to the admin listener, with its own address as Host (what a
+/// browser on the status page sends).
 async fn admin(
     proxy: &ProxyProcess,
     method: &str,
@@ -21,25 +21,10 @@ async fn admin(
     headers: &[&str],
     body: &str,
 ) -> HttpReply {
-    let mut s = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        proxy.admin,
-        body.len()
-    );
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    parse_reply(&raw)
+    let host = format!("Host: {}", proxy.admin);
+    let mut all = vec![host.as_str()];
+    all.extend_from_slice(headers);
+    request(proxy.admin, method, path, &all, body).await
 }
 
 fn state_of(pools_json: &str, id: &str) -> String {
@@ -176,25 +161,10 @@ async fn status_page_in_headless_chromium_shows_live_state_and_drains() {
         "b2".to_string(),
         shot.display().to_string(),
     ];
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .args(args)
-            .env("NODE_PATH", modules)
-            .output()
-            .expect("run node")
-    })
-    .await
-    .unwrap();
+    let summary = node_script(script, modules, args.to_vec()).await;
     stop.store(true, Relaxed);
     let _ = traffic.await;
-    let summary = String::from_utf8_lossy(&out.stdout).trim().to_string();
     eprintln!("status page: {summary}\nscreenshot: {}", shot.display());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(summary.contains("\"ok\":true"), "{summary}");
     assert!(
         summary.contains("\"elsewhere\":[]"),

@@ -340,6 +340,73 @@ impl HttpReply {
     }
 }
 
+/// One HTTP/1.1 request with `body` on a fresh connection, `Connection:
+/// close`; `headers` are whole header lines (`Host: test.local` unless one
+/// of them is a Host).
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> HttpReply {
+    let s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+    {
+        req.push_str("Host: test.local\r\n");
+    }
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    exchange(s, &req).await
+}
+
+/// Writes a whole request and reads the reply until the server closes.
+async fn exchange(mut s: TcpStream, req: &str) -> HttpReply {
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
+        .await
+        .expect("reply in time")
+        .expect("read reply");
+    parse_reply(&raw)
+}
+
+/// Runs a Node script with `modules` as its `NODE_PATH` (the npm packages
+/// `make test` installs under tests/); returns its stdout, trimmed.
+pub async fn node_script(
+    script: std::path::PathBuf,
+    modules: std::path::PathBuf,
+    args: Vec<String>,
+) -> String {
+    let shown = script.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(script)
+            .args(args)
+            .env("NODE_PATH", modules)
+            .output()
+            .expect("run node (Debian package nodejs)")
+    })
+    .await
+    .expect("the node script's task");
+    assert!(
+        out.status.success(),
+        "{shown} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// One HTTP/1.1 request on a fresh connection, `Connection: close`.
 pub async fn http(
     addr: SocketAddr,
@@ -354,7 +421,7 @@ pub async fn http(
 /// [`http`] on a connection the caller made (e.g. from a chosen source
 /// address).
 pub async fn http_on(
-    mut s: TcpStream,
+    s: TcpStream,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -364,13 +431,7 @@ pub async fn http_on(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
-        .await
-        .expect("reply in time")
-        .expect("read reply");
-    parse_reply(&raw)
+    exchange(s, &req).await
 }
 
 pub fn parse_reply(raw: &[u8]) -> HttpReply {

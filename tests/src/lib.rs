@@ -227,7 +227,35 @@ where
 
 /// A port that was free a moment ago, for programs that need a number up
 /// front (redis-server, socket.io servers) instead of binding port 0.
+///
+/// It is picked below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`): a port from `bind(0)` is itself
+/// ephemeral, and another test's outgoing connection could take it
+/// before the program binds it (seen with redis-server while a benchmark
+/// opened thousands of connections). Below the range only other callers
+/// of this function compete, and they start from different places.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (low.saturating_sub(12_000).max(1024), low);
+    if to > from {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as usize)
+            .unwrap_or(0);
+        let start = std::process::id() as usize * 7919 + nanos;
+        for _ in 0..200 {
+            let i = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = (from + (start + i * 104_729) % (to - from)) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -22,6 +22,58 @@ pub struct Netns {
     host_veth: String,
     /// iptables rules added inside, deleted on drop.
     rules: Vec<Vec<String>>,
+    /// Released after the namespace (fields drop after `Drop::drop`).
+    _claim: SubnetClaim,
+}
+
+/// The third octet of this namespace's `10.201.<n>.0/30`, held through a
+/// lock file `/tmp/limpet-netns-<n>.lock` with the owner's pid, so test
+/// processes running at once never share a subnet. A lock whose pid is
+/// gone (a killed test) is taken over.
+struct SubnetClaim {
+    n: u8,
+    path: std::path::PathBuf,
+}
+
+impl SubnetClaim {
+    fn take(start: usize) -> Option<SubnetClaim> {
+        let me = std::process::id();
+        for i in 0..250 {
+            let n = ((start + i) % 250 + 1) as u8;
+            let path = std::path::PathBuf::from(format!("/tmp/limpet-netns-{n}.lock"));
+            for _ in 0..2 {
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                {
+                    Ok(mut f) => {
+                        use std::io::Write;
+                        let _ = write!(f, "{me}");
+                        return Some(SubnetClaim { n, path });
+                    }
+                    Err(_) => {
+                        let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                        let alive = owner.trim().parse::<u32>().is_ok_and(|pid| {
+                            std::path::Path::new(&format!("/proc/{pid}")).exists()
+                        });
+                        // An empty file may be a claim being written: leave it.
+                        if alive || owner.is_empty() {
+                            break;
+                        }
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Drop for SubnetClaim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn run(args: &[&str]) -> Result<(), String> {
@@ -59,9 +111,14 @@ impl Netns {
             }
         }
         let pid = std::process::id();
-        // A /30 per process and namespace; 10.201.0.0/16 is only ever
-        // used between a test's own namespaces.
-        let n = ((pid as usize * 4 + k as usize) % 250 + 1) as u8;
+        // A /30 per namespace; 10.201.0.0/16 is only ever used between a
+        // test's own namespaces. Test binaries run side by side, so the
+        // third octet is claimed with a lock file rather than derived from
+        // the pid (two pids could land on one subnet).
+        let Some(claim) = SubnetClaim::take(pid as usize * 4 + k as usize) else {
+            return skip("no free 10.201.x.0/30 subnet (250 lock files in /tmp held)");
+        };
+        let n = claim.n;
         let name = format!("limpet-nf-{pid}-{k}");
         let host_veth = format!("lnf{}h{k}", pid % 1_000_000);
         let ns_veth = format!("lnf{}n{k}", pid % 1_000_000);
@@ -77,6 +134,7 @@ impl Netns {
             ns_ip: ns_ip.into(),
             host_veth: host_veth.clone(),
             rules: Vec::new(),
+            _claim: claim,
         };
         let steps: Vec<Vec<String>> = vec![
             vec![

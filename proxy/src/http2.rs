@@ -10,6 +10,11 @@
 //! HTTP/1.1 request the backend will get (a `Host` from `:authority`, its
 //! cookies in one header as RFC 9113 §8.2.3 asks).
 //!
+//! A connection that serves nothing (no request in flight, no response
+//! body still going out, no tunnel) for `timeouts.header_read` gets GOAWAY
+//! and is closed, as an idle HTTP/1.1 keep-alive connection is: otherwise
+//! a client could hold its connection slots for free ([`Busy`]).
+//!
 //! WebSocket over HTTP/2 (RFC 8441): the listener sends
 //! SETTINGS_ENABLE_CONNECT_PROTOCOL, and an extended CONNECT with
 //! `:protocol websocket` becomes an HTTP/1.1 `GET` with `Upgrade:
@@ -22,19 +27,27 @@ use crate::error::ForwardError;
 use crate::forward;
 use crate::limits::SharedSlot;
 use crate::live::Proxy;
+use crate::upstream::{Body, BoxError};
 use base64::Engine;
+use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderValue, CONNECTION, COOKIE, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
     UPGRADE,
 };
 use http::{Method, Request};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::body::{Frame, SizeHint};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// ALPN protocol ids, most preferred first.
@@ -117,9 +130,9 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Serves HTTP/2 on one client connection until it ends; a shutdown
-/// sends GOAWAY and lets open streams (and tunnels, which live on them)
-/// finish.
+/// Serves HTTP/2 on one client connection until it ends; a shutdown, or
+/// `timeouts.header_read` with nothing to serve, sends GOAWAY and lets
+/// open streams (and tunnels, which live on them) finish.
 pub async fn serve_h2<IO>(
     proxy: &Arc<Proxy>,
     io: IO,
@@ -135,12 +148,18 @@ pub async fn serve_h2<IO>(
     let metrics = &proxy.metrics;
     metrics.http2_connections.inc();
     let _open = OpenGauge::new(metrics.http2_open_connections.clone());
+    let busy = Busy {
+        streams: Arc::new(AtomicUsize::new(0)),
+        slot: slot.clone(),
+    };
     let service = {
         let proxy = proxy.clone();
+        let streams = busy.streams.clone();
         service_fn(move |mut req: Request<Incoming>| {
             let proxy = proxy.clone();
             let hsts = hsts.clone();
             req.extensions_mut().insert(slot.clone());
+            let stream = StreamGuard::new(&streams);
             async move {
                 let prepared = prepare(&mut req);
                 let kind = match (&prepared, req.extensions().get::<Bridge>()) {
@@ -157,6 +176,13 @@ pub async fn serve_h2<IO>(
                     resp.headers_mut()
                         .insert(hyper::header::STRICT_TRANSPORT_SECURITY, v);
                 }
+                // The stream counts as busy until its body is sent.
+                let resp = resp.map(|inner| {
+                    BodyExt::boxed(Streaming {
+                        inner,
+                        _stream: stream,
+                    })
+                });
                 Ok::<_, Infallible>(resp)
             }
         })
@@ -172,9 +198,15 @@ pub async fn serve_h2<IO>(
         .enable_connect_protocol()
         .serve_connection(io, service);
     tokio::pin!(conn);
+    let idle = busy.idle_for(routing.config.timeouts.header_read.get());
     let ended = tokio::select! {
         r = conn.as_mut() => r,
         _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        _ = idle => {
+            tracing::debug!(%client, "idle HTTP/2 connection: GOAWAY");
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -213,6 +245,83 @@ fn why_ended(e: &hyper::Error) -> &'static str {
         "timeout"
     } else {
         "other"
+    }
+}
+
+/// What one connection is still serving: streams whose response (head and
+/// body) is not yet sent ([`StreamGuard`]), and tunnels, which each hold a
+/// clone of the connection's slot (see `SharedSlot`).
+struct Busy {
+    streams: Arc<AtomicUsize>,
+    slot: SharedSlot,
+}
+
+impl Busy {
+    /// True with nothing to serve. The slot's clones are: this one, the
+    /// service's, and one per request not yet taken apart or tunnel open.
+    fn is_idle(&self) -> bool {
+        self.streams.load(Relaxed) == 0 && Arc::strong_count(&self.slot.0) <= 2
+    }
+
+    /// Resolves once the connection has been idle for `limit` (checked
+    /// four times per period, so after between 1 and 1.25 × `limit`).
+    async fn idle_for(&self, limit: Duration) {
+        let tick = (limit / 4).max(Duration::from_millis(10));
+        let mut quiet = Duration::ZERO;
+        loop {
+            tokio::time::sleep(tick).await;
+            if self.is_idle() {
+                quiet += tick;
+                if quiet >= limit {
+                    return;
+                }
+            } else {
+                quiet = Duration::ZERO;
+            }
+        }
+    }
+}
+
+/// Counts one stream as busy until dropped.
+struct StreamGuard(Arc<AtomicUsize>);
+
+impl StreamGuard {
+    fn new(streams: &Arc<AtomicUsize>) -> StreamGuard {
+        streams.fetch_add(1, Relaxed);
+        StreamGuard(streams.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A response body that keeps its stream counted as busy until hyper has
+/// sent it (or dropped it).
+struct Streaming {
+    inner: Body,
+    _stream: StreamGuard,
+}
+
+impl hyper::body::Body for Streaming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -118,6 +118,14 @@ async fn curl_http2_through_the_tls_edge_with_affinity() {
 
 /// An h2 connection to the proxy over TLS (ALPN `h2`), its driver spawned.
 async fn h2_connect(pki: &Pki, addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    h2_connect_watched(pki, addr).await.0
+}
+
+/// [`h2_connect`], and the driver's task, which ends when the connection does.
+async fn h2_connect_watched(
+    pki: &Pki,
+    addr: SocketAddr,
+) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let tls = pki
         .client_offering(&[b"h2"])
@@ -126,10 +134,10 @@ async fn h2_connect(pki: &Pki, addr: SocketAddr) -> h2::client::SendRequest<Byte
         .expect("TLS handshake");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
-    tokio::spawn(async move {
+    let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
-    send
+    (send, driver)
 }
 
 /// A masked client text frame (RFC 6455), short payloads only.
@@ -159,6 +167,68 @@ async fn ws_read_text(recv: &mut h2::RecvStream, buf: &mut Vec<u8>) -> String {
         let _ = recv.flow_control().release_capacity(data.len());
         buf.extend_from_slice(&data);
     }
+}
+
+/// Opens a WebSocket over HTTP/2 to `/chat`; returns its two halves.
+async fn h2_websocket(
+    send: h2::client::SendRequest<Bytes>,
+    port: u16,
+) -> (h2::SendStream<Bytes>, h2::RecvStream) {
+    let mut send = send.ready().await.expect("ready");
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("https://a.test:{port}/chat"))
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap();
+    req.extensions_mut()
+        .insert(h2::ext::Protocol::from("websocket"));
+    let (response, up) = send.send_request(req, false).expect("send CONNECT");
+    let resp = tokio::time::timeout(DEADLINE, response)
+        .await
+        .expect("answer in time")
+        .expect("answer");
+    assert_eq!(resp.status(), 200);
+    (up, resp.into_body())
+}
+
+/// Like an idle HTTP/1.1 keep-alive connection, an HTTP/2 connection with
+/// nothing to serve is closed after `timeouts.header_read`; one carrying
+/// a quiet WebSocket is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_close_but_quiet_tunnels_stay() {
+    let pki = Pki::new(&temp_dir("h2-idle"));
+    pki.issue("a", &["a.test"]);
+    let b1 = TestBackend::start("b1").await;
+    let proxy = ProxyProcess::start(&h2_config(
+        &pki,
+        &[&b1],
+        "[timeouts]\nheader_read = \"1s\"",
+        "",
+    ));
+    let (idle, idle_driver) = h2_connect_watched(&pki, proxy.addr).await;
+    let (busy, busy_driver) = h2_connect_watched(&pki, proxy.addr).await;
+    let (mut up, mut down) = h2_websocket(busy, proxy.addr.port()).await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(DEADLINE, idle_driver)
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "{waited:?}"
+    );
+    drop(idle);
+    // Twice the limit without a byte on the tunnel: still open, still works.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        !busy_driver.is_finished(),
+        "a quiet tunnel keeps its connection"
+    );
+    let mut buf = Vec::new();
+    up.send_data(ws_text("still here"), false).expect("send");
+    assert_eq!(ws_read_text(&mut down, &mut buf).await, "b1:still here");
 }
 
 /// RFC 8441: the proxy announces extended CONNECT, and a WebSocket opened

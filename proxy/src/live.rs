@@ -94,6 +94,8 @@ pub struct Proxy {
     pub close_tunnels: watch::Sender<bool>,
     /// TLS state per listener (same order as `listen`).
     pub tls: Vec<Option<Arc<tls::ServerTls>>>,
+    /// `http2.enabled` as started: TLS listeners offer `h2` by ALPN.
+    pub http2: bool,
 }
 
 impl Proxy {
@@ -122,6 +124,7 @@ impl Proxy {
                 None => tls.push(None),
             }
         }
+        let http2 = config.http2.enabled;
         let routing = Routing::build(config, None, &metrics)?;
         Ok(Arc::new(Proxy {
             current: ArcSwap::from_pointee(routing),
@@ -132,6 +135,7 @@ impl Proxy {
             tunnels: AtomicUsize::new(0),
             close_tunnels: watch::channel(false).0,
             tls,
+            http2,
         }))
     }
 

@@ -54,6 +54,10 @@ impl Proxy {
         if config.listen != self.listen {
             tracing::warn!("[[listen]] changes take effect only after a restart; keeping the current listeners");
         }
+        if config.http2.enabled != self.http2 {
+            // ALPN is part of each listener's TLS setup, made at start.
+            tracing::warn!("http2.enabled changes take effect only after a restart; the other [http2] limits apply to new connections now");
+        }
         let old = self.routing();
         let new = Routing::build(config, Some(&old), &self.metrics)?;
         // Certificates reload with the config; a bad one is refused on its own.

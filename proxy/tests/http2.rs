@@ -366,3 +366,40 @@ async fn rapid_reset_floods_get_goaway() {
     })
     .await;
 }
+
+/// ALPN is part of the listener, set at start: a reload that turns HTTP/2
+/// off says so and keeps offering it until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_http2_off_takes_a_restart_and_a_reload_says_so() {
+    let pki = Pki::new(&temp_dir("h2-reload"));
+    pki.issue("a", &["a.test"]);
+    let b1 = TestBackend::start("b1").await;
+    let text = h2_config(&pki, &[&b1], "", "");
+    let proxy = ProxyProcess::start(&text);
+    std::fs::write(
+        &proxy.config_path,
+        format!("[http2]\nenabled = false\n{text}"),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let p = &proxy;
+    eventually("the reload is applied", || async move {
+        p.metric("limpet_proxy_reloads_total{outcome=\"ok\"}").await == 1.0
+    })
+    .await;
+    assert!(
+        proxy
+            .log_text()
+            .contains("http2.enabled changes take effect only after a restart"),
+        "{}",
+        proxy.log_text()
+    );
+    let url = "https://a.test:PORT/";
+    let out = curl(
+        &pki,
+        proxy.addr,
+        &["--http2", "-w", "\nversion=%{http_version}\n", url],
+    )
+    .await;
+    assert!(out.contains("version=2\n"), "{out}");
+}

@@ -106,6 +106,25 @@ async fn curl_http2_through_the_tls_edge_with_affinity() {
             .await,
         3.0
     );
+    // A header list over http2.max_header_list_size (16 KiB) gets 431, as
+    // a head over limits.max_header_bytes does over HTTP/1.1.
+    let big = format!("X-Big: {}", "a".repeat(20_000));
+    let out = curl(
+        &pki,
+        proxy.addr,
+        &[
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            "-H",
+            &big,
+            url,
+        ],
+    )
+    .await;
+    assert_eq!(out, "2 431");
     // HTTP/1.1 still works on the same listener.
     let out = curl(
         &pki,

@@ -27,9 +27,7 @@ use crate::error::ForwardError;
 use crate::forward;
 use crate::limits::SharedSlot;
 use crate::live::Proxy;
-use crate::upstream::{Body, BoxError};
 use base64::Engine;
-use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderValue, CONNECTION, COOKIE, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
     UPGRADE,
@@ -37,16 +35,13 @@ use http::header::{
 use http::{Method, Request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::body::{Frame, SizeHint};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -176,12 +171,14 @@ pub async fn serve_h2<IO>(
                     resp.headers_mut()
                         .insert(hyper::header::STRICT_TRANSPORT_SECURITY, v);
                 }
-                // The stream counts as busy until its body is sent.
-                let resp = resp.map(|inner| {
-                    BodyExt::boxed(Streaming {
-                        inner,
-                        _stream: stream,
+                // The stream counts as busy until hyper has sent its body
+                // (or dropped it): the body's frame mapper owns the guard.
+                let resp = resp.map(|body| {
+                    body.map_frame(move |frame| {
+                        let _busy = &stream;
+                        frame
                     })
+                    .boxed()
                 });
                 Ok::<_, Infallible>(resp)
             }
@@ -295,33 +292,6 @@ impl StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
-    }
-}
-
-/// A response body that keeps its stream counted as busy until hyper has
-/// sent it (or dropped it).
-struct Streaming {
-    inner: Body,
-    _stream: StreamGuard,
-}
-
-impl hyper::body::Body for Streaming {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

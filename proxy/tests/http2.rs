@@ -188,11 +188,12 @@ async fn ws_read_text(recv: &mut h2::RecvStream, buf: &mut Vec<u8>) -> String {
     }
 }
 
-/// Opens a WebSocket over HTTP/2 to `/chat`; returns its two halves.
+/// Opens a WebSocket over HTTP/2 to `/chat`: the sending half and the
+/// proxy's answer (`200`), whose body is the receiving half.
 async fn h2_websocket(
     send: h2::client::SendRequest<Bytes>,
     port: u16,
-) -> (h2::SendStream<Bytes>, h2::RecvStream) {
+) -> (h2::SendStream<Bytes>, http::Response<h2::RecvStream>) {
     let mut send = send.ready().await.expect("ready");
     let mut req = http::Request::builder()
         .method(http::Method::CONNECT)
@@ -207,8 +208,8 @@ async fn h2_websocket(
         .await
         .expect("answer in time")
         .expect("answer");
-    assert_eq!(resp.status(), 200);
-    (up, resp.into_body())
+    assert_eq!(resp.status(), 200, "a bridged WebSocket is answered 200");
+    (up, resp)
 }
 
 /// Like an idle HTTP/1.1 keep-alive connection, an HTTP/2 connection with
@@ -227,7 +228,8 @@ async fn idle_http2_connections_close_but_quiet_tunnels_stay() {
     ));
     let (idle, idle_driver) = h2_connect_watched(&pki, proxy.addr).await;
     let (busy, busy_driver) = h2_connect_watched(&pki, proxy.addr).await;
-    let (mut up, mut down) = h2_websocket(busy, proxy.addr.port()).await;
+    let (mut up, resp) = h2_websocket(busy, proxy.addr.port()).await;
+    let mut down = resp.into_body();
     let started = std::time::Instant::now();
     tokio::time::timeout(DEADLINE, idle_driver)
         .await
@@ -268,21 +270,7 @@ async fn websocket_over_http2_is_bridged_to_an_http1_upgrade() {
     )
     .await;
 
-    let port = proxy.addr.port();
-    let mut req = http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(format!("https://a.test:{port}/chat"))
-        .header("sec-websocket-version", "13")
-        .body(())
-        .unwrap();
-    req.extensions_mut()
-        .insert(h2::ext::Protocol::from("websocket"));
-    let (response, mut up) = send.send_request(req, false).expect("send CONNECT");
-    let resp = tokio::time::timeout(DEADLINE, response)
-        .await
-        .expect("answer in time")
-        .expect("answer");
-    assert_eq!(resp.status(), 200, "a bridged WebSocket is answered 200");
+    let (mut up, resp) = h2_websocket(send.clone(), proxy.addr.port()).await;
     assert_eq!(
         resp.headers().get("x-limpet-backend").map(|v| v.as_bytes()),
         Some(&b"b1"[..])

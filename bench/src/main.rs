@@ -85,6 +85,9 @@ enum Cmd {
         /// Folder with the release binaries of limpet.
         #[arg(long, default_value = "target/release")]
         bin: PathBuf,
+        /// Rounds per measurement (medians are reported); default 3, 1 with --quick.
+        #[arg(long)]
+        rounds: Option<usize>,
     },
     /// Scenario 5 (whole stack, rooms of 4) at twice each stack's
     /// saturation rate; prints a table (markdown) of p99 and drops.
@@ -142,7 +145,12 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Cmd::Run { quick, out, bin } => scenarios::run(quick, &out, &bin).await,
-            Cmd::Broker { quick, out, bin } => scenarios::broker(quick, &out, &bin).await,
+            Cmd::Broker {
+                quick,
+                out,
+                bin,
+                rounds,
+            } => scenarios::broker(quick, rounds, &out, &bin).await,
             Cmd::Overload {
                 clients,
                 seconds,

@@ -23,8 +23,13 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// Scenario 4 on its own (`limpet-bench broker`).
-pub async fn broker(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
-    broker::standalone(quick, out, bin).await
+pub async fn broker(
+    quick: bool,
+    rounds: Option<usize>,
+    out: &Path,
+    bin: &Path,
+) -> anyhow::Result<()> {
+    broker::standalone(quick, rounds, out, bin).await
 }
 
 pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {

@@ -76,7 +76,12 @@ pub async fn run(
         }
         if s.close_after_reply {
             reading = false;
-            if !s.writing && handle.unsent_bytes() == 0 {
+            if handle.unsent_bytes() > 0 {
+                // Write it ourselves: a publisher that queued it may
+                // write it all and never tell this task, which would then
+                // wait for nothing.
+                s.writing = true;
+            } else if !s.writing {
                 break "closed";
             }
         }

@@ -228,3 +228,32 @@ async fn a_slow_reader_gets_every_message_in_order_from_its_own_task() {
     assert_eq!(sub.call(&["PING"]).await, "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
     b.stop().await;
 }
+
+/// A subscriber that half-closes its connection gets what was published to
+/// it before, then the broker closes: its task writes what is still queued
+/// itself instead of waiting for a publisher to say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_subscriber_gets_what_was_queued_then_eof() {
+    const N: usize = 200;
+    let b = TestBroker::default().await;
+    let mut sub = b.client().await;
+    sub.cmd(&["SUBSCRIBE", "feed"]).await;
+    sub.frame().await;
+    let mut p = b.client().await;
+    for i in 0..N {
+        p.cmd(&["PUBLISH", "feed", &numbered(i, 1000)]).await;
+    }
+    sub.stream.shutdown().await.expect("half-close");
+    let rest = sub.read_to_close().await;
+    let mut at = 0;
+    let mut got = 0;
+    while let Some(len) = frame_len(&rest, at) {
+        assert_eq!(seq(&last_bulk(&rest[at..at + len])), got, "in order");
+        got += 1;
+        at += len;
+    }
+    assert_eq!(at, rest.len(), "only whole frames");
+    p.frames(N).await;
+    assert!(got <= N);
+    b.stop().await;
+}

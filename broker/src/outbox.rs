@@ -8,10 +8,10 @@
 //! straight to a subscriber's socket at the end of its batch of requests
 //! (one `writev` per subscriber, no task woken), and only what the socket
 //! does not take stays queued for the subscriber's own task, which is told
-//! once ([`Outbox::writer`]) and then waits for the socket to drain.
+//! once (its `writer` flag) and then waits for the socket to drain.
 //!
 //! While the client's own task runs a batch of requests
-//! ([`Outbox::running`]) its replies build up in the session's buffer, not
+//! (its `running` flag) its replies build up in the session's buffer, not
 //! here. Everything queued before the batch began comes first; everything
 //! pushed during it goes after those replies (a message on a channel the
 //! batch just subscribed to must follow the confirmation), unless the

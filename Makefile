@@ -1,5 +1,6 @@
 # Limpet: the commands a newcomer needs.
 #   make test     install test dependencies (Debian), then run every test
+#   make test-net only the network-fault tests (namespaces, iptables; root)
 #   make cluster  build release binaries and run the stack on loopback
 #   make cluster-tls  the same behind TLS (https://localhost:8443)
 #   make check    formatting and lints, as CI wants them
@@ -7,12 +8,17 @@
 
 CARGO ?= cargo
 
-.PHONY: test test-deps bench-deps build release cluster cluster-tls check fmt bench bench-quick bench-broker deb deb-deps deploy-check
+.PHONY: test test-net test-deps bench-deps build release cluster cluster-tls check fmt bench bench-quick bench-broker deb deb-deps deploy-check
 
 test: test-deps
 	$(CARGO) test --workspace --all-targets --locked
 	node --test tests/browser/
 	$(MAKE) --no-print-directory deploy-check
+
+# `make test` runs these too (they are ordinary test targets); this runs
+# them alone. Without root, iproute2 or iptables they print SKIPPED.
+test-net: test-deps
+	$(CARGO) test --workspace --locked --test 'netfault*'
 
 test-deps:
 	@./scripts/install-test-deps.sh

@@ -1,9 +1,11 @@
-//! One WebSocket client: reads requests, writes queued frames, pings.
+//! One WebSocket client: reads requests, writes queued frames, pings,
+//! all from one task that holds no buffer while the client is idle (the
+//! socket side is [`crate::wire`], the framing [`crate::ws`]).
 //!
-//! The writer drains the socket's bounded queue; everything addressed to
-//! the client goes through that queue, so a client that stops reading
-//! fills only its own queue and is then closed (code 4002) without slowing
-//! anyone. The reader enforces the message size, a token-bucket rate
+//! Everything addressed to the client goes through its bounded queue
+//! ([`Outbox`]), written whenever the socket takes it, so a client that
+//! stops reading fills only its own queue and is then closed (code 4002)
+//! without slowing anyone. The reader enforces the message size, a token-bucket rate
 //! limit and an error budget; a client past the budget is closed (4003).
 //! A client that misses a pong by the next ping is closed (4001).
 //! A client whose token's `exp` passes without a `refresh` is closed (4004).
@@ -14,39 +16,15 @@ use crate::bucket::Bucket;
 use crate::node::Node;
 use crate::protocol::{self, BinaryOp, Code, Failure, Op};
 use crate::shed;
-use crate::sockets::{close, Frame, Outgoing};
-use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use crate::sockets::{close, Frame, Outbox};
+use crate::wire::{Wire, WireError};
+use crate::ws::{Decoder, Event, OpCode, WsError};
+use bytes::Bytes;
 use serde_json::json;
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-/// Most frames the writer sends with one flush.
-const WRITE_BATCH: usize = 64;
-
-/// Hands `frames` to the sink one by one, then flushes. A frame leaves
-/// `frames` only once the sink has taken it, so when this is cancelled
-/// (the connection is closing) nothing is lost in between.
-async fn write_all<S>(sink: &mut S, frames: &mut VecDeque<Message>) -> Result<(), S::Error>
-where
-    S: futures_util::Sink<Message> + Unpin,
-{
-    while !frames.is_empty() {
-        std::future::poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
-        if let Some(msg) = frames.pop_front() {
-            sink.start_send_unpin(msg)?;
-        }
-    }
-    sink.flush().await
-}
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Errors allowed per minute before the client counts as misbehaving.
 struct ErrorBudget {
@@ -107,23 +85,41 @@ impl Session {
     }
 }
 
-/// Serves one client until it leaves. `admission` is its place in its
-/// address's limits, given back when this returns; `identity` is who its
-/// token names, if it has one.
-pub async fn serve(
+/// Why a client's session ended, for the log.
+fn end_reason(code: u16) -> &'static str {
+    match code {
+        close::SLOW_CONSUMER => "slow consumer: outbound queue full",
+        close::HEARTBEAT => "no pong to the last ping",
+        close::MISBEHAVING => "too many errors",
+        close::MESSAGE_TOO_BIG => "message too big",
+        close::PROTOCOL_ERROR => "protocol violation",
+        close::INVALID_PAYLOAD => "text frame is not UTF-8",
+        close::TOKEN_EXPIRED => "token expired",
+        close::GOING_AWAY => "server going away",
+        // The client's own code, echoed.
+        _ => "",
+    }
+}
+
+/// Serves one client until it leaves. `io` is the upgraded connection
+/// and `early` what the client sent right after its upgrade request;
+/// `admission` is its place in its address's limits, given back when this
+/// returns; `identity` is who its token names, if it has one.
+pub async fn serve<S>(
     node: Arc<Node>,
-    ws: WebSocketStream<TokioIo<Upgraded>>,
+    io: S,
+    early: &[u8],
     client: String,
     admission: Admission,
     identity: Option<Identity>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let id = node.next_socket_id();
     let mut session = Session::new(identity);
-    let limits = node.config.limits.clone();
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(limits.outbound_queue);
-    let queued = Arc::new(AtomicUsize::new(0));
-    let (closer, mut close_rx) = watch::channel::<Option<u16>>(None);
-    node.add_socket(&id, tx, queued.clone(), closer.clone());
+    let limits = &node.config.limits;
+    let outbox = Outbox::new(limits.outbound_queue);
+    node.add_socket(&id, outbox.clone());
     if let Some(user) = session.user() {
         node.set_user(&id, user);
     }
@@ -135,229 +131,182 @@ pub async fn serve(
         protocol::welcome(&id, &node.id, ping_every.as_millis() as u64),
     );
 
-    let (mut sink, mut stream) = ws.split();
-    let mut writer_close = close_rx.clone();
-    let metrics = node.metrics.clone();
-    let max_age = node.max_age;
-    let writer = tokio::spawn(async move {
-        // Frames leave the byte count once written (or dropped), never
-        // when merely dequeued: until then their bytes are still held.
-        let written = |len: usize| {
-            queued.fetch_sub(len, Relaxed);
-            metrics.outbound_bytes.sub(len as i64);
-        };
-        let mut failed = false;
-        // Frames of the batch being written not yet handed to the sink: a
-        // close that interrupts the batch still owes them to the client.
-        let mut unsent: VecDeque<Message> = VecDeque::new();
-        loop {
-            tokio::select! {
-                biased;
-                _ = writer_close.changed() => break,
-                out = rx.recv() => {
-                    let Some(first) = out else { break };
-                    // What is already queued goes out with it in one write:
-                    // under load that is one syscall for many frames.
-                    let mut batch = vec![first];
-                    while batch.len() < WRITE_BATCH {
-                        match rx.try_recv() {
-                            Ok(next) => batch.push(next),
-                            Err(_) => break,
-                        }
-                    }
-                    let mut held = 0;
-                    for Outgoing { msg, since } in batch {
-                        held += msg.len();
-                        // A room message that waited too long (the node or
-                        // this client is behind) is dropped, not delivered late.
-                        if since.is_some_and(|t| max_age.expired(t)) {
-                            shed::count(&metrics.backplane.shed, shed::Path::NodeToClient, shed::Reason::TooOld);
-                            continue;
-                        }
-                        unsent.push_back(msg);
-                    }
-                    let send = write_all(&mut sink, &mut unsent);
-                    tokio::select! {
-                        r = send => {
-                            written(held);
-                            if r.is_err() { failed = true; break }
-                        }
-                        // A client that stopped reading blocks this send: give up on it.
-                        _ = writer_close.changed() => { written(held); break }
-                    }
-                }
-            }
-        }
-        let code = writer_close.borrow().unwrap_or(close::GOING_AWAY);
-        // Acks and errors queued before a close the client caused (or a
-        // drain) are still owed to it, and it is reading: send them first,
-        // within a bounded time. A slow or silent client gets nothing more.
-        if !failed && close::flushes_queue(code) {
-            let deadline = tokio::time::Instant::now() + close::FLUSH_BEFORE_CLOSE;
-            let rest = tokio::time::timeout_at(deadline, write_all(&mut sink, &mut unsent)).await;
-            failed = !matches!(rest, Ok(Ok(())));
-            while let Ok(Outgoing { msg, .. }) = rx.try_recv() {
-                if failed {
-                    written(msg.len());
-                    continue;
-                }
-                let len = msg.len();
-                let sent = tokio::time::timeout_at(deadline, sink.send(msg)).await;
-                written(len);
-                if !matches!(sent, Ok(Ok(()))) {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        // Whatever is still queued is dropped here; later deliveries see a
-        // closed queue and are not counted.
-        rx.close();
-        while let Ok(out) = rx.try_recv() {
-            written(out.msg.len());
-        }
-        if failed {
-            return;
-        }
-        let reason = match code {
-            close::SLOW_CONSUMER => "slow consumer: outbound queue full",
-            close::HEARTBEAT => "no pong to the last ping",
-            close::MISBEHAVING => "too many errors",
-            close::MESSAGE_TOO_BIG => "message too big",
-            close::PROTOCOL_ERROR => "protocol violation",
-            close::INVALID_PAYLOAD => "text frame is not UTF-8",
-            close::TOKEN_EXPIRED => "token expired",
-            _ => "server going away",
-        };
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            sink.send(Message::Close(Some(frame))),
-        )
-        .await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-    });
-
+    let max_bytes = limits.max_message_bytes.bytes() as usize;
+    // Messages over our limit get an error; far over it the connection
+    // is closed (1009).
+    let hard = max_bytes.saturating_mul(4).max(1 << 20);
+    let mut wire = Wire::new(io, Decoder::new(max_bytes, hard), early);
     let mut bucket = Bucket::new(limits.rate_per_second, limits.rate_burst);
     let mut budget = ErrorBudget {
         count: 0,
         window: Instant::now(),
         max: limits.max_errors_per_minute,
     };
-    let max_bytes = limits.max_message_bytes.bytes() as usize;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    let mut awaiting_pong = false;
     let started = Instant::now();
-    // One timer for the token's expiry, moved when a refresh moves it.
-    let mut armed = session.expires;
-    let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
-    let expiry = tokio::time::sleep_until(armed.unwrap_or(far));
-    tokio::pin!(expiry);
-    let end = loop {
-        if session.expires != armed {
-            armed = session.expires;
-            expiry.as_mut().reset(armed.unwrap_or(far));
+    // One timer for both the next ping and the token's expiry, whichever
+    // comes first, moved when a refresh moves the expiry.
+    let mut next_ping = tokio::time::Instant::now() + ping_every;
+    let mut awaiting_pong = false;
+    let timer = tokio::time::sleep_until(next_ping);
+    tokio::pin!(timer);
+    let (end, failed) = loop {
+        let due = session.expires.map_or(next_ping, |e| e.min(next_ping));
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
         }
-        tokio::select! {
-            _ = close_rx.changed() => break "closed by the server",
-            _ = &mut expiry, if armed.is_some() => {
-                node.metrics.closes.with_label_values(&["token_expired"]).inc();
-                let _ = closer.send(Some(close::TOKEN_EXPIRED));
-                break "token expired";
-            }
-            _ = ping.tick() => {
-                if awaiting_pong {
-                    node.metrics.closes.with_label_values(&["heartbeat"]).inc();
-                    let _ = closer.send(Some(close::HEARTBEAT));
-                    break "missed pong";
+        let event = tokio::select! {
+            _ = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if session.expires.is_some_and(|e| e <= now) {
+                    node.metrics.closes.with_label_values(&["token_expired"]).inc();
+                    outbox.close(close::TOKEN_EXPIRED);
+                    break ("token expired", false);
                 }
-                awaiting_pong = true;
-                node.reply_message(&id, Message::Ping(Vec::new().into()));
+                if now >= next_ping {
+                    if awaiting_pong {
+                        node.metrics.closes.with_label_values(&["heartbeat"]).inc();
+                        outbox.close(close::HEARTBEAT);
+                        break ("missed pong", false);
+                    }
+                    awaiting_pong = true;
+                    next_ping = now + ping_every;
+                    node.reply_control(&id, OpCode::Ping, Bytes::new());
+                }
+                continue;
             }
-            frame = stream.next() => {
-                let msg = match frame {
-                    None => break "client closed",
-                    Some(Err(e)) => {
-                        tracing::debug!(socket = %id, "websocket error: {e}");
-                        if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
-                            // Far over the size limit: refused by the WebSocket layer.
-                            let _ = closer.send(Some(close::MESSAGE_TOO_BIG));
-                            break "message too big";
-                        }
-                        let code = match e {
-                            tokio_tungstenite::tungstenite::Error::Protocol(_) => close::PROTOCOL_ERROR,
-                            tokio_tungstenite::tungstenite::Error::Utf8(_) => close::INVALID_PAYLOAD,
-                            // I/O errors: the peer is gone, no close frame can reach it.
-                            _ => break "connection error",
-                        };
-                        node.metrics.closes.with_label_values(&["protocol_error"]).inc();
-                        let _ = closer.send(Some(code));
-                        break "protocol error";
-                    }
-                    Some(Ok(msg)) => msg,
-                };
-                let failure = match msg {
-                    Message::Pong(_) => { awaiting_pong = false; None }
-                    Message::Ping(_) | Message::Frame(_) => None,
-                    Message::Close(_) => break "client closed",
-                    Message::Text(text) => {
-                        node.metrics.messages_in.inc();
-                        if text.len() > max_bytes {
-                            Some((None, Failure::new(Code::MessageTooLarge, format!("messages are at most {max_bytes} bytes"))))
-                        } else if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
-                            Some((None, f))
-                        } else {
-                            handle_text(&node, &id, text.as_str(), &mut session).await
-                        }
-                    }
-                    Message::Binary(bytes) => {
-                        node.metrics.messages_in.inc();
-                        if bytes.len() > max_bytes {
-                            Some((None, Failure::new(Code::MessageTooLarge, format!("messages are at most {max_bytes} bytes"))))
-                        } else if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
-                            Some((None, f))
-                        } else {
-                            handle_binary(&node, &id, &bytes, &session)
-                        }
-                    }
-                };
-                if let Some((ack_id, failure)) = failure {
-                    if failure.code == Code::Overloaded {
-                        // Shed because the node is behind, not because of
-                        // anything the client did: no error budget spent,
-                        // and a reply only to a sender that asked for an ack.
-                        if ack_id.is_some() {
-                            node.reply(&id, protocol::error(ack_id.as_ref(), &failure));
-                        }
-                        continue;
-                    }
-                    node.metrics.errors.with_label_values(&[failure.code.as_str()]).inc();
+            event = std::future::poll_fn(|cx| {
+                if outbox.close_code().is_some() {
+                    return Poll::Ready(None);
+                }
+                wire.poll_io(cx, &outbox, node.max_age, &node.metrics).map(Some)
+            }) => event,
+        };
+        let msg = match event {
+            None => break ("closed by the server", false),
+            Some(Ok(msg)) => msg,
+            Some(Err(WireError::Eof)) => break ("client closed", false),
+            Some(Err(WireError::Io(e))) => {
+                // The peer is gone: no close frame can reach it.
+                tracing::debug!(socket = %id, "socket error: {e}");
+                break ("connection error", true);
+            }
+            Some(Err(WireError::Ws(e))) => {
+                tracing::debug!(socket = %id, "websocket error: {e}");
+                if let WsError::TooBig(_) = e {
+                    outbox.close(close::MESSAGE_TOO_BIG);
+                    break ("message too big", false);
+                }
+                node.metrics
+                    .closes
+                    .with_label_values(&["protocol_error"])
+                    .inc();
+                outbox.close(e.close_code());
+                break ("protocol error", false);
+            }
+        };
+        let too_large = || {
+            Some((
+                None,
+                Failure::new(
+                    Code::MessageTooLarge,
+                    format!("messages are at most {max_bytes} bytes"),
+                ),
+            ))
+        };
+        let failure = match msg {
+            Event::Pong => {
+                awaiting_pong = false;
+                None
+            }
+            Event::Ping(payload) => {
+                node.reply_control(&id, OpCode::Pong, payload.into());
+                None
+            }
+            Event::Close(code) => {
+                // Echo the client's code, as RFC 6455 asks, but for codes
+                // in the application range (the node's own 4001-4004 say
+                // something else): those get a plain 1000.
+                outbox.close(code.filter(|c| *c < 4000).unwrap_or(1000));
+                break ("client closed", false);
+            }
+            Event::TooLarge { .. } => {
+                node.metrics.messages_in.inc();
+                too_large()
+            }
+            Event::Text(text) => {
+                node.metrics.messages_in.inc();
+                if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
+                    Some((crate::peek::id(&text), f))
+                } else {
+                    // Boxed: a request's future (a rejoin, a presence
+                    // query) is large and lives only while it runs, so an
+                    // idle client's task does not carry its size.
+                    Box::pin(handle_text(&node, &id, &text, &mut session)).await
+                }
+            }
+            Event::Binary(bytes) => {
+                node.metrics.messages_in.inc();
+                if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
+                    Some((crate::peek::binary_id(&bytes), f))
+                } else {
+                    handle_binary(&node, &id, &bytes, &session)
+                }
+            }
+        };
+        if let Some((ack_id, failure)) = failure {
+            if failure.code == Code::Overloaded {
+                // Shed because the node is behind, not because of
+                // anything the client did: no error budget spent,
+                // and a reply only to a sender that asked for an ack.
+                if ack_id.is_some() {
                     node.reply(&id, protocol::error(ack_id.as_ref(), &failure));
-                    if !budget.spend() {
-                        node.metrics.closes.with_label_values(&["misbehaving"]).inc();
-                        let _ = closer.send(Some(close::MISBEHAVING));
-                        break "too many errors";
-                    }
                 }
+                continue;
+            }
+            node.metrics
+                .errors
+                .with_label_values(&[failure.code.as_str()])
+                .inc();
+            node.reply(&id, protocol::error(ack_id.as_ref(), &failure));
+            if !budget.spend() {
+                node.metrics
+                    .closes
+                    .with_label_values(&["misbehaving"])
+                    .inc();
+                outbox.close(close::MISBEHAVING);
+                break ("too many errors", false);
             }
         }
     };
-    if *closer.borrow() == Some(close::SLOW_CONSUMER) {
+    if outbox.close_code() == Some(close::SLOW_CONSUMER) {
         node.metrics
             .closes
             .with_label_values(&["slow_consumer"])
             .inc();
     }
     node.remove_socket(&id);
-    // Let the writer send the close frame (or give up on a stuck client).
-    // (Never hold a borrow of the watch while sending on it: that deadlocks.)
-    closer.send_modify(|code| {
-        code.get_or_insert(close::GOING_AWAY);
-    });
-    let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
+    outbox.close(close::GOING_AWAY);
+    let code = outbox.close_code().unwrap_or(close::GOING_AWAY);
+    let metrics = &node.metrics;
+    let mut failed = failed;
+    // Acks and errors queued before a close the client caused (or a
+    // drain) are still owed to it, and it is reading: send them first,
+    // within a bounded time. A slow or silent client gets nothing more.
+    if !failed && close::flushes_queue(code) {
+        let flush = std::future::poll_fn(|cx| wire.poll_write(cx, &outbox, node.max_age, metrics));
+        failed = !matches!(
+            tokio::time::timeout(close::FLUSH_BEFORE_CLOSE, flush).await,
+            Ok(Ok(()))
+        );
+    }
+    wire.discard(&outbox, metrics);
+    if !failed {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            wire.send_close(code, end_reason(code)),
+        )
+        .await;
+    }
     tracing::info!(node = %node.id, socket = %id, %client, %user, seconds = started.elapsed().as_secs(), reason = end, "client disconnected");
 }
 

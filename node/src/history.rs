@@ -476,9 +476,8 @@ pub(crate) fn offset_of(frame: &Frame) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::backplane::Memory;
+    use crate::sockets::Outbox;
     use limpet_config::{ByteSize, NodeConfig};
-    use std::sync::atomic::AtomicUsize;
-    use tokio_tungstenite::tungstenite::Message;
 
     /// On a single-threaded runtime the writer cannot run while the test
     /// emits, so what the queue holds is exactly what was emitted.
@@ -494,15 +493,12 @@ mod tests {
         config.limits.max_message_bytes = ByteSize(1024);
         config.limits.publish_queue_bytes = ByteSize(4096);
         let node = Node::with_backplane(config, Arc::new(Memory::new(None)));
-        let (tx, mut rx) = mpsc::channel(64);
-        let closer = tokio::sync::watch::channel(None).0;
-        node.add_socket("n1.a.1", tx, Arc::new(AtomicUsize::new(0)), closer);
-        let (tx2, _rx2) = mpsc::channel(64);
-        let closer2 = tokio::sync::watch::channel(None).0;
-        node.add_socket("n1.a.2", tx2, Arc::new(AtomicUsize::new(0)), closer2);
+        let rx = Outbox::new(64);
+        node.add_socket("n1.a.1", rx.clone());
+        node.add_socket("n1.a.2", Outbox::new(64));
         node.join("n1.a.1", "r").unwrap();
         node.join("n1.a.2", "r").unwrap();
-        while rx.try_recv().is_ok() {}
+        rx.take();
         let frame = Frame::text(format!("{{\"x\":\"{}\"}}", "x".repeat(990)));
         let refused = (0..10)
             .filter(|_| {
@@ -522,11 +518,9 @@ mod tests {
         // Once the writer runs (its broker is unreachable) the four accepted
         // still reach the local member, without an offset.
         for _ in 0..4 {
-            let out = rx.recv().await.unwrap();
-            let Message::Text(t) = out.msg else {
-                panic!("a text frame")
-            };
-            assert!(t.as_str().starts_with("{\"x\""), "{}", t.as_str());
+            let out = rx.next().await;
+            let t = out.text().expect("a text frame");
+            assert!(t.starts_with("{\"x\""), "{t}");
         }
         assert_eq!(node.metrics.history_failures.get(), 4);
     }

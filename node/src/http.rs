@@ -24,9 +24,8 @@ use serde_json::{json, value::RawValue};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -282,30 +281,26 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
     };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    // Messages over our limit get an error frame; far over it, the frame is
-    // refused by the WebSocket layer and the connection closes (1009).
-    let hard = (node.config.limits.max_message_bytes.bytes() as usize)
-        .saturating_mul(4)
-        .max(1 << 20);
-    // Small buffers: tungstenite reads into a 128 KiB buffer by default,
-    // which would make every idle socket cost that much.
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_message_size(Some(hard))
-        .max_frame_size(Some(hard));
     let node2 = node.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
-                connection::serve(node2, ws, client, admission, identity).await;
-            }
+            // The usual case, a plain TCP connection: the task holds the
+            // socket itself, without hyper's boxed wrapper.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    // What the client sent past its request, copied: the
+                    // bytes hyper hands over are a view of its whole read
+                    // buffer, which would otherwise stay with the client.
+                    let early = parts.read_buf.to_vec();
+                    drop(parts.read_buf);
+                    let io = parts.io.into_inner();
+                    connection::serve(node2, io, &early, client, admission, identity).await;
+                }
+                Err(upgraded) => {
+                    let io = TokioIo::new(upgraded);
+                    connection::serve(node2, io, &[], client, admission, identity).await;
+                }
+            },
             Err(e) => tracing::debug!("upgrade failed: {e}"),
         }
     });

@@ -292,9 +292,8 @@ impl Node {
 mod tests {
     use super::*;
     use crate::backplane::{Command, Memory};
+    use crate::sockets::Outbox;
     use limpet_config::NodeConfig;
-    use std::sync::atomic::AtomicUsize;
-    use tokio::sync::{mpsc, watch};
 
     const SECRET: &str = "0123456789abcdef";
 
@@ -311,21 +310,19 @@ mod tests {
     }
 
     /// A local socket; its queue, to read what it was sent.
-    fn socket(node: &Node, id: &str) -> mpsc::Receiver<crate::sockets::Outgoing> {
-        let (tx, rx) = mpsc::channel(64);
-        let (closer, _) = watch::channel(None);
-        node.add_socket(id, tx, Arc::new(AtomicUsize::new(0)), closer);
-        rx
+    fn socket(node: &Node, id: &str) -> Arc<Outbox> {
+        let outbox = Outbox::new(64);
+        node.add_socket(id, outbox.clone());
+        outbox
     }
 
     /// The text frames queued for a socket so far.
-    fn frames(rx: &mut mpsc::Receiver<crate::sockets::Outgoing>) -> Vec<serde_json::Value> {
-        let mut out = Vec::new();
-        while let Ok(o) = rx.try_recv() {
-            let text = o.msg.to_text().unwrap_or_default().to_string();
-            out.push(serde_json::from_str(&text).unwrap_or_default());
-        }
-        out
+    fn frames(outbox: &Outbox) -> Vec<serde_json::Value> {
+        outbox
+            .take()
+            .iter()
+            .map(|o| serde_json::from_str(o.text().unwrap_or_default()).unwrap_or_default())
+            .collect()
     }
 
     /// What the broker would hand the node, sealed with the node's own
@@ -394,14 +391,14 @@ mod tests {
     #[test]
     fn a_join_from_another_node_is_remembered_and_announced_once() {
         let (node, memory) = node(|_| {});
-        let mut a = socket(&node, "n1.x.1");
+        let a = socket(&node, "n1.x.1");
         node.join("n1.x.1", "r").unwrap();
-        frames(&mut a);
+        frames(&a);
         let (e, body) = join("n2", "n2.y.1");
         feed(&node, &memory, &e, &body);
         feed(&node, &memory, &e, &body);
         assert_eq!(remote(&node), vec![("n2.y.1".into(), "n2".into())]);
-        let got = frames(&mut a);
+        let got = frames(&a);
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0]["type"], "joined");
         assert_eq!(got[0]["socket"], "n2.y.1");
@@ -414,11 +411,11 @@ mod tests {
     #[test]
     fn a_leave_from_another_node_removes_the_member() {
         let (node, memory) = node(|_| {});
-        let mut a = socket(&node, "n1.x.1");
+        let a = socket(&node, "n1.x.1");
         node.join("n1.x.1", "r").unwrap();
         let (e, body) = join("n2", "n2.y.1");
         feed(&node, &memory, &e, &body);
-        frames(&mut a);
+        frames(&a);
         let leave = Envelope::Leave {
             origin: "n2".into(),
             room: "r".into(),
@@ -429,7 +426,7 @@ mod tests {
         // A second leave is not news.
         feed(&node, &memory, &leave, &left);
         assert!(remote(&node).is_empty());
-        let got = frames(&mut a);
+        let got = frames(&a);
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0]["type"], "left");
         assert_eq!(node.metrics.remote_members.get(), 0);
@@ -438,12 +435,12 @@ mod tests {
     #[test]
     fn an_emit_reaches_each_local_member_once_and_no_one_else() {
         let (node, memory) = node(|_| {});
-        let mut a = socket(&node, "n1.x.1");
-        let mut b = socket(&node, "n1.x.2");
-        let mut outsider = socket(&node, "n1.x.3");
+        let a = socket(&node, "n1.x.1");
+        let b = socket(&node, "n1.x.2");
+        let outsider = socket(&node, "n1.x.3");
         node.join("n1.x.1", "r").unwrap();
         node.join("n1.x.2", "r").unwrap();
-        for s in [&mut a, &mut b, &mut outsider] {
+        for s in [&a, &b, &outsider] {
             frames(s);
         }
         let emit = |origin: &str| Envelope::Emit {
@@ -455,12 +452,12 @@ mod tests {
         feed(&node, &memory, &emit("n2"), &body);
         // Our own envelope coming back from the broker is not delivered again.
         feed(&node, &memory, &emit("n1"), &body);
-        for s in [&mut a, &mut b] {
+        for s in [&a, &b] {
             let got = frames(s);
             assert_eq!(got.len(), 1, "{got:?}");
             assert_eq!(got[0]["event"], "chat");
         }
-        assert!(frames(&mut outsider).is_empty());
+        assert!(frames(&outsider).is_empty());
     }
 
     #[test]
@@ -508,9 +505,9 @@ mod tests {
     #[test]
     fn an_unsealed_envelope_is_dropped_when_a_secret_is_set() {
         let (node, memory) = node(|c| c.cluster_secret = Some(SECRET.into()));
-        let mut a = socket(&node, "n1.x.1");
+        let a = socket(&node, "n1.x.1");
         node.join("n1.x.1", "r").unwrap();
-        frames(&mut a);
+        frames(&a);
         let (e, body) = join("n2", "n2.y.1");
         let channel = room_channel("r");
         feed_raw(&node, &memory, &channel, e.encode(body.as_bytes()));
@@ -518,10 +515,10 @@ mod tests {
             .seal(&channel, e.encode(body.as_bytes()));
         feed_raw(&node, &memory, &channel, forged);
         assert!(remote(&node).is_empty());
-        assert!(frames(&mut a).is_empty());
+        assert!(frames(&a).is_empty());
         // Sealed with the cluster's secret, the same join is taken.
         feed(&node, &memory, &e, &body);
         assert_eq!(remote(&node).len(), 1);
-        assert_eq!(frames(&mut a).len(), 1);
+        assert_eq!(frames(&a).len(), 1);
     }
 }

@@ -3,8 +3,9 @@
 //! Module map, from the client in to the broker:
 //! [`http`] the port's HTTP side (upgrade, health, metrics, publish API,
 //! static files); [`addresses`] per-client-address limits; [`bucket`] the
-//! token bucket; [`connection`] one WebSocket client; [`protocol`] the
-//! client JSON protocol; [`node`] the node's shared state and delivery
+//! token bucket; [`connection`] one WebSocket client; [`wire`] its socket,
+//! buffer-free while idle; [`ws`] RFC 6455 framing; [`protocol`] the
+//! client JSON protocol; [`peek`] a request's id without parsing it; [`node`] the node's shared state and delivery
 //! plumbing; [`sockets`] local clients and their bounded queues;
 //! [`rooms`] join, leave, room and direct messages; [`membership`] who is
 //! in which room; [`inbound`] what arrives from other nodes, within
@@ -33,6 +34,7 @@ pub mod link;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod peek;
 pub mod peers;
 pub mod presence;
 pub mod protocol;
@@ -43,3 +45,5 @@ pub mod seal;
 pub mod shards;
 pub mod shed;
 pub mod sockets;
+pub mod wire;
+pub mod ws;

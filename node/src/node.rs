@@ -20,13 +20,13 @@ use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::seal::Seal;
 use crate::shed::{Lag, MaxAge};
-use crate::sockets::{Frame, LocalSocket, Outgoing};
+use crate::sockets::{Frame, LocalSocket, Outbox};
+use crate::ws::OpCode;
 use limpet_config::NodeConfig;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::mpsc;
 
 pub struct Node {
     pub id: String,
@@ -176,17 +176,11 @@ impl Node {
         )
     }
 
-    pub fn add_socket(
-        &self,
-        id: &str,
-        tx: mpsc::Sender<Outgoing>,
-        queued: Arc<AtomicUsize>,
-        closer: watch::Sender<Option<u16>>,
-    ) {
+    pub fn add_socket(&self, id: &str, outbox: Arc<Outbox>) {
         self.state
             .lock()
             .sockets
-            .insert(id.to_string(), LocalSocket::new(tx, queued, closer));
+            .insert(id.to_string(), LocalSocket::new(outbox));
         self.metrics.connections.inc();
         self.metrics.connections_total.inc();
     }
@@ -281,10 +275,10 @@ impl Node {
         }
     }
 
-    /// Queues a control message (ping) for one socket.
-    pub fn reply_message(&self, id: &str, msg: Message) {
+    /// Queues a control frame (ping, pong) for one socket.
+    pub(crate) fn reply_control(&self, id: &str, op: OpCode, payload: bytes::Bytes) {
         if let Some(sock) = self.state.lock().sockets.get(id) {
-            sock.control(msg);
+            sock.control(op, payload);
         }
     }
 

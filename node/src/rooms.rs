@@ -246,3 +246,65 @@ impl Node {
         !hold.overflowed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backplane::{Command, Memory};
+    use crate::sockets::Outbox;
+    use std::sync::Arc;
+
+    /// Issue 14: a room message is parsed once (by the caller), encoded
+    /// once into one buffer that every local recipient's queue shares,
+    /// and published once, with that same frame as the envelope's body.
+    #[test]
+    fn a_room_message_is_encoded_once_shared_and_published_once() {
+        let memory = Arc::new(Memory::new(None));
+        let config = limpet_config::NodeConfig {
+            id: Some("n1".into()),
+            ..Default::default()
+        };
+        let node = Node::with_backplane(config, memory.clone());
+        let outboxes: Vec<_> = (1..=4)
+            .map(|i| {
+                let id = format!("n1.x.{i}");
+                let outbox = Outbox::new(64);
+                node.add_socket(&id, outbox.clone());
+                node.join(&id, "r").unwrap();
+                outbox
+            })
+            .collect();
+        for o in &outboxes {
+            o.take();
+        }
+        memory.take();
+        let data = serde_json::value::RawValue::from_string("{\"a\":1}".into()).unwrap();
+        let frame = Node::event_frame("r", "chat", "n1.x.1", None, Some(&data));
+        node.emit(Some("n1.x.1"), "r", frame, false).unwrap();
+
+        let got: Vec<_> = outboxes.iter().map(|o| o.take()).collect();
+        assert!(got[0].is_empty(), "not to the sender");
+        let texts: Vec<&str> = got[1..]
+            .iter()
+            .map(|q| {
+                assert_eq!(q.len(), 1);
+                q[0].text().unwrap()
+            })
+            .collect();
+        assert!(
+            texts.iter().all(|t| t.as_ptr() == texts[0].as_ptr()),
+            "every recipient queues the same bytes, not a copy"
+        );
+        let published: Vec<_> = memory
+            .take()
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Publish { envelope, .. } => Some(envelope),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(published.len(), 1, "published once");
+        let (_, body) = crate::envelope::Envelope::decode(&published[0]).unwrap();
+        assert_eq!(&body[..], texts[0].as_bytes());
+    }
+}

@@ -1,5 +1,5 @@
 //! The node's local WebSocket clients as the rest of the node sees them:
-//! each a bounded queue of frames, and the close codes.
+//! each a bounded queue of frames (its [`Outbox`]), and the close codes.
 //!
 //! Everything addressed to a client is queued here without waiting; the
 //! client's connection task ([`crate::connection`]) writes the queue to
@@ -7,15 +7,21 @@
 //! and in messages (`limits.outbound_queue`): a client that stops reading
 //! fills only its own queue and is then closed as a slow consumer (4002),
 //! so one stuck client never slows the others.
+//!
+//! An idle client's outbox holds no allocation: the queue is a `VecDeque`
+//! handed whole to the writer when it drains it (a fresh, empty one takes
+//! its place), and the connection task is woken through one
+//! [`AtomicWaker`], with no channel preallocating slots per client.
 
 use crate::metrics::Metrics;
+use crate::ws::OpCode;
 use bytes::Bytes;
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use futures_util::task::AtomicWaker;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Close codes the node uses.
 pub mod close {
@@ -53,63 +59,176 @@ pub(crate) struct Hold {
     pub(crate) overflowed: bool,
 }
 
+/// What a client is sent: a data frame, or a control frame (ping, pong).
+#[derive(Clone)]
+pub enum Payload {
+    Data(Frame),
+    Control(OpCode, Bytes),
+}
+
 /// A frame queued for one client. `since` is set for room and direct
 /// messages: the writer drops them when they waited too long.
 pub struct Outgoing {
-    pub msg: Message,
+    pub payload: Payload,
     pub since: Option<Instant>,
+}
+
+impl Outgoing {
+    /// The bytes counted against the queue's budget (control frames: 0).
+    pub fn counted(&self) -> usize {
+        match &self.payload {
+            Payload::Data(f) => f.bytes().len(),
+            Payload::Control(..) => 0,
+        }
+    }
+
+    /// A text frame's text (tests read queues with it).
+    pub fn text(&self) -> Option<&str> {
+        match &self.payload {
+            Payload::Data(Frame::Text(t)) => Some(t.as_str()),
+            _ => None,
+        }
+    }
+}
+
+/// One client's queue of frames, shared by whoever queues (under the
+/// node's state lock) and its connection task (which writes them).
+pub struct Outbox {
+    queue: parking_lot::Mutex<VecDeque<Outgoing>>,
+    /// Most frames waiting (`limits.outbound_queue`).
+    max_frames: usize,
+    /// Bytes of data frames queued and not yet written; the connection
+    /// task subtracts what it has written or dropped.
+    queued: AtomicUsize,
+    /// A close code asked for (0: none yet); the first one wins.
+    close: AtomicU16,
+    /// The connection task, woken for new frames and for a close.
+    waker: AtomicWaker,
+}
+
+impl Outbox {
+    pub fn new(max_frames: usize) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            queue: parking_lot::Mutex::new(VecDeque::new()),
+            max_frames,
+            queued: AtomicUsize::new(0),
+            close: AtomicU16::new(0),
+            waker: AtomicWaker::new(),
+        })
+    }
+
+    /// Registers the connection task to be woken (before it looks at the
+    /// queue or the close code, so nothing queued in between is missed).
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Adds a frame unless `max_frames` are waiting; control frames always.
+    fn push(&self, out: Outgoing) -> bool {
+        let mut q = self.queue.lock();
+        if matches!(out.payload, Payload::Data(_)) && q.len() >= self.max_frames {
+            return false;
+        }
+        q.push_back(out);
+        drop(q);
+        self.waker.wake();
+        true
+    }
+
+    /// Everything queued so far, leaving an empty queue that holds no
+    /// allocation.
+    pub fn take(&self) -> VecDeque<Outgoing> {
+        std::mem::take(&mut *self.queue.lock())
+    }
+
+    /// Frames taken and not written go back to the front, in order.
+    pub fn put_back(&self, mut rest: VecDeque<Outgoing>) {
+        if rest.is_empty() {
+            return;
+        }
+        let mut q = self.queue.lock();
+        rest.append(&mut q);
+        *q = rest;
+    }
+
+    /// `len` counted bytes have left the queue (written or dropped).
+    pub fn written(&self, len: usize, metrics: &Metrics) {
+        if len > 0 {
+            self.queued.fetch_sub(len, Relaxed);
+            metrics.outbound_bytes.sub(len as i64);
+        }
+    }
+
+    /// Asks the connection task to close with `code`; the first code
+    /// asked for stays. Whether this call set it.
+    pub fn close(&self, code: u16) -> bool {
+        let set = self
+            .close
+            .compare_exchange(0, code, Relaxed, Relaxed)
+            .is_ok();
+        self.waker.wake();
+        set
+    }
+
+    /// The next frame queued, waiting for one (for tests, which read a
+    /// socket's queue instead of a connection task).
+    #[cfg(test)]
+    pub(crate) async fn next(&self) -> Outgoing {
+        std::future::poll_fn(|cx| {
+            self.register(cx.waker());
+            match self.queue.lock().pop_front() {
+                Some(out) => std::task::Poll::Ready(out),
+                None => std::task::Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// The close code asked for, if any.
+    pub fn close_code(&self) -> Option<u16> {
+        Some(self.close.load(Relaxed)).filter(|&c| c != 0)
+    }
 }
 
 /// One local client, as the rest of the node sees it.
 pub struct LocalSocket {
-    tx: mpsc::Sender<Outgoing>,
-    /// Bytes of frames queued for this socket and not yet written; the
-    /// writer subtracts what it has sent.
-    queued: Arc<AtomicUsize>,
+    outbox: Arc<Outbox>,
     /// The rooms this socket joined.
     pub(crate) rooms: HashSet<String>,
     /// The user its token names (`sub`), if any.
     pub(crate) user: Option<String>,
     /// While a rejoin recovers a room's history, that room's live messages
-    /// wait here (see [`Hold`]).
-    hold: parking_lot::Mutex<Option<Hold>>,
+    /// wait here (see [`Hold`]); boxed, as few sockets ever hold.
+    hold: parking_lot::Mutex<Option<Box<Hold>>>,
     holding: std::sync::atomic::AtomicBool,
-    /// Set to a close code to make the connection task close the socket.
-    closer: watch::Sender<Option<u16>>,
 }
 
 impl LocalSocket {
-    pub fn new(
-        tx: mpsc::Sender<Outgoing>,
-        queued: Arc<AtomicUsize>,
-        closer: watch::Sender<Option<u16>>,
-    ) -> LocalSocket {
+    pub fn new(outbox: Arc<Outbox>) -> LocalSocket {
         LocalSocket {
-            tx,
-            queued,
+            outbox,
             rooms: HashSet::new(),
             user: None,
             hold: parking_lot::Mutex::new(None),
             holding: std::sync::atomic::AtomicBool::new(false),
-            closer,
         }
     }
 
     /// Starts holding `room`'s live messages for this socket, at most
     /// `max_bytes` of them (more are dropped and the recovery fails).
     pub(crate) fn start_hold(&self, room: &str, max_bytes: usize) {
-        *self.hold.lock() = Some(Hold {
+        *self.hold.lock() = Some(Box::new(Hold {
             room: room.to_string(),
             frames: Vec::new(),
             bytes: 0,
             max_bytes,
             overflowed: false,
-        });
+        }));
         self.holding.store(true, Relaxed);
     }
 
     /// Stops holding and returns what was held.
-    pub(crate) fn end_hold(&self) -> Option<Hold> {
+    pub(crate) fn end_hold(&self) -> Option<Box<Hold>> {
         self.holding.store(false, Relaxed);
         self.hold.lock().take()
     }
@@ -149,50 +268,45 @@ impl LocalSocket {
         metrics: &Metrics,
         scope: &str,
     ) -> bool {
-        let len = frame.bytes().len();
-        let before = self.queued.fetch_add(len, Relaxed);
-        let full = before > 0 && before.saturating_add(len) > max_bytes;
-        let result = if full {
-            Err(mpsc::error::TrySendError::Full(()))
-        } else {
-            let out = Outgoing {
-                msg: frame.to_message(),
-                since: volatile.then(Instant::now),
-            };
-            self.tx.try_send(out).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
-                mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
-            })
-        };
-        match result {
-            Ok(()) => {
-                metrics.outbound_bytes.add(len as i64);
-                metrics.messages_out.with_label_values(&[scope]).inc();
-                true
-            }
-            Err(e) => {
-                self.queued.fetch_sub(len, Relaxed);
-                if matches!(e, mpsc::error::TrySendError::Full(()))
-                    && self
-                        .closer
-                        .send_replace(Some(close::SLOW_CONSUMER))
-                        .is_none()
-                {
-                    tracing::warn!(socket = %id, queued_bytes = before, "closing slow consumer: outbound queue full");
-                }
-                false
-            }
+        let outbox = &self.outbox;
+        if outbox
+            .close_code()
+            .is_some_and(|c| !close::flushes_queue(c))
+        {
+            // Closing without a flush: nothing queued will be sent.
+            return false;
         }
+        let len = frame.bytes().len();
+        let before = outbox.queued.fetch_add(len, Relaxed);
+        let full = before > 0 && before.saturating_add(len) > max_bytes;
+        let queued = !full
+            && outbox.push(Outgoing {
+                payload: Payload::Data(frame.clone()),
+                since: volatile.then(Instant::now),
+            });
+        if queued {
+            metrics.outbound_bytes.add(len as i64);
+            metrics.messages_out.with_label_values(&[scope]).inc();
+            return true;
+        }
+        outbox.queued.fetch_sub(len, Relaxed);
+        if outbox.close(close::SLOW_CONSUMER) {
+            tracing::warn!(socket = %id, queued_bytes = before, "closing slow consumer: outbound queue full");
+        }
+        false
     }
 
-    /// Queues a control message (ping), outside the byte count.
-    pub(crate) fn control(&self, msg: Message) {
-        let _ = self.tx.try_send(Outgoing { msg, since: None });
+    /// Queues a control frame (ping, pong), outside the byte count.
+    pub(crate) fn control(&self, op: OpCode, payload: Bytes) {
+        self.outbox.push(Outgoing {
+            payload: Payload::Control(op, payload),
+            since: None,
+        });
     }
 
     /// Asks the connection task to close the socket with `code`.
     pub(crate) fn close(&self, code: u16) {
-        let _ = self.closer.send(Some(code));
+        self.outbox.close(code);
     }
 }
 
@@ -215,13 +329,6 @@ impl Frame {
         match self {
             Frame::Text(t) => t.as_bytes(),
             Frame::Binary(b) => b,
-        }
-    }
-
-    pub(crate) fn to_message(&self) -> Message {
-        match self {
-            Frame::Text(t) => Message::Text(t.clone()),
-            Frame::Binary(b) => Message::Binary(b.clone()),
         }
     }
 

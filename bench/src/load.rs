@@ -1,5 +1,6 @@
-//! The load generator: WebSocket echo round trips, idle connections held
-//! cheaply, and Redis-protocol fan-out. Connections are spread over
+//! The load generator: WebSocket echo round trips (plain, or `wss://`
+//! through `tls_load`), idle connections held cheaply, and Redis-protocol
+//! fan-out. Connections are spread over
 //! several 127.0.0.x source addresses so ephemeral ports never run out.
 
 use crate::echo_server::small_ws_config;
@@ -9,9 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 pub const SOURCES: usize = 8;
 
@@ -41,7 +43,7 @@ pub struct Latency {
     pub errors: u64,
 }
 
-fn summarize(h: &Histogram<u64>, elapsed: Duration, errors: u64) -> Latency {
+pub(crate) fn summarize(h: &Histogram<u64>, elapsed: Duration, errors: u64) -> Latency {
     Latency {
         count: h.len(),
         per_sec: h.len() as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -53,7 +55,7 @@ fn summarize(h: &Histogram<u64>, elapsed: Duration, errors: u64) -> Latency {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -65,64 +67,125 @@ pub async fn echo(
     size: usize,
     duration: Duration,
 ) -> Latency {
+    echo_over(targets, conns, size, duration, None, || ())
+        .await
+        .0
+}
+
+/// [`echo`], over TLS (`wss://`) when `tls` is given; `probe` is called
+/// once every connection is open (before the first message) and once all
+/// are done, so the caller can read the contender's CPU time and memory
+/// over the echo alone, without the handshakes.
+pub async fn echo_over<T, P: Fn() -> T>(
+    targets: &[SocketAddr],
+    conns: usize,
+    size: usize,
+    duration: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    probe: P,
+) -> (Latency, [T; 2]) {
     let all = Arc::new(Mutex::new(histogram()));
     let errors = Arc::new(AtomicU64::new(0));
     let ready = Arc::new(tokio::sync::Barrier::new(conns + 1));
     let mut tasks = Vec::new();
     for i in 0..conns {
         let target = targets[i % targets.len()];
-        let (all, errors, ready) = (all.clone(), errors.clone(), ready.clone());
+        let run = EchoConn {
+            all: all.clone(),
+            errors: errors.clone(),
+            ready: ready.clone(),
+            size,
+            duration,
+        };
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
-            let ws = async {
-                let tcp = connect_from(i, target).await.ok()?;
-                let url = format!("ws://{target}/echo");
-                tokio_tungstenite::client_async_with_config(url, tcp, Some(small_ws_config()))
-                    .await
-                    .ok()
-                    .map(|(ws, _)| ws)
-            }
-            .await;
-            ready.wait().await;
-            let Some(mut ws) = ws else {
-                errors.fetch_add(1, Relaxed);
-                return;
-            };
-            let payload = "x".repeat(size);
-            let mut local = histogram();
-            let deadline = Instant::now() + duration;
-            while Instant::now() < deadline {
-                let sent = Instant::now();
-                if ws.send(Message::text(payload.clone())).await.is_err() {
-                    errors.fetch_add(1, Relaxed);
-                    break;
-                }
-                match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-                    Ok(Some(Ok(m))) if m.is_text() => {
-                        let _ = local.record(sent.elapsed().as_micros().max(1) as u64);
+            match tls {
+                None => {
+                    let ws = async {
+                        let tcp = connect_from(i, target).await.ok()?;
+                        ws_handshake(target, tcp).await
                     }
-                    _ => {
-                        errors.fetch_add(1, Relaxed);
-                        break;
-                    }
+                    .await;
+                    run.run(ws).await;
                 }
-            }
-            let _ = ws.close(None).await;
-            if let Ok(mut h) = all.lock() {
-                let _ = h.add(&local);
+                Some(config) => {
+                    let ws = async {
+                        let tls = crate::tls_load::connect(i, target, config).await.ok()?;
+                        ws_handshake(target, tls).await
+                    }
+                    .await;
+                    run.run(ws).await;
+                }
             }
         }));
     }
     ready.wait().await;
+    let first = probe();
     let started = Instant::now();
     for t in tasks {
         let _ = t.await;
     }
     let elapsed = started.elapsed().min(duration + Duration::from_secs(1));
+    let last = probe();
     let h = all
         .lock()
         .map(|h| h.clone())
         .unwrap_or_else(|_| histogram());
-    summarize(&h, elapsed, errors.load(Relaxed))
+    (summarize(&h, elapsed, errors.load(Relaxed)), [first, last])
+}
+
+async fn ws_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    target: SocketAddr,
+    stream: S,
+) -> Option<WebSocketStream<S>> {
+    let url = format!("ws://{target}/echo");
+    tokio_tungstenite::client_async_with_config(url, stream, Some(small_ws_config()))
+        .await
+        .ok()
+        .map(|(ws, _)| ws)
+}
+
+/// One echo client's share of [`echo_over`]: what it reports into.
+struct EchoConn {
+    all: Arc<Mutex<Histogram<u64>>>,
+    errors: Arc<AtomicU64>,
+    ready: Arc<tokio::sync::Barrier>,
+    size: usize,
+    duration: Duration,
+}
+
+impl EchoConn {
+    /// Waits for every client to be connected, then echoes until the deadline.
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(self, ws: Option<WebSocketStream<S>>) {
+        self.ready.wait().await;
+        let Some(mut ws) = ws else {
+            self.errors.fetch_add(1, Relaxed);
+            return;
+        };
+        let payload = "x".repeat(self.size);
+        let mut local = histogram();
+        let deadline = Instant::now() + self.duration;
+        while Instant::now() < deadline {
+            let sent = Instant::now();
+            if ws.send(Message::text(payload.clone())).await.is_err() {
+                self.errors.fetch_add(1, Relaxed);
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(m))) if m.is_text() => {
+                    let _ = local.record(sent.elapsed().as_micros().max(1) as u64);
+                }
+                _ => {
+                    self.errors.fetch_add(1, Relaxed);
+                    break;
+                }
+            }
+        }
+        let _ = ws.close(None).await;
+        if let Ok(mut h) = self.all.lock() {
+            let _ = h.add(&local);
+        }
+    }
 }
 
 /// Opens `conns` WebSocket connections with a raw handshake and holds

@@ -8,6 +8,10 @@
 //! * `limpet-bench broker [--quick] [--out bench/results/broker-fanout.md]`
 //!   — scenario 4 alone: limpet-broker vs redis-server, PUBLISH and
 //!   fan-out in two shapes with the server's CPU per delivery.
+//! * `limpet-bench tls [--quick] [--rounds 3] [--out bench/results/tls-edge.md]`
+//!   — scenario 6 alone: limpet-proxy, nginx and HAProxy terminating TLS
+//!   1.3 with one certificate; wss echo, full and resumed handshakes/s, CPU
+//!   per message and per handshake.
 //! * `limpet-bench overload [--clients 400] [--seconds 5]` — scenario 5 at
 //!   twice each stack's saturation rate (limpet with and without load
 //!   shedding, and socket.io); prints p99, delivered/s and counted drops.
@@ -16,6 +20,7 @@ mod echo_server;
 mod load;
 mod overload;
 mod scenarios;
+mod tls_load;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -89,6 +94,21 @@ enum Cmd {
         #[arg(long)]
         rounds: Option<usize>,
     },
+    /// Scenario 6 alone (the TLS edge: wss echo, full and resumed TLS 1.3
+    /// handshakes, CPU per message and per handshake); writes `out`.
+    Tls {
+        /// A small version (well under a minute).
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value = "bench/results/tls-edge.md")]
+        out: PathBuf,
+        /// Folder with the release binary of limpet-proxy.
+        #[arg(long, default_value = "target/release")]
+        bin: PathBuf,
+        /// Rounds (contenders take turns; medians are reported); default 3, 1 with --quick.
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
     /// Scenario 5 (whole stack, rooms of 4) at twice each stack's
     /// saturation rate; prints a table (markdown) of p99 and drops.
     Overload {
@@ -151,6 +171,12 @@ fn main() -> anyhow::Result<()> {
                 bin,
                 rounds,
             } => scenarios::broker(quick, rounds, &out, &bin).await,
+            Cmd::Tls {
+                quick,
+                out,
+                bin,
+                rounds,
+            } => scenarios::tls(quick, rounds, &out, &bin).await,
             Cmd::Overload {
                 clients,
                 seconds,

@@ -7,6 +7,7 @@
 //! and hands back its markdown and chart pieces. Shared plumbing: `procs`
 //! (processes, ports, memory), `contenders` (the proxies and the echo
 //! backends), `report` (tables, medians, SVG), `sizes` (full or quick).
+//! Scenario 6 (`tls_edge`) runs the proxies again behind TLS.
 
 mod broker;
 mod contenders;
@@ -16,6 +17,7 @@ mod proxies;
 mod report;
 mod sizes;
 pub(crate) mod stack;
+mod tls_edge;
 mod whole_stack;
 
 use sizes::Sizes;
@@ -30,6 +32,11 @@ pub async fn broker(
     bin: &Path,
 ) -> anyhow::Result<()> {
     broker::standalone(quick, rounds, out, bin).await
+}
+
+/// Scenario 6 on its own (`limpet-bench tls`).
+pub async fn tls(quick: bool, rounds: Option<usize>, out: &Path, bin: &Path) -> anyhow::Result<()> {
+    tls_edge::standalone(quick, rounds, out, bin).await
 }
 
 pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
@@ -59,6 +66,8 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
     let (broker_md, fanout_chart) = broker::run(&dir, bin, &s).await?;
     md.push_str(&broker_md);
     md.push_str(&whole_stack::run(quick, &dir, bin).await);
+    let (tls_md, tls_charts) = tls_edge::run(&backends, &dir, bin, &s).await?;
+    md.push_str(&tls_md);
     let _ = writeln!(
         md,
         "\nTotal run time: {:.0} s.",
@@ -69,7 +78,7 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
     std::fs::write(out.join("latest.md"), &md)?;
     std::fs::write(
         out.join("latest.svg"),
-        report::svg(&[echo_chart, http_chart, fanout_chart]),
+        report::svg(&[vec![echo_chart, http_chart, fanout_chart], tls_charts].concat()),
     )?;
     println!("{md}");
     eprintln!(

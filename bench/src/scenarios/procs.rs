@@ -112,7 +112,8 @@ pub(crate) fn ticks_per_sec() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn rss_of(pid: u32) -> u64 {
+/// Resident memory of one process, in KiB (`VmRSS`).
+pub(crate) fn rss_of(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

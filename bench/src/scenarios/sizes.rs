@@ -13,6 +13,12 @@ pub(crate) struct Sizes {
     pub(crate) wide_channels: usize,
     /// Publishes in the wide fan-out (spread over `wide_channels`).
     pub(crate) wide_msgs: usize,
+    /// Scenario 6: wss echo connections, seconds per measurement,
+    /// closed-loop handshaking clients, and returning clients taking turns.
+    pub(crate) tls_conns: usize,
+    pub(crate) tls_secs: u64,
+    pub(crate) handshakers: usize,
+    pub(crate) returning_clients: usize,
 }
 
 impl Sizes {
@@ -29,6 +35,10 @@ impl Sizes {
                 fanout_msgs: 5_000,
                 wide_channels: 100,
                 wide_msgs: 20_000,
+                tls_conns: 100,
+                tls_secs: 2,
+                handshakers: 16,
+                returning_clients: 1000,
             }
         } else {
             Sizes {
@@ -42,6 +52,10 @@ impl Sizes {
                 fanout_msgs: 100_000,
                 wide_channels: 1000,
                 wide_msgs: 200_000,
+                tls_conns: 200,
+                tls_secs: 5,
+                handshakers: 32,
+                returning_clients: 1000,
             }
         }
     }

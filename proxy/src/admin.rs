@@ -13,6 +13,9 @@
 //!   `ready`, `drain` (no new sessions; cookie holders still reach it, like
 //!   HAProxy's drain) or `maint` (nothing new; cookie holders re-pinned).
 //! * `POST /api/reload` — the same as `SIGHUP`.
+//! * `POST /api/upgrade` — the same as `SIGUSR2` (binary upgrade,
+//!   `upgrade`), answered once it is decided: the new pid, or why not.
+//!   `GET /api/upgrade` says which process answers and whether one runs.
 //! * `GET  /` — the status page (`status.html`): one HTML page with no
 //!   external assets that polls `/api/pools` and draws the live state,
 //!   with drain, maint and ready buttons calling the API above.
@@ -33,6 +36,7 @@
 
 use crate::live::Proxy;
 use crate::select::AdminState;
+use crate::upgrade::{UpgradeError, Upgrader};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::server::conn::http1;
@@ -50,7 +54,12 @@ use tokio::sync::watch;
 
 type Resp = Response<Full<Bytes>>;
 
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    upgrader: Arc<Upgrader>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, _) = tokio::select! {
             _ = shutdown.changed() => return,
@@ -63,12 +72,12 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
                 }
             },
         };
-        let proxy = proxy.clone();
+        let (proxy, upgrader) = (proxy.clone(), upgrader.clone());
         let request_timeout = proxy.routing().config.admin.request_timeout.get();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(respond(&proxy, req).await) }
+                let (proxy, upgrader) = (proxy.clone(), upgrader.clone());
+                async move { Ok::<_, Infallible>(respond(&proxy, &upgrader, req).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -103,7 +112,11 @@ fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     json_reply(status, json!({"error": message.into()}))
 }
 
-async fn respond(proxy: &Proxy, req: Request<hyper::body::Incoming>) -> Resp {
+async fn respond(
+    proxy: &Arc<Proxy>,
+    upgrader: &Arc<Upgrader>,
+    req: Request<hyper::body::Incoming>,
+) -> Resp {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => {
@@ -162,10 +175,29 @@ async fn respond(proxy: &Proxy, req: Request<hyper::body::Incoming>) -> Resp {
             Ok(()) => json_reply(StatusCode::OK, json!({"reloaded": true})),
             Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         },
-        (_, ["api", "pools", ..] | ["api", "reload"]) => {
+        (Method::POST, ["api", "upgrade"]) => upgrade(proxy, upgrader).await,
+        (Method::GET, ["api", "upgrade"]) => json_reply(
+            StatusCode::OK,
+            json!({"pid": std::process::id(), "upgrading": upgrader.in_progress()}),
+        ),
+        (_, ["api", "pools", ..] | ["api", "reload"] | ["api", "upgrade"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+/// Runs a binary upgrade in a task of its own (a client that hangs up
+/// must not cancel it half way) and answers with its outcome.
+async fn upgrade(proxy: &Arc<Proxy>, upgrader: &Arc<Upgrader>) -> Resp {
+    let run = tokio::spawn(upgrader.clone().upgrade(proxy.clone()));
+    match run.await {
+        Ok(Ok(pid)) => json_reply(StatusCode::OK, json!({"upgraded": true, "pid": pid})),
+        Ok(Err(e @ (UpgradeError::Busy | UpgradeError::HandedOver(_)))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

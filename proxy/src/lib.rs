@@ -19,6 +19,8 @@
 //!   force, metrics, counts); [`reload`] replaces it from a changed config
 //!   or certificate; [`health`] runs active checks.
 //! * [`metrics`] and [`admin`]: the Prometheus endpoint and the admin API.
+//! * [`upgrade`] starts a new binary on `SIGUSR2` and hands it the
+//!   listening sockets ([`handover`]), which [`listen`] takes over.
 
 pub mod admin;
 pub mod bufpool;
@@ -26,6 +28,7 @@ pub mod client_body;
 pub mod connection;
 pub mod error;
 pub mod forward;
+pub mod handover;
 pub mod handshake;
 pub mod headers;
 pub mod health;
@@ -42,4 +45,5 @@ pub mod select;
 pub mod tcp_relay;
 pub mod tls;
 pub mod tunnel;
+pub mod upgrade;
 pub mod upstream;

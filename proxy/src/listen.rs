@@ -7,10 +7,13 @@
 //! `limits.max_connections`, 429 past `limits.max_connections_per_ip`
 //! (counted once the real client address is known, after a PROXY header).
 //! On shutdown a listener stops accepting and waits for its connections'
-//! requests in flight; tunnels follow the drain deadline.
+//! requests in flight; tunnels follow the drain deadline. A process
+//! started by a binary upgrade takes its listening sockets from the old
+//! one (`handover`) instead of binding them.
 
 use crate::connection::{serve_http, serve_redirect};
 use crate::error::ForwardError;
+use crate::handover::{self, Inherited, Kind, Socket};
 use crate::handshake;
 use crate::headers::canonical;
 use crate::http2;
@@ -33,15 +36,30 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub async fn bind(config: &ProxyConfig) -> io::Result<Listeners> {
+    /// Binds every `[[listen]]`, or takes the socket `inherited` from an
+    /// old process has for its address.
+    pub async fn bind(
+        config: &ProxyConfig,
+        mut inherited: Option<&mut Inherited>,
+    ) -> io::Result<Listeners> {
         let mut listeners = Vec::new();
         for l in &config.listen {
-            let listener = TcpListener::bind(l.bind).await.map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
-            })?;
+            let listener = handover::take_or_bind(inherited.as_deref_mut(), Kind::Listen, l.bind)
+                .await
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
+                })?;
             listeners.push((listener, l.clone()));
         }
         Ok(Listeners { listeners })
+    }
+
+    /// Copies of the listening sockets, for a binary upgrade to hand over.
+    pub fn sockets(&self) -> io::Result<Vec<Socket>> {
+        self.listeners
+            .iter()
+            .map(|(l, cfg)| Socket::of(Kind::Listen, cfg.bind, l))
+            .collect()
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {

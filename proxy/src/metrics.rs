@@ -30,6 +30,7 @@ pub struct Metrics {
     pub response_seconds: HistogramVec,
     pub health_checks: IntCounterVec,
     pub reloads: IntCounterVec,
+    pub binary_upgrades: IntCounterVec,
     pub admin_changes: IntCounterVec,
     pub limit_rejections: IntCounterVec,
     pub proxy_protocol_errors: IntCounterVec,
@@ -173,6 +174,12 @@ impl Metrics {
                 &["pool", "backend", "result"],
             ),
             reloads: counter_vec("limpet_proxy_reloads_total", "Configuration reloads by outcome (ok, error)", &["outcome"]),
+            // Not `upgrades_total`: that one counts WebSocket upgrades.
+            binary_upgrades: counter_vec(
+                "limpet_proxy_binary_upgrades_total",
+                "Binary upgrades (SIGUSR2, POST /api/upgrade) started by this process, by outcome",
+                &["outcome"],
+            ),
             admin_changes: counter_vec(
                 "limpet_proxy_backend_state_changes_total",
                 "Admin API state changes (ready, drain, maint)",

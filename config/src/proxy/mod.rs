@@ -170,6 +170,10 @@ pub struct ProxyShutdown {
     /// After SIGTERM/SIGINT, how long open tunnels may keep running before
     /// they are closed.
     pub drain_deadline: Duration,
+    /// Binary upgrade (`SIGUSR2`, `POST /api/upgrade`): how long the new
+    /// process has to take the listeners and report that it serves;
+    /// past it, it is killed and this process carries on.
+    pub upgrade_timeout: Duration,
 }
 
 /// `[http2]`: HTTP/2 on every TLS listener, offered by ALPN next to
@@ -512,6 +516,7 @@ impl Default for ProxyShutdown {
     fn default() -> Self {
         ProxyShutdown {
             drain_deadline: Duration::secs(30),
+            upgrade_timeout: Duration::secs(30),
         }
     }
 }

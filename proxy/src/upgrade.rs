@@ -1,0 +1,334 @@
+//! Binary upgrade, the old process's side: `SIGUSR2` or `POST
+//! /api/upgrade` starts the binary at the path this process was started
+//! from (the file there now: the new version) with the same arguments,
+//! hands it the listening sockets (`handover`) and, once it serves, lets
+//! `main` stop accepting and drain exactly as on `SIGTERM` (nginx's
+//! `USR2` + `QUIT`, HAProxy's seamless reload, Envoy's hot restart).
+//!
+//! Lifecycle of one attempt, any step failing leaving this process
+//! serving as before, with the reason logged and counted in
+//! `limpet_proxy_binary_upgrades_total{outcome}`:
+//!
+//! 1. `claim`: one attempt at a time (`busy`), none after a handover.
+//! 2. `<exe> <args> --check` (like `nginx -t`): a config or certificate
+//!    the new binary refuses stops here with its message (`check_failed`).
+//! 3. A Unix socket in a fresh 0700 directory; the new process is started
+//!    with its path in `LIMPET_PROXY_UPGRADE`. The first peer whose
+//!    `SO_PEERCRED` pid is the child gets the sockets (`error` otherwise).
+//! 4. The child answers `ready <pid>` within `shutdown.upgrade_timeout`
+//!    (`ok`), or `error <reason>` (`refused`), or exits (`exited`), or
+//!    says nothing in time (`timeout`; it is killed).
+//!
+//! The `--check` step exists so that the common failure, a config the new
+//! binary rejects, comes back with its reason: the child itself reports
+//! only what goes wrong once it has connected (binding a new address,
+//! certificates), since the shared start-up crate exits on a bad config
+//! before the proxy's code runs.
+
+use crate::handover::{self, HandoverError, Socket};
+use crate::live::Proxy;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+/// The environment variable naming the handover socket for a new process.
+pub const ENV: &str = "LIMPET_PROXY_UPGRADE";
+
+/// Why an upgrade did not happen; the text is what the log and `POST
+/// /api/upgrade` say.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("an upgrade is already under way")]
+    Busy,
+    #[error("this process has already handed its listeners to pid {0}")]
+    HandedOver(u32),
+    #[error("the new binary refused the configuration: {0}")]
+    Check(String),
+    #[error("cannot start {}: {source}", .exe.display())]
+    Spawn {
+        exe: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("handing over the listeners: {0}")]
+    Handover(#[from] HandoverError),
+    #[error("the new process exited ({0}) before it served; its own log lines say why")]
+    Exited(ExitStatus),
+    #[error("the new process gave up: {0}")]
+    Refused(String),
+    #[error("the new process did not report ready within {0:?}; killed it")]
+    Timeout(Duration),
+}
+
+impl UpgradeError {
+    /// The `outcome` label of `limpet_proxy_binary_upgrades_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            UpgradeError::Busy | UpgradeError::HandedOver(_) => "busy",
+            UpgradeError::Check(_) => "check_failed",
+            UpgradeError::Spawn { .. } | UpgradeError::Handover(_) => "error",
+            UpgradeError::Exited(_) => "exited",
+            UpgradeError::Refused(_) => "refused",
+            UpgradeError::Timeout(_) => "timeout",
+        }
+    }
+}
+
+/// What an upgrade needs from the process as started.
+pub struct Upgrader {
+    /// The path this binary was started from.
+    exe: PathBuf,
+    /// The command line after the program name.
+    args: Vec<OsString>,
+    /// Copies of every listening socket, to hand over.
+    sockets: Vec<Socket>,
+    busy: AtomicBool,
+    /// The new process's pid once it serves (0 before).
+    successor: AtomicU32,
+    handed_over: watch::Sender<Option<u32>>,
+}
+
+impl Upgrader {
+    pub fn new(exe: PathBuf, args: Vec<OsString>, sockets: Vec<Socket>) -> Upgrader {
+        Upgrader {
+            exe,
+            args,
+            sockets,
+            busy: AtomicBool::new(false),
+            successor: AtomicU32::new(0),
+            handed_over: watch::channel(None).0,
+        }
+    }
+
+    /// Turns `Some(pid)` once a new process serves: time to drain.
+    pub fn handed_over(&self) -> watch::Receiver<Option<u32>> {
+        self.handed_over.subscribe()
+    }
+
+    pub fn in_progress(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// Takes the one upgrade slot; a handover keeps it for good.
+    fn claim(&self) -> Result<(), UpgradeError> {
+        match self.successor.load(Ordering::Acquire) {
+            0 => {}
+            pid => return Err(UpgradeError::HandedOver(pid)),
+        }
+        self.busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ())
+            .map_err(|_| UpgradeError::Busy)
+    }
+
+    /// Runs one attempt to its end, logs and counts it; `Ok(new pid)`.
+    /// Callers that may be cancelled (an HTTP request) run it in a task
+    /// of its own, so a step is never left half done.
+    pub async fn upgrade(self: Arc<Self>, proxy: Arc<Proxy>) -> Result<u32, UpgradeError> {
+        let result = match self.claim() {
+            Ok(()) => {
+                tracing::info!(exe = %self.exe.display(), "binary upgrade: starting the new process");
+                let started = Instant::now();
+                let timeout = proxy.routing().config.shutdown.upgrade_timeout.get();
+                let result = self.attempt(timeout).await;
+                if let Ok(pid) = result {
+                    self.successor.store(pid, Ordering::Release);
+                    tracing::info!(
+                        new_pid = pid,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "binary upgrade: the new process serves; this one stops accepting and drains"
+                    );
+                    let _ = self.handed_over.send(Some(pid));
+                } else {
+                    self.busy.store(false, Ordering::Release);
+                }
+                result
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = result.as_ref().map_or_else(UpgradeError::outcome, |_| "ok");
+        proxy
+            .metrics
+            .binary_upgrades
+            .with_label_values(&[outcome])
+            .inc();
+        if let Err(e) = &result {
+            tracing::error!(
+                outcome,
+                "binary upgrade refused, this process carries on: {e}"
+            );
+        }
+        result
+    }
+
+    async fn attempt(&self, timeout: Duration) -> Result<u32, UpgradeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.check(deadline).await?;
+        let dir = Scratch::create().map_err(HandoverError::from)?;
+        let listener = UnixListener::bind(dir.socket()).map_err(HandoverError::from)?;
+        let mut child = tokio::process::Command::new(&self.exe)
+            .args(&self.args)
+            .env(ENV, dir.socket())
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|source| UpgradeError::Spawn {
+                exe: self.exe.clone(),
+                source,
+            })?;
+        let pid = child.id().unwrap_or(0);
+        let talk = async {
+            let mut stream = loop {
+                let (stream, _) = listener.accept().await.map_err(HandoverError::from)?;
+                // Only the child gets the sockets, whoever else can reach
+                // the directory.
+                match rustix::net::sockopt::socket_peercred(&stream) {
+                    Ok(cred) if cred.pid.as_raw_nonzero().get() as u32 == pid => break stream,
+                    _ => tracing::warn!(
+                        "binary upgrade: a process other than the new one connected; ignored"
+                    ),
+                }
+            };
+            handover::send(&mut stream, &self.sockets).await?;
+            tracing::info!(
+                new_pid = pid,
+                sockets = self.sockets.len(),
+                "binary upgrade: listening sockets handed over"
+            );
+            let answer = handover::read_answer(&mut stream)
+                .await
+                .map_err(HandoverError::from)?;
+            answer.map_err(UpgradeError::Refused)
+        };
+        let outcome = tokio::select! {
+            answer = talk => answer,
+            status = child.wait() => match status {
+                Ok(status) => Err(UpgradeError::Exited(status)),
+                Err(e) => Err(HandoverError::from(e).into()),
+            },
+            _ = tokio::time::sleep_until(deadline) => Err(UpgradeError::Timeout(timeout)),
+        };
+        if outcome.is_err() {
+            // A child that is not serving must not keep the sockets.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        outcome
+    }
+
+    /// `<exe> <args> --check`: the new binary's verdict on the config.
+    async fn check(&self, deadline: tokio::time::Instant) -> Result<(), UpgradeError> {
+        let run = tokio::process::Command::new(&self.exe)
+            .args(&self.args)
+            .arg("--check")
+            .env_remove(ENV)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = match tokio::time::timeout_at(deadline, run).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(source)) => {
+                return Err(UpgradeError::Spawn {
+                    exe: self.exe.clone(),
+                    source,
+                })
+            }
+            Err(_) => return Err(UpgradeError::Check("--check did not finish in time".into())),
+        };
+        if out.status.success() {
+            return Ok(());
+        }
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Err(UpgradeError::Check(if said.is_empty() {
+            format!("--check failed ({})", out.status)
+        } else {
+            said
+        }))
+    }
+}
+
+/// The path this process was started from, as it is named on disk, so
+/// that an upgrade runs the file there now. `/proc/self/exe` itself would
+/// run the old file, which a package upgrade has replaced.
+pub fn own_path() -> std::io::Result<PathBuf> {
+    std::env::current_exe().map(undeleted)
+}
+
+/// Linux names a running binary whose file was replaced `<path> (deleted)`.
+fn undeleted(exe: PathBuf) -> PathBuf {
+    match exe.to_string_lossy().strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    }
+}
+
+/// A private directory for the handover socket, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn create() -> std::io::Result<Scratch> {
+        use std::os::unix::fs::DirBuilderExt;
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "limpet-proxy-upgrade-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        // A leftover of a killed earlier process with our pid.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(Scratch(dir))
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.0.join("handover.sock")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The handover socket a new process was told to take its listeners from.
+pub fn inherited_from_env() -> Option<PathBuf> {
+    std::env::var_os(ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| Path::new(p).is_absolute())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_attempt_at_a_time_and_none_after_a_handover() {
+        let up = Upgrader::new(PathBuf::from("/nonexistent"), Vec::new(), Vec::new());
+        assert!(up.claim().is_ok());
+        assert!(matches!(up.claim(), Err(UpgradeError::Busy)));
+        up.busy.store(false, Ordering::Release);
+        assert!(up.claim().is_ok());
+        up.successor.store(4242, Ordering::Release);
+        up.busy.store(false, Ordering::Release);
+        assert!(matches!(up.claim(), Err(UpgradeError::HandedOver(4242))));
+    }
+
+    #[test]
+    fn a_replaced_binary_is_run_from_its_path() {
+        let path = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            undeleted(path("/usr/bin/limpet-proxy (deleted)")),
+            path("/usr/bin/limpet-proxy")
+        );
+        assert_eq!(
+            undeleted(path("/usr/bin/limpet-proxy")),
+            path("/usr/bin/limpet-proxy")
+        );
+    }
+}

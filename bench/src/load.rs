@@ -55,6 +55,13 @@ pub(crate) fn summarize(h: &Histogram<u64>, elapsed: Duration, errors: u64) -> L
     }
 }
 
+/// What the clients recorded into a shared histogram, once they are done.
+pub(crate) fn merged(all: &Mutex<Histogram<u64>>) -> Histogram<u64> {
+    all.lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| histogram())
+}
+
 pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
@@ -127,10 +134,7 @@ pub async fn echo_over<T, P: Fn() -> T>(
     }
     let elapsed = started.elapsed().min(duration + Duration::from_secs(1));
     let last = probe();
-    let h = all
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| histogram());
+    let h = merged(&all);
     (summarize(&h, elapsed, errors.load(Relaxed)), [first, last])
 }
 
@@ -362,10 +366,7 @@ pub async fn fanout<T, P: Fn() -> T>(
     }
     let elapsed = started.elapsed();
     let last = probe();
-    let h = all
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| histogram());
+    let h = merged(&all);
     let got = received.load(Relaxed);
     let latency = summarize(&h, elapsed, expected.saturating_sub(got as usize) as u64);
     (latency, [first, last])
@@ -538,10 +539,7 @@ pub async fn rooms(
     if let Ok(tl) = timeline.lock() {
         eprintln!("limpet-bench: by send second: {}", tl.show());
     }
-    let h = all
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| histogram());
+    let h = merged(&all);
     summarize(&h, elapsed, errors.load(Relaxed))
 }
 

@@ -14,7 +14,7 @@
 //! response is what makes the client take in the server's session
 //! tickets, which TLS 1.3 servers send after the handshake.
 
-use crate::load::{connect_from, histogram, summarize, Latency};
+use crate::load::{connect_from, histogram, merged, summarize, Latency};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
 use rustls::crypto::{ring as provider, CryptoProvider};
@@ -193,10 +193,7 @@ pub async fn handshakes<T, P: Fn() -> T>(
     }
     let elapsed = started.elapsed();
     let last = probe();
-    let h = all
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| histogram());
+    let h = merged(&all);
     let run = Handshakes {
         latency: summarize(&h, elapsed, errors.load(Relaxed)),
         resumed: resumed.load(Relaxed),

@@ -41,15 +41,8 @@ pub async fn tls(quick: bool, rounds: Option<usize>, out: &Path, bin: &Path) -> 
 
 pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
     let s = Sizes::new(quick);
-    for b in ["limpet-proxy", "limpet-broker", "limpet-node"] {
-        anyhow::ensure!(
-            bin.join(b).exists(),
-            "{} missing: build with `cargo build --release`",
-            bin.join(b).display()
-        );
-    }
-    let dir = std::env::temp_dir().join(format!("limpet-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    procs::need_binaries(bin, &["limpet-proxy", "limpet-broker", "limpet-node"])?;
+    let dir = procs::scratch_dir("limpet-bench")?;
     let me = std::env::current_exe()?;
     let started = std::time::Instant::now();
     let mut md = report::header(quick, s.repeat);

@@ -6,6 +6,7 @@
 
 use anyhow::Context;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -154,6 +155,25 @@ pub(crate) fn redis_server(addr: SocketAddr) -> anyhow::Result<Proc> {
             "no",
         ]),
     )
+}
+
+/// Fails unless every one of `names` is in `bin` (the release binaries).
+pub(crate) fn need_binaries(bin: &Path, names: &[&str]) -> anyhow::Result<()> {
+    for name in names {
+        anyhow::ensure!(
+            bin.join(name).exists(),
+            "{} missing: build with `cargo build --release`",
+            bin.join(name).display()
+        );
+    }
+    Ok(())
+}
+
+/// A fresh scratch folder for one run's configs and files.
+pub(crate) fn scratch_dir(tag: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// A fresh loopback address on a free port, for a process about to start.

@@ -20,7 +20,7 @@
 //! within each round, restarted every time; figures are medians over rounds.
 
 use super::contenders::{echo_backends, installed, start_proxy_tls, Kind, TlsFiles};
-use super::procs::{cpu_ticks, rss_of, ticks_per_sec, wait_port};
+use super::procs::{cpu_ticks, need_binaries, rss_of, scratch_dir, ticks_per_sec, wait_port};
 use super::report::{ratio, ChartGroup};
 use super::sizes::Sizes;
 use crate::load::{self, Latency};
@@ -403,13 +403,8 @@ pub(crate) async fn standalone(
     bin: &Path,
 ) -> anyhow::Result<()> {
     let s = Sizes::new(quick);
-    anyhow::ensure!(
-        bin.join("limpet-proxy").exists(),
-        "{} missing: build with `cargo build --release -p limpet-proxy`",
-        bin.join("limpet-proxy").display()
-    );
-    let dir = std::env::temp_dir().join(format!("limpet-bench-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    need_binaries(bin, &["limpet-proxy"])?;
+    let dir = scratch_dir("limpet-bench-tls")?;
     let me = std::env::current_exe()?;
     let (backends, backend_procs) = echo_backends(&me).await?;
     let measured = measure(&backends, &dir, bin, &s, rounds.unwrap_or(s.repeat)).await;

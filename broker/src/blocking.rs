@@ -165,6 +165,7 @@ pub async fn wait(
                 if r.is_err() {
                     return Err("read error");
                 }
+                crate::buffers::take(input);
                 match stream.try_read_buf(input) {
                     Ok(0) => return Err("closed"),
                     Ok(n) => {

@@ -13,7 +13,7 @@
 //! never woken for a message.
 
 use crate::handle::{ClientHandle, KillReason};
-use crate::session::{Session, OUT_READ_PAUSE, READ_CHUNK};
+use crate::session::{Session, OUT_READ_PAUSE};
 use crate::state::Broker;
 use crate::{blocking, requests};
 use bytes::BytesMut;
@@ -34,7 +34,8 @@ pub async fn run(
     handle.attach(stream.clone());
     let mut s = Session::new(broker, handle.clone());
     let timeout = s.broker.config.timeout;
-    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    // Holds memory only while it holds bytes ([`crate::buffers`]).
+    let mut input = BytesMut::new();
     let mut reading = true;
     // The peer half-closed: close once everything it sent is answered.
     let mut eof = false;
@@ -85,6 +86,8 @@ pub async fn run(
                 break "closed";
             }
         }
+        // Everything read was run: waiting holds no read buffer.
+        crate::buffers::give(&mut input);
         let full = handle.unsent_bytes() >= OUT_READ_PAUSE;
         if s.paused && !full {
             tokio::task::yield_now().await;
@@ -125,9 +128,7 @@ pub async fn run(
                 if r.is_err() {
                     break "read error";
                 }
-                if input.capacity() - input.len() < READ_CHUNK / 4 {
-                    input.reserve(READ_CHUNK);
-                }
+                crate::buffers::take(&mut input);
                 match stream.try_read_buf(&mut input) {
                     Ok(0) => {
                         // Half-close: answer what was sent, then close.

@@ -13,10 +13,12 @@
 //! matches Redis patterns; [`metrics`] serves Prometheus `/metrics`;
 //! [`auth_guard`] makes password guessing slow and its logging cheap;
 //! [`blocking`] parks a client in XREAD BLOCK until an XADD wakes it;
-//! [`stats`] counts calls and errors per command (INFO commandstats).
+//! [`stats`] counts calls and errors per command (INFO commandstats);
+//! [`buffers`] lends I/O buffers so that idle connections hold none.
 
 pub mod auth_guard;
 pub mod blocking;
+pub mod buffers;
 pub mod codec;
 pub mod commands;
 pub mod connection;

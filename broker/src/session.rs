@@ -31,8 +31,6 @@ use std::time::Duration;
 /// client: a client that pipelines without reading gets TCP backpressure,
 /// and holds at most this plus one reply.
 pub const OUT_READ_PAUSE: usize = 1024 * 1024;
-/// Initial size of the input and output buffers, and the read size.
-pub const READ_CHUNK: usize = 16 * 1024;
 
 /// Subscriptions held by one client.
 #[derive(Debug, Default)]
@@ -134,7 +132,8 @@ impl Session {
         Session {
             broker,
             handle,
-            out: BytesMut::with_capacity(READ_CHUNK),
+            // Borrowed per batch ([`crate::buffers`]): idle, it holds nothing.
+            out: BytesMut::new(),
             reply_cap,
             reply_over: false,
             proto: Proto::Resp2,
@@ -184,6 +183,7 @@ impl Session {
     /// A batch of requests starts: pushes arriving now wait behind its
     /// replies (see [`crate::outbox::Outbox`]).
     pub fn begin(&mut self) {
+        crate::buffers::take(&mut self.out);
         self.handle.begin();
     }
 
@@ -204,6 +204,8 @@ impl Session {
             let (own, left) = self.handle.commit(&mut self.out)?;
             net_output.inc_by(own as u64);
             self.writing = left;
+            // Written or queued: the buffer goes back until the next batch.
+            crate::buffers::give(&mut self.out);
         }
         Ok(())
     }

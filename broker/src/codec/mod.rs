@@ -10,7 +10,7 @@ pub mod encode;
 pub mod parse;
 
 pub use encode::{encode_message, Proto, Reply};
-pub use parse::{parse_i64, split_args, Limits, ProtocolError, RequestParser};
+pub use parse::{keep, parse_i64, split_args, Limits, ProtocolError, RequestParser};
 
 #[cfg(test)]
 mod tests;

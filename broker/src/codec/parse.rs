@@ -49,6 +49,14 @@ pub enum ProtocolError {
     InvalidBulkLength,
 }
 
+/// A copy of `arg` for keeping past its request. Parsed arguments are
+/// slices of the connection's read buffer ([`RequestParser::next`]); one
+/// kept as is (a channel or client name) would keep that whole buffer
+/// allocated for as long as it lives.
+pub fn keep(arg: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(arg)
+}
+
 /// Incremental request parser; one per connection.
 #[derive(Debug, Default)]
 pub struct RequestParser {

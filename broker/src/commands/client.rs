@@ -142,7 +142,7 @@ pub(super) fn validate_name(name: &[u8], what: &str) -> Result<(), BadName> {
 }
 
 pub(super) fn set_name(s: &mut Session, name: Bytes) {
-    s.handle.info.lock().name = (!name.is_empty()).then_some(name);
+    s.handle.info.lock().name = (!name.is_empty()).then(|| crate::codec::keep(&name));
 }
 
 fn client_id(s: &mut Session, _args: &[Bytes]) -> bool {
@@ -193,7 +193,7 @@ fn client_setinfo(s: &mut Session, args: &[Bytes]) -> bool {
         } else {
             &mut info.lib_ver
         };
-        *slot = (!value.is_empty()).then_some(value);
+        *slot = (!value.is_empty()).then(|| crate::codec::keep(&value));
     }
     s.reply().simple("OK");
     true

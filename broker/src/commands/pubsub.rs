@@ -296,8 +296,10 @@ fn add_all(s: &mut Session, args: &[Bytes], kind: Kind, what: &[u8]) -> bool {
         return true;
     }
     for name in &args[1..] {
-        if kind.set(s).insert(name.clone()) {
-            kind.add(s, name);
+        if !kind.set(s).contains(name) {
+            let name = crate::codec::keep(name);
+            kind.set(s).insert(name.clone());
+            kind.add(s, &name);
         }
         let count = kind.count(s);
         confirm(s, what, Some(name), count);

@@ -216,3 +216,19 @@ fn pushes_queued_before_an_unsubscribe_come_before_its_reply() {
             + &confirm("unsubscribe", "news", 0)
     );
 }
+
+#[test]
+fn an_idle_client_holds_no_buffer() {
+    let b = broker(None);
+    let mut s = session(&b);
+    let mut input = BytesMut::from(&b"CLIENT SETNAME idle\r\nSUBSCRIBE news\r\n"[..]);
+    let start = input.as_ptr() as usize;
+    let read = start..start + input.capacity();
+    assert!(process(&mut s, &mut input));
+    assert_eq!(s.out.capacity(), 0, "replies queued: the buffer is let go");
+    // What outlives the batch is a copy, not a slice pinning the read buffer.
+    let channel = s.subs.channels.iter().next().expect("subscribed").as_ptr();
+    assert!(!read.contains(&(channel as usize)), "channel name");
+    let name = s.handle.info.lock().name.clone().expect("named");
+    assert!(!read.contains(&(name.as_ptr() as usize)), "client name");
+}

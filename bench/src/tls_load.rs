@@ -31,6 +31,27 @@ use tokio_rustls::client::TlsStream;
 /// The name every client asks for (SNI) and the certificate is made for.
 pub const SERVER_NAME: &str = "localhost";
 
+/// The bench's certificate: self-signed ECDSA P-256 for [`SERVER_NAME`],
+/// as PEM (for the contenders) and DER (the client pins it).
+pub struct BenchCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: Vec<u8>,
+    pub key_der: Vec<u8>,
+}
+
+/// A fresh [`BenchCert`].
+pub fn bench_cert() -> anyhow::Result<BenchCert> {
+    let key = rcgen::KeyPair::generate()?; // ECDSA P-256
+    let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])?.self_signed(&key)?;
+    Ok(BenchCert {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
+    })
+}
+
 /// A client configuration trusting only `cert`. `resume`: keep session
 /// tickets and offer them (a returning client); otherwise every
 /// handshake is a full one.
@@ -226,4 +247,66 @@ async fn one(
         return Err(std::io::Error::other("not a 200 response"));
     }
     Ok(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The TLS client must keep working: handshakes against an in-process
+    //! rustls server are counted, and a returning client is resumed.
+    use super::*;
+    use rustls::pki_types::PrivateKeyDer;
+
+    /// Answers every connection with one `200` and closes it.
+    async fn server(cert: &BenchCert) -> SocketAddr {
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("TLS 1.3")
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![CertificateDer::from(cert.der.clone())],
+                    PrivateKeyDer::Pkcs8(cert.key_der.clone().into()),
+                )
+                .expect("the bench certificate loads");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 1024];
+                    let _ = tls.read(&mut buf).await;
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handshakes_are_counted_and_returning_clients_resumed() {
+        let cert = bench_cert().expect("certificate");
+        let addr = server(&cert).await;
+        let full = vec![client_config(&cert.der, false).expect("client")];
+        let run = (Duration::from_millis(300), usize::MAX);
+        let (r, _) = handshakes(addr, 2, run, &full, || ()).await;
+        assert_eq!(r.latency.errors, 0, "{r:?}");
+        assert!(r.latency.count > 0, "{r:?}");
+        assert_eq!(r.resumed, 0, "resumption off: every handshake is full");
+
+        let returning = vec![client_config(&cert.der, true).expect("client")];
+        let (r, _) = handshakes(addr, 1, run, &returning, || ()).await;
+        assert_eq!(r.latency.errors, 0, "{r:?}");
+        assert!(r.latency.count >= 2, "{r:?}");
+        assert_eq!(r.resumed, r.latency.count - 1, "all but the first resumed");
+    }
 }

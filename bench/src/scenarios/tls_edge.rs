@@ -48,21 +48,19 @@ struct Row {
 
 /// The certificate (PEM files in `dir`) and its DER for the client.
 fn make_cert(dir: &Path) -> anyhow::Result<(TlsFiles, Vec<u8>)> {
-    let key = rcgen::KeyPair::generate()?; // ECDSA P-256
-    let cert = rcgen::CertificateParams::new(vec![tls_load::SERVER_NAME.to_string()])?
-        .self_signed(&key)?;
+    let made = tls_load::bench_cert()?;
     let files = TlsFiles {
         cert: dir.join("bench-cert.pem"),
         key: dir.join("bench-key.pem"),
         cert_and_key: dir.join("bench-cert-and-key.pem"),
     };
-    std::fs::write(&files.cert, cert.pem())?;
-    std::fs::write(&files.key, key.serialize_pem())?;
+    std::fs::write(&files.cert, &made.cert_pem)?;
+    std::fs::write(&files.key, &made.key_pem)?;
     std::fs::write(
         &files.cert_and_key,
-        format!("{}{}", cert.pem(), key.serialize_pem()),
+        format!("{}{}", made.cert_pem, made.key_pem),
     )?;
-    Ok((files, cert.der().to_vec()))
+    Ok((files, made.der))
 }
 
 /// CPU µs per operation between two `cpu_ticks` readings.

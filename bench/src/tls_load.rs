@@ -37,7 +37,6 @@ pub struct BenchCert {
     pub cert_pem: String,
     pub key_pem: String,
     pub der: Vec<u8>,
-    pub key_der: Vec<u8>,
 }
 
 /// A fresh [`BenchCert`].
@@ -48,7 +47,6 @@ pub fn bench_cert() -> anyhow::Result<BenchCert> {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
         der: cert.der().to_vec(),
-        key_der: key.serialize_der(),
     })
 }
 
@@ -254,6 +252,7 @@ mod tests {
     //! The TLS client must keep working: handshakes against an in-process
     //! rustls server are counted, and a returning client is resumed.
     use super::*;
+    use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::PrivateKeyDer;
 
     /// Answers every connection with one `200` and closes it.
@@ -265,7 +264,7 @@ mod tests {
                 .with_no_client_auth()
                 .with_single_cert(
                     vec![CertificateDer::from(cert.der.clone())],
-                    PrivateKeyDer::Pkcs8(cert.key_der.clone().into()),
+                    PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("PEM key"),
                 )
                 .expect("the bench certificate loads");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));

@@ -4,7 +4,8 @@
 //!
 //! hyper enforces the head limits here (`header_read` timeout,
 //! `max_header_bytes`); a shutdown lets the request in flight finish and
-//! then closes the connection.
+//! then closes the connection. A connection accepted just before the
+//! shutdown gets its first request served too (see `serve_http`).
 
 use crate::error::plain;
 use crate::forward;
@@ -34,9 +35,11 @@ pub async fn serve_http<IO>(
     let routing = proxy.routing();
     let cfg = &routing.config;
     let hsts = hsts.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok());
+    let (started_tx, mut started) = watch::channel(false);
     let service = {
         let proxy = proxy.clone();
         service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            started_tx.send_replace(true);
             let proxy = proxy.clone();
             let hsts = hsts.clone();
             // An upgrade takes the slot into its tunnel (see SharedSlot).
@@ -66,6 +69,19 @@ pub async fn serve_http<IO>(
             }
         }
         _ = shutdown.changed() => {
+            // hyper closes a connection with no request in flight at
+            // once, a fresh one too: its client, which did nothing wrong,
+            // would see its first request fail (during a binary upgrade,
+            // a connection the old process accepted last). Give it the
+            // head-read time to send one.
+            let first = tokio::time::timeout(
+                cfg.timeouts.header_read.get(),
+                started.wait_for(|s| *s),
+            );
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = first => {}
+            }
             // Finish the request in flight (an upgrade hands off to its
             // tunnel, which follows the drain deadline), then close.
             conn.as_mut().graceful_shutdown();

@@ -124,6 +124,7 @@ async fn serve(config: ProxyConfig, path: Option<PathBuf>, up: Upgrade) -> anyho
     }
     // Stop accepting; requests in flight finish; tunnels get until the
     // drain deadline. A second signal exits at once.
+    upgrader.stop();
     let _ = stop_tx.send(true);
     let deadline = proxy.routing().config.shutdown.drain_deadline.get();
     let until = tokio::time::Instant::now() + deadline;

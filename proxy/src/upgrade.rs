@@ -9,7 +9,9 @@
 //! serving as before, with the reason logged and counted in
 //! `limpet_proxy_binary_upgrades_total{outcome}`:
 //!
-//! 1. `claim`: one attempt at a time (`busy`), none after a handover.
+//! 1. `claim`: one attempt at a time (`busy`), none after a handover,
+//!    none as a systemd service's main process (`unsupported`, see
+//!    `systemd_service`).
 //! 2. `<exe> <args> --check` (like `nginx -t`): a config or certificate
 //!    the new binary refuses stops here with its message (`check_failed`).
 //! 3. A Unix socket in a fresh 0700 directory; the new process is started
@@ -18,6 +20,8 @@
 //! 4. The child answers `ready <pid>` within `shutdown.upgrade_timeout`
 //!    (`ok`), or `error <reason>` (`refused`), or exits (`exited`), or
 //!    says nothing in time (`timeout`; it is killed).
+//! 5. `SIGTERM` during an attempt ends it (`stopping`) and kills the new
+//!    process: whoever stops the proxy must not find a new one serving.
 //!
 //! The `--check` step exists so that the common failure, a config the new
 //! binary rejects, comes back with its reason: the child itself reports
@@ -47,6 +51,10 @@ pub enum UpgradeError {
     Busy,
     #[error("this process has already handed its listeners to pid {0}")]
     HandedOver(u32),
+    #[error("running as a systemd service's main process: systemd would stop the service when this process exits after the handover (Type=simple); use `systemctl restart limpet-proxy`")]
+    UnderSystemd,
+    #[error("this process is stopping")]
+    Stopping,
     #[error("the new binary refused the configuration: {0}")]
     Check(String),
     #[error("cannot start {}: {source}", .exe.display())]
@@ -70,6 +78,8 @@ impl UpgradeError {
     pub fn outcome(&self) -> &'static str {
         match self {
             UpgradeError::Busy | UpgradeError::HandedOver(_) => "busy",
+            UpgradeError::UnderSystemd => "unsupported",
+            UpgradeError::Stopping => "stopping",
             UpgradeError::Check(_) => "check_failed",
             UpgradeError::Spawn { .. } | UpgradeError::Handover(_) => "error",
             UpgradeError::Exited(_) => "exited",
@@ -85,12 +95,16 @@ pub struct Upgrader {
     exe: PathBuf,
     /// The command line after the program name.
     args: Vec<OsString>,
-    /// Copies of every listening socket, to hand over.
-    sockets: Vec<Socket>,
+    /// Copies of every listening socket, to hand over; `None` once this
+    /// process stops, since a copy kept open would keep the port
+    /// listening, and connections would queue where nobody accepts them.
+    sockets: parking_lot::Mutex<Option<Arc<Vec<Socket>>>>,
     busy: AtomicBool,
     /// The new process's pid once it serves (0 before).
     successor: AtomicU32,
     handed_over: watch::Sender<Option<u32>>,
+    /// Turns true when this process stops: an attempt under way ends.
+    stopping: watch::Sender<bool>,
 }
 
 impl Upgrader {
@@ -98,11 +112,20 @@ impl Upgrader {
         Upgrader {
             exe,
             args,
-            sockets,
+            sockets: parking_lot::Mutex::new(Some(Arc::new(sockets))),
             busy: AtomicBool::new(false),
             successor: AtomicU32::new(0),
             handed_over: watch::channel(None).0,
+            stopping: watch::channel(false).0,
         }
+    }
+
+    /// This process stops (SIGTERM): an attempt under way is abandoned and
+    /// its new process killed, none starts; an operator who stops the
+    /// proxy must not find a new one serving afterwards.
+    pub fn stop(&self) {
+        let _ = self.stopping.send(true);
+        self.sockets.lock().take();
     }
 
     /// Turns `Some(pid)` once a new process serves: time to drain.
@@ -116,6 +139,12 @@ impl Upgrader {
 
     /// Takes the one upgrade slot; a handover keeps it for good.
     fn claim(&self) -> Result<(), UpgradeError> {
+        if *self.stopping.borrow() {
+            return Err(UpgradeError::Stopping);
+        }
+        if systemd_service() {
+            return Err(UpgradeError::UnderSystemd);
+        }
         match self.successor.load(Ordering::Acquire) {
             0 => {}
             pid => return Err(UpgradeError::HandedOver(pid)),
@@ -135,7 +164,11 @@ impl Upgrader {
                 tracing::info!(exe = %self.exe.display(), "binary upgrade: starting the new process");
                 let started = Instant::now();
                 let timeout = proxy.routing().config.shutdown.upgrade_timeout.get();
-                let result = self.attempt(timeout).await;
+                let mut stopping = self.stopping.subscribe();
+                let result = tokio::select! {
+                    result = self.attempt(timeout) => result,
+                    _ = stopping.wait_for(|s| *s) => Err(UpgradeError::Stopping),
+                };
                 if let Ok(pid) = result {
                     self.successor.store(pid, Ordering::Release);
                     tracing::info!(
@@ -171,7 +204,7 @@ impl Upgrader {
         self.check(deadline).await?;
         let dir = Scratch::create().map_err(HandoverError::from)?;
         let listener = UnixListener::bind(dir.socket()).map_err(HandoverError::from)?;
-        let mut child = tokio::process::Command::new(&self.exe)
+        let child = tokio::process::Command::new(&self.exe)
             .args(&self.args)
             .env(ENV, dir.socket())
             .stdin(Stdio::null())
@@ -181,6 +214,7 @@ impl Upgrader {
                 source,
             })?;
         let pid = child.id().unwrap_or(0);
+        let mut candidate = Candidate(Some(child));
         let talk = async {
             let mut stream = loop {
                 let (stream, _) = listener.accept().await.map_err(HandoverError::from)?;
@@ -193,10 +227,11 @@ impl Upgrader {
                     ),
                 }
             };
-            handover::send(&mut stream, &self.sockets).await?;
+            let sockets = self.sockets.lock().clone().ok_or(UpgradeError::Stopping)?;
+            handover::send(&mut stream, &sockets).await?;
             tracing::info!(
                 new_pid = pid,
-                sockets = self.sockets.len(),
+                sockets = sockets.len(),
                 "binary upgrade: listening sockets handed over"
             );
             let answer = handover::read_answer(&mut stream)
@@ -206,16 +241,16 @@ impl Upgrader {
         };
         let outcome = tokio::select! {
             answer = talk => answer,
-            status = child.wait() => match status {
+            status = candidate.wait() => match status {
                 Ok(status) => Err(UpgradeError::Exited(status)),
                 Err(e) => Err(HandoverError::from(e).into()),
             },
             _ = tokio::time::sleep_until(deadline) => Err(UpgradeError::Timeout(timeout)),
         };
-        if outcome.is_err() {
-            // A child that is not serving must not keep the sockets.
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+        match outcome {
+            // It serves: it outlives this process.
+            Ok(_) => drop(candidate.0.take()),
+            Err(_) => candidate.kill().await,
         }
         outcome
     }
@@ -251,6 +286,36 @@ impl Upgrader {
     }
 }
 
+/// The new process until it serves. Dropped any other way (an error, a
+/// timeout, this process stopping mid-way), it is killed: a process that
+/// is not serving must not keep the listening sockets.
+struct Candidate(Option<tokio::process::Child>);
+
+impl Candidate {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match &mut self.0 {
+            Some(child) => child.wait().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            // tokio reaps it once it has exited.
+            let _ = child.start_kill();
+        }
+    }
+}
+
 /// The path this process was started from, as it is named on disk, so
 /// that an upgrade runs the file there now. `/proc/self/exe` itself would
 /// run the old file, which a package upgrade has replaced.
@@ -264,6 +329,23 @@ fn undeleted(exe: PathBuf) -> PathBuf {
         Some(path) => PathBuf::from(path),
         None => exe,
     }
+}
+
+/// Whether this process is a system service started by systemd: it sets
+/// `INVOCATION_ID` and is the parent (pid 1). A `Type=simple` unit stops
+/// when its main process exits, killing the new process with it, so an
+/// upgrade there would take the service down instead of keeping it up.
+/// (A shell started from a user service inherits `INVOCATION_ID` too, but
+/// its parent is not pid 1.)
+fn systemd_service() -> bool {
+    started_by_systemd(
+        std::env::var_os("INVOCATION_ID").is_some(),
+        std::os::unix::process::parent_id(),
+    )
+}
+
+fn started_by_systemd(invocation_id: bool, parent: u32) -> bool {
+    invocation_id && parent == 1
 }
 
 /// A private directory for the handover socket, removed when dropped.
@@ -317,6 +399,14 @@ mod tests {
         up.successor.store(4242, Ordering::Release);
         up.busy.store(false, Ordering::Release);
         assert!(matches!(up.claim(), Err(UpgradeError::HandedOver(4242))));
+    }
+
+    #[test]
+    fn refused_only_as_a_system_service() {
+        assert!(started_by_systemd(true, 1));
+        // A shell of a terminal that a user service started.
+        assert!(!started_by_systemd(true, 4242));
+        assert!(!started_by_systemd(false, 1));
     }
 
     #[test]

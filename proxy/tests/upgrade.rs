@@ -62,6 +62,18 @@ async fn answering_pid(admin_addr: SocketAddr) -> Option<u64> {
     v["pid"].as_u64()
 }
 
+/// New connections, to the admin API and to the proxy, are all served,
+/// by `pid` alone.
+async fn served_only_by(proxy: &ProxyProcess, pid: u32) {
+    for _ in 0..5 {
+        assert_eq!(answering_pid(proxy.admin).await, Some(u64::from(pid)));
+        assert_eq!(
+            http(proxy.addr, "GET", "/", &[]).await.backend(),
+            Some("b1")
+        );
+    }
+}
+
 /// One short request on a fresh connection; any failure (refused,
 /// reset, no or a bad answer) is an `Err` saying which.
 async fn try_get(addr: SocketAddr) -> Result<(), String> {
@@ -194,19 +206,42 @@ async fn usr2_hands_the_listeners_over_with_no_refused_connection() {
         &failures[..failures.len().min(5)]
     );
     // Only the new process holds the listeners now.
-    for _ in 0..5 {
-        assert_eq!(answering_pid(proxy.admin).await, Some(u64::from(new)));
-        assert_eq!(
-            http(proxy.addr, "GET", "/", &[]).await.backend(),
-            Some("b1")
-        );
-    }
+    served_only_by(&proxy, new).await;
     let log = proxy.log_text();
     assert!(
         log.contains("listening sockets handed over")
             && log.contains("took over a listening socket from the old process"),
         "{log}"
     );
+
+    // The new process upgrades in turn, through the admin API, which
+    // answers once the next one serves.
+    let _reaper_of_new = Successors { old: new };
+    let r = admin(&proxy, "POST", "/api/upgrade").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+    let newer = v["pid"].as_u64().expect("pid");
+    assert_ne!(newer, u64::from(new));
+    eventually("the second new process answers alone", || async {
+        answering_pid(proxy.admin).await == Some(newer) && !running(new)
+    })
+    .await;
+    assert_eq!(
+        http(proxy.addr, "GET", "/", &[]).await.backend(),
+        Some("b1")
+    );
+}
+
+/// Whether `pid` runs (a zombie waiting for its reaper does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,13 +299,7 @@ async fn a_refused_upgrade_leaves_the_old_process_serving() {
 
     // The old process carries on alone, with the reasons in its log.
     proxy.proc.assert_alive();
-    for _ in 0..5 {
-        assert_eq!(answering_pid(proxy.admin).await, Some(u64::from(old)));
-        assert_eq!(
-            http(proxy.addr, "GET", "/", &[]).await.backend(),
-            Some("b1")
-        );
-    }
+    served_only_by(&proxy, old).await;
     let log = proxy.log_text();
     assert!(
         log.contains("binary upgrade refused, this process carries on")
@@ -280,4 +309,40 @@ async fn a_refused_upgrade_leaves_the_old_process_serving() {
     );
     let reaper = Successors { old };
     assert!(reaper.pids().is_empty(), "no new process is left running");
+}
+
+/// The old process stops accepting when the new one serves (or on
+/// SIGTERM); a connection it accepted just before, whose request had not
+/// arrived yet, is still served. Before, hyper closed it at once as idle:
+/// one request in about 40,000 (12 runs) of the connect loop above failed so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_just_before_the_stop_is_served() {
+    let b1 = TestBackend::start("b1").await;
+    let mut proxy = ProxyProcess::start(&config(&[&b1], "", ""));
+    let mut early = TcpStream::connect(proxy.addr).await.unwrap();
+    eventually("the proxy accepted the connection", || async {
+        proxy.metric("limpet_proxy_connections_total").await == 1.0
+    })
+    .await;
+    proxy.signal("TERM");
+    eventually("the listener is closed", || async {
+        TcpStream::connect(proxy.addr).await.is_err()
+    })
+    .await;
+    early
+        .write_all(b"GET / HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, early.read_to_end(&mut raw)).await;
+    assert!(matches!(read, Ok(Ok(_))), "{read:?}");
+    let reply = parse_reply(&raw);
+    assert_eq!(
+        (reply.status, reply.backend()),
+        (200, Some("b1")),
+        "{}",
+        reply.body
+    );
+    let code = tokio::task::block_in_place(|| proxy.proc.wait_exit());
+    assert_eq!(code, Some(0));
 }

@@ -14,6 +14,12 @@
 //! delivery is the figure that noise moves least. Skipped with a note when
 //! Redis is not installed.
 //!
+//! Then memory per idle client ([`idle`]): a fresh server of each kind
+//! (so the fan-out's high-water marks do not hide the growth) gets
+//! thousands of connections that each answered one PING, then the same
+//! connections each subscribe to a channel of their own; RSS growth per
+//! connection is read from `/proc` after a few quiet seconds.
+//!
 //! `limpet-bench broker` runs this scenario alone (see [`standalone`]).
 
 use super::procs::{
@@ -22,10 +28,14 @@ use super::procs::{
 use super::report::{median_by, ratio, ChartGroup};
 use super::sizes::Sizes;
 use crate::load::{self, Latency};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// One fan-out run against one server.
 #[derive(Clone, Default)]
@@ -196,6 +206,8 @@ pub(crate) async fn run(dir: &Path, bin: &Path, s: &Sizes) -> anyhow::Result<(St
             chart.push(("limpet-broker".to_string(), l.latency.per_sec));
         }
     }
+    drop((limpet, redis));
+    idle(&mut md, dir, bin, s.idle_conns.min(5000)).await?;
     Ok((
         md,
         ("broker fan-out 1 → 100: delivered/s".to_string(), chart),
@@ -240,6 +252,133 @@ pub(crate) async fn standalone(
     println!("{md}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Quiet time before RSS is read: Redis shrinks an idle client's query
+/// and reply buffers in its once-a-second client cron, only after the
+/// client has been idle for 2 s.
+const IDLE_SETTLE: Duration = Duration::from_secs(4);
+
+/// Memory per idle client: RSS growth of a fresh server per connection,
+/// first with `conns` connections that each answered a PING, then with
+/// each of them also subscribed to a channel of its own.
+async fn idle(md: &mut String, dir: &Path, bin: &Path, conns: usize) -> anyhow::Result<()> {
+    let _ = writeln!(
+        md,
+        "\nMemory per idle client: a fresh server each, {conns} connections (one PING each), then each also subscribed to its own channel; RSS growth per connection from `/proc` after {} s quiet.\n\n| measurement | redis-server | limpet-broker | limpet / redis |\n|---|---|---|---|",
+        IDLE_SETTLE.as_secs()
+    );
+    let lb = free_addr()?;
+    let rb = free_addr()?;
+    std::fs::write(
+        dir.join("bi.toml"),
+        format!("bind = [\"{lb}\"]\n[metrics]\nenabled = false\n"),
+    )?;
+    let mut rows = Vec::new();
+    for (addr, proc) in [
+        (rb, redis_server(rb)?),
+        (
+            lb,
+            Proc::spawn(
+                "limpet-broker",
+                Command::new(bin.join("limpet-broker"))
+                    .arg("--config")
+                    .arg(dir.join("bi.toml"))
+                    .env("RUST_LOG", "warn"),
+            )?,
+        ),
+    ] {
+        wait_port(addr).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = proc.rss_kib();
+        let mut held = open_idle(addr, conns).await;
+        tokio::time::sleep(IDLE_SETTLE).await;
+        let plain = proc.rss_kib();
+        let subscribed = subscribe_each(&mut held).await;
+        tokio::time::sleep(IDLE_SETTLE).await;
+        let subs = proc.rss_kib();
+        let per = |kib: u64| kib.saturating_sub(before) as f64 * 1024.0 / held.len().max(1) as f64;
+        rows.push((per(plain), per(subs), held.len(), subscribed));
+        drop(held);
+    }
+    let [(rp, rs, rn, rsn), (lp, ls, ln, lsn)] = rows[..] else {
+        return Ok(());
+    };
+    let _ = writeln!(
+        md,
+        "| RSS per idle connection, bytes ({rn} / {ln} connected) | {rp:.0} | {lp:.0} | {} |",
+        ratio(lp, rp)
+    );
+    let _ = writeln!(
+        md,
+        "| RSS per idle subscriber, bytes ({rsn} / {lsn} subscribed) | {rs:.0} | {ls:.0} | {} |",
+        ratio(ls, rs)
+    );
+    Ok(())
+}
+
+/// Opens up to `conns` connections, each of which answered one PING.
+async fn open_idle(addr: SocketAddr, conns: usize) -> Vec<TcpStream> {
+    let mut held = Vec::with_capacity(conns);
+    let mut pending = FuturesUnordered::new();
+    let mut next = 0;
+    while next < conns || !pending.is_empty() {
+        while next < conns && pending.len() < 256 {
+            let i = next;
+            next += 1;
+            pending.push(async move {
+                let mut tcp = load::connect_from(i, addr).await.ok()?;
+                ask(&mut tcp, b"PING\r\n", b"+PONG\r\n").await?;
+                Some(tcp)
+            });
+        }
+        if let Some(Some(tcp)) = pending.next().await {
+            held.push(tcp);
+        }
+    }
+    held
+}
+
+/// Subscribes each connection to a channel of its own; returns how many
+/// got their confirmation.
+async fn subscribe_each(held: &mut [TcpStream]) -> usize {
+    let mut ok = 0;
+    for chunk in held.chunks_mut(256) {
+        let mut pending: FuturesUnordered<_> = chunk
+            .iter_mut()
+            .enumerate()
+            .map(|(i, tcp)| async move {
+                let ch = format!("idle:{i}:{}", tcp.local_addr().map_or(0, |a| a.port()));
+                let cmd = format!("*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{ch}\r\n", ch.len());
+                // The confirmation ends with the subscription count, 1.
+                ask(tcp, cmd.as_bytes(), b":1\r\n").await
+            })
+            .collect();
+        while let Some(r) = pending.next().await {
+            ok += usize::from(r.is_some());
+        }
+    }
+    ok
+}
+
+/// Sends `req` and reads until the reply ends with `end` (5 s at most).
+async fn ask(tcp: &mut TcpStream, req: &[u8], end: &[u8]) -> Option<()> {
+    tcp.write_all(req).await.ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    let read = async {
+        while !got.ends_with(end) {
+            let n = tcp.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        Some(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()?
 }
 
 fn redis_benchmark(addr: SocketAddr, n: usize) -> f64 {

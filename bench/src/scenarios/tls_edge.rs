@@ -405,7 +405,7 @@ pub(crate) async fn standalone(
     let dir = scratch_dir("limpet-bench-tls")?;
     let me = std::env::current_exe()?;
     let (backends, backend_procs) = echo_backends(&me).await?;
-    let measured = measure(&backends, &dir, bin, &s, rounds.unwrap_or(s.repeat)).await;
+    let measured = measure(&backends, &dir, bin, &s, rounds.unwrap_or(s.repeat).max(1)).await;
     drop(backend_procs);
     let _ = std::fs::remove_dir_all(&dir);
     let (rounds, notes) = measured?;

@@ -52,7 +52,7 @@ impl Proxy {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
         let config: ProxyConfig = limpet_config::load_file(path)?;
         if config.listen != self.listen {
-            tracing::warn!("[[listen]] changes take effect only after a restart; keeping the current listeners");
+            tracing::warn!("[[listen]] changes take effect only after a restart or a binary upgrade (SIGUSR2); keeping the current listeners");
         }
         if config.http2.enabled != self.http2 {
             // ALPN is part of each listener's TLS setup, made at start.

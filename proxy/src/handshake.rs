@@ -72,6 +72,9 @@ pub async fn tls(
                 _ => "other",
             };
             handshakes.with_label_values(&["ok", version]).inc();
+            if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                metrics.resumed_handshakes.inc();
+            }
             Some(stream)
         }
         Ok(Err(e)) => {

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub limit_rejections: IntCounterVec,
     pub proxy_protocol_errors: IntCounterVec,
     pub handshakes: IntCounterVec,
+    pub resumed_handshakes: IntCounter,
     pub tls_reloads: IntCounterVec,
     pub http2_connections: IntCounter,
     pub http2_open_connections: IntGauge,
@@ -196,6 +197,14 @@ impl Metrics {
                 &["reason"],
             ),
             handshakes: counter_vec("limpet_proxy_tls_handshakes_total", "TLS handshakes by outcome and version", &["outcome", "version"]),
+            resumed_handshakes: reg(
+                &r,
+                IntCounter::new(
+                    "limpet_proxy_tls_resumed_handshakes_total",
+                    "Successful TLS handshakes that resumed a session (a ticket or the session cache), of limpet_proxy_tls_handshakes_total{outcome=\"ok\"}",
+                )
+                .expect("valid"),
+            ),
             tls_reloads: counter_vec("limpet_proxy_tls_reloads_total", "Certificate reloads by outcome", &["outcome"]),
             http2_connections: reg(
                 &r,

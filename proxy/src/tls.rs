@@ -184,6 +184,13 @@ pub fn server(cfg: &TlsListenConfig, http2: bool) -> Result<ServerTls, TlsError>
         .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
+    if cfg.session_tickets {
+        // Stateless tickets, keys rotated by rustls (every 6 hours, each
+        // valid for 12), in memory: without them TLS 1.3 resumption rests
+        // on the 256-entry session cache, which a busy edge overwrites
+        // long before a client returns (issue 13).
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    }
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     if http2 {
         config

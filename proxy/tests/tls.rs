@@ -364,3 +364,88 @@ async fn https_backends_are_verified_against_the_configured_ca() {
     assert_eq!(http(insecure.addr, "GET", "/", &[]).await.status, 200);
     assert!(insecure.log_text().contains("NOT verified"));
 }
+
+/// One returning client, `others` other clients (each with its own
+/// session store, 8 at a time) in between: whether the returning client
+/// resumed, and the proxy's count of resumed handshakes.
+async fn returns_after_others(extra_tls: &str, others: usize) -> (bool, f64) {
+    let pki = Pki::new(&temp_dir("tickets"));
+    pki.issue("a", &["a.test", "*.a.test"]);
+    pki.issue("b", &["b.test"]);
+    let b1 = TestBackend::start("b1").await;
+    let proxy = ProxyProcess::start(&tls_config(&pki, &[&b1], extra_tls));
+    let name = || ServerName::try_from("a.test").expect("a valid name");
+    // Its own session store, kept across connections.
+    let returning = pki.client();
+    let visit = |connector: tokio_rustls::TlsConnector| async move {
+        let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+        let mut s = tokio::time::timeout(DEADLINE, connector.connect(name(), tcp))
+            .await
+            .expect("handshake in time")
+            .expect("TLS handshake");
+        let kind = s.get_ref().1.handshake_kind();
+        // Reading the answer also reads the tickets sent after the
+        // handshake (TLS 1.3).
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw)).await;
+        assert_eq!(parse_reply(&raw).backend(), Some("b1"));
+        kind
+    };
+    assert_eq!(
+        visit(returning.clone()).await,
+        Some(rustls::HandshakeKind::Full)
+    );
+    // Each other client its own session store: a fresh connector each.
+    let mut clients: Vec<_> = (0..others).map(|_| pki.client()).collect();
+    let per_task = others.div_ceil(8);
+    let mut tasks = Vec::new();
+    while !clients.is_empty() {
+        let batch: Vec<_> = clients.drain(..per_task.min(clients.len())).collect();
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move {
+            for connector in batch {
+                let tcp = TcpStream::connect(addr).await.expect("connect");
+                let handshake = connector.connect(name(), tcp);
+                let s = tokio::time::timeout(DEADLINE, handshake)
+                    .await
+                    .expect("handshake in time")
+                    .expect("TLS handshake");
+                drop(s);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("the other clients");
+    }
+    let ok = "limpet_proxy_tls_handshakes_total{outcome=\"ok\",version=\"1.3\"}";
+    eventually("the proxy counted every handshake", || async {
+        proxy.metric(ok).await >= (1 + others) as f64
+    })
+    .await;
+    let kind = visit(returning).await;
+    let resumed = proxy
+        .metric("limpet_proxy_tls_resumed_handshakes_total")
+        .await;
+    (kind == Some(rustls::HandshakeKind::Resumed), resumed)
+}
+
+/// Issue 13: with no ticketer, sessions lived in rustls's 256-entry cache
+/// (two entries per handshake), and a client returning after a few hundred
+/// others was never resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_returning_after_hundreds_of_others_resumes_by_ticket() {
+    assert_eq!(returns_after_others("", 320).await, (true, 1.0));
+    // Switched off: the session cache alone, which resumes a client
+    // returning at once, and not one the others pushed out.
+    assert_eq!(
+        returns_after_others("session_tickets = false", 0).await,
+        (true, 1.0)
+    );
+    assert_eq!(
+        returns_after_others("session_tickets = false", 320).await,
+        (false, 0.0)
+    );
+}

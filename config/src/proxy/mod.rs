@@ -74,6 +74,12 @@ pub struct TlsListenConfig {
     /// Reload certificates when their files change on disk.
     #[serde(default = "yes")]
     pub watch: bool,
+    /// Stateless session tickets (RFC 5077, RFC 8446 §4.6.1): returning
+    /// clients resume without a full handshake, however many clients came
+    /// between. The ticket key lives in memory only; `false` leaves the
+    /// server-side session cache (256 sessions) alone.
+    #[serde(default = "yes")]
+    pub session_tickets: bool,
 }
 
 fn tls12() -> TlsVersion {

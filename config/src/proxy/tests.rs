@@ -258,3 +258,25 @@ fn http2_limits() {
         assert!(err.contains(field), "{bad}: {err}");
     }
 }
+
+#[test]
+fn tls_session_tickets_default_on() {
+    let tls = |extra: &str| {
+        format!("[[listen]]\nbind = \"127.0.0.1:8443\"\n[listen.tls]\n{extra}\n[[listen.tls.cert]]\ncert = \"a.pem\"\nkey = \"a.key\"\n")
+    };
+    let on = parse(&tls("")).unwrap();
+    assert!(on.listen[0].tls.as_ref().is_some_and(|t| t.session_tickets));
+    let off = parse(&tls("session_tickets = false")).unwrap();
+    assert!(off.listen[0]
+        .tls
+        .as_ref()
+        .is_some_and(|t| !t.session_tickets));
+    let err = parse(&tls("session_tickets = \"yes\""))
+        .unwrap_err()
+        .to_string();
+    // Line 4 is the `session_tickets` line.
+    assert!(
+        err.starts_with("proxy.toml:4:") && err.contains("expected a boolean"),
+        "{err}"
+    );
+}

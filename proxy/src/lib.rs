@@ -20,7 +20,9 @@
 //!   or certificate; [`health`] runs active checks.
 //! * [`metrics`] and [`admin`]: the Prometheus endpoint and the admin API.
 //! * [`upgrade`] starts a new binary on `SIGUSR2` and hands it the
-//!   listening sockets ([`handover`]), which [`listen`] takes over.
+//!   listening sockets ([`handover`]), which [`listen`] takes over;
+//!   [`notify`] tells systemd when a process serves and which one is the
+//!   service's main process.
 
 pub mod admin;
 pub mod bufpool;
@@ -37,6 +39,7 @@ pub mod limits;
 pub mod listen;
 pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod reload;

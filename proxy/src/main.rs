@@ -5,7 +5,7 @@ use anyhow::Context;
 use limpet_config::ProxyConfig;
 use limpet_proxy::handover::{self, Inherited, Kind, Socket};
 use limpet_proxy::upgrade::{self, Upgrader};
-use limpet_proxy::{admin, listen, live};
+use limpet_proxy::{admin, listen, live, notify};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -96,8 +96,11 @@ async fn serve(config: ProxyConfig, path: Option<PathBuf>, up: Upgrade) -> anyho
     let mut sigusr2 = signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?;
     tokio::spawn(proxy.clone().watch_certificates(stop_rx.clone()));
     let serving = tokio::spawn(listeners.run(proxy.clone(), stop_rx));
+    // The sockets already listen; the accept loops are spawned. Under
+    // systemd, a new process of an upgrade becomes the main process
+    // before the old one is told to drain, and so before it exits.
+    notify::ready(inherited.is_some());
     if let Some(inherited) = inherited {
-        // The sockets already listen; the accept loops are spawned.
         match inherited.ready().await {
             Ok(()) => tracing::info!("binary upgrade: serving; the old process drains"),
             Err(e) => {
@@ -118,8 +121,8 @@ async fn serve(config: ProxyConfig, path: Option<PathBuf>, up: Upgrade) -> anyho
             Ok(()) = handed_over.changed() => {
                 if handed_over.borrow().is_some() { break }
             }
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break }
-            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); notify::send("STOPPING=1"); break }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); notify::send("STOPPING=1"); break }
         }
     }
     // Stop accepting; requests in flight finish; tunnels get until the

@@ -10,8 +10,9 @@
 //! `limpet_proxy_binary_upgrades_total{outcome}`:
 //!
 //! 1. `claim`: one attempt at a time (`busy`), none after a handover,
-//!    none as a systemd service's main process (`unsupported`, see
-//!    `systemd_service`).
+//!    none as a systemd service's main process without a notify socket
+//!    (`unsupported`, see `systemd_service_without_notify`); under
+//!    `Type=notify` the new process becomes the main one (`notify`).
 //! 2. `<exe> <args> --check` (like `nginx -t`): a config or certificate
 //!    the new binary refuses stops here with its message (`check_failed`).
 //! 3. A Unix socket in a fresh 0700 directory; the new process is started
@@ -51,7 +52,7 @@ pub enum UpgradeError {
     Busy,
     #[error("this process has already handed its listeners to pid {0}")]
     HandedOver(u32),
-    #[error("running as a systemd service's main process: systemd would stop the service when this process exits after the handover (Type=simple); use `systemctl restart limpet-proxy`")]
+    #[error("running as the main process of a systemd service without $NOTIFY_SOCKET (Type=simple): systemd would stop the service when this process exits after the handover; make the unit Type=notify with NotifyAccess=all, as the packaged one is, or use `systemctl restart limpet-proxy`")]
     UnderSystemd,
     #[error("this process is stopping")]
     Stopping,
@@ -142,7 +143,7 @@ impl Upgrader {
         if *self.stopping.borrow() {
             return Err(UpgradeError::Stopping);
         }
-        if systemd_service() {
+        if systemd_service_without_notify() {
             return Err(UpgradeError::UnderSystemd);
         }
         match self.successor.load(Ordering::Acquire) {
@@ -171,6 +172,9 @@ impl Upgrader {
                 };
                 if let Ok(pid) = result {
                     self.successor.store(pid, Ordering::Release);
+                    // The new process said so itself; from the main
+                    // process it counts under `NotifyAccess=main` too.
+                    crate::notify::send(&format!("MAINPID={pid}"));
                     tracing::info!(
                         new_pid = pid,
                         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -334,18 +338,21 @@ fn undeleted(exe: PathBuf) -> PathBuf {
 /// Whether this process is a system service started by systemd: it sets
 /// `INVOCATION_ID` and is the parent (pid 1). A `Type=simple` unit stops
 /// when its main process exits, killing the new process with it, so an
-/// upgrade there would take the service down instead of keeping it up.
+/// upgrade there would take the service down instead of keeping it up;
+/// under `Type=notify` (`$NOTIFY_SOCKET` set) the new process tells
+/// systemd it is the main process first, and the upgrade may go ahead.
 /// (A shell started from a user service inherits `INVOCATION_ID` too, but
 /// its parent is not pid 1.)
-fn systemd_service() -> bool {
-    started_by_systemd(
+fn systemd_service_without_notify() -> bool {
+    refused_under_systemd(
         std::env::var_os("INVOCATION_ID").is_some(),
         std::os::unix::process::parent_id(),
+        crate::notify::enabled(),
     )
 }
 
-fn started_by_systemd(invocation_id: bool, parent: u32) -> bool {
-    invocation_id && parent == 1
+fn refused_under_systemd(invocation_id: bool, parent: u32, notify_socket: bool) -> bool {
+    invocation_id && parent == 1 && !notify_socket
 }
 
 /// A private directory for the handover socket, removed when dropped.
@@ -402,11 +409,13 @@ mod tests {
     }
 
     #[test]
-    fn refused_only_as_a_system_service() {
-        assert!(started_by_systemd(true, 1));
+    fn refused_only_as_a_system_service_without_a_notify_socket() {
+        assert!(refused_under_systemd(true, 1, false));
+        // Type=notify: the new process becomes the main one.
+        assert!(!refused_under_systemd(true, 1, true));
         // A shell of a terminal that a user service started.
-        assert!(!started_by_systemd(true, 4242));
-        assert!(!started_by_systemd(false, 1));
+        assert!(!refused_under_systemd(true, 4242, false));
+        assert!(!refused_under_systemd(false, 1, false));
     }
 
     #[test]

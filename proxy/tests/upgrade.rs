@@ -346,3 +346,105 @@ async fn a_connection_accepted_just_before_the_stop_is_served() {
     let code = tokio::task::block_in_place(|| proxy.proc.wait_exit());
     assert_eq!(code, Some(0));
 }
+
+/// A notify socket like systemd's: a datagram socket that learns each
+/// sender's pid (SO_PASSCRED), as systemd does.
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    fn bind() -> NotifySocket {
+        let dir = std::env::temp_dir().join(format!("limpet-proxy-notify-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        rustix::net::sockopt::set_socket_passcred(&socket, true).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        NotifySocket { socket, path }
+    }
+
+    /// The next datagram and its sender's pid, within the deadline.
+    fn next(&self) -> (u32, String) {
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut space =
+                vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let mut buf = [0u8; 512];
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            match rustix::net::recvmsg(&self.socket, &mut iov, &mut control, RecvFlags::empty()) {
+                Ok(got) => {
+                    let pid = control
+                        .drain()
+                        .find_map(|m| match m {
+                            RecvAncillaryMessage::ScmCredentials(c) => {
+                                Some(c.pid.as_raw_nonzero().get() as u32)
+                            }
+                            _ => None,
+                        })
+                        .expect("the sender's credentials");
+                    let text = String::from_utf8_lossy(&buf[..got.bytes]).into_owned();
+                    return (pid, text);
+                }
+                Err(rustix::io::Errno::AGAIN) => {
+                    assert!(Instant::now() < deadline, "no sd_notify datagram in 30 s");
+                }
+                Err(e) => panic!("reading the notify socket: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Under a systemd `Type=notify` unit (here: `$NOTIFY_SOCKET` bound by the
+/// test), the new process of an upgrade tells systemd it is the main
+/// process and ready before the old one drains and exits; the old one
+/// confirms it, and says nothing about stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usr2_under_a_notify_socket_moves_the_main_pid_before_the_old_exits() {
+    let notify = NotifySocket::bind();
+    let b1 = TestBackend::start("b1").await;
+    let text = config(&[&b1], "[shutdown]\ndrain_deadline = \"5s\"", "");
+    let mut proxy = ProxyProcess::start_with_env(&text, "NOTIFY_SOCKET", notify.path.as_os_str());
+    let old = proxy.proc.child.id();
+    let _reaper = Successors { old };
+    let next = || tokio::task::block_in_place(|| notify.next());
+    assert_eq!(next(), (old, "READY=1".to_string()));
+    // A tunnel keeps the old process draining, so it runs on past the
+    // new process's datagram.
+    let (mut ws, _) = ws_connect(proxy.addr, "/ws", None).await.expect("ws");
+    assert_eq!(echo(&mut ws, "before").await, "b1:before");
+
+    proxy.signal("USR2");
+    let (new, said) = next();
+    assert_ne!(new, old);
+    assert_eq!(said, format!("MAINPID={new}\nREADY=1"));
+    assert!(running(old), "the old process still runs");
+    assert_eq!(next(), (old, format!("MAINPID={new}")));
+    assert_eq!(echo(&mut ws, "after").await, "b1:after");
+    let code = tokio::task::block_in_place(|| proxy.proc.wait_exit());
+    assert_eq!(code, Some(0), "the old process exits cleanly");
+    served_only_by(&proxy, new).await;
+
+    // Stopped by systemd (SIGTERM): the main process says so.
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &new.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(next(), (new, "STOPPING=1".to_string()));
+    eventually("the new process exits", || async { !running(new) }).await;
+}

@@ -237,6 +237,13 @@ impl ProxyProcess {
         )
     }
 
+    /// The proxy with one more environment variable.
+    pub fn start_with_env(config_text: &str, key: &str, value: &std::ffi::OsStr) -> ProxyProcess {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_limpet-proxy"));
+        cmd.env(key, value);
+        Self::launch(cmd, config_text, None)
+    }
+
     /// The proxy inside a network namespace (a "host" of the fault
     /// tests), with its listeners bound to `0.0.0.0:0` in the config;
     /// `addr` and `admin` are then the namespace's address and those ports.

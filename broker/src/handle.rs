@@ -100,8 +100,23 @@ pub struct ClientInfo {
 }
 
 /// The shared half of a client.
+///
+/// `repr(C)`, hot fields first: a delivery reads the kill flag, the
+/// dialect and the output counters, then takes the outbox's lock, so they
+/// sit together at the start, next to the `Arc`'s reference counts, and
+/// what `CLIENT LIST` alone reads comes after.
 #[derive(Debug)]
+#[repr(C)]
 pub struct ClientHandle {
+    kill_reason: AtomicU8,
+    resp3: AtomicBool,
+    obuf: AtomicU64,
+    soft_since: AtomicU64,
+    out: Mutex<Outbox>,
+    /// Tells the connection task to wait for its socket and write what a
+    /// publisher could not.
+    write_wanted: Notify,
+    kill: Notify,
     pub id: u64,
     pub peer: SocketAddr,
     pub local: SocketAddr,
@@ -113,15 +128,6 @@ pub struct ClientHandle {
     pub sub_count: AtomicUsize,
     pub psub_count: AtomicUsize,
     pub ssub_count: AtomicUsize,
-    resp3: AtomicBool,
-    out: Mutex<Outbox>,
-    /// Tells the connection task to wait for its socket and write what a
-    /// publisher could not.
-    write_wanted: Notify,
-    obuf: AtomicU64,
-    soft_since: AtomicU64,
-    kill_reason: AtomicU8,
-    kill: Notify,
 }
 
 impl ClientHandle {

@@ -335,24 +335,30 @@ fn undeleted(exe: PathBuf) -> PathBuf {
     }
 }
 
-/// Whether this process is a system service started by systemd: it sets
-/// `INVOCATION_ID` and is the parent (pid 1). A `Type=simple` unit stops
-/// when its main process exits, killing the new process with it, so an
-/// upgrade there would take the service down instead of keeping it up;
-/// under `Type=notify` (`$NOTIFY_SOCKET` set) the new process tells
-/// systemd it is the main process first, and the upgrade may go ahead.
-/// (A shell started from a user service inherits `INVOCATION_ID` too, but
-/// its parent is not pid 1.)
+/// Whether this process is a service's main process started by systemd
+/// without a notify socket: `SYSTEMD_EXEC_PID` (systemd 248 on, system
+/// and user managers) names this very process, or, for older systemd,
+/// it has `INVOCATION_ID` and its parent is pid 1. A `Type=simple` unit
+/// stops when its main process exits, killing the new process with it, so
+/// an upgrade there would take the service down instead of keeping it up
+/// (seen under a `systemd --user` manager, whose pid is not 1); under
+/// `Type=notify` (`$NOTIFY_SOCKET` set) the new process tells systemd it
+/// is the main process first, and the upgrade may go ahead. (A shell
+/// started from a service inherits both variables, but it is not the pid
+/// `SYSTEMD_EXEC_PID` names, and its parent is not pid 1.)
 fn systemd_service_without_notify() -> bool {
+    let exec_pid = std::env::var("SYSTEMD_EXEC_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok());
     refused_under_systemd(
-        std::env::var_os("INVOCATION_ID").is_some(),
-        std::os::unix::process::parent_id(),
+        exec_pid == Some(std::process::id()),
+        std::env::var_os("INVOCATION_ID").is_some() && std::os::unix::process::parent_id() == 1,
         crate::notify::enabled(),
     )
 }
 
-fn refused_under_systemd(invocation_id: bool, parent: u32, notify_socket: bool) -> bool {
-    invocation_id && parent == 1 && !notify_socket
+fn refused_under_systemd(exec_pid_is_own: bool, invoked_by_pid1: bool, notify: bool) -> bool {
+    (exec_pid_is_own || invoked_by_pid1) && !notify
 }
 
 /// A private directory for the handover socket, removed when dropped.
@@ -409,13 +415,14 @@ mod tests {
     }
 
     #[test]
-    fn refused_only_as_a_system_service_without_a_notify_socket() {
-        assert!(refused_under_systemd(true, 1, false));
+    fn refused_only_as_a_service_main_process_without_a_notify_socket() {
+        // systemd >= 248 (system or user manager), and older system ones.
+        assert!(refused_under_systemd(true, false, false));
+        assert!(refused_under_systemd(false, true, false));
         // Type=notify: the new process becomes the main one.
-        assert!(!refused_under_systemd(true, 1, true));
-        // A shell of a terminal that a user service started.
-        assert!(!refused_under_systemd(true, 4242, false));
-        assert!(!refused_under_systemd(false, 1, false));
+        assert!(!refused_under_systemd(true, true, true));
+        // A shell of a terminal a service started, or no systemd at all.
+        assert!(!refused_under_systemd(false, false, false));
     }
 
     #[test]

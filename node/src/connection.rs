@@ -21,6 +21,7 @@ use crate::wire::{Wire, WireError};
 use crate::ws::{Decoder, Event, OpCode, WsError};
 use bytes::Bytes;
 use serde_json::json;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -108,7 +109,7 @@ fn end_reason(code: u16) -> &'static str {
 pub async fn serve<S>(
     node: Arc<Node>,
     io: S,
-    early: &[u8],
+    early: Vec<u8>,
     client: String,
     admission: Admission,
     identity: Option<Identity>,
@@ -240,8 +241,20 @@ pub async fn serve<S>(
                 } else {
                     // Boxed: a request's future (a rejoin, a presence
                     // query) is large and lives only while it runs, so an
-                    // idle client's task does not carry its size.
-                    Box::pin(handle_text(&node, &id, &text, &mut session)).await
+                    // idle client's task does not carry its size. While
+                    // it waits (on the broker, on other nodes) the
+                    // client's queue keeps being written.
+                    let mut request = Box::pin(handle_text(&node, &id, &text, &mut session));
+                    std::future::poll_fn(|cx| {
+                        if let Poll::Ready(outcome) = request.as_mut().poll(cx) {
+                            return Poll::Ready(outcome);
+                        }
+                        outbox.register(cx.waker());
+                        // A write error shows again at the next read.
+                        let _ = wire.poll_write(cx, &outbox, node.max_age, &node.metrics);
+                        Poll::Pending
+                    })
+                    .await
                 }
             }
             Event::Binary(bytes) => {
@@ -286,20 +299,30 @@ pub async fn serve<S>(
     }
     node.remove_socket(&id);
     outbox.close(close::GOING_AWAY);
+    // Boxed: the closing steps' timers and writes live only while the
+    // client is closing, not in every idle client's task.
+    Box::pin(finish(&node, &mut wire, &outbox, failed)).await;
+    tracing::info!(node = %node.id, socket = %id, %client, %user, seconds = started.elapsed().as_secs(), reason = end, "client disconnected");
+}
+
+/// Sends what is owed to a closing client, then the close frame.
+async fn finish<S>(node: &Node, wire: &mut Wire<S>, outbox: &Outbox, mut failed: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let code = outbox.close_code().unwrap_or(close::GOING_AWAY);
     let metrics = &node.metrics;
-    let mut failed = failed;
     // Acks and errors queued before a close the client caused (or a
     // drain) are still owed to it, and it is reading: send them first,
     // within a bounded time. A slow or silent client gets nothing more.
     if !failed && close::flushes_queue(code) {
-        let flush = std::future::poll_fn(|cx| wire.poll_write(cx, &outbox, node.max_age, metrics));
+        let flush = std::future::poll_fn(|cx| wire.poll_write(cx, outbox, node.max_age, metrics));
         failed = !matches!(
             tokio::time::timeout(close::FLUSH_BEFORE_CLOSE, flush).await,
             Ok(Ok(()))
         );
     }
-    wire.discard(&outbox, metrics);
+    wire.discard(outbox, metrics);
     if !failed {
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
@@ -307,7 +330,6 @@ pub async fn serve<S>(
         )
         .await;
     }
-    tracing::info!(node = %node.id, socket = %id, %client, %user, seconds = started.elapsed().as_secs(), reason = end, "client disconnected");
 }
 
 /// The socket's own rate limit, then its address's (shared by all the
@@ -392,6 +414,7 @@ async fn run(
                 (None, Some(history)) => crate::recovery::join_at(node, id, &room, history).await,
                 (since, None) => {
                     let members = node.join(id, &room)?;
+                    node.subscriptions_live().await;
                     let mut ack = json!({"room": room, "members": members_json(&members)});
                     if since.is_some() {
                         // No history on this node: nothing can be recovered.

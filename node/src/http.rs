@@ -294,11 +294,11 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
                     let early = parts.read_buf.to_vec();
                     drop(parts.read_buf);
                     let io = parts.io.into_inner();
-                    connection::serve(node2, io, &early, client, admission, identity).await;
+                    connection::serve(node2, io, early, client, admission, identity).await;
                 }
                 Err(upgraded) => {
                     let io = TokioIo::new(upgraded);
-                    connection::serve(node2, io, &[], client, admission, identity).await;
+                    connection::serve(node2, io, Vec::new(), client, admission, identity).await;
                 }
             },
             Err(e) => tracing::debug!("upgrade failed: {e}"),

@@ -24,7 +24,6 @@ use bytes::Bytes;
 use redis::Value;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::history::{epoch_key, stream_key};
 
@@ -179,9 +178,7 @@ pub(crate) async fn join_at(
     history: &History,
 ) -> Result<serde_json::Value, Failure> {
     let members = node.join(id, room)?;
-    if let Some(live) = node.backplane.barrier() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), live).await;
-    }
+    node.subscriptions_live().await;
     let mut ack = json!({"room": room, "members": crate::connection::members_json(&members)});
     if let Some((epoch, offset)) = history.position(room).await {
         ack["epoch"] = json!(epoch);
@@ -209,9 +206,7 @@ pub(crate) async fn rejoin(
     // Read the history only once the room's subscription is live: a
     // message published in between is then either in what is read or
     // among the live messages held, never in neither.
-    if let Some(live) = node.backplane.barrier() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), live).await;
-    }
+    node.subscriptions_live().await;
     let recovery = match history.recover(room, since).await {
         Ok(r) => r,
         // The history cannot be read now (the broker is away): the join

@@ -76,6 +76,18 @@ impl Node {
         Ok(st.known_members(room, &self.id))
     }
 
+    /// Waits (at most 2 s) until every broker command queued so far has
+    /// run: after a join, until the room's subscription is live, so the
+    /// join's ack means that whatever is published in the room from then
+    /// on, on any node, reaches the new member. Without it a message
+    /// emitted elsewhere right after the ack could pass the subscription
+    /// on its way and be lost (seen under load in the cluster tests).
+    pub(crate) async fn subscriptions_live(&self) {
+        if let Some(live) = self.backplane.barrier() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), live).await;
+        }
+    }
+
     pub fn leave(&self, socket: &str, room: &str, reason: &str) -> Result<(), Failure> {
         let mut st = self.state.lock();
         let member = st

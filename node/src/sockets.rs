@@ -123,10 +123,10 @@ impl Outbox {
         self.waker.register(waker);
     }
 
-    /// Adds a frame unless `max_frames` are waiting; control frames always.
+    /// Adds a frame unless `max_frames` are waiting.
     fn push(&self, out: Outgoing) -> bool {
         let mut q = self.queue.lock();
-        if matches!(out.payload, Payload::Data(_)) && q.len() >= self.max_frames {
+        if q.len() >= self.max_frames {
             return false;
         }
         q.push_back(out);
@@ -139,16 +139,6 @@ impl Outbox {
     /// allocation.
     pub fn take(&self) -> VecDeque<Outgoing> {
         std::mem::take(&mut *self.queue.lock())
-    }
-
-    /// Frames taken and not written go back to the front, in order.
-    pub fn put_back(&self, mut rest: VecDeque<Outgoing>) {
-        if rest.is_empty() {
-            return;
-        }
-        let mut q = self.queue.lock();
-        rest.append(&mut q);
-        *q = rest;
     }
 
     /// `len` counted bytes have left the queue (written or dropped).
@@ -296,9 +286,12 @@ impl LocalSocket {
         false
     }
 
-    /// Queues a control frame (ping, pong), outside the byte count.
+    /// Queues a control frame (ping, pong), outside the byte count; with
+    /// the queue full it is dropped (a client that pings and never reads
+    /// cannot make pongs pile up; it is closed as a slow consumer by the
+    /// next data frame).
     pub(crate) fn control(&self, op: OpCode, payload: Bytes) {
-        self.outbox.push(Outgoing {
+        let _ = self.outbox.push(Outgoing {
             payload: Payload::Control(op, payload),
             since: None,
         });

@@ -113,11 +113,11 @@ pub struct Wire<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// `early`: bytes the HTTP layer read past the upgrade request.
-    pub fn new(io: S, decoder: Decoder, early: &[u8]) -> Wire<S> {
+    pub fn new(io: S, decoder: Decoder, early: Vec<u8>) -> Wire<S> {
         Wire {
             io,
             decoder,
-            pending_in: early.to_vec(),
+            pending_in: early,
             eof: false,
             out: None,
             taken: VecDeque::new(),
@@ -269,12 +269,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
     }
 
-    /// Frames taken from the outbox but not encoded go back to it (the
-    /// connection is closing and may still flush them).
-    pub fn untake(&mut self, outbox: &Outbox) {
-        outbox.put_back(std::mem::take(&mut self.taken));
-    }
-
     /// Drops every frame still queued or half written, releasing its bytes.
     pub fn discard(&mut self, outbox: &Outbox, metrics: &Metrics) {
         if let Some(p) = self.out.take() {
@@ -299,7 +293,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sockets::Outgoing;
     use std::future::poll_fn;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -316,7 +309,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let metrics = Metrics::new();
         let outbox = Outbox::new(16);
-        let mut wire = Wire::new(server, Decoder::new(1000, 4000), b"");
+        let mut wire = Wire::new(server, Decoder::new(1000, 4000), Vec::new());
         let max_age = MaxAge::new(std::time::Duration::ZERO);
         assert!(!wire.holds_buffers(), "a new socket");
 
@@ -353,6 +346,18 @@ mod tests {
         assert!(!wire.holds_buffers());
     }
 
+    /// Pongs (and pings) for a client that never reads stop at the
+    /// queue's frame bound instead of piling up.
+    #[test]
+    fn control_frames_are_bounded_too() {
+        let outbox = Outbox::new(4);
+        let socket = crate::sockets::LocalSocket::new(outbox.clone());
+        for _ in 0..100 {
+            socket.control(OpCode::Pong, bytes::Bytes::from_static(b"p"));
+        }
+        assert_eq!(outbox.take().len(), 4);
+    }
+
     /// A client that does not read holds one chunk of encoded frames at
     /// most; the rest waits in the (shared) queue.
     #[tokio::test]
@@ -361,7 +366,7 @@ mod tests {
         let metrics = Metrics::new();
         let outbox = Outbox::new(1000);
         let socket = crate::sockets::LocalSocket::new(outbox.clone());
-        let mut wire = Wire::new(server, Decoder::new(1000, 4000), b"");
+        let mut wire = Wire::new(server, Decoder::new(1000, 4000), Vec::new());
         let frame = Frame::text("y".repeat(10_000));
         for _ in 0..50 {
             assert!(socket.queue("s", &frame, false, 1 << 30, &metrics, "local"));
@@ -373,8 +378,7 @@ mod tests {
         assert!(blocked);
         let encoded = wire.out.as_ref().map_or(0, |p| p.buf.len());
         assert!(encoded <= WRITE_CHUNK + 10_010, "{encoded} bytes encoded");
-        wire.untake(&outbox);
-        let left: VecDeque<Outgoing> = outbox.take();
-        assert_eq!(left.len(), 50 - WRITE_CHUNK.div_ceil(10_004));
+        let encoded_frames = WRITE_CHUNK.div_ceil(10_004);
+        assert_eq!(wire.taken.len(), 50 - encoded_frames, "the rest waits");
     }
 }

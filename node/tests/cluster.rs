@@ -280,3 +280,50 @@ async fn a_refused_subscribe_keeps_the_broker_link() {
     a.proc.assert_alive();
     b.proc.assert_alive();
 }
+
+/// A presence query waits up to a second for a peer that does not answer;
+/// meanwhile the asking client's room messages keep being written to it,
+/// not held until its ack (one task serves a client, and it writes while
+/// a request waits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_messages_arrive_while_a_presence_query_waits() {
+    use tokio_tungstenite::tungstenite::Message;
+    let broker = Broker::start(Kind::Limpet).await;
+    let node = NodeProcess::start("n1", &broker, "");
+    node.wait_ready().await;
+    // A peer that never answers: one heartbeat from a node that does not exist.
+    let client = redis::Client::open(broker.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("PUBLISH")
+        .arg("limpet:nodes")
+        .arg("{\"k\":\"hb\",\"o\":\"ghost\"}\n")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    node.wait_peers(1).await;
+    let mut a = Client::connect(&node).await;
+    let mut b = Client::connect(&node).await;
+    a.join("r").await;
+    b.join("r").await;
+    let presence = json!({"op": "presence", "room": "r", "id": "who"});
+    a.send_raw(Message::text(presence.to_string())).await;
+    b.emit("r", "during", json!(1)).await;
+    let event = a.next_of("event").await;
+    let event_at = Instant::now();
+    assert_eq!(event["event"], "during");
+    let reply = a.next_reply().await;
+    let ack_at = Instant::now();
+    assert_eq!(reply["id"], "who");
+    // The query lasts its full second (the ghost never answers); the
+    // event, emitted at its start, arrives long before the ack. Before,
+    // it was written with the ack, a second late.
+    assert!(
+        ack_at.duration_since(event_at) > Duration::from_millis(300),
+        "the event waited for the presence ack ({:?} apart)",
+        ack_at.duration_since(event_at)
+    );
+    assert_eq!(
+        reply["result"]["complete"], false,
+        "the ghost never answers"
+    );
+}

@@ -101,17 +101,7 @@ pub(crate) async fn run(dir: &Path, bin: &Path, s: &Sizes) -> anyhow::Result<(St
     }
     let lb = free_addr()?;
     let rb = free_addr()?;
-    std::fs::write(
-        dir.join("bb.toml"),
-        format!("bind = [\"{lb}\"]\n[metrics]\nenabled = false\n"),
-    )?;
-    let limpet = Proc::spawn(
-        "limpet-broker",
-        Command::new(bin.join("limpet-broker"))
-            .arg("--config")
-            .arg(dir.join("bb.toml"))
-            .env("RUST_LOG", "warn"),
-    )?;
+    let limpet = start_limpet(dir, bin, "bb", lb)?;
     let redis = redis_server(rb)?;
     wait_port(lb).await;
     wait_port(rb).await;
@@ -254,6 +244,23 @@ pub(crate) async fn standalone(
     Ok(())
 }
 
+/// A limpet-broker on `addr` with metrics off, its config written to
+/// `dir`/`name`.toml.
+fn start_limpet(dir: &Path, bin: &Path, name: &str, addr: SocketAddr) -> anyhow::Result<Proc> {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!("bind = [\"{addr}\"]\n[metrics]\nenabled = false\n"),
+    )?;
+    Proc::spawn(
+        "limpet-broker",
+        Command::new(bin.join("limpet-broker"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn"),
+    )
+}
+
 /// Quiet time before RSS is read: Redis shrinks an idle client's query
 /// and reply buffers in its once-a-second client cron, only after the
 /// client has been idle for 2 s.
@@ -270,23 +277,10 @@ async fn idle(md: &mut String, dir: &Path, bin: &Path, conns: usize) -> anyhow::
     );
     let lb = free_addr()?;
     let rb = free_addr()?;
-    std::fs::write(
-        dir.join("bi.toml"),
-        format!("bind = [\"{lb}\"]\n[metrics]\nenabled = false\n"),
-    )?;
     let mut rows = Vec::new();
     for (addr, proc) in [
         (rb, redis_server(rb)?),
-        (
-            lb,
-            Proc::spawn(
-                "limpet-broker",
-                Command::new(bin.join("limpet-broker"))
-                    .arg("--config")
-                    .arg(dir.join("bi.toml"))
-                    .env("RUST_LOG", "warn"),
-            )?,
-        ),
+        (lb, start_limpet(dir, bin, "bi", lb)?),
     ] {
         wait_port(addr).await;
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -34,13 +34,19 @@ async fn served_cert(
     let cert = stream.get_ref().1.peer_certificates().unwrap()[0]
         .clone()
         .into_owned();
+    get(&mut stream).await;
+    cert
+}
+
+/// `GET /` with `Connection: close` on a TLS connection; the answer.
+async fn get(stream: &mut tokio_rustls::client::TlsStream<TcpStream>) -> HttpReply {
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
         .await
-        .unwrap();
+        .expect("request");
     let mut raw = Vec::new();
     let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw)).await;
-    cert
+    parse_reply(&raw)
 }
 
 fn tls_config(pki: &Pki, backends: &[&TestBackend], extra_tls: &str) -> String {
@@ -96,13 +102,7 @@ async fn wss_through_the_tls_edge_with_sni_and_hot_certificate_swap() {
     // wss:// echo, and the backend hears X-Forwarded-Proto: https.
     let mut tunnel = wss(&pki, proxy.addr, "a.test").await;
     assert_eq!(wss_echo(&mut tunnel, "over tls").await, "b1:over tls");
-    let mut s = tls_connect(&pki, proxy.addr, "a.test").await;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.ok();
-    let reply = parse_reply(&raw);
+    let reply = get(&mut tls_connect(&pki, proxy.addr, "a.test").await).await;
     assert!(
         reply.body.contains("x-forwarded-proto: https\n"),
         "{}",
@@ -400,12 +400,7 @@ async fn returns_after_others(extra_tls: &str, others: usize) -> (bool, f64) {
         let kind = s.get_ref().1.handshake_kind();
         // Reading the answer also reads the tickets sent after the
         // handshake (TLS 1.3).
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("request");
-        let mut raw = Vec::new();
-        let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw)).await;
-        assert_eq!(parse_reply(&raw).backend(), Some("b1"));
+        assert_eq!(get(&mut s).await.backend(), Some("b1"));
         kind
     };
     assert_eq!(

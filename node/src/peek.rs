@@ -36,7 +36,11 @@ pub fn id(text: &str) -> Option<Value> {
         i = skip_ws(b, i + 1);
         let end = value_end(b, i)?;
         if key == b"id" {
-            return serde_json::from_str(text.get(i..end)?).ok();
+            // `"id": null` is no id, as for the full parse (found by the
+            // `node_ws` fuzz target).
+            return serde_json::from_str(text.get(i..end)?)
+                .ok()
+                .filter(|v: &Value| !v.is_null());
         }
         i = skip_ws(b, end);
         if b.get(i) != Some(&b',') {
@@ -128,6 +132,7 @@ mod tests {
             Some(json!({"n":[1]}))
         );
         assert_eq!(id(r#"{"op":"ping"}"#), None);
+        assert_eq!(id(r#"{"id":null}"#), None, "null is no id");
         assert_eq!(id(r#"{"op":"ping","id":"#), None);
         assert_eq!(id(r#"[{"id":1}]"#), None);
         assert_eq!(id(r#"{"op":tru"#), None);

@@ -212,12 +212,29 @@ async fn a_node_that_fell_behind_refuses_new_events_until_it_catches_up() {
         0.0,
         "a shed message is not the client's error"
     );
-    // Only what was accepted reached the room.
+    // Only what was accepted reached the room. An accepted event can
+    // still age past its share of the budget on the way out to the
+    // reader (on a loaded machine it does), and is then dropped and
+    // counted on that path, so accepted = delivered + shed to the client.
     let got = reader.drain_of("event").await;
+    let mut shed_to_client = 0.0;
+    for reason in ["too_old", "queue_full"] {
+        shed_to_client += node
+            .metric(&format!(
+                "limpet_node_shed_total{{path=\"node_to_client\",reason=\"{reason}\"}}"
+            ))
+            .await;
+    }
+    assert!(
+        got.iter().all(|e| e["event"] == "e"),
+        "only the emitted events reached the room"
+    );
     assert_eq!(
-        got.len() as u64,
+        got.len() as u64 + shed_to_client as u64,
         acked,
-        "the room got exactly the accepted emits"
+        "every accepted emit was delivered or counted as shed on its way to the reader \
+         ({} delivered, {shed_to_client} shed)",
+        got.len()
     );
 
     // Caught up: new events are accepted and delivered again, and the

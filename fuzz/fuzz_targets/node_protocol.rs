@@ -34,8 +34,8 @@ fuzz_target!(|data: &[u8]| {
             let event = req.event.as_deref().unwrap_or("binary");
             let room = req.room.as_deref().unwrap_or("");
             for header in [
-                protocol::event(room, event, "node-a.x.1", None),
-                protocol::direct(event, "node-a.x.1", None),
+                protocol::event(room, event, "node-a.x.1", None, None),
+                protocol::direct(event, "node-a.x.1", None, None),
             ] {
                 assert!(!header.contains('\n'), "a raw newline in a binary header");
                 let v = json(&header);
@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
     let room = req.room.as_deref().unwrap_or("r");
     let event = req.event.as_deref().unwrap_or("e");
     let from = req.to.as_deref().unwrap_or("n.1");
-    let v = json(&protocol::event(room, event, from, req.data));
+    let v = json(&protocol::event(room, event, from, None, req.data));
     assert_eq!(
         (&v["type"], &v["room"], &v["event"], &v["from"]),
         (&json!("event"), &json!(room), &json!(event), &json!(from))
@@ -78,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         assert_eq!(v["data"], Value::Null);
     }
-    let v = json(&protocol::direct(event, from, req.data));
+    let v = json(&protocol::direct(event, from, None, req.data));
     assert_eq!(v["type"], "direct");
     // A float `id` is left out: serde_json without `float_roundtrip` can
     // read the f64 it wrote back as its neighbour (see the fuzz README).
@@ -98,6 +98,6 @@ fuzz_target!(|data: &[u8]| {
             assert!(s.starts_with(&format!("{node}.")));
         }
     }
-    let v = json(&protocol::joined(room, from, event));
+    let v = json(&protocol::joined(room, from, event, None));
     assert_eq!(v["room"], room);
 });

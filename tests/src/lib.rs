@@ -209,6 +209,51 @@ impl Logged {
     }
 }
 
+/// Starts the workspace binary `name` (`limpet-` prefixed by
+/// [`workspace_binary`]) with `config` as its `--config`, inside `ns` when
+/// given, logging at info; returns it with the `addr=` of each log marker,
+/// in order. Every start writes its config to a file of its own: two tests
+/// in one process may use the same label with different configs, and one
+/// must not start the other's.
+pub fn start_binary(
+    name: &str,
+    label: &str,
+    config: &str,
+    ns: Option<&netns::Netns>,
+    markers: &[&str],
+) -> (Logged, Vec<SocketAddr>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static STARTS: AtomicUsize = AtomicUsize::new(0);
+    let n = STARTS.fetch_add(1, Ordering::Relaxed);
+    let path = write_temp("limpet-start", &format!("{label}-{n}.toml"), config);
+    let bin = workspace_binary(name);
+    let mut cmd = match ns {
+        Some(ns) => ns.command(bin.as_os_str()),
+        None => Command::new(bin),
+    };
+    cmd.arg("--config").arg(path).env("RUST_LOG", "info");
+    let mut proc = Logged::spawn(label, &mut cmd);
+    let addrs = proc.wait_addrs(markers);
+    (proc, addrs)
+}
+
+/// `GET path` with `Connection: close`: the whole response, or "" when
+/// the connection or the request failed (for polling with [`eventually`]).
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(Ok(mut s)) = tokio::time::timeout(DEADLINE, tokio::net::TcpStream::connect(addr)).await
+    else {
+        return String::new();
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut body)).await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// Polls `check` until it holds, failing the test at the deadline.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

@@ -16,39 +16,15 @@
 
 use futures_util::{SinkExt, StreamExt};
 use limpet_testkit::netns::Netns;
-use limpet_testkit::{eventually, free_port, workspace_binary, write_temp, Logged, DEADLINE};
+use limpet_testkit::{eventually, free_port, http_get, start_binary, DEADLINE};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 const LOSS: f64 = 0.05;
 const CLIENTS: usize = 4;
 /// Room messages in all (each client sends a quarter).
 const MESSAGES: usize = 1000;
-
-/// Starts a workspace binary (`ip netns exec`'d into `ns` when given) and
-/// returns it with the `addr=` of each log marker.
-fn start(
-    name: &str,
-    label: &str,
-    config: &str,
-    ns: Option<&Netns>,
-    markers: &[&str],
-) -> (Logged, Vec<SocketAddr>) {
-    let path = write_temp("limpet-netfault-lossy", &format!("{label}.toml"), config);
-    let bin = workspace_binary(name);
-    let mut cmd = match ns {
-        Some(ns) => ns.command(bin.as_os_str()),
-        None => Command::new(bin),
-    };
-    cmd.arg("--config").arg(path).env("RUST_LOG", "info");
-    let mut proc = Logged::spawn(label, &mut cmd);
-    let addrs = proc.wait_addrs(markers);
-    (proc, addrs)
-}
 
 /// Random loss on the connections *to* a server listening on `port`
 /// inside `ns` (the harness's `lossy_port` is for connections made from
@@ -86,21 +62,6 @@ fn dropped(ns: &Netns) -> u64 {
         .filter(|l| l.contains("DROP") && l.contains("statistic"))
         .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
-}
-
-/// `GET path` with `Connection: close`; the whole response ("" on failure).
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let Ok(Ok(mut s)) = tokio::time::timeout(DEADLINE, tokio::net::TcpStream::connect(addr)).await
-    else {
-        return String::new();
-    };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return String::new();
-    }
-    let mut body = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut body)).await;
-    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// The value of the first sample of `metric` in a Prometheus text body.
@@ -161,7 +122,7 @@ async fn room_messages_all_arrive_over_lossy_links() {
     };
     // The broker on the root side of both veth pairs, one port.
     let port = free_port();
-    let (broker, _) = start(
+    let (broker, _) = start_binary(
         "broker",
         "broker",
         &format!(
@@ -177,7 +138,7 @@ async fn room_messages_all_arrive_over_lossy_links() {
             "id = \"{id}\"\nbind = \"{}:0\"\nbroker = [\"redis://{}:{port}/\"]\n",
             ns.ns_ip, ns.host_ip
         );
-        let (p, a) = start(
+        let (p, a) = start_binary(
             "node",
             id,
             &config,
@@ -204,7 +165,7 @@ async fn room_messages_all_arrive_over_lossy_links() {
          [pool.health]\npath = \"/health\"\ninterval = \"500ms\"\ntimeout = \"3s\"\nrise = 1\nfall = 3\n\
          {backends}[[route]]\npath_prefix = \"/\"\npool = \"nodes\"\nupgrade_protocols = [\"websocket\"]\n"
     );
-    let (proxy, addrs) = start(
+    let (proxy, addrs) = start_binary(
         "proxy",
         "proxy",
         &proxy_config,

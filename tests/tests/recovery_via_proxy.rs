@@ -16,54 +16,16 @@
 //! handle drops, the test failing or not.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
 
 use futures_util::{SinkExt, StreamExt};
-use limpet_testkit::{eventually, write_temp, Logged, RedisServer, DEADLINE};
+use limpet_testkit::{eventually, http_get, start_binary, RedisServer, DEADLINE};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const COOKIE: &str = "limpet_sticky";
-
-fn binary(name: &str) -> PathBuf {
-    limpet_testkit::workspace_binary(name)
-}
-
-fn start(name: &str, label: &str, config: &str, markers: &[&str]) -> (Logged, Vec<SocketAddr>) {
-    let path = write_temp(
-        "limpet-recovery-via-proxy",
-        &format!("{label}.toml"),
-        config,
-    );
-    let mut proc = Logged::spawn(
-        label,
-        Command::new(binary(name))
-            .arg("--config")
-            .arg(path)
-            .env("RUST_LOG", "info"),
-    );
-    let addrs = proc.wait_addrs(markers);
-    (proc, addrs)
-}
-
-/// `GET path` with `Connection: close`; the whole response.
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return String::new();
-    };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return String::new();
-    }
-    let mut body = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut body)).await;
-    String::from_utf8_lossy(&body).into_owned()
-}
 
 /// A protocol client over a WebSocket through the proxy.
 struct Client {
@@ -170,10 +132,11 @@ async fn recovery_through_the_proxy(kind: Kind) {
     // The broker.
     let (_broker, _redis, broker_addr) = match kind {
         Kind::Limpet => {
-            let (p, a) = start(
+            let (p, a) = start_binary(
                 "broker",
                 "broker",
                 "bind = [\"127.0.0.1:0\"]\n[metrics]\nenabled = false\n",
+                None,
                 &["listening for Redis-protocol clients"],
             );
             (Some(p), None, a[0])
@@ -193,7 +156,13 @@ async fn recovery_through_the_proxy(kind: Kind) {
              [history]\nsize = 100\nttl = \"10m\"\n\
              [heartbeat]\nnode_interval = \"300ms\"\nnode_timeout = \"2s\"\n"
         );
-        let (p, a) = start("node", id, &config, &["listening for WebSocket clients"]);
+        let (p, a) = start_binary(
+            "node",
+            id,
+            &config,
+            None,
+            &["listening for WebSocket clients"],
+        );
         nodes.push((id, p, a[0]));
     }
     for &(_, _, addr) in &nodes {
@@ -219,10 +188,11 @@ async fn recovery_through_the_proxy(kind: Kind) {
          [pool.health]\npath = \"/health\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n\
          {backends}[[route]]\npath_prefix = \"/\"\npool = \"nodes\"\nupgrade_protocols = [\"websocket\"]\n"
     );
-    let (_proxy, p) = start(
+    let (_proxy, p) = start_binary(
         "proxy",
         "proxy",
         &proxy_config,
+        None,
         &["listening for HTTP and WebSocket clients"],
     );
     let proxy = p[0];

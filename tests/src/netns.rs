@@ -26,6 +26,14 @@ pub struct Netns {
     _claim: SubnetClaim,
 }
 
+/// Whose port a drop rule matches: a server elsewhere that processes
+/// inside connect to, or one listening inside.
+#[derive(Clone, Copy)]
+enum Side {
+    Remote,
+    Served,
+}
+
 /// The third octet of this namespace's `10.201.<n>.0/30`, held through a
 /// lock file `/tmp/limpet-netns-<n>.lock` with the owner's pid, so test
 /// processes running at once never share a subnet. A lock whose pid is
@@ -199,18 +207,28 @@ impl Netns {
     /// `port` (e.g. the broker's): packets dropped, no RST, nothing else
     /// touched.
     pub fn block_port(&mut self, port: u16) {
-        self.drop_port(port, None);
+        self.drop_port(port, None, Side::Remote);
     }
 
     /// Random loss, inside the namespace: each TCP packet to or from
     /// `port` is dropped with probability `p` (e.g. 0.05 for 5 %).
     pub fn lossy_port(&mut self, port: u16, p: f64) {
-        self.drop_port(port, Some(p));
+        self.drop_port(port, Some(p), Side::Remote);
     }
 
-    fn drop_port(&mut self, port: u16, p: Option<f64>) {
+    /// Random loss on the connections *to* a server listening on `port`
+    /// inside the namespace (e.g. a node's), with probability `p`.
+    pub fn lossy_served_port(&mut self, port: u16, p: f64) {
+        self.drop_port(port, Some(p), Side::Served);
+    }
+
+    fn drop_port(&mut self, port: u16, p: Option<f64>, side: Side) {
         let port = port.to_string();
-        for (chain, dir) in [("OUTPUT", "--dport"), ("INPUT", "--sport")] {
+        let rules = match side {
+            Side::Remote => [("OUTPUT", "--dport"), ("INPUT", "--sport")],
+            Side::Served => [("INPUT", "--dport"), ("OUTPUT", "--sport")],
+        };
+        for (chain, dir) in rules {
             let mut rule: Vec<String> = ["-p", "tcp", dir, &port]
                 .iter()
                 .map(|s| s.to_string())

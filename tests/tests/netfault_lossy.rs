@@ -26,30 +26,6 @@ const CLIENTS: usize = 4;
 /// Room messages in all (each client sends a quarter).
 const MESSAGES: usize = 1000;
 
-/// Random loss on the connections *to* a server listening on `port`
-/// inside `ns` (the harness's `lossy_port` is for connections made from
-/// inside to a remote port).
-fn lossy_server_port(ns: &mut Netns, port: u16, p: f64) {
-    let (port, p) = (port.to_string(), p.to_string());
-    for (chain, dir) in [("INPUT", "--dport"), ("OUTPUT", "--sport")] {
-        ns.add_rule(&[
-            chain,
-            "-p",
-            "tcp",
-            dir,
-            &port,
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            &p,
-            "-j",
-            "DROP",
-        ]);
-    }
-}
-
 /// Packets the random-loss rules inside `ns` have dropped so far.
 fn dropped(ns: &Netns) -> u64 {
     let out = ns
@@ -184,7 +160,7 @@ async fn room_messages_all_arrive_over_lossy_links() {
 
     // The loss, on both legs, in both nodes' namespaces.
     for (ns, (_, _, addr)) in [&mut na, &mut nb].into_iter().zip(&nodes) {
-        lossy_server_port(ns, addr.port(), LOSS);
+        ns.lossy_served_port(addr.port(), LOSS);
         ns.lossy_port(port, LOSS);
     }
 

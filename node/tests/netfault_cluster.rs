@@ -45,7 +45,8 @@ fn ip_in(ns: &Netns, args: &[&str]) {
 /// links go when the namespaces do.
 fn mesh(hosts: &[Netns]) -> Vec<Ipv4Addr> {
     let pid = std::process::id();
-    let m = (pid % 250 + 1) as u8;
+    // Unique among running tests, unlike a number made from the pid.
+    let m = hosts[0].subnet();
     let service: Vec<Ipv4Addr> = (0..hosts.len())
         .map(|k| Ipv4Addr::new(10, 202, m, k as u8 + 1))
         .collect();

@@ -23,7 +23,7 @@ pub struct Netns {
     /// iptables rules added inside, deleted on drop.
     rules: Vec<Vec<String>>,
     /// Released after the namespace (fields drop after `Drop::drop`).
-    _claim: SubnetClaim,
+    claim: SubnetClaim,
 }
 
 /// Whose port a drop rule matches: a server elsewhere that processes
@@ -142,7 +142,7 @@ impl Netns {
             ns_ip: ns_ip.into(),
             host_veth: host_veth.clone(),
             rules: Vec::new(),
-            _claim: claim,
+            claim,
         };
         let steps: Vec<Vec<String>> = vec![
             vec![
@@ -188,6 +188,13 @@ impl Netns {
             }
         }
         Some(ns)
+    }
+
+    /// The third octet of this namespace's claimed `10.201.<n>.0/30`:
+    /// unique among the namespaces of every test running now, so a test
+    /// that needs more addresses (another /16 of its own) can use it too.
+    pub fn subnet(&self) -> u8 {
+        self.claim.n
     }
 
     /// A command run inside the namespace.

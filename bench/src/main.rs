@@ -15,10 +15,15 @@
 //! * `limpet-bench overload [--clients 400] [--seconds 5]` — scenario 5 at
 //!   twice each stack's saturation rate (limpet with and without load
 //!   shedding, and socket.io); prints p99, delivered/s and counted drops.
+//! * `limpet-bench stack [--quick] [--clients 5000]` — scenario 5 alone:
+//!   the whole limpet stack and the socket.io stack at a realistic size.
+//! * `limpet-bench room-worker ...` — one share of scenario 5's clients,
+//!   driven by the runner over stdin and stdout (see `rooms`).
 
 mod echo_server;
 mod load;
 mod overload;
+mod rooms;
 mod scenarios;
 mod tls_load;
 
@@ -109,6 +114,39 @@ enum Cmd {
         #[arg(long)]
         rounds: Option<usize>,
     },
+    /// Scenario 5 alone (the whole stack at a realistic size: 5,000
+    /// clients in rooms of 4, one in five sending, the rest idle); writes `out`.
+    Stack {
+        /// A small version (200 clients, well under a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Clients (default 5,000; 200 with --quick).
+        #[arg(long)]
+        clients: Option<usize>,
+        #[arg(long, default_value = "bench/results/whole-stack.md")]
+        out: PathBuf,
+        /// Folder with the release binaries of limpet.
+        #[arg(long, default_value = "target/release")]
+        bin: PathBuf,
+    },
+    /// One share of a room load's clients (scenario 5 starts several, as
+    /// a process may hold 20,000 sockets here); reads `step` lines on stdin.
+    RoomWorker {
+        #[arg(long, value_parser = rooms::proto_arg)]
+        proto: rooms::RoomProto,
+        #[arg(long)]
+        target: SocketAddr,
+        /// Index of the first client (a multiple of --room-size).
+        #[arg(long, default_value_t = 0)]
+        first: usize,
+        #[arg(long)]
+        clients: usize,
+        #[arg(long, default_value_t = 4)]
+        room_size: usize,
+        /// Every n-th client sends; the others listen.
+        #[arg(long, default_value_t = 5)]
+        active_every: usize,
+    },
     /// Scenario 5 (whole stack, rooms of 4) at twice each stack's
     /// saturation rate; prints a table (markdown) of p99 and drops.
     Overload {
@@ -163,6 +201,30 @@ fn main() -> anyhow::Result<()> {
                     load::fanout(broker, channels, subscribers, messages, 100, || (0, 0)).await;
                 println!("{r:?}");
                 Ok(())
+            }
+            Cmd::Stack {
+                quick,
+                clients,
+                out,
+                bin,
+            } => scenarios::stack(quick, clients, &out, &bin).await,
+            Cmd::RoomWorker {
+                proto,
+                target,
+                first,
+                clients,
+                room_size,
+                active_every,
+            } => {
+                rooms::worker(rooms::Shape {
+                    proto,
+                    target,
+                    first,
+                    clients,
+                    room_size: room_size.max(1),
+                    active_every: active_every.max(1),
+                })
+                .await
             }
             Cmd::Run { quick, out, bin } => scenarios::run(quick, &out, &bin).await,
             Cmd::Broker {

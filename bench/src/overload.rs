@@ -12,10 +12,10 @@
 //! and the drops the limpet nodes counted (`limpet_node_shed_total`, read
 //! from each node's `/metrics`). It prints figures; it asserts nothing.
 
-use crate::load::{self, Latency};
-use crate::scenarios::stack::{limpet_stack, socketio_stack, Stack};
+use crate::load::Latency;
+use crate::rooms;
+use crate::scenarios::stack::{limpet_stack, shed_counters, socketio_stack, Stack};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -158,7 +158,7 @@ pub async fn run(
 async fn step(stack: &mut Stack, clients: usize, secs: u64, rate: f64) -> Step {
     let before = shed_counters(&stack.nodes).await;
     let cpu_before = stack.cpu_ticks();
-    let lat = load::rooms(
+    let (lat, expected) = rooms::once(
         stack.proto,
         stack.entry,
         clients,
@@ -179,8 +179,6 @@ async fn step(stack: &mut Stack, clients: usize, secs: u64, rate: f64) -> Step {
             (path, n - was)
         })
         .collect();
-    // Each client sends once at start, then `rate` a second, to 3 others.
-    let expected = clients as f64 * (rate * secs as f64 + 1.0) * 3.0 / secs as f64;
     // Let queues empty before the next step.
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Clock ticks are 10 ms; the stack's CPU over what it delivered.
@@ -194,49 +192,4 @@ async fn step(stack: &mut Stack, clients: usize, secs: u64, rate: f64) -> Step {
         dead: stack.dead(),
         cpu_us,
     }
-}
-
-/// `limpet_node_shed_total` of every node, summed by `path`.
-async fn shed_counters(nodes: &[SocketAddr]) -> Vec<(String, f64)> {
-    let mut sums: Vec<(String, f64)> = Vec::new();
-    for &node in nodes {
-        for line in metrics(node).await.lines() {
-            let Some(rest) = line.strip_prefix("limpet_node_shed_total{") else {
-                continue;
-            };
-            let Some((labels, value)) = rest.split_once("} ") else {
-                continue;
-            };
-            let path = labels
-                .split(',')
-                .find_map(|l| l.strip_prefix("path=\""))
-                .map(|p| p.trim_end_matches('"').to_string())
-                .unwrap_or_default();
-            let n: f64 = value.trim().parse().unwrap_or(0.0);
-            match sums.iter_mut().find(|(p, _)| *p == path) {
-                Some((_, total)) => *total += n,
-                None => sums.push((path, n)),
-            }
-        }
-    }
-    sums
-}
-
-/// The body of `GET /metrics`, or empty.
-async fn metrics(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.ok()?;
-        Some(String::from_utf8_lossy(&raw).into_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(5), fetch)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default()
 }

@@ -87,17 +87,23 @@ async fn fanout(addr: SocketAddr, pid: u32, channels: usize, subs: usize, msgs: 
     }
 }
 
-/// The scenario-4 table and its chart of one-channel fan-out.
-pub(crate) async fn run(dir: &Path, bin: &Path, s: &Sizes) -> anyhow::Result<(String, ChartGroup)> {
+/// The scenario-4 table and its charts: one-channel fan-out, and the
+/// server's CPU per delivery in both shapes.
+pub(crate) async fn run(
+    dir: &Path,
+    bin: &Path,
+    s: &Sizes,
+) -> anyhow::Result<(String, Vec<ChartGroup>)> {
     let mut md = String::new();
     let _ = writeln!(md, "\n## 4. Broker: limpet-broker vs redis-server\n");
     let mut chart = Vec::new();
+    let mut cpu_chart = Vec::new();
     if !(have("redis-server") && have("redis-benchmark")) {
         let _ = writeln!(
             md,
             "(redis-server / redis-benchmark not installed: run `make test-deps`)"
         );
-        return Ok((md, ("broker fan-out 1 → 100: delivered/s".into(), chart)));
+        return Ok((md, Vec::new()));
     }
     let lb = free_addr()?;
     let rb = free_addr()?;
@@ -133,15 +139,22 @@ pub(crate) async fn run(dir: &Path, bin: &Path, s: &Sizes) -> anyhow::Result<(St
         ratio(lp, rp)
     );
     let shapes = [
-        ("1 channel × 100 subscribers", 1, 100, s.fanout_msgs),
+        (
+            "1 channel × 100 subscribers",
+            "1×100",
+            1,
+            100,
+            s.fanout_msgs,
+        ),
         (
             "wide: 2 subscribers per channel",
+            "wide",
             s.wide_channels,
             2,
             s.wide_msgs,
         ),
     ];
-    for (label, channels, subs, msgs) in shapes {
+    for (label, short, channels, subs, msgs) in shapes {
         let mut rr = Vec::new();
         let mut ll = Vec::new();
         for _ in 0..s.repeat {
@@ -191,6 +204,8 @@ pub(crate) async fn run(dir: &Path, bin: &Path, s: &Sizes) -> anyhow::Result<(St
                 r.latency.errors, l.latency.errors
             );
         }
+        cpu_chart.push((format!("redis-server, {short}"), r.cpu_us()));
+        cpu_chart.push((format!("limpet-broker, {short}"), l.cpu_us()));
         if channels == 1 {
             chart.push(("redis-server".to_string(), r.latency.per_sec));
             chart.push(("limpet-broker".to_string(), l.latency.per_sec));
@@ -200,7 +215,13 @@ pub(crate) async fn run(dir: &Path, bin: &Path, s: &Sizes) -> anyhow::Result<(St
     idle(&mut md, dir, bin, s.idle_conns.min(5000)).await?;
     Ok((
         md,
-        ("broker fan-out 1 → 100: delivered/s".to_string(), chart),
+        vec![
+            ("broker fan-out 1 → 100: delivered/s".to_string(), chart),
+            (
+                "broker: server CPU µs per delivery (user + sys)".to_string(),
+                cpu_chart,
+            ),
+        ],
     ))
 }
 
@@ -235,11 +256,7 @@ pub(crate) async fn standalone(
     );
     let (table, _) = run(&dir, bin, &s).await?;
     md.push_str(&table);
-    if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(out, &md)?;
-    println!("{md}");
+    super::report::write(out, &md)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

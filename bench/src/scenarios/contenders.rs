@@ -66,6 +66,20 @@ pub(crate) struct TlsFiles {
     pub(crate) cert_and_key: PathBuf,
 }
 
+/// How a proxy contender picks a backend for a new connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spread {
+    /// Sticky by client address, as a WebSocket deployment with polling
+    /// fallback needs.
+    ClientAddress,
+    /// Each connection on its own (round robin, or nginx hashing address
+    /// and port): for clients that need no stickiness. The load
+    /// generator's thousands of clients come from eight loopback
+    /// addresses, which nginx's `ip_hash` (first three octets) would send
+    /// all to one backend.
+    Connection,
+}
+
 /// Starts a proxy contender in front of `backends`; `None` for direct.
 pub(crate) fn start_proxy(
     kind: Kind,
@@ -73,17 +87,19 @@ pub(crate) fn start_proxy(
     dir: &Path,
     bin: &Path,
 ) -> anyhow::Result<Option<(Proc, SocketAddr)>> {
-    start_proxy_tls(kind, backends, dir, bin, None)
+    start_proxy_tls(kind, backends, dir, bin, None, Spread::ClientAddress)
 }
 
 /// [`start_proxy`], terminating TLS 1.3 with `tls` when given (ALPN
-/// `http/1.1` is what the bench's client asks every contender for).
+/// `http/1.1` is what the bench's client asks every contender for), and
+/// spreading connections as `spread` says.
 pub(crate) fn start_proxy_tls(
     kind: Kind,
     backends: &[SocketAddr],
     dir: &Path,
     bin: &Path,
     tls: Option<&TlsFiles>,
+    spread: Spread,
 ) -> anyhow::Result<Option<(Proc, SocketAddr)>> {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -105,7 +121,8 @@ pub(crate) fn start_proxy_tls(
                 )
             });
             let cfg = format!(
-                "[[listen]]\nbind = \"{addr}\"\n{listen_tls}[admin]\nenabled = false\n[limits]\nmax_connections = 100000\n[[pool]]\nname = \"b\"\naffinity = \"ip_hash\"\n{}[[route]]\npool = \"b\"\n",
+                "[[listen]]\nbind = \"{addr}\"\n{listen_tls}[admin]\nenabled = false\n[limits]\nmax_connections = 100000\n[[pool]]\nname = \"b\"\naffinity = \"{}\"\n{}[[route]]\npool = \"b\"\n",
+                if spread == Spread::Connection { "none" } else { "ip_hash" },
                 servers(&|i, b| format!("[[pool.backend]]\nid = \"b{i}\"\naddress = \"{b}\"\n"))
             );
             let path = dir.join("limpet-proxy.toml");
@@ -133,7 +150,12 @@ pub(crate) fn start_proxy_tls(
                 )
             });
             let cfg = format!(
-                "user root;\nworker_processes auto;\nworker_rlimit_nofile 20000;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 20000; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft; uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}\n  upstream nodes {{ ip_hash; {} keepalive 64; }}\n  server {{\n    listen {addr}{listen_tls};\n    location / {{\n      proxy_pass http://nodes;\n      proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection $connection_upgrade;\n      proxy_set_header Host $host;\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_read_timeout 3600s;\n    }}\n  }}\n}}\n",
+                "user root;\nworker_processes auto;\nworker_rlimit_nofile 20000;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 20000; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft; uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}\n  upstream nodes {{ {} {} keepalive 64; }}\n  server {{\n    listen {addr}{listen_tls};\n    location / {{\n      proxy_pass http://nodes;\n      proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection $connection_upgrade;\n      proxy_set_header Host $host;\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_read_timeout 3600s;\n    }}\n  }}\n}}\n",
+                if spread == Spread::Connection {
+                    "hash $remote_addr$remote_port;"
+                } else {
+                    "ip_hash;"
+                },
                 servers(&|_, b| format!("server {b};"))
             );
             let path = dir.join("nginx.conf");
@@ -154,7 +176,8 @@ pub(crate) fn start_proxy_tls(
                 )
             });
             let cfg = format!(
-                "global\n  maxconn 9600\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\nfrontend fe\n  bind {addr}{bind_tls}\n  default_backend be\nbackend be\n  balance source\n{}",
+                "global\n  maxconn 9600\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\nfrontend fe\n  bind {addr}{bind_tls}\n  default_backend be\nbackend be\n  balance {}\n{}",
+                if spread == Spread::Connection { "roundrobin" } else { "source" },
                 servers(&|i, b| format!("  server b{i} {b}\n"))
             );
             let path = dir.join("haproxy.cfg");

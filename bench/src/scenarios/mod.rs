@@ -39,6 +39,16 @@ pub async fn tls(quick: bool, rounds: Option<usize>, out: &Path, bin: &Path) -> 
     tls_edge::standalone(quick, rounds, out, bin).await
 }
 
+/// Scenario 5 on its own (`limpet-bench stack`).
+pub async fn stack(
+    quick: bool,
+    clients: Option<usize>,
+    out: &Path,
+    bin: &Path,
+) -> anyhow::Result<()> {
+    whole_stack::standalone(quick, clients, out, bin).await
+}
+
 pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
     let s = Sizes::new(quick);
     procs::need_binaries(bin, &["limpet-proxy", "limpet-broker", "limpet-node"])?;
@@ -51,14 +61,15 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
 
     // 1 + 3 are measured together (one proxy start each), 2 in between.
     let runs = proxies::measure(&kinds, &backends, &dir, bin, &s).await;
-    let (overhead_md, echo_chart) = proxies::overhead(&runs, s.many_conns);
+    let (overhead_md, echo_charts) = proxies::overhead(&runs, s.many_conns);
     md.push_str(&overhead_md);
     md.push_str(&idle::run(&kinds, &backends, &dir, bin, s.idle_conns).await?);
-    let (http_md, http_chart) = proxies::plain_http(&runs);
+    let (http_md, http_charts) = proxies::plain_http(&runs);
     md.push_str(&http_md);
-    let (broker_md, fanout_chart) = broker::run(&dir, bin, &s).await?;
+    let (broker_md, broker_charts) = broker::run(&dir, bin, &s).await?;
     md.push_str(&broker_md);
-    md.push_str(&whole_stack::run(quick, &dir, bin).await);
+    let (stack_md, stack_charts) = whole_stack::run(quick, None, &dir, bin, &me).await;
+    md.push_str(&stack_md);
     let (tls_md, tls_charts) = tls_edge::run(&backends, &dir, bin, &s).await?;
     md.push_str(&tls_md);
     let _ = writeln!(
@@ -71,7 +82,16 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
     std::fs::write(out.join("latest.md"), &md)?;
     std::fs::write(
         out.join("latest.svg"),
-        report::svg(&[vec![echo_chart, http_chart, fanout_chart], tls_charts].concat()),
+        report::svg(
+            &[
+                echo_charts,
+                http_charts,
+                broker_charts,
+                stack_charts,
+                tls_charts,
+            ]
+            .concat(),
+        ),
     )?;
     println!("{md}");
     eprintln!(

@@ -26,9 +26,11 @@ pub(crate) struct ProxyRuns {
     single: Vec<(Kind, Latency)>,
     many: Vec<(Kind, Latency)>,
     /// `wrk` requests/s and its p99 as printed; empty without `wrk`.
-    http: Vec<(Kind, (f64, String))>,
+    http: Vec<(Kind, Wrk)>,
     /// CPU µs per echoed message at saturation (user, sys), median run.
     cpu: Vec<(Kind, (f64, f64))>,
+    /// Syscalls per echoed message (`strace -c -f`, a short run of its own).
+    syscalls: Vec<(Kind, f64)>,
     failed_to_start: Vec<String>,
 }
 
@@ -45,6 +47,7 @@ pub(crate) async fn measure(
     let mut many = Vec::new();
     let mut http = Vec::new();
     let mut cpu = Vec::new();
+    let mut syscalls = Vec::new();
     let mut failed_to_start = Vec::new();
     let tick_us = 1e6 / ticks_per_sec();
     for &kind in kinds {
@@ -94,7 +97,22 @@ pub(crate) async fn measure(
             cpu.push((kind, per_msg[per_msg.len() / 2]));
         }
         if have("wrk") {
-            http.push((kind, wrk(targets[0], s.wrk_secs)));
+            let before = cpu_ticks(&pids);
+            let mut run = wrk(targets[0], s.wrk_secs);
+            let after = cpu_ticks(&pids);
+            let n = (run.rps * s.wrk_secs as f64).max(1.0);
+            if !pids.is_empty() {
+                run.cpu = Some((
+                    after.0.saturating_sub(before.0) as f64 * tick_us / n,
+                    after.1.saturating_sub(before.1) as f64 * tick_us / n,
+                ));
+            }
+            http.push((kind, run));
+        }
+        if !pids.is_empty() && have("strace") {
+            if let Some(n) = syscalls_per_message(&pids, &targets, s.many_conns).await {
+                syscalls.push((kind, n));
+            }
         }
         eprintln!(
             "limpet-bench: {} done ({:?})",
@@ -107,13 +125,14 @@ pub(crate) async fn measure(
         many,
         http,
         cpu,
+        syscalls,
         failed_to_start,
     }
 }
 
 /// Scenario 1 (with the contenders that could not be measured listed
-/// first) and its chart of messages/s at saturation.
-pub(crate) fn overhead(runs: &ProxyRuns, many_conns: usize) -> (String, ChartGroup) {
+/// first) and its charts: messages/s at saturation, CPU per message.
+pub(crate) fn overhead(runs: &ProxyRuns, many_conns: usize) -> (String, Vec<ChartGroup>) {
     let mut md = String::new();
     for note in &runs.failed_to_start {
         let _ = writeln!(md, "* not measured: {note}");
@@ -137,57 +156,99 @@ pub(crate) fn overhead(runs: &ProxyRuns, many_conns: usize) -> (String, ChartGro
     if !runs.cpu.is_empty() {
         let _ = writeln!(
             md,
-            "\n### CPU per echoed message, {many_conns} connections\n\nThe contender's processes only (nginx: master and workers), from `/proc/<pid>/stat`, median of the runs.\n\n| contender | user µs | sys µs | user + sys µs |\n|---|---|---|---|"
+            "\n### CPU and syscalls per echoed message, {many_conns} connections\n\nCPU: the contender's processes only (nginx: master and workers), from `/proc/<pid>/stat`, median of the runs. Syscalls: `strace -c -f` on the same processes over a {STRACE_SECS} s run of its own (strace slows them, so it is not timed), per message.\n\n| contender | user µs | sys µs | user + sys µs | ratio | syscalls |\n|---|---|---|---|---|---|"
         );
+        let base = runs
+            .cpu
+            .iter()
+            .find(|(k, _)| k.name() == "nginx")
+            .map_or(0.0, |(_, (u, s))| u + s);
         for (k, (user, sys)) in &runs.cpu {
+            let calls = runs
+                .syscalls
+                .iter()
+                .find(|(c, _)| c == k)
+                .map_or("–".to_string(), |(_, n)| format!("{n:.2}"));
             let _ = writeln!(
                 md,
-                "| {} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {:.2} | {:.2} | {:.2} | {} | {calls} |",
                 k.name(),
                 user,
                 sys,
-                user + sys
+                user + sys,
+                ratio(user + sys, base)
             );
         }
+        let _ = writeln!(md, "\nRatios are to nginx.");
     }
-    let chart = (
-        format!("WebSocket echo, {many_conns} connections: messages/s"),
-        runs.many
-            .iter()
-            .map(|(k, l)| (k.name().to_string(), l.per_sec))
-            .collect(),
-    );
-    (md, chart)
+    let charts = vec![
+        (
+            format!("WebSocket echo, {many_conns} connections: messages/s"),
+            runs.many
+                .iter()
+                .map(|(k, l)| (k.name().to_string(), l.per_sec))
+                .collect(),
+        ),
+        (
+            "WebSocket echo: proxy CPU µs per message (user + sys)".to_string(),
+            runs.cpu
+                .iter()
+                .map(|(k, (u, s))| (k.name().to_string(), u + s))
+                .collect(),
+        ),
+    ];
+    (md, charts)
 }
 
-/// Scenario 3 (nothing without `wrk`) and its chart of requests/s.
-pub(crate) fn plain_http(runs: &ProxyRuns) -> (String, ChartGroup) {
+/// Scenario 3 (nothing without `wrk`) and its charts of requests/s and
+/// CPU per request.
+pub(crate) fn plain_http(runs: &ProxyRuns) -> (String, Vec<ChartGroup>) {
     let mut md = String::new();
     if !runs.http.is_empty() {
-        let base = runs.http.first().map_or(0.0, |(_, (rps, _))| *rps);
-        let _ = writeln!(md, "\n## 3. Plain HTTP (wrk, 2 threads, 50 keep-alive connections)\n\n| contender | requests/s | ratio | p99 |\n|---|---|---|---|");
-        for (k, (rps, p99)) in &runs.http {
+        let base = runs.http.first().map_or(0.0, |(_, w)| w.rps);
+        let _ = writeln!(md, "\n## 3. Plain HTTP (wrk, 2 threads, 50 keep-alive connections)\n\nCPU: the contender's own processes, from `/proc/<pid>/stat` around the wrk run, per request.\n\n| contender | requests/s | ratio | p99 | CPU user µs per request | sys µs | user + sys µs |\n|---|---|---|---|---|---|---|");
+        for (k, w) in &runs.http {
+            let cpu = w.cpu.map_or("– | – | –".to_string(), |(u, s)| {
+                format!("{u:.2} | {s:.2} | {:.2}", u + s)
+            });
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {} | {} |",
+                "| {} | {:.0} | {} | {} | {cpu} |",
                 k.name(),
-                rps,
-                ratio(*rps, base),
-                p99
+                w.rps,
+                ratio(w.rps, base),
+                w.p99
             );
         }
     }
-    let chart = (
-        "plain HTTP (wrk): requests/s".to_string(),
-        runs.http
-            .iter()
-            .map(|(k, (rps, _))| (k.name().to_string(), *rps))
-            .collect(),
-    );
-    (md, chart)
+    let charts = vec![
+        (
+            "plain HTTP (wrk): requests/s".to_string(),
+            runs.http
+                .iter()
+                .map(|(k, w)| (k.name().to_string(), w.rps))
+                .collect(),
+        ),
+        (
+            "plain HTTP: proxy CPU µs per request (user + sys)".to_string(),
+            runs.http
+                .iter()
+                .filter_map(|(k, w)| w.cpu.map(|(u, s)| (k.name().to_string(), u + s)))
+                .collect(),
+        ),
+    ];
+    (md, charts)
 }
 
-fn wrk(target: SocketAddr, secs: u64) -> (f64, String) {
+/// One `wrk` run: requests/s, its p99 as printed, and (filled in by the
+/// caller) the contender's CPU µs per request, user and sys.
+struct Wrk {
+    rps: f64,
+    p99: String,
+    cpu: Option<(f64, f64)>,
+}
+
+fn wrk(target: SocketAddr, secs: u64) -> Wrk {
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -212,5 +273,46 @@ fn wrk(target: SocketAddr, secs: u64) -> (f64, String) {
         .lines()
         .find_map(|l| l.trim().strip_prefix("99%").map(|v| v.trim().to_string()))
         .unwrap_or_else(|| "–".into());
-    (rps, p99)
+    Wrk {
+        rps,
+        p99,
+        cpu: None,
+    }
+}
+
+/// Seconds of echo load `strace` watches.
+const STRACE_SECS: u64 = 3;
+
+/// Syscalls per echoed message: `strace -c -f` attached to `pids` over a
+/// short echo run, its total divided by the messages (two per round trip).
+async fn syscalls_per_message(pids: &[u32], targets: &[SocketAddr], conns: usize) -> Option<f64> {
+    let out = std::env::temp_dir().join(format!("limpet-bench-strace-{}", std::process::id()));
+    let mut cmd = Command::new("strace");
+    cmd.args(["-c", "-f", "-o"]).arg(&out);
+    for pid in pids {
+        cmd.args(["-p", &pid.to_string()]);
+    }
+    let mut strace = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    // strace attaches asynchronously; give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let run = load::echo(targets, conns, 100, Duration::from_secs(STRACE_SECS)).await;
+    // SIGINT makes strace detach and write its summary.
+    let _ = Command::new("kill")
+        .args(["-INT", &strace.id().to_string()])
+        .status();
+    let _ = strace.wait();
+    let text = std::fs::read_to_string(&out).ok()?;
+    let _ = std::fs::remove_file(&out);
+    let calls: f64 = text
+        .lines()
+        .find(|l| l.trim_end().ends_with("total"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    (run.count > 0).then(|| calls / (2.0 * run.count as f64))
 }

@@ -7,6 +7,7 @@ use super::contenders::Kind;
 use super::procs::version;
 use crate::load::Latency;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::process::Command;
 
 /// Title, how the run was made, and what it ran on.
@@ -83,6 +84,18 @@ pub(crate) fn ratio(x: f64, base: f64) -> String {
     }
 }
 
+/// Writes a report to `out` (making its folder) and prints it: what the
+/// scenarios run alone (`limpet-bench broker`, `tls`, `stack`) end with.
+pub(crate) fn write(out: &Path, md: &str) -> anyhow::Result<()> {
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(out, md)?;
+    println!("{md}");
+    eprintln!("limpet-bench: wrote {}", out.display());
+    Ok(())
+}
+
 /// One bar chart: its title and a (label, value) per bar.
 pub(crate) type ChartGroup = (String, Vec<(String, f64)>);
 
@@ -111,11 +124,23 @@ pub(crate) fn svg(groups: &[ChartGroup]) -> String {
             } else {
                 "#94a3b8"
             };
-            let _ = writeln!(out, "<text x=\"16\" y=\"{}\" fill=\"#e2e8f0\">{label}</text><rect x=\"170\" y=\"{y}\" width=\"{len:.1}\" height=\"20\" rx=\"4\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{}\" fill=\"#e2e8f0\">{v:.0}</text>", y + 15.0, 176.0 + len, y + 15.0);
+            let _ = writeln!(out, "<text x=\"16\" y=\"{}\" fill=\"#e2e8f0\">{label}</text><rect x=\"170\" y=\"{y}\" width=\"{len:.1}\" height=\"20\" rx=\"4\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{}\" fill=\"#e2e8f0\">{}</text>", y + 15.0, 176.0 + len, y + 15.0, figure(*v));
             y += row;
         }
         y += 10.0;
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// A bar's value: whole numbers for rates, decimals for the small
+/// figures (µs per message, KiB per connection) the CPU charts show.
+fn figure(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
 }

@@ -4,11 +4,11 @@
 //! socket.io servers with the Redis adapter and a Redis). Both take the
 //! same room protocol load, so the two are measured the same way.
 
-use super::contenders::{start_proxy, Kind};
+use super::contenders::{start_proxy_tls, Kind, Spread};
 use super::procs::{
     cpu_ticks, free_addr, have, redis_server, wait_port, Proc, BENCH_NODE_ADDRESS_LIMITS,
 };
-use crate::load;
+use crate::rooms::RoomProto;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,7 +20,7 @@ pub(crate) struct Stack {
     pub name: &'static str,
     procs: Vec<Proc>,
     pub entry: SocketAddr,
-    pub proto: load::RoomProto,
+    pub proto: RoomProto,
     /// limpet-node ports (their `/metrics`); empty for other stacks.
     pub nodes: Vec<SocketAddr>,
 }
@@ -36,6 +36,32 @@ impl Stack {
         let pids: Vec<u32> = self.procs.iter().flat_map(Proc::pids).collect();
         let (user, sys) = cpu_ticks(&pids);
         user + sys
+    }
+
+    /// CPU clock ticks (user + system) so far, summed by process name
+    /// (the 3 nodes are one entry).
+    pub fn cpu_by_name(&self) -> Vec<(String, u64)> {
+        self.by_name(|p| {
+            let (user, sys) = cpu_ticks(&p.pids());
+            user + sys
+        })
+    }
+
+    /// Resident memory in KiB, summed by process name.
+    pub fn rss_by_name(&self) -> Vec<(String, u64)> {
+        self.by_name(Proc::rss_kib)
+    }
+
+    fn by_name(&self, of: impl Fn(&Proc) -> u64) -> Vec<(String, u64)> {
+        let mut sums: Vec<(String, u64)> = Vec::new();
+        for p in &self.procs {
+            let v = of(p);
+            match sums.iter_mut().find(|(n, _)| *n == p.name) {
+                Some((_, total)) => *total += v,
+                None => sums.push((p.name.clone(), v)),
+            }
+        }
+        sums
     }
 
     /// Names of processes that have exited.
@@ -104,7 +130,7 @@ pub(crate) async fn limpet_stack(
         name,
         procs,
         entry,
-        proto: load::RoomProto::Limpet,
+        proto: RoomProto::Limpet,
         nodes,
     })
 }
@@ -137,15 +163,69 @@ pub(crate) async fn socketio_stack(dir: &Path) -> anyhow::Result<Stack> {
         anyhow::ensure!(wait_port(addr).await, "socket.io node did not start");
         nodes.push(addr);
     }
-    let (nginx, entry) = start_proxy(Kind::Nginx, &nodes, dir, Path::new("."))?
-        .ok_or_else(|| anyhow::anyhow!("nginx"))?;
+    // Clients speak WebSocket only (no polling), so socket.io needs no
+    // stickiness: nginx spreads connections evenly, as limpet-proxy does.
+    let (nginx, entry) = start_proxy_tls(
+        Kind::Nginx,
+        &nodes,
+        dir,
+        Path::new("."),
+        None,
+        Spread::Connection,
+    )?
+    .ok_or_else(|| anyhow::anyhow!("nginx"))?;
     procs.push(nginx);
     anyhow::ensure!(wait_port(entry).await, "nginx did not start");
     Ok(Stack {
         name: "nginx + 3 socket.io + Redis adapter + Redis",
         procs,
         entry,
-        proto: load::RoomProto::SocketIo,
+        proto: RoomProto::SocketIo,
         nodes: Vec::new(),
     })
+}
+
+/// `limpet_node_shed_total` of every node, summed by `path`.
+pub(crate) async fn shed_counters(nodes: &[SocketAddr]) -> Vec<(String, f64)> {
+    let mut sums: Vec<(String, f64)> = Vec::new();
+    for &node in nodes {
+        for line in metrics(node).await.lines() {
+            let Some(rest) = line.strip_prefix("limpet_node_shed_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            let path = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("path=\""))
+                .map(|p| p.trim_end_matches('"').to_string())
+                .unwrap_or_default();
+            let n: f64 = value.trim().parse().unwrap_or(0.0);
+            match sums.iter_mut().find(|(p, _)| *p == path) {
+                Some((_, total)) => *total += n,
+                None => sums.push((path, n)),
+            }
+        }
+    }
+    sums
+}
+
+/// The body of `GET /metrics`, or empty.
+async fn metrics(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.ok()?;
+        Some(String::from_utf8_lossy(&raw).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }

@@ -19,7 +19,7 @@
 //! per handshake is a whole short HTTPS connection. Contenders take turns
 //! within each round, restarted every time; figures are medians over rounds.
 
-use super::contenders::{echo_backends, installed, start_proxy_tls, Kind, TlsFiles};
+use super::contenders::{echo_backends, installed, start_proxy_tls, Kind, Spread, TlsFiles};
 use super::procs::{cpu_ticks, need_binaries, rss_of, scratch_dir, ticks_per_sec, wait_port};
 use super::report::{ratio, ChartGroup};
 use super::sizes::Sizes;
@@ -94,7 +94,14 @@ async fn measure(
     for round in 0..rounds {
         let mut rows = Vec::new();
         for &kind in &kinds {
-            let (proc, addr) = match start_proxy_tls(kind, backends, dir, bin, Some(&files)) {
+            let (proc, addr) = match start_proxy_tls(
+                kind,
+                backends,
+                dir,
+                bin,
+                Some(&files),
+                Spread::ClientAddress,
+            ) {
                 Ok(Some(started)) => started,
                 Ok(None) => continue,
                 Err(e) => {
@@ -412,11 +419,5 @@ pub(crate) async fn standalone(
     let mut md = super::report::header(quick, rounds.len());
     md = md.replacen("limpet-bench run", "limpet-bench tls", 1);
     md.push_str(&render(&rounds, &notes, &s, "##").0);
-    if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(out, &md)?;
-    println!("{md}");
-    eprintln!("limpet-bench: wrote {}", out.display());
-    Ok(())
+    super::report::write(out, &md)
 }

@@ -1,94 +1,498 @@
-//! Scenario 5, the whole stack: clients in rooms of 4 spread over 3
-//! nodes, each emitting to its room at a rate raised step by step until
-//! latency breaks down, for limpet and for the nginx + socket.io + Redis
-//! stack it replaces. It measures what users see (delivered/s, latency)
-//! and what the stack costs (RSS, growth per client), and notes crashes.
+//! Scenario 5, the whole stack at a realistic size: thousands of clients
+//! in rooms of 4 spread over 3 nodes, most of them idle (they only answer
+//! the server's 25 s heartbeats), one in five sending signalling bursts to
+//! its room, the rate raised step by step until the stack saturates. Run
+//! against limpet (proxy + 3 nodes + broker) and the stack it replaces
+//! (nginx + 3 socket.io servers + Redis adapter + Redis).
+//!
+//! The clients live in worker processes (`rooms::Workers`), so the
+//! population can exceed one process's fd cap; what the stack costs is
+//! read from its own processes only: CPU time per delivered message
+//! summed over all of them, and RSS per connected client.
 
-use super::stack::{limpet_stack, socketio_stack};
-use crate::load;
+use super::procs::{cpu_ticks, need_binaries, scratch_dir};
+use super::report::ChartGroup;
+use super::stack::{limpet_stack, shed_counters, socketio_stack, Stack};
+use crate::load::Latency;
+use crate::rooms::{Shape, Step, Workers};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-/// The scenario-5 table.
-pub(crate) async fn run(quick: bool, dir: &Path, bin: &Path) -> String {
+/// The sizes of one run.
+struct Plan {
+    clients: usize,
+    workers: usize,
+    secs: f64,
+    /// The all-idle step: long enough for every client's 25 s heartbeat.
+    idle_secs: f64,
+    drain: Duration,
+    rates: &'static [f64],
+}
+
+const FULL: Plan = Plan {
+    clients: 5000,
+    workers: 3,
+    secs: 10.0,
+    idle_secs: 30.0,
+    drain: Duration::from_secs(2),
+    rates: &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+};
+
+const QUICK: Plan = Plan {
+    clients: 200,
+    workers: 2,
+    secs: 3.0,
+    idle_secs: 3.0,
+    drain: Duration::from_secs(1),
+    rates: &[0.0, 2.0, 4.0],
+};
+
+/// One client in this many sends; the rest are idle.
+const ACTIVE_EVERY: usize = 5;
+/// Messages per burst (an offer and its candidates, say).
+const BURST: u32 = 4;
+const ROOM: usize = 4;
+
+/// What one rate step of one stack gave.
+struct Row {
+    rate: f64,
+    expected: f64,
+    lat: Latency,
+    stale: u64,
+    cpu_us: Option<f64>,
+    /// The same by process name (proxy, nodes, broker...).
+    cpu_us_by_name: Vec<(String, f64)>,
+    /// CPU time over the step's wall time: the stack's, and the load
+    /// generator's (the two share this machine's cores).
+    stack_cores: f64,
+    generator_cores: f64,
+    rss_kib: u64,
+    /// limpet nodes' drop counters over the step, by path; `None` for a
+    /// stack that does not count them.
+    shed: Option<Vec<(String, f64)>>,
+    dead: Vec<String>,
+}
+
+impl Row {
+    /// Same rule as `limpet-bench overload`: under 90 % delivered, or a
+    /// p99 past half a second.
+    fn saturated(&self) -> bool {
+        self.lat.per_sec < 0.9 * self.expected || self.lat.p99_us > 500_000
+    }
+
+    fn shed_total(&self) -> Option<f64> {
+        self.shed.as_ref().map(|s| s.iter().map(|(_, n)| n).sum())
+    }
+}
+
+/// Per stack: its name, clients connected (and failed), RSS per client,
+/// and its steps; or why it did not run.
+struct Run {
+    name: &'static str,
+    joined: usize,
+    failed: usize,
+    rss_per_client_kib: f64,
+    /// The same by process name.
+    rss_per_client_by_name: Vec<(String, f64)>,
+    rows: Vec<Row>,
+}
+
+impl Run {
+    /// The highest rate it kept up with (the idle step aside).
+    fn saturation(&self) -> Option<f64> {
+        self.rows
+            .iter()
+            .filter(|r| r.rate > 0.0)
+            .take_while(|r| !r.saturated())
+            .last()
+            .map(|r| r.rate)
+    }
+
+    fn at(&self, rate: f64) -> Option<&Row> {
+        self.rows.iter().find(|r| r.rate == rate)
+    }
+}
+
+/// Scenario 5 on its own (`limpet-bench stack`), written to `out`.
+pub(crate) async fn standalone(
+    quick: bool,
+    clients: Option<usize>,
+    out: &Path,
+    bin: &Path,
+) -> anyhow::Result<()> {
+    need_binaries(bin, &["limpet-proxy", "limpet-broker", "limpet-node"])?;
+    let dir = scratch_dir("limpet-bench-stack")?;
+    let me = std::env::current_exe()?;
+    let mut md = super::report::header(quick, 1).replacen(
+        "limpet-bench run",
+        &format!(
+            "limpet-bench stack{}",
+            clients
+                .map(|n| format!(" --clients {n}"))
+                .unwrap_or_default()
+        ),
+        1,
+    );
+    md.push_str(&run(quick, clients, &dir, bin, &me).await.0);
+    super::report::write(out, &md)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The scenario-5 section of the report and its charts (CPU per delivery
+/// and RSS per client, limpet against socket.io); `clients` overrides the
+/// size.
+pub(crate) async fn run(
+    quick: bool,
+    clients: Option<usize>,
+    dir: &Path,
+    bin: &Path,
+    me: &Path,
+) -> (String, Vec<ChartGroup>) {
+    let mut plan = if quick { QUICK } else { FULL };
+    if let Some(n) = clients {
+        plan.clients = n.max(ROOM);
+        // A process may hold 20,000 sockets here; stay well under.
+        plan.workers = plan.workers.max(n.div_ceil(4000));
+    }
     let mut md = String::new();
-    let (clients, secs, rates): (usize, u64, &[f64]) = if quick {
-        (40, 3, &[5.0])
-    } else {
-        (400, 5, &[2.0, 5.0, 10.0, 20.0, 40.0, 80.0])
-    };
     let _ = writeln!(
         md,
-        "\n## 5. Whole stack: {clients} clients in rooms of 4 over 3 nodes\n\nEvery client emits to its room at the given rate; each message is delivered to the 3 others. Raised step by step until latency breaks down.\n\n| stack | msgs/s per client | expected deliveries/s | delivered/s | p50 ms | p99 ms | errors | stack CPU µs per delivery | stack RSS | RSS growth per client | status |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "\n## 5. Whole stack: {} clients in rooms of {ROOM} over 3 nodes\n\n\
+         One client in {ACTIVE_EVERY} sends its room bursts of {BURST} messages at the given average rate; the others only answer the 25 s heartbeats. Each message is owed to the 3 others in its room. {} s per step: first all idle for {} s (what the connected clients alone cost, heartbeats included), then the rate doubled until the stack delivers under 90 % or its p99 passes 500 ms. Delivered/s counts what arrived during the step and the drain after it. CPU cores are CPU time over wall time; the stack and the load generator share this machine's cores, so a stack may saturate because the machine does. The clients run in {} worker processes; CPU and RSS are the stack's processes only.\n\n\
+         | stack | msgs/s per active client | owed deliveries/s | delivered/s | missing | p50 ms | p99 ms | stack CPU µs per delivery | stack CPU, cores | load generator CPU, cores | drops counted by the nodes | stack RSS | status |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        plan.clients, plan.secs, plan.idle_secs, plan.workers
     );
+    let mut runs = Vec::new();
     for which in 0..2 {
         let stack = if which == 0 {
             limpet_stack(dir, bin, "limpet (proxy + 3 nodes + broker)", "").await
         } else {
             socketio_stack(dir).await
         };
-        let mut stack = match stack {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = writeln!(
-                    md,
-                    "| {} | | | | | | | | | | not run: {e:#} |",
-                    if which == 0 { "limpet" } else { "socket.io" }
-                );
-                continue;
-            }
+        let run = match stack {
+            Ok(stack) => measure(stack, &plan, me, &mut md).await,
+            Err(e) => Err(e),
         };
-        let baseline = stack.rss_kib();
-        for &rate in rates {
-            let (proto, entry) = (stack.proto, stack.entry);
-            let cpu_before = stack.cpu_ticks();
-            let run = tokio::spawn(load::rooms(
-                proto,
-                entry,
-                clients,
-                4,
-                rate,
-                Duration::from_secs(secs),
-            ));
-            tokio::time::sleep(Duration::from_secs(secs / 2 + 1)).await;
-            let rss = stack.rss_kib();
-            let r = run.await.unwrap_or_default();
-            // Clock ticks are 10 ms: the stack's CPU (not the load
-            // generator's) over what it delivered.
-            let cpu = stack.cpu_ticks().saturating_sub(cpu_before) as f64 * 10_000.0;
-            let cpu_per = if r.per_sec > 0.0 {
-                format!("{:.1}", cpu / (r.per_sec * secs as f64))
-            } else {
-                "–".to_string()
-            };
-            let dead = stack.dead();
-            let status = if dead.is_empty() {
-                "ok".to_string()
-            } else {
-                format!("crashed: {}", dead.join(", "))
-            };
-            // Each client sends once at start, then `rate` a second.
-            let expected = clients as f64 * (rate * secs as f64 + 1.0) * 3.0 / secs as f64;
-            let _ = writeln!(
-                md,
-                "| {} | {rate} | {expected:.0} | {:.0} | {:.1} | {:.1} | {} | {cpu_per} | {:.1} MiB | {:.1} KiB | {status} |",
-                stack.name,
-                r.per_sec,
-                r.p50_us as f64 / 1000.0,
-                r.p99_us as f64 / 1000.0,
-                r.errors,
-                rss as f64 / 1024.0,
-                rss.saturating_sub(baseline) as f64 / clients as f64
-            );
-            eprintln!(
-                "limpet-bench: scenario 5 {} at {rate}/s: {:.0} delivered/s, p99 {} µs",
-                stack.name, r.per_sec, r.p99_us
-            );
-            if !dead.is_empty() {
-                break;
+        match run {
+            Ok(run) => runs.push(run),
+            Err(e) => {
+                let name = if which == 0 { "limpet" } else { "socket.io" };
+                let _ = writeln!(md, "| {name} | | | | | | | | | | | | not run: {e:#} |");
             }
         }
     }
+    md.push_str(&summary(&runs));
+    (md, charts(&runs))
+}
+
+fn charts(runs: &[Run]) -> Vec<ChartGroup> {
+    let short = |run: &Run| {
+        if run.name.starts_with("limpet") {
+            "limpet stack"
+        } else {
+            "socket.io stack"
+        }
+        .to_string()
+    };
+    let mut cpu = Vec::new();
+    if let Some(rate) = common_rate(runs) {
+        for run in runs {
+            if let Some(us) = run.at(rate).and_then(|r| r.cpu_us) {
+                cpu.push((short(run), us));
+            }
+        }
+    }
+    vec![
+        ("whole stack: CPU µs per delivered message".to_string(), cpu),
+        (
+            "whole stack: RSS KiB per connected client".to_string(),
+            runs.iter()
+                .map(|run| (short(run), run.rss_per_client_kib))
+                .collect(),
+        ),
+    ]
+}
+
+/// The highest rate both stacks kept up with: CPU per delivery is
+/// compared there, as at lower rates the idle clients' heartbeats weigh
+/// more.
+fn common_rate(runs: &[Run]) -> Option<f64> {
+    runs.iter()
+        .map(Run::saturation)
+        .try_fold(f64::INFINITY, |low, r| r.map(|r| low.min(r)))
+        .filter(|r| r.is_finite())
+}
+
+/// Connects the clients to `stack`, then raises the rate until it
+/// saturates; appends a table row per step.
+async fn measure(mut stack: Stack, plan: &Plan, me: &Path, md: &mut String) -> anyhow::Result<Run> {
+    let baseline = stack.rss_kib();
+    let baseline_by_name = stack.rss_by_name();
+    let shape = Shape {
+        proto: stack.proto,
+        target: stack.entry,
+        first: 0,
+        clients: plan.clients,
+        room_size: ROOM,
+        active_every: ACTIVE_EVERY,
+    };
+    let mut workers = Workers::start(me, shape, plan.workers).await?;
+    // Let the stack settle after the connection storm before reading it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let connected = stack.rss_kib();
+    let per_client = |kib: u64| kib as f64 / workers.joined.max(1) as f64;
+    let rss_per_client_by_name = growth(&baseline_by_name, stack.rss_by_name())
+        .into_iter()
+        .map(|(name, kib)| (name, per_client(kib)))
+        .collect();
+    let mut run = Run {
+        name: stack.name,
+        joined: workers.joined,
+        failed: workers.failed,
+        rss_per_client_kib: per_client(connected.saturating_sub(baseline)),
+        rss_per_client_by_name,
+        rows: Vec::new(),
+    };
+    eprintln!(
+        "limpet-bench: scenario 5 {}: {} clients joined, {} failed, {:.1} KiB per client",
+        run.name, run.joined, run.failed, run.rss_per_client_kib
+    );
+    for (id, &rate) in (1u32..).zip(plan.rates) {
+        let secs = if rate > 0.0 {
+            plan.secs
+        } else {
+            plan.idle_secs
+        };
+        let step = Step {
+            id,
+            rate,
+            burst: BURST,
+            secs,
+        };
+        let shed_before = shed_counters(&stack.nodes).await;
+        let cpu_before = stack.cpu_ticks();
+        let cpu_before_by_name = stack.cpu_by_name();
+        let generator_before = generator_ticks(&workers);
+        let started = std::time::Instant::now();
+        let half = Duration::from_secs_f64(secs / 2.0);
+        let (result, rss_kib) = tokio::join!(workers.step(step, plan.drain), async {
+            tokio::time::sleep(half).await;
+            stack.rss_kib()
+        });
+        let result = result?;
+        let wall = started.elapsed().as_secs_f64();
+        // Clock ticks are 10 ms: the stack's CPU, not the generator's.
+        let cpu = stack.cpu_ticks().saturating_sub(cpu_before) as f64 * 10_000.0;
+        let generator =
+            generator_ticks(&workers).saturating_sub(generator_before) as f64 * 10_000.0;
+        let delivered = result.hist.len();
+        let cpu_us_by_name = growth(&cpu_before_by_name, stack.cpu_by_name())
+            .into_iter()
+            .map(|(name, ticks)| (name, ticks as f64 * 10_000.0 / delivered.max(1) as f64))
+            .collect();
+        let shed = if stack.nodes.is_empty() {
+            None
+        } else {
+            let after = shed_counters(&stack.nodes).await;
+            Some(
+                after
+                    .into_iter()
+                    .map(|(path, n)| {
+                        let was = shed_before.iter().find(|(p, _)| *p == path);
+                        (path, n - was.map_or(0.0, |(_, n)| *n))
+                    })
+                    .filter(|(_, n)| *n > 0.0)
+                    .collect(),
+            )
+        };
+        let row = Row {
+            rate,
+            expected: result.expected as f64 / secs,
+            lat: result.latency(secs),
+            stale: result.stale,
+            cpu_us: (delivered > 0).then(|| cpu / delivered as f64),
+            cpu_us_by_name,
+            stack_cores: cpu / 1e6 / wall,
+            generator_cores: generator / 1e6 / wall,
+            rss_kib,
+            shed,
+            dead: stack.dead(),
+        };
+        let _ = writeln!(md, "{}", table_row(run.name, &row));
+        eprintln!("limpet-bench: scenario 5 {}", table_row(run.name, &row));
+        let stop = row.saturated() || !row.dead.is_empty();
+        run.rows.push(row);
+        if stop {
+            break;
+        }
+    }
+    workers.quit().await;
+    Ok(run)
+}
+
+fn table_row(name: &str, r: &Row) -> String {
+    let missing = if r.expected > 0.0 {
+        format!(
+            "{:.1}%",
+            (100.0 * (1.0 - r.lat.per_sec / r.expected)).max(0.0)
+        )
+    } else {
+        "–".to_string()
+    };
+    let status = if !r.dead.is_empty() {
+        format!("crashed: {}", r.dead.join(", "))
+    } else if r.saturated() {
+        "saturated".to_string()
+    } else {
+        "ok".to_string()
+    };
+    let late = if r.stale > 0 {
+        format!(" ({} after their step)", r.stale)
+    } else {
+        String::new()
+    };
+    let shed = match &r.shed {
+        None => "not counted".to_string(),
+        Some(parts) if parts.is_empty() => "0".to_string(),
+        Some(parts) => {
+            let each: Vec<String> = parts.iter().map(|(p, n)| format!("{p} {n:.0}")).collect();
+            format!("{:.0} ({})", r.shed_total().unwrap_or(0.0), each.join(", "))
+        }
+    };
+    let rate = if r.rate > 0.0 {
+        format!("{}", r.rate)
+    } else {
+        "0 (all idle)".to_string()
+    };
+    format!(
+        "| {name} | {rate} | {:.0} | {:.0}{late} | {missing} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {shed} | {:.1} MiB | {status} |",
+        r.expected,
+        r.lat.per_sec,
+        r.lat.p50_us as f64 / 1000.0,
+        r.lat.p99_us as f64 / 1000.0,
+        r.cpu_us.map_or("–".to_string(), |c| format!("{c:.1}")),
+        r.stack_cores,
+        r.generator_cores,
+        r.rss_kib as f64 / 1024.0,
+    )
+}
+
+/// `after` less `before`, name by name.
+fn growth(before: &[(String, u64)], after: Vec<(String, u64)>) -> Vec<(String, u64)> {
+    after
+        .into_iter()
+        .map(|(name, v)| {
+            let was = before
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0, |(_, v)| *v);
+            (name, v.saturating_sub(was))
+        })
+        .collect()
+}
+
+/// `name a, name b` with one decimal.
+fn parts(of: &[(String, f64)], unit: &str) -> String {
+    of.iter()
+        .map(|(name, v)| format!("{name} {v:.1}{unit}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// CPU clock ticks of the load generator's processes so far.
+fn generator_ticks(workers: &Workers) -> u64 {
+    let (user, sys) = cpu_ticks(&workers.pids());
+    user + sys
+}
+
+/// The goals of the scenario against what was measured.
+fn summary(runs: &[Run]) -> String {
+    let mut md = String::from(
+        "\n| measure | limpet | socket.io stack | limpet / socket.io | goal |\n|---|---|---|---|---|\n",
+    );
+    let (Some(limpet), Some(sio)) = (runs.first(), runs.get(1)) else {
+        return String::new();
+    };
+    let _ = writeln!(
+        md,
+        "| clients connected (failed) | {} ({}) | {} ({}) | | |",
+        limpet.joined, limpet.failed, sio.joined, sio.failed
+    );
+    let _ = writeln!(
+        md,
+        "| RSS per connected client | {:.1} KiB | {:.1} KiB | {:.3} | ≤ 0.125 |",
+        limpet.rss_per_client_kib,
+        sio.rss_per_client_kib,
+        limpet.rss_per_client_kib / sio.rss_per_client_kib.max(1e-9)
+    );
+    let _ = writeln!(
+        md,
+        "| the same by process | {} | {} | | |",
+        parts(&limpet.rss_per_client_by_name, " KiB"),
+        parts(&sio.rss_per_client_by_name, " KiB")
+    );
+    let fmt_rate = |run: &Run| match (run.saturation(), run.rows.last()) {
+        (None, _) => "below the first step".to_string(),
+        (Some(r), Some(last)) if !last.saturated() => format!("{r} or more (not reached)"),
+        (Some(r), _) => format!("{r}"),
+    };
+    let _ = writeln!(
+        md,
+        "| saturation: highest rate kept up with (msgs/s per active client) | {} | {} | | |",
+        fmt_rate(limpet),
+        fmt_rate(sio)
+    );
+    if let Some((a, b)) = common_rate(runs).and_then(|r| Some((limpet.at(r)?, sio.at(r)?))) {
+        if let (Some(x), Some(y)) = (a.cpu_us, b.cpu_us) {
+            let _ = writeln!(
+                md,
+                "| stack CPU per delivery at {} msgs/s per active client | {x:.1} µs | {y:.1} µs | {:.3} | ≤ 0.2 |",
+                a.rate,
+                x / y.max(1e-9)
+            );
+            let _ = writeln!(
+                md,
+                "| the same by process | {} | {} | | |",
+                parts(&a.cpu_us_by_name, " µs"),
+                parts(&b.cpu_us_by_name, " µs")
+            );
+        }
+    }
+    if let Some(half) = limpet.saturation().and_then(|s| limpet.at(s / 2.0)) {
+        let sio_half = sio.at(half.rate).map_or("–".to_string(), |r| {
+            format!("{:.1} ms", r.lat.p99_us as f64 / 1000.0)
+        });
+        let _ = writeln!(
+            md,
+            "| p99 at half limpet's saturation ({} msgs/s per active client) | {:.1} ms | {sio_half} | | < 10 ms |",
+            half.rate,
+            half.lat.p99_us as f64 / 1000.0
+        );
+    }
+    let past = |run: &Run| {
+        run.rows
+            .last()
+            .filter(|r| r.saturated())
+            .map_or("–".to_string(), |r| {
+                format!(
+                    "at {}: p99 {:.1} ms, {:.0} of {:.0}/s delivered, drops counted: {}",
+                    r.rate,
+                    r.lat.p99_us as f64 / 1000.0,
+                    r.lat.per_sec,
+                    r.expected,
+                    r.shed_total()
+                        .map_or("none".to_string(), |n| format!("{n:.0}"))
+                )
+            })
+    };
+    let _ = writeln!(
+        md,
+        "| past saturation | {} | {} | | bounded p99, counted drops |",
+        past(limpet),
+        past(sio)
+    );
     md
 }

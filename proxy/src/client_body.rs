@@ -14,10 +14,11 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use parking_lot::Mutex;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 /// What the client did wrong with its body.
@@ -47,23 +48,36 @@ impl ClientFault {
 
 /// Shared between the body (inside hyper's upstream connection) and the
 /// request path.
+///
+/// A flag and one `Notify` rather than a `watch` channel: most requests
+/// have no body, are done before anyone waits, and then cost neither the
+/// channel's allocation nor its wake-ups.
 #[derive(Debug)]
 pub struct BodyState {
-    done: watch::Sender<bool>,
+    done: AtomicBool,
+    finished: Notify,
     fault: Mutex<Option<ClientFault>>,
 }
 
 impl BodyState {
     /// True once the last byte of the body was handed upstream.
     pub fn is_done(&self) -> bool {
-        *self.done.borrow()
+        self.done.load(Ordering::Acquire)
     }
 
     /// Resolves once the body is fully read (never, if it never is).
     pub async fn wait_done(&self) {
-        let mut rx = self.done.subscribe();
-        // The sender lives as long as `self`, so this cannot fail.
-        let _ = rx.wait_for(|done| *done).await;
+        loop {
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            // Registered before the flag is read: a `finish` in between
+            // still wakes this waiter.
+            finished.as_mut().enable();
+            if self.is_done() {
+                return;
+            }
+            finished.await;
+        }
     }
 
     pub fn fault(&self) -> Option<ClientFault> {
@@ -71,7 +85,9 @@ impl BodyState {
     }
 
     fn finish(&self) {
-        self.done.send_replace(true);
+        if !self.done.swap(true, Ordering::AcqRel) {
+            self.finished.notify_waiters();
+        }
     }
 }
 
@@ -90,12 +106,11 @@ pub struct ClientBody {
 impl ClientBody {
     pub fn new(inner: Incoming, idle: Duration) -> (ClientBody, Arc<BodyState>) {
         let state = Arc::new(BodyState {
-            done: watch::channel(false).0,
+            // No body: done from the start, before anyone can wait.
+            done: AtomicBool::new(inner.is_end_stream()),
+            finished: Notify::new(),
             fault: Mutex::new(None),
         });
-        if inner.is_end_stream() {
-            state.finish();
-        }
         let body = ClientBody {
             inner,
             state: state.clone(),

@@ -39,11 +39,18 @@ pub async fn serve_http<IO>(
     let service = {
         let proxy = proxy.clone();
         service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            started_tx.send_replace(true);
+            // Only the first request changes it: a send that changes
+            // nothing would still wake (and lock) the watch's waiter
+            // lists on every keep-alive request.
+            started_tx.send_if_modified(|started| !std::mem::replace(started, true));
             let proxy = proxy.clone();
             let hsts = hsts.clone();
             // An upgrade takes the slot into its tunnel (see SharedSlot).
-            req.extensions_mut().insert(slot.clone());
+            // Only a request asking to upgrade can become one, and an
+            // extension costs a map allocated per request.
+            if crate::headers::is_upgrade(req.headers()) {
+                req.extensions_mut().insert(slot.clone());
+            }
             async move {
                 let mut resp = forward::handle(proxy, req, client, scheme).await;
                 if let Some(v) = hsts {

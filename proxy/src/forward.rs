@@ -109,7 +109,8 @@ fn fail(proxy: &Proxy, labels: [&str; 2], error: ForwardError) -> Response<Body>
 /// A client request made ready for the backends.
 struct Outgoing {
     method: Method,
-    path: String,
+    /// The client's path and query (origin form), for the backend.
+    path: Uri,
     /// Rewritten for the backend (hop-by-hop out, forwarding headers in).
     headers: HeaderMap,
     /// The client's body, until the first attempt takes it.
@@ -163,26 +164,34 @@ impl Outgoing {
             .flatten();
         let bridge = req.extensions_mut().remove::<Bridge>();
         let (parts, body) = req.into_parts();
-        let mut up_headers = parts.headers.clone();
+        // The wish reads the headers as the client sent them; after that
+        // they are rewritten in place, not copied.
+        let wish = Wish::read(pool, &parts.headers, &parts.uri, client);
+        let http::request::Parts {
+            method,
+            uri,
+            headers: mut up_headers,
+            ..
+        } = parts;
         headers::strip_hop_by_hop(&mut up_headers, upgrade_to);
         headers::add_forwarded(&mut up_headers, peer_ip, client, scheme, peer_trusted);
         let (body, body_state) = ClientBody::new(body, cfg.timeouts.client_body.get());
         Outgoing {
-            path: parts
-                .uri
+            // Shares the parsed bytes: no string made and parsed again.
+            path: uri
                 .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
+                .cloned()
+                .map_or_else(|| Uri::from_static("/"), Uri::from),
             headers: up_headers,
             body: Some(body.boxed()),
-            replayable: body_state.is_done() && is_idempotent(&parts.method),
+            replayable: body_state.is_done() && is_idempotent(&method),
             body_state,
             client,
             upgrade,
             slot,
             bridge,
-            wish: Wish::read(pool, &parts.headers, &parts.uri, client),
-            method: parts.method,
+            wish,
+            method,
         }
     }
 
@@ -192,7 +201,7 @@ impl Outgoing {
         let body = self.body.take().unwrap_or_else(empty_body);
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        *req.uri_mut() = self.path.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
         req

@@ -36,16 +36,17 @@ pub fn host_problem(version: Version, headers: &HeaderMap) -> Option<&'static st
     }
 }
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// As names, not strings: a lookup by `&str` parses the name each time.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 /// True when the request asks to switch protocols (WebSocket and friends).
@@ -90,6 +91,19 @@ pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<Header
 /// unless protected; with `upgrade`, puts back `Connection: upgrade` and
 /// that `Upgrade` value.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+    // Most requests and answers carry none of them (the headers that
+    // `Connection` names count only when there is a `Connection`): one
+    // pass over the names instead of nine lookups.
+    if headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        strip_present(headers);
+    }
+    if let Some(v) = upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, v);
+    }
+}
+
+fn strip_present(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -101,31 +115,44 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
-    if let Some(v) = upgrade {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, v);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
-/// One RFC 7239 `Forwarded` element: `for=...;proto=...;host="..."`.
-fn forwarded_element(peer: IpAddr, proto: &str, host: Option<&str>) -> String {
-    let node = match peer {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
+/// One RFC 7239 `Forwarded` element: `for=...;proto=...;host="..."`,
+/// after `prior` elements (with `, `) when there are some. Written into
+/// one string: this runs for every request.
+fn forwarded_element(prior: &[&str], peer: &str, proto: &str, host: Option<&str>) -> String {
+    let mut element = String::with_capacity(
+        prior.iter().map(|p| p.len() + 2).sum::<usize>()
+            + peer.len()
+            + host.map_or(0, str::len)
+            + 32,
+    );
+    for p in prior {
+        element.push_str(p);
+        element.push_str(", ");
+    }
+    element.push_str("for=");
+    if peer.contains(':') {
+        element.push_str("\"[");
+        element.push_str(peer);
+        element.push_str("]\"");
+    } else {
+        element.push_str(peer);
+    }
+    element.push_str(";proto=");
+    element.push_str(proto);
     if let Some(host) = host {
-        let quoted: String = host
-            .chars()
-            .flat_map(|c| match c {
-                '"' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        element.push_str(&format!(";host=\"{quoted}\""));
+        element.push_str(";host=\"");
+        for c in host.chars() {
+            if matches!(c, '"' | '\\') {
+                element.push('\\');
+            }
+            element.push(c);
+        }
+        element.push('"');
     }
     element
 }
@@ -141,24 +168,36 @@ pub fn add_forwarded(
     peer_trusted: bool,
 ) {
     let xff = HeaderName::from_static("x-forwarded-for");
+    let peer_text = peer.to_string();
     // Appended whatever the peer, as nginx's $proxy_add_x_forwarded_for
     // does; X-Real-IP carries the address we actually believe.
-    let prior: Vec<String> = headers
-        .get_all(&xff)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    let mut chain = prior.join(", ");
+    let mut chain = String::new();
+    let priors = headers.get_all(&xff);
+    for (i, prior) in priors.iter().filter_map(|v| v.to_str().ok()).enumerate() {
+        if i > 0 {
+            chain.push_str(", ");
+        }
+        chain.push_str(prior);
+    }
     if !chain.is_empty() {
         chain.push_str(", ");
     }
-    chain.push_str(&peer.to_string());
+    let chain = if chain.is_empty() {
+        HeaderValue::from_str(&peer_text)
+    } else {
+        chain.push_str(&peer_text);
+        HeaderValue::from_str(&chain)
+    };
     headers.remove(&xff);
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    if let Ok(v) = chain {
         headers.insert(xff, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+    let real_ip = if client == peer {
+        HeaderValue::from_str(&peer_text)
+    } else {
+        HeaderValue::from_str(&client.to_string())
+    };
+    if let Ok(v) = real_ip {
         headers.insert(HeaderName::from_static("x-real-ip"), v);
     }
     // RFC 7239: a chain from a trusted proxy is extended, anyone else's
@@ -166,17 +205,16 @@ pub fn add_forwarded(
     let fwd = HeaderName::from_static("forwarded");
     let proto = if proto == "https" { "https" } else { "http" };
     let host = headers.get(HOST).and_then(|h| h.to_str().ok());
-    let mut element = forwarded_element(peer, proto, host);
-    if peer_trusted {
-        let prior: Vec<&str> = headers
+    let prior: Vec<&str> = if peer_trusted {
+        headers
             .get_all(&fwd)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .collect();
-        if !prior.is_empty() {
-            element = format!("{}, {element}", prior.join(", "));
-        }
-    }
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let element = forwarded_element(&prior, &peer_text, proto, host);
     headers.remove(&fwd);
     if let Ok(v) = HeaderValue::from_str(&element) {
         headers.insert(fwd, v);

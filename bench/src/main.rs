@@ -123,6 +123,10 @@ enum Cmd {
         /// Clients (default 5,000; 200 with --quick).
         #[arg(long)]
         clients: Option<usize>,
+        /// Only these rates (messages/s per active client, comma-separated;
+        /// 0 is the all-idle step) instead of doubling until saturation.
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<f64>,
         #[arg(long, default_value = "bench/results/whole-stack.md")]
         out: PathBuf,
         /// Folder with the release binaries of limpet.
@@ -205,9 +209,10 @@ fn main() -> anyhow::Result<()> {
             Cmd::Stack {
                 quick,
                 clients,
+                rates,
                 out,
                 bin,
-            } => scenarios::stack(quick, clients, &out, &bin).await,
+            } => scenarios::stack(quick, clients, &rates, &out, &bin).await,
             Cmd::RoomWorker {
                 proto,
                 target,

@@ -43,10 +43,11 @@ pub async fn tls(quick: bool, rounds: Option<usize>, out: &Path, bin: &Path) -> 
 pub async fn stack(
     quick: bool,
     clients: Option<usize>,
+    rates: &[f64],
     out: &Path,
     bin: &Path,
 ) -> anyhow::Result<()> {
-    whole_stack::standalone(quick, clients, out, bin).await
+    whole_stack::standalone(quick, clients, rates, out, bin).await
 }
 
 pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
@@ -68,7 +69,7 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
     md.push_str(&http_md);
     let (broker_md, broker_charts) = broker::run(&dir, bin, &s).await?;
     md.push_str(&broker_md);
-    let (stack_md, stack_charts) = whole_stack::run(quick, None, &dir, bin, &me).await;
+    let (stack_md, stack_charts) = whole_stack::run(quick, None, &[], &dir, bin, &me).await;
     md.push_str(&stack_md);
     let (tls_md, tls_charts) = tls_edge::run(&backends, &dir, bin, &s).await?;
     md.push_str(&tls_md);

@@ -73,6 +73,14 @@ impl Stack {
     }
 }
 
+/// Runtime threads per limpet process in the stack. Five processes share
+/// this machine's two cores, so each gets one, as one would deploy them
+/// (nginx's `worker_processes` is the same decision): with a thread per
+/// core in every process, idle threads are woken to steal work on each
+/// event, and a run of 2,000 clients cost 25 % more CPU per delivery
+/// (31.6 against 23.7 µs at 16 msgs/s per active client).
+const STACK_THREADS: &str = "1";
+
 /// `node_limits` is appended to each node's `[limits]`.
 pub(crate) async fn limpet_stack(
     dir: &Path,
@@ -90,7 +98,8 @@ pub(crate) async fn limpet_stack(
         Command::new(bin.join("limpet-broker"))
             .arg("--config")
             .arg(dir.join("s5-broker.toml"))
-            .env("RUST_LOG", "warn"),
+            .env("RUST_LOG", "warn")
+            .env("TOKIO_WORKER_THREADS", STACK_THREADS),
     )?];
     wait_port(broker).await;
     let mut backends = String::new();
@@ -104,7 +113,8 @@ pub(crate) async fn limpet_stack(
             Command::new(bin.join("limpet-node"))
                 .arg("--config")
                 .arg(&path)
-                .env("RUST_LOG", "warn"),
+                .env("RUST_LOG", "warn")
+                .env("TOKIO_WORKER_THREADS", STACK_THREADS),
         )?);
         wait_port(addr).await;
         nodes.push(addr);
@@ -121,7 +131,8 @@ pub(crate) async fn limpet_stack(
         Command::new(bin.join("limpet-proxy"))
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", "warn"),
+            .env("RUST_LOG", "warn")
+            .env("TOKIO_WORKER_THREADS", STACK_THREADS),
     )?);
     anyhow::ensure!(wait_port(entry).await, "limpet-proxy did not start");
     // Let the nodes see each other before rooms span them.

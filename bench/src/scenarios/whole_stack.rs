@@ -20,17 +20,17 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The sizes of one run.
-struct Plan {
+struct Plan<'a> {
     clients: usize,
     workers: usize,
     secs: f64,
     /// The all-idle step: long enough for every client's 25 s heartbeat.
     idle_secs: f64,
     drain: Duration,
-    rates: &'static [f64],
+    rates: &'a [f64],
 }
 
-const FULL: Plan = Plan {
+const FULL: Plan<'static> = Plan {
     clients: 5000,
     workers: 3,
     secs: 10.0,
@@ -39,7 +39,7 @@ const FULL: Plan = Plan {
     rates: &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
 };
 
-const QUICK: Plan = Plan {
+const QUICK: Plan<'static> = Plan {
     clients: 200,
     workers: 2,
     secs: 3.0,
@@ -118,6 +118,7 @@ impl Run {
 pub(crate) async fn standalone(
     quick: bool,
     clients: Option<usize>,
+    rates: &[f64],
     out: &Path,
     bin: &Path,
 ) -> anyhow::Result<()> {
@@ -134,23 +135,27 @@ pub(crate) async fn standalone(
         ),
         1,
     );
-    md.push_str(&run(quick, clients, &dir, bin, &me).await.0);
+    md.push_str(&run(quick, clients, rates, &dir, bin, &me).await.0);
     super::report::write(out, &md)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
 /// The scenario-5 section of the report and its charts (CPU per delivery
-/// and RSS per client, limpet against socket.io); `clients` overrides the
-/// size.
+/// and RSS per client, limpet against socket.io); `clients` and `rates`
+/// (when not empty) override the plan.
 pub(crate) async fn run(
     quick: bool,
     clients: Option<usize>,
+    rates: &[f64],
     dir: &Path,
     bin: &Path,
     me: &Path,
 ) -> (String, Vec<ChartGroup>) {
     let mut plan = if quick { QUICK } else { FULL };
+    if !rates.is_empty() {
+        plan.rates = rates;
+    }
     if let Some(n) = clients {
         plan.clients = n.max(ROOM);
         // A process may hold 20,000 sockets here; stay well under.
@@ -228,7 +233,12 @@ fn common_rate(runs: &[Run]) -> Option<f64> {
 
 /// Connects the clients to `stack`, then raises the rate until it
 /// saturates; appends a table row per step.
-async fn measure(mut stack: Stack, plan: &Plan, me: &Path, md: &mut String) -> anyhow::Result<Run> {
+async fn measure(
+    mut stack: Stack,
+    plan: &Plan<'_>,
+    me: &Path,
+    md: &mut String,
+) -> anyhow::Result<Run> {
     let baseline = stack.rss_kib();
     let baseline_by_name = stack.rss_by_name();
     let shape = Shape {

@@ -562,6 +562,14 @@ impl Workers {
         })
     }
 
+    /// Takes over `other`'s workers and clients: one population started
+    /// in parts.
+    pub fn absorb(&mut self, other: Workers) {
+        self.procs.extend(other.procs);
+        self.joined += other.joined;
+        self.failed += other.failed;
+    }
+
     /// The worker processes' ids, for their CPU time.
     pub fn pids(&self) -> Vec<u32> {
         self.procs.iter().filter_map(|p| p.child.id()).collect()

@@ -95,6 +95,10 @@ struct Run {
     rss_per_client_kib: f64,
     /// The same by process name.
     rss_per_client_by_name: Vec<(String, f64)>,
+    /// RSS growth per client past the first `warm` clients, and by name.
+    marginal_rss_kib: f64,
+    marginal_rss_by_name: Vec<(String, f64)>,
+    warm: usize,
     rows: Vec<Row>,
 }
 
@@ -249,21 +253,51 @@ async fn measure(
         room_size: ROOM,
         active_every: ACTIVE_EVERY,
     };
-    let mut workers = Workers::start(me, shape, plan.workers).await?;
-    // Let the stack settle after the connection storm before reading it.
+    // A fifth of the clients first, then the rest: the growth over the
+    // rest is the cost of one more client, without what the first ones
+    // set up once (thread pools, tables, the allocator's arenas).
+    let warm = (plan.clients / 5 / ROOM * ROOM).max(ROOM).min(plan.clients);
+    let mut workers = Workers::start(
+        me,
+        Shape {
+            clients: warm,
+            ..shape
+        },
+        1,
+    )
+    .await?;
+    // Let the stack settle after each connection storm before reading it.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let (warm_rss, warm_by_name, warm_joined) =
+        (stack.rss_kib(), stack.rss_by_name(), workers.joined);
+    if warm < plan.clients {
+        let rest = Shape {
+            first: warm,
+            clients: plan.clients - warm,
+            ..shape
+        };
+        workers.absorb(Workers::start(me, rest, plan.workers.saturating_sub(1).max(1)).await?);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let connected = stack.rss_kib();
-    let per_client = |kib: u64| kib as f64 / workers.joined.max(1) as f64;
-    let rss_per_client_by_name = growth(&baseline_by_name, stack.rss_by_name())
-        .into_iter()
-        .map(|(name, kib)| (name, per_client(kib)))
-        .collect();
+    let by_name = stack.rss_by_name();
+    let per = |kib: u64, clients: usize| kib as f64 / clients.max(1) as f64;
+    let more = workers.joined - warm_joined;
     let mut run = Run {
         name: stack.name,
         joined: workers.joined,
         failed: workers.failed,
-        rss_per_client_kib: per_client(connected.saturating_sub(baseline)),
-        rss_per_client_by_name,
+        rss_per_client_kib: per(connected.saturating_sub(baseline), workers.joined),
+        rss_per_client_by_name: growth(&baseline_by_name, by_name.clone())
+            .into_iter()
+            .map(|(name, kib)| (name, per(kib, workers.joined)))
+            .collect(),
+        marginal_rss_kib: per(connected.saturating_sub(warm_rss), more),
+        marginal_rss_by_name: growth(&warm_by_name, by_name)
+            .into_iter()
+            .map(|(name, kib)| (name, per(kib, more)))
+            .collect(),
+        warm: warm_joined,
         rows: Vec::new(),
     };
     eprintln!(
@@ -433,7 +467,7 @@ fn summary(runs: &[Run]) -> String {
     );
     let _ = writeln!(
         md,
-        "| RSS per connected client | {:.1} KiB | {:.1} KiB | {:.3} | ≤ 0.125 |",
+        "| RSS per connected client (all growth over all clients) | {:.1} KiB | {:.1} KiB | {:.3} | ≤ 0.125 |",
         limpet.rss_per_client_kib,
         sio.rss_per_client_kib,
         limpet.rss_per_client_kib / sio.rss_per_client_kib.max(1e-9)
@@ -443,6 +477,20 @@ fn summary(runs: &[Run]) -> String {
         "| the same by process | {} | {} | | |",
         parts(&limpet.rss_per_client_by_name, " KiB"),
         parts(&sio.rss_per_client_by_name, " KiB")
+    );
+    let _ = writeln!(
+        md,
+        "| RSS per client past the first {} (one more client) | {:.1} KiB | {:.1} KiB | {:.3} | ≤ 0.125 |",
+        limpet.warm,
+        limpet.marginal_rss_kib,
+        sio.marginal_rss_kib,
+        limpet.marginal_rss_kib / sio.marginal_rss_kib.max(1e-9)
+    );
+    let _ = writeln!(
+        md,
+        "| the same by process | {} | {} | | |",
+        parts(&limpet.marginal_rss_by_name, " KiB"),
+        parts(&sio.marginal_rss_by_name, " KiB")
     );
     let fmt_rate = |run: &Run| match (run.saturation(), run.rows.last()) {
         (None, _) => "below the first step".to_string(),

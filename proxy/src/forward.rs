@@ -176,6 +176,13 @@ impl Outgoing {
         headers::strip_hop_by_hop(&mut up_headers, upgrade_to);
         headers::add_forwarded(&mut up_headers, peer_ip, client, scheme, peer_trusted);
         let (body, body_state) = ClientBody::new(body, cfg.timeouts.client_body.get());
+        // No body (most requests): an empty one, which boxes without
+        // allocating and has nothing to time out or record.
+        let body = if body_state.is_done() {
+            empty_body()
+        } else {
+            body.boxed()
+        };
         Outgoing {
             // Shares the parsed bytes: no string made and parsed again.
             path: uri
@@ -183,7 +190,7 @@ impl Outgoing {
                 .cloned()
                 .map_or_else(|| Uri::from_static("/"), Uri::from),
             headers: up_headers,
-            body: Some(body.boxed()),
+            body: Some(body),
             replayable: body_state.is_done() && is_idempotent(&method),
             body_state,
             client,

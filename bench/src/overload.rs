@@ -14,16 +14,10 @@
 
 use crate::load::Latency;
 use crate::rooms;
-use crate::scenarios::stack::{limpet_stack, shed_counters, socketio_stack, Stack};
+use crate::scenarios::stack::{limpet_stack, shed_counters, socketio_stack, Stack, SHEDDING_ON};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
-
-/// Shedding by age as well as by bytes: what a signalling deployment,
-/// where a late message is worthless, would set. It is the nodes' share
-/// of a 250 ms end-to-end budget; the proxy, the broker and the kernel
-/// buffers between them take the rest.
-const SHEDDING_ON: &str = "max_queue_delay = \"100ms\"\n";
 
 /// The old behaviour, for comparison in the same run: no age limit and
 /// budgets too big to matter.

@@ -81,6 +81,12 @@ impl Stack {
 /// (31.6 against 23.7 µs at 16 msgs/s per active client).
 const STACK_THREADS: &str = "1";
 
+/// Shedding by age as well as by bytes: what a signalling deployment,
+/// where a late message is worthless, would set. It is the nodes' share
+/// of a 250 ms end-to-end budget; the proxy, the broker and the kernel
+/// buffers between them take the rest.
+pub(crate) const SHEDDING_ON: &str = "max_queue_delay = \"100ms\"\n";
+
 /// `node_limits` is appended to each node's `[limits]`.
 pub(crate) async fn limpet_stack(
     dir: &Path,

@@ -12,7 +12,7 @@
 
 use super::procs::{cpu_ticks, need_binaries, scratch_dir};
 use super::report::ChartGroup;
-use super::stack::{limpet_stack, shed_counters, socketio_stack, Stack};
+use super::stack::{limpet_stack, shed_counters, socketio_stack, Stack, SHEDDING_ON};
 use crate::load::Latency;
 use crate::rooms::{Shape, Step, Workers};
 use std::fmt::Write as _;
@@ -82,7 +82,9 @@ impl Row {
     }
 
     fn shed_total(&self) -> Option<f64> {
-        self.shed.as_ref().map(|s| s.iter().map(|(_, n)| n).sum())
+        self.shed
+            .as_ref()
+            .map(|s| s.iter().map(|(_, n)| n.max(0.0)).sum())
     }
 }
 
@@ -169,7 +171,7 @@ pub(crate) async fn run(
     let _ = writeln!(
         md,
         "\n## 5. Whole stack: {} clients in rooms of {ROOM} over 3 nodes\n\n\
-         One client in {ACTIVE_EVERY} sends its room bursts of {BURST} messages at the given average rate; the others only answer the 25 s heartbeats. Each message is owed to the 3 others in its room. {} s per step: first all idle for {} s (what the connected clients alone cost, heartbeats included), then the rate doubled until the stack delivers under 90 % or its p99 passes 500 ms. Delivered/s counts what arrived during the step and the drain after it. CPU cores are CPU time over wall time; the stack and the load generator share this machine's cores, so a stack may saturate because the machine does. The clients run in {} worker processes; CPU and RSS are the stack's processes only.\n\n\
+         limpet's nodes shed room messages older than their share of a 250 ms budget (`max_queue_delay = \"100ms\"`, as for signalling; the drops column shows what it cost), and each limpet process runs one runtime thread. One client in {ACTIVE_EVERY} sends its room bursts of {BURST} messages at the given average rate; the others only answer the 25 s heartbeats. Each message is owed to the 3 others in its room. {} s per step: first all idle for {} s (what the connected clients alone cost, heartbeats included), then the rate doubled until the stack delivers under 90 % or its p99 passes 500 ms. Delivered/s counts what arrived during the step and the drain after it. CPU cores are CPU time over wall time; the stack and the load generator share this machine's cores, so a stack may saturate because the machine does. The clients run in {} worker processes; CPU and RSS are the stack's processes only.\n\n\
          | stack | msgs/s per active client | owed deliveries/s | delivered/s | missing | p50 ms | p99 ms | stack CPU µs per delivery | stack CPU, cores | load generator CPU, cores | drops counted by the nodes | stack RSS | status |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|",
         plan.clients, plan.secs, plan.idle_secs, plan.workers
@@ -177,7 +179,7 @@ pub(crate) async fn run(
     let mut runs = Vec::new();
     for which in 0..2 {
         let stack = if which == 0 {
-            limpet_stack(dir, bin, "limpet (proxy + 3 nodes + broker)", "").await
+            limpet_stack(dir, bin, "limpet (proxy + 3 nodes + broker)", SHEDDING_ON).await
         } else {
             socketio_stack(dir).await
         };

@@ -67,7 +67,9 @@ impl BodyState {
 
     /// Resolves once the body is fully read (never, if it never is).
     pub async fn wait_done(&self) {
-        loop {
+        // Without a body it is done from the start: no waiter to register
+        // (and take the Notify's lock for, twice).
+        while !self.is_done() {
             let finished = self.finished.notified();
             tokio::pin!(finished);
             // Registered before the flag is read: a `finish` in between

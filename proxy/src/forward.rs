@@ -152,8 +152,11 @@ impl Outgoing {
                 .filter_map(|v| v.to_str().ok()),
             trusted,
         );
-        let upgrade_to = headers::allowed_upgrade(req.headers(), &route.upgrades);
-        if upgrade_to.is_none() && headers::is_upgrade(req.headers()) {
+        let asks_upgrade = headers::is_upgrade(req.headers());
+        let upgrade_to = asks_upgrade
+            .then(|| headers::allowed_upgrade(req.headers(), &route.upgrades))
+            .flatten();
+        if upgrade_to.is_none() && asks_upgrade {
             // Goes on as a plain request, its upgrade headers removed.
             proxy.metrics.upgrades_refused.inc();
         }

@@ -11,7 +11,7 @@
 //! 10–30 % between runs, CPU time per message far less.
 
 use super::contenders::{start_proxy, Kind};
-use super::procs::{cpu_ticks, have, ticks_per_sec, wait_port};
+use super::procs::{cpu_ticks, have, rss_of, ticks_per_sec, wait_port};
 use super::report::{latency_table, median_by, ratio, ChartGroup};
 use super::sizes::Sizes;
 use crate::load::{self, Latency};
@@ -31,6 +31,9 @@ pub(crate) struct ProxyRuns {
     cpu: Vec<(Kind, (f64, f64))>,
     /// Syscalls per echoed message (`strace -c -f`, a short run of its own).
     syscalls: Vec<(Kind, f64)>,
+    /// RSS growth per connection once every echo client is connected,
+    /// KiB, median run.
+    busy_rss: Vec<(Kind, f64)>,
     failed_to_start: Vec<String>,
 }
 
@@ -48,6 +51,7 @@ pub(crate) async fn measure(
     let mut http = Vec::new();
     let mut cpu = Vec::new();
     let mut syscalls = Vec::new();
+    let mut busy_rss = Vec::new();
     let mut failed_to_start = Vec::new();
     let tick_us = 1e6 / ticks_per_sec();
     for &kind in kinds {
@@ -72,17 +76,24 @@ pub(crate) async fn measure(
         let mut one = Vec::new();
         let mut lots = Vec::new();
         let mut per_msg = Vec::new();
+        let mut rss = Vec::new();
         for _ in 0..s.repeat {
             one.push(load::echo(&targets[..1], 1, 100, Duration::from_secs(s.single_secs)).await);
             let before = cpu_ticks(&pids);
-            let run = load::echo(
+            let rss_before: u64 = pids.iter().map(|&p| rss_of(p)).sum();
+            let (run, [connected, _]) = load::echo_over(
                 &targets,
                 s.many_conns,
                 100,
                 Duration::from_secs(s.many_secs),
+                None,
+                || pids.iter().map(|&p| rss_of(p)).sum::<u64>(),
             )
             .await;
             let after = cpu_ticks(&pids);
+            if !pids.is_empty() {
+                rss.push(connected.saturating_sub(rss_before) as f64 / s.many_conns as f64);
+            }
             let n = run.count.max(1) as f64;
             per_msg.push((
                 after.0.saturating_sub(before.0) as f64 * tick_us / n,
@@ -95,6 +106,10 @@ pub(crate) async fn measure(
         if !pids.is_empty() {
             per_msg.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
             cpu.push((kind, per_msg[per_msg.len() / 2]));
+        }
+        if !rss.is_empty() {
+            rss.sort_by(f64::total_cmp);
+            busy_rss.push((kind, rss[rss.len() / 2]));
         }
         if have("wrk") {
             let before = cpu_ticks(&pids);
@@ -126,6 +141,7 @@ pub(crate) async fn measure(
         http,
         cpu,
         syscalls,
+        busy_rss,
         failed_to_start,
     }
 }
@@ -156,7 +172,7 @@ pub(crate) fn overhead(runs: &ProxyRuns, many_conns: usize) -> (String, Vec<Char
     if !runs.cpu.is_empty() {
         let _ = writeln!(
             md,
-            "\n### CPU and syscalls per echoed message, {many_conns} connections\n\nCPU: the contender's processes only (nginx: master and workers), from `/proc/<pid>/stat`, median of the runs. Syscalls: `strace -c -f` on the same processes over a {STRACE_SECS} s run of its own (strace slows them, so it is not timed), per message.\n\n| contender | user µs | sys µs | user + sys µs | ratio | syscalls |\n|---|---|---|---|---|---|"
+            "\n### CPU and syscalls per echoed message, {many_conns} connections\n\nCPU: the contender's processes only (nginx: master and workers), from `/proc/<pid>/stat`, median of the runs. Syscalls: `strace -c -f` on the same processes over a {STRACE_SECS} s run of its own (strace slows them, so it is not timed), per message. RSS: the contender's growth once every echo client is connected, per connection.\n\n| contender | user µs | sys µs | user + sys µs | ratio | syscalls | RSS per busy connection |\n|---|---|---|---|---|---|---|"
         );
         let base = runs
             .cpu
@@ -169,9 +185,14 @@ pub(crate) fn overhead(runs: &ProxyRuns, many_conns: usize) -> (String, Vec<Char
                 .iter()
                 .find(|(c, _)| c == k)
                 .map_or("–".to_string(), |(_, n)| format!("{n:.2}"));
+            let busy = runs
+                .busy_rss
+                .iter()
+                .find(|(c, _)| c == k)
+                .map_or("–".to_string(), |(_, kib)| format!("{kib:.1} KiB"));
             let _ = writeln!(
                 md,
-                "| {} | {:.2} | {:.2} | {:.2} | {} | {calls} |",
+                "| {} | {:.2} | {:.2} | {:.2} | {} | {calls} | {busy} |",
                 k.name(),
                 user,
                 sys,

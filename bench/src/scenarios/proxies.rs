@@ -79,18 +79,23 @@ pub(crate) async fn measure(
         let mut rss = Vec::new();
         for _ in 0..s.repeat {
             one.push(load::echo(&targets[..1], 1, 100, Duration::from_secs(s.single_secs)).await);
-            let before = cpu_ticks(&pids);
             let rss_before: u64 = pids.iter().map(|&p| rss_of(p)).sum();
-            let (run, [connected, _]) = load::echo_over(
+            // CPU from "all connected" to "all done": the handshakes and
+            // closes are not per-message work.
+            let (run, [(connected, before), (_, after)]) = load::echo_over(
                 &targets,
                 s.many_conns,
                 100,
                 Duration::from_secs(s.many_secs),
                 None,
-                || pids.iter().map(|&p| rss_of(p)).sum::<u64>(),
+                || {
+                    (
+                        pids.iter().map(|&p| rss_of(p)).sum::<u64>(),
+                        cpu_ticks(&pids),
+                    )
+                },
             )
             .await;
-            let after = cpu_ticks(&pids);
             if !pids.is_empty() {
                 rss.push(connected.saturating_sub(rss_before) as f64 / s.many_conns as f64);
             }
@@ -172,7 +177,7 @@ pub(crate) fn overhead(runs: &ProxyRuns, many_conns: usize) -> (String, Vec<Char
     if !runs.cpu.is_empty() {
         let _ = writeln!(
             md,
-            "\n### CPU and syscalls per echoed message, {many_conns} connections\n\nCPU: the contender's processes only (nginx: master and workers), from `/proc/<pid>/stat`, median of the runs. Syscalls: `strace -c -f` on the same processes over a {STRACE_SECS} s run of its own (strace slows them, so it is not timed), per message. RSS: the contender's growth once every echo client is connected, per connection.\n\n| contender | user µs | sys µs | user + sys µs | ratio | syscalls | RSS per busy connection |\n|---|---|---|---|---|---|---|"
+            "\n### CPU and syscalls per echoed message, {many_conns} connections\n\nAn echoed message is one round trip: the proxy forwards it to the backend and the echo back. CPU: the contender's processes only (nginx: master and workers), from `/proc/<pid>/stat`, median of the runs, from all clients connected to all done. Syscalls: `strace -c -f` on the same processes over a {STRACE_SECS} s run of its own (strace slows them, so it is not timed), per message. RSS: the contender's growth once every echo client is connected, per connection.\n\n| contender | user µs | sys µs | user + sys µs | ratio | syscalls | RSS per busy connection |\n|---|---|---|---|---|---|---|"
         );
         let base = runs
             .cpu
@@ -304,8 +309,9 @@ fn wrk(target: SocketAddr, secs: u64) -> Wrk {
 /// Seconds of echo load `strace` watches.
 const STRACE_SECS: u64 = 3;
 
-/// Syscalls per echoed message: `strace -c -f` attached to `pids` over a
-/// short echo run, its total divided by the messages (two per round trip).
+/// Syscalls per echoed message (a round trip: the proxy forwards it to
+/// the backend and the echo back): `strace -c -f` attached to `pids` over
+/// a short echo run, its total divided by the round trips.
 async fn syscalls_per_message(pids: &[u32], targets: &[SocketAddr], conns: usize) -> Option<f64> {
     let out = std::env::temp_dir().join(format!("limpet-bench-strace-{}", std::process::id()));
     let mut cmd = Command::new("strace");
@@ -335,5 +341,5 @@ async fn syscalls_per_message(pids: &[u32], targets: &[SocketAddr], conns: usize
         .nth(3)?
         .parse()
         .ok()?;
-    (run.count > 0).then(|| calls / (2.0 * run.count as f64))
+    (run.count > 0).then(|| calls / run.count as f64)
 }

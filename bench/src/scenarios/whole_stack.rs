@@ -10,7 +10,7 @@
 //! read from its own processes only: CPU time per delivered message
 //! summed over all of them, and RSS per connected client.
 
-use super::procs::{cpu_ticks, need_binaries, scratch_dir};
+use super::procs::{cpu_ticks, need_binaries, scratch_dir, ticks_per_sec};
 use super::report::ChartGroup;
 use super::stack::{limpet_stack, shed_counters, socketio_stack, Stack, SHEDDING_ON};
 use crate::load::Latency;
@@ -26,6 +26,10 @@ struct Plan<'a> {
     secs: f64,
     /// The all-idle step: long enough for every client's 25 s heartbeat.
     idle_secs: f64,
+    /// After each connection storm, RSS is read once a second for this
+    /// long and the median sample kept (socket.io's garbage collector
+    /// moves its RSS by tens of MiB).
+    settle_secs: u64,
     drain: Duration,
     rates: &'a [f64],
 }
@@ -35,6 +39,7 @@ const FULL: Plan<'static> = Plan {
     workers: 3,
     secs: 10.0,
     idle_secs: 30.0,
+    settle_secs: 10,
     drain: Duration::from_secs(2),
     rates: &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
 };
@@ -44,6 +49,7 @@ const QUICK: Plan<'static> = Plan {
     workers: 2,
     secs: 3.0,
     idle_secs: 3.0,
+    settle_secs: 2,
     drain: Duration::from_secs(1),
     rates: &[0.0, 2.0, 4.0],
 };
@@ -60,6 +66,8 @@ struct Row {
     expected: f64,
     lat: Latency,
     stale: u64,
+    /// Clients whose connection ended so far (all steps).
+    lost: u64,
     cpu_us: Option<f64>,
     /// The same by process name (proxy, nodes, broker...).
     cpu_us_by_name: Vec<(String, f64)>,
@@ -78,7 +86,7 @@ impl Row {
     /// Same rule as `limpet-bench overload`: under 90 % delivered, or a
     /// p99 past half a second.
     fn saturated(&self) -> bool {
-        self.lat.per_sec < 0.9 * self.expected || self.lat.p99_us > 500_000
+        !self.dead.is_empty() || self.lat.per_sec < 0.9 * self.expected || self.lat.p99_us > 500_000
     }
 
     fn shed_total(&self) -> Option<f64> {
@@ -97,6 +105,9 @@ struct Run {
     rss_per_client_kib: f64,
     /// The same by process name.
     rss_per_client_by_name: Vec<(String, f64)>,
+    /// The lowest and highest stack RSS sampled with every client
+    /// connected, KiB.
+    rss_range_kib: (u64, u64),
     /// RSS growth per client past the first `warm` clients, and by name.
     marginal_rss_kib: f64,
     marginal_rss_by_name: Vec<(String, f64)>,
@@ -171,10 +182,10 @@ pub(crate) async fn run(
     let _ = writeln!(
         md,
         "\n## 5. Whole stack: {} clients in rooms of {ROOM} over 3 nodes\n\n\
-         limpet's nodes shed room messages older than their share of a 250 ms budget (`max_queue_delay = \"100ms\"`, as for signalling; the drops column shows what it cost), and each limpet process runs one runtime thread. One client in {ACTIVE_EVERY} sends its room bursts of {BURST} messages at the given average rate; the others only answer the 25 s heartbeats. Each message is owed to the 3 others in its room. {} s per step: first all idle for {} s (what the connected clients alone cost, heartbeats included), then the rate doubled until the stack delivers under 90 % or its p99 passes 500 ms. Delivered/s counts what arrived during the step and the drain after it. CPU cores are CPU time over wall time; the stack and the load generator share this machine's cores, so a stack may saturate because the machine does. The clients run in {} worker processes; CPU and RSS are the stack's processes only.\n\n\
-         | stack | msgs/s per active client | owed deliveries/s | delivered/s | missing | p50 ms | p99 ms | stack CPU µs per delivery | stack CPU, cores | load generator CPU, cores | drops counted by the nodes | stack RSS | status |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        plan.clients, plan.secs, plan.idle_secs, plan.workers
+         limpet's nodes shed room messages older than their share of a 250 ms budget (`max_queue_delay = \"100ms\"`, as for signalling; the drops column shows what it cost), and each limpet process runs one runtime thread. One client in {ACTIVE_EVERY} sends its room bursts of {BURST} messages at the given average rate; the others only answer the 25 s heartbeats. Each message is owed to the 3 others in its room. {} s per step: first all idle for {} s (what the connected clients alone cost, heartbeats included), then the rate doubled until the stack delivers under 90 % or its p99 passes 500 ms. Delivered/s counts what arrived during the step and the drain after it. CPU cores are CPU time over wall time; the stack and the load generator share this machine's cores, so a stack may saturate because the machine does. The clients run in {} worker processes; CPU and RSS are the stack's processes only. RSS per client is the growth from before the first client to the median of {} samples a second apart with every client connected; clients lost counts connections that ended since they joined.\n\n\
+         | stack | msgs/s per active client | owed deliveries/s | delivered/s | missing | p50 ms | p99 ms | stack CPU µs per delivery | stack CPU, cores | load generator CPU, cores | drops counted by the nodes | clients lost so far | stack RSS | status |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        plan.clients, plan.secs, plan.idle_secs, plan.workers, plan.settle_secs
     );
     let mut runs = Vec::new();
     for which in 0..2 {
@@ -191,7 +202,7 @@ pub(crate) async fn run(
             Ok(run) => runs.push(run),
             Err(e) => {
                 let name = if which == 0 { "limpet" } else { "socket.io" };
-                let _ = writeln!(md, "| {name} | | | | | | | | | | | | not run: {e:#} |");
+                let _ = writeln!(md, "| {name} | | | | | | | | | | | | | not run: {e:#} |");
             }
         }
     }
@@ -268,10 +279,8 @@ async fn measure(
         1,
     )
     .await?;
-    // Let the stack settle after each connection storm before reading it.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (warm_rss, warm_by_name, warm_joined) =
-        (stack.rss_kib(), stack.rss_by_name(), workers.joined);
+    let warm_joined = workers.joined;
+    let (warm_rss, warm_by_name, _) = settled(&stack, plan.settle_secs).await;
     if warm < plan.clients {
         let rest = Shape {
             first: warm,
@@ -279,10 +288,8 @@ async fn measure(
             ..shape
         };
         workers.absorb(Workers::start(me, rest, plan.workers.saturating_sub(1).max(1)).await?);
-        tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let connected = stack.rss_kib();
-    let by_name = stack.rss_by_name();
+    let (connected, by_name, rss_range_kib) = settled(&stack, plan.settle_secs).await;
     let per = |kib: u64, clients: usize| kib as f64 / clients.max(1) as f64;
     let more = workers.joined - warm_joined;
     let mut run = Run {
@@ -290,6 +297,7 @@ async fn measure(
         joined: workers.joined,
         failed: workers.failed,
         rss_per_client_kib: per(connected.saturating_sub(baseline), workers.joined),
+        rss_range_kib,
         rss_per_client_by_name: growth(&baseline_by_name, by_name.clone())
             .into_iter()
             .map(|(name, kib)| (name, per(kib, workers.joined)))
@@ -306,6 +314,7 @@ async fn measure(
         "limpet-bench: scenario 5 {}: {} clients joined, {} failed, {:.1} KiB per client",
         run.name, run.joined, run.failed, run.rss_per_client_kib
     );
+    let tick_us = 1e6 / ticks_per_sec();
     for (id, &rate) in (1u32..).zip(plan.rates) {
         let secs = if rate > 0.0 {
             plan.secs
@@ -330,14 +339,13 @@ async fn measure(
         });
         let result = result?;
         let wall = started.elapsed().as_secs_f64();
-        // Clock ticks are 10 ms: the stack's CPU, not the generator's.
-        let cpu = stack.cpu_ticks().saturating_sub(cpu_before) as f64 * 10_000.0;
-        let generator =
-            generator_ticks(&workers).saturating_sub(generator_before) as f64 * 10_000.0;
+        // The stack's CPU in µs, not the generator's.
+        let cpu = stack.cpu_ticks().saturating_sub(cpu_before) as f64 * tick_us;
+        let generator = generator_ticks(&workers).saturating_sub(generator_before) as f64 * tick_us;
         let delivered = result.hist.len();
         let cpu_us_by_name = growth(&cpu_before_by_name, stack.cpu_by_name())
             .into_iter()
-            .map(|(name, ticks)| (name, ticks as f64 * 10_000.0 / delivered.max(1) as f64))
+            .map(|(name, ticks)| (name, ticks as f64 * tick_us / delivered.max(1) as f64))
             .collect();
         let shed = if stack.nodes.is_empty() {
             None
@@ -359,6 +367,7 @@ async fn measure(
             expected: result.expected as f64 / secs,
             lat: result.latency(secs),
             stale: result.stale,
+            lost: result.lost,
             cpu_us: (delivered > 0).then(|| cpu / delivered as f64),
             cpu_us_by_name,
             stack_cores: cpu / 1e6 / wall,
@@ -414,7 +423,7 @@ fn table_row(name: &str, r: &Row) -> String {
         "0 (all idle)".to_string()
     };
     format!(
-        "| {name} | {rate} | {:.0} | {:.0}{late} | {missing} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {shed} | {:.1} MiB | {status} |",
+        "| {name} | {rate} | {:.0} | {:.0}{late} | {missing} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {shed} | {} | {:.1} MiB | {status} |",
         r.expected,
         r.lat.per_sec,
         r.lat.p50_us as f64 / 1000.0,
@@ -422,8 +431,26 @@ fn table_row(name: &str, r: &Row) -> String {
         r.cpu_us.map_or("–".to_string(), |c| format!("{c:.1}")),
         r.stack_cores,
         r.generator_cores,
+        r.lost,
         r.rss_kib as f64 / 1024.0,
     )
+}
+
+/// Reads the stack's RSS once a second for `secs`: the median sample
+/// (total and by name) and the range of the totals.
+async fn settled(stack: &Stack, secs: u64) -> (u64, Vec<(String, u64)>, (u64, u64)) {
+    let mut samples = Vec::new();
+    for _ in 0..secs.max(1) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push((stack.rss_kib(), stack.rss_by_name()));
+    }
+    samples.sort_by_key(|(total, _)| *total);
+    let range = (
+        samples.first().map_or(0, |(t, _)| *t),
+        samples.last().map_or(0, |(t, _)| *t),
+    );
+    let (total, by_name) = samples.swap_remove(samples.len() / 2);
+    (total, by_name, range)
 }
 
 /// `after` less `before`, name by name.
@@ -479,6 +506,19 @@ fn summary(runs: &[Run]) -> String {
         "| the same by process | {} | {} | | |",
         parts(&limpet.rss_per_client_by_name, " KiB"),
         parts(&sio.rss_per_client_by_name, " KiB")
+    );
+    let range = |run: &Run| {
+        format!(
+            "{:.1}–{:.1} MiB",
+            run.rss_range_kib.0 as f64 / 1024.0,
+            run.rss_range_kib.1 as f64 / 1024.0
+        )
+    };
+    let _ = writeln!(
+        md,
+        "| stack RSS with every client connected, lowest–highest of the samples (the median is used above) | {} | {} | | |",
+        range(limpet),
+        range(sio)
     );
     let _ = writeln!(
         md,
@@ -544,7 +584,7 @@ fn summary(runs: &[Run]) -> String {
                     r.lat.per_sec,
                     r.expected,
                     r.shed_total()
-                        .map_or("none".to_string(), |n| format!("{n:.0}"))
+                        .map_or("not counted".to_string(), |n| format!("{n:.0}"))
                 )
             })
     };

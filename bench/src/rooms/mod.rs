@@ -12,18 +12,19 @@
 //! two workers, so a message's send time (microseconds since the worker
 //! started) is read by the same clock that stamped it.
 
+mod workers;
+
+pub use workers::{worker, Workers};
+
 use crate::echo_server::small_ws_config;
 use crate::load::{connect_from, histogram, summarize, Latency};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
@@ -91,6 +92,10 @@ pub struct StepResult {
     /// Deliveries of an earlier step's messages that came in this one.
     pub stale: u64,
     pub errors: u64,
+    /// Clients whose connection ended since they joined (all steps so
+    /// far): a lost receiver shows as missing deliveries, a lost sender
+    /// stops adding to what is owed, so both are counted apart.
+    pub lost: u64,
 }
 
 impl StepResult {
@@ -100,6 +105,7 @@ impl StepResult {
             expected: 0,
             stale: 0,
             errors: 0,
+            lost: 0,
         }
     }
 
@@ -108,6 +114,7 @@ impl StepResult {
         self.expected += other.expected;
         self.stale += other.stale;
         self.errors += other.errors;
+        self.lost += other.lost;
     }
 
     pub fn latency(&self, secs: f64) -> Latency {
@@ -123,10 +130,11 @@ impl StepResult {
             .map(|v| format!("{}:{}", v.value_iterated_to(), v.count_at_value()))
             .collect();
         format!(
-            "result {} {} {} {}",
+            "result {} {} {} {} {}",
             self.expected,
             self.stale,
             self.errors,
+            self.lost,
             pairs.join(",")
         )
     }
@@ -137,6 +145,7 @@ impl StepResult {
         r.expected = parts.next()?.parse().ok()?;
         r.stale = parts.next()?.parse().ok()?;
         r.errors = parts.next()?.parse().ok()?;
+        r.lost = parts.next()?.parse().ok()?;
         for pair in parts
             .next()
             .unwrap_or("")
@@ -158,6 +167,8 @@ struct Tally {
     expected: AtomicU64,
     stale: AtomicU64,
     errors: AtomicU64,
+    /// Never reset: see [`StepResult::lost`].
+    lost: AtomicU64,
 }
 
 /// The connected clients of one process.
@@ -183,6 +194,7 @@ impl Clients {
             expected: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
         });
         let mut joined: Vec<Option<WebSocketStream<TcpStream>>> = Vec::new();
         let indices: Vec<usize> = (shape.first..shape.first + shape.clients).collect();
@@ -246,6 +258,7 @@ impl Clients {
             expected: self.tally.expected.load(Relaxed),
             stale: self.tally.stale.load(Relaxed),
             errors: self.tally.errors.load(Relaxed),
+            lost: self.tally.lost.load(Relaxed),
         }
     }
 
@@ -345,7 +358,7 @@ impl Client {
                         let Ok(text) = m.to_text() else { continue };
                         if self.shape.proto == RoomProto::SocketIo && text == "2" {
                             if sink.send(Message::text("3")).await.is_err() {
-                                self.tally.errors.fetch_add(1, Relaxed);
+                                self.lost();
                                 return;
                             }
                             continue;
@@ -353,7 +366,7 @@ impl Client {
                         self.delivered(text);
                     }
                     _ => {
-                        self.tally.errors.fetch_add(1, Relaxed);
+                        self.lost();
                         return;
                     }
                 },
@@ -375,7 +388,7 @@ impl Client {
                 () = due => {
                     let Some((at, step, end)) = next else { continue };
                     if self.burst(&mut sink, &step).await.is_err() {
-                        self.tally.errors.fetch_add(1, Relaxed);
+                        self.lost();
                         return;
                     }
                     let at = at + period(&step);
@@ -399,6 +412,12 @@ impl Client {
             self.tally.expected.fetch_add(self.peers, Relaxed);
         }
         sink.flush().await.map_err(|_| ())
+    }
+
+    /// The connection ended: an error of this step, and one client fewer.
+    fn lost(&self) {
+        self.tally.errors.fetch_add(1, Relaxed);
+        self.tally.lost.fetch_add(1, Relaxed);
     }
 
     fn delivered(&self, text: &str) {
@@ -463,159 +482,6 @@ pub async fn once(
     (r.latency(secs), r.expected as f64 / secs)
 }
 
-/// `limpet-bench room-worker`: connects its share of clients, says
-/// `joined <ok> <failed>`, then runs `step <id> <rate> <burst> <secs>`
-/// lines from stdin (answering each with a `result` line) until `quit` or
-/// the end of stdin.
-pub async fn worker(shape: Shape) -> anyhow::Result<()> {
-    let pool = Clients::connect(shape).await;
-    let mut out = tokio::io::stdout();
-    out.write_all(format!("joined {} {}\n", pool.joined, pool.failed).as_bytes())
-        .await?;
-    out.flush().await?;
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = lines.next_line().await? {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["step", id, rate, burst, secs, drain_ms] => {
-                let step = Step {
-                    id: id.parse()?,
-                    rate: rate.parse()?,
-                    burst: burst.parse()?,
-                    secs: secs.parse()?,
-                };
-                let drain = Duration::from_millis(drain_ms.parse()?);
-                let r = pool.step(step, drain).await;
-                out.write_all(format!("{}\n", r.encode()).as_bytes())
-                    .await?;
-                out.flush().await?;
-            }
-            ["quit"] => break,
-            _ => anyhow::bail!("room-worker: unknown command {line:?}"),
-        }
-    }
-    pool.close().await;
-    Ok(())
-}
-
-/// Worker processes holding one population of clients between them.
-pub struct Workers {
-    procs: Vec<WorkerProc>,
-    pub joined: usize,
-    pub failed: usize,
-}
-
-struct WorkerProc {
-    child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Workers {
-    /// Starts `count` workers of `me` (this binary) splitting `shape`'s
-    /// clients in whole rooms, and waits until every client has joined or
-    /// failed.
-    pub async fn start(me: &Path, shape: Shape, count: usize) -> anyhow::Result<Workers> {
-        let rooms = shape.clients.div_ceil(shape.room_size);
-        let per = rooms.div_ceil(count.max(1)) * shape.room_size;
-        let mut procs = Vec::new();
-        let mut first = shape.first;
-        let end = shape.first + shape.clients;
-        while first < end {
-            let clients = per.min(end - first);
-            let mut child = tokio::process::Command::new(me)
-                .args(["room-worker", "--proto", shape.proto.name()])
-                .arg("--target")
-                .arg(shape.target.to_string())
-                .args(["--first", &first.to_string()])
-                .args(["--clients", &clients.to_string()])
-                .args(["--room-size", &shape.room_size.to_string()])
-                .args(["--active-every", &shape.active_every.to_string()])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()?;
-            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-                anyhow::bail!("room-worker: no pipes");
-            };
-            procs.push(WorkerProc {
-                child,
-                stdin,
-                lines: BufReader::new(stdout).lines(),
-            });
-            first += clients;
-        }
-        let (mut joined, mut failed) = (0, 0);
-        for p in &mut procs {
-            let line = p.lines.next_line().await?.unwrap_or_default();
-            let mut words = line.strip_prefix("joined ").unwrap_or("").split(' ');
-            let ok: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-            let bad: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-            anyhow::ensure!(!line.is_empty(), "room-worker exited before joining");
-            joined += ok;
-            failed += bad;
-        }
-        Ok(Workers {
-            procs,
-            joined,
-            failed,
-        })
-    }
-
-    /// Takes over `other`'s workers and clients: one population started
-    /// in parts.
-    pub fn absorb(&mut self, other: Workers) {
-        self.procs.extend(other.procs);
-        self.joined += other.joined;
-        self.failed += other.failed;
-    }
-
-    /// The worker processes' ids, for their CPU time.
-    pub fn pids(&self) -> Vec<u32> {
-        self.procs.iter().filter_map(|p| p.child.id()).collect()
-    }
-
-    /// Runs one step in every worker at once; their results merged.
-    pub async fn step(&mut self, step: Step, drain: Duration) -> anyhow::Result<StepResult> {
-        let command = format!(
-            "step {} {} {} {} {}\n",
-            step.id,
-            step.rate,
-            step.burst,
-            step.secs,
-            drain.as_millis()
-        );
-        for p in &mut self.procs {
-            p.stdin.write_all(command.as_bytes()).await?;
-            p.stdin.flush().await?;
-        }
-        let mut merged = StepResult::empty();
-        for p in &mut self.procs {
-            let line = p.lines.next_line().await?.unwrap_or_default();
-            let r = StepResult::decode(&line)
-                .ok_or_else(|| anyhow::anyhow!("room-worker: bad result {line:.80}"))?;
-            merged.merge(&r);
-        }
-        Ok(merged)
-    }
-
-    /// Tells every worker to close its clients, and waits for them.
-    pub async fn quit(mut self) {
-        for p in &mut self.procs {
-            let _ = p.stdin.write_all(b"quit\n").await;
-            let _ = p.stdin.flush().await;
-        }
-        for mut p in self.procs {
-            if tokio::time::timeout(Duration::from_secs(10), p.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = p.child.kill().await;
-            }
-        }
-    }
-}
-
 /// Parses `--proto` of `room-worker`.
 pub fn proto_arg(s: &str) -> Result<RoomProto, String> {
     RoomProto::parse(s).ok_or_else(|| format!("unknown protocol {s:?} (limpet, socketio)"))
@@ -641,7 +507,7 @@ mod tests {
         for v in [10, 10, 250, 90_000] {
             r.hist.record(v).unwrap();
         }
-        (r.expected, r.stale, r.errors) = (9, 2, 1);
+        (r.expected, r.stale, r.errors, r.lost) = (9, 2, 1, 3);
         let back = StepResult::decode(&r.encode()).unwrap();
         assert_eq!(back.hist.len(), 4);
         assert_eq!(
@@ -649,7 +515,10 @@ mod tests {
             r.hist.value_at_quantile(0.5)
         );
         assert_eq!(back.hist.max(), r.hist.max());
-        assert_eq!((back.expected, back.stale, back.errors), (9, 2, 1));
+        assert_eq!(
+            (back.expected, back.stale, back.errors, back.lost),
+            (9, 2, 1, 3)
+        );
         assert!(StepResult::decode("joined 1 0").is_none());
     }
 }

@@ -14,7 +14,10 @@
 
 use crate::load::Latency;
 use crate::rooms;
-use crate::scenarios::stack::{limpet_stack, shed_counters, socketio_stack, Stack, SHEDDING_ON};
+use crate::scenarios::procs::ticks_per_sec;
+use crate::scenarios::stack::{
+    limpet_stack, shed_counters, shed_since, shed_total, socketio_stack, Stack, SHEDDING_ON,
+};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -118,7 +121,7 @@ pub async fn run(
         let shed = if stack.nodes.is_empty() {
             "not counted".to_string()
         } else {
-            let total: f64 = s.shed.iter().map(|(_, n)| n).sum();
+            let total = shed_total(&s.shed);
             let parts: Vec<String> = s.shed.iter().map(|(p, n)| format!("{p} {n:.0}")).collect();
             format!("{total:.0} ({})", parts.join(", "))
         };
@@ -162,22 +165,12 @@ async fn step(stack: &mut Stack, clients: usize, secs: u64, rate: f64) -> Step {
     )
     .await;
     let cpu = stack.cpu_ticks().saturating_sub(cpu_before);
-    let after = shed_counters(&stack.nodes).await;
-    let shed = after
-        .into_iter()
-        .map(|(path, n)| {
-            let was = before
-                .iter()
-                .find(|(p, _)| *p == path)
-                .map_or(0.0, |(_, n)| *n);
-            (path, n - was)
-        })
-        .collect();
+    let shed = shed_since(&stack.nodes, &before).await;
     // Let queues empty before the next step.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // Clock ticks are 10 ms; the stack's CPU over what it delivered.
+    // The stack's CPU over what it delivered.
     let delivered = lat.per_sec * secs as f64;
-    let cpu_us = (delivered > 0.0).then(|| cpu as f64 * 10_000.0 / delivered);
+    let cpu_us = (delivered > 0.0).then(|| cpu as f64 * 1e6 / ticks_per_sec() / delivered);
     Step {
         rate,
         expected,

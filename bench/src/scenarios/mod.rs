@@ -12,7 +12,7 @@
 mod broker;
 mod contenders;
 mod idle;
-mod procs;
+pub(crate) mod procs;
 mod proxies;
 mod report;
 mod sizes;

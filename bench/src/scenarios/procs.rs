@@ -103,14 +103,28 @@ pub(crate) fn cpu_ticks(pids: &[u32]) -> (u64, u64) {
     })
 }
 
-/// Clock ticks per second of [`cpu_ticks`] (`getconf CLK_TCK`).
+/// Clock ticks per second of [`cpu_ticks`] (`getconf CLK_TCK`), asked
+/// once per run.
 pub(crate) fn ticks_per_sec() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// CPU µs per operation (user, sys) between two [`cpu_ticks`] readings.
+pub(crate) fn cpu_per_op(ticks: [(u64, u64); 2], ops: u64) -> (f64, f64) {
+    let tick_us = 1e6 / ticks_per_sec();
+    let n = ops.max(1) as f64;
+    (
+        ticks[1].0.saturating_sub(ticks[0].0) as f64 * tick_us / n,
+        ticks[1].1.saturating_sub(ticks[0].1) as f64 * tick_us / n,
+    )
 }
 
 /// Resident memory of one process, in KiB (`VmRSS`).

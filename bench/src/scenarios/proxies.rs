@@ -11,7 +11,7 @@
 //! 10–30 % between runs, CPU time per message far less.
 
 use super::contenders::{start_proxy, Kind};
-use super::procs::{cpu_ticks, have, rss_of, ticks_per_sec, wait_port};
+use super::procs::{cpu_per_op, cpu_ticks, have, rss_of, wait_port};
 use super::report::{latency_table, median_by, ratio, ChartGroup};
 use super::sizes::Sizes;
 use crate::load::{self, Latency};
@@ -53,7 +53,6 @@ pub(crate) async fn measure(
     let mut syscalls = Vec::new();
     let mut busy_rss = Vec::new();
     let mut failed_to_start = Vec::new();
-    let tick_us = 1e6 / ticks_per_sec();
     for &kind in kinds {
         let started = match start_proxy(kind, backends, dir, bin) {
             Ok(s) => s,
@@ -99,11 +98,7 @@ pub(crate) async fn measure(
             if !pids.is_empty() {
                 rss.push(connected.saturating_sub(rss_before) as f64 / s.many_conns as f64);
             }
-            let n = run.count.max(1) as f64;
-            per_msg.push((
-                after.0.saturating_sub(before.0) as f64 * tick_us / n,
-                after.1.saturating_sub(before.1) as f64 * tick_us / n,
-            ));
+            per_msg.push(cpu_per_op([before, after], run.count));
             lots.push(run);
         }
         single.push((kind, median_by(one)));
@@ -120,12 +115,9 @@ pub(crate) async fn measure(
             let before = cpu_ticks(&pids);
             let mut run = wrk(targets[0], s.wrk_secs);
             let after = cpu_ticks(&pids);
-            let n = (run.rps * s.wrk_secs as f64).max(1.0);
             if !pids.is_empty() {
-                run.cpu = Some((
-                    after.0.saturating_sub(before.0) as f64 * tick_us / n,
-                    after.1.saturating_sub(before.1) as f64 * tick_us / n,
-                ));
+                let requests = (run.rps * s.wrk_secs as f64) as u64;
+                run.cpu = Some(cpu_per_op([before, after], requests));
             }
             http.push((kind, run));
         }

@@ -228,6 +228,28 @@ pub(crate) async fn shed_counters(nodes: &[SocketAddr]) -> Vec<(String, f64)> {
     sums
 }
 
+/// How much each `path` of `limpet_node_shed_total` grew since `before`
+/// (a [`shed_counters`] reading).
+pub(crate) async fn shed_since(
+    nodes: &[SocketAddr],
+    before: &[(String, f64)],
+) -> Vec<(String, f64)> {
+    shed_counters(nodes)
+        .await
+        .into_iter()
+        .map(|(path, n)| {
+            let was = before.iter().find(|(p, _)| *p == path);
+            (path, n - was.map_or(0.0, |(_, n)| *n))
+        })
+        .collect()
+}
+
+/// All paths of a [`shed_since`] reading together. Folded from 0.0: an
+/// empty `sum` of floats is -0.0, which printed as "-0".
+pub(crate) fn shed_total(by_path: &[(String, f64)]) -> f64 {
+    by_path.iter().fold(0.0, |total, (_, n)| total + n.max(0.0))
+}
+
 /// The body of `GET /metrics`, or empty.
 async fn metrics(addr: SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

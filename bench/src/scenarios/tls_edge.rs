@@ -20,7 +20,7 @@
 //! within each round, restarted every time; figures are medians over rounds.
 
 use super::contenders::{echo_backends, installed, start_proxy_tls, Kind, Spread, TlsFiles};
-use super::procs::{cpu_ticks, need_binaries, rss_of, scratch_dir, ticks_per_sec, wait_port};
+use super::procs::{cpu_per_op, cpu_ticks, need_binaries, rss_of, scratch_dir, wait_port};
 use super::report::{ratio, ChartGroup};
 use super::sizes::Sizes;
 use crate::load::{self, Latency};
@@ -61,16 +61,6 @@ fn make_cert(dir: &Path) -> anyhow::Result<(TlsFiles, Vec<u8>)> {
         format!("{}{}", made.cert_pem, made.key_pem),
     )?;
     Ok((files, made.der))
-}
-
-/// CPU µs per operation between two `cpu_ticks` readings.
-fn per_op(ticks: [(u64, u64); 2], ops: u64) -> Cpu {
-    let tick_us = 1e6 / ticks_per_sec();
-    let n = ops.max(1) as f64;
-    (
-        ticks[1].0.saturating_sub(ticks[0].0) as f64 * tick_us / n,
-        ticks[1].1.saturating_sub(ticks[0].1) as f64 * tick_us / n,
-    )
 }
 
 /// Measures every TLS-capable contender `rounds` times, taking turns.
@@ -148,25 +138,25 @@ async fn measure(
             .await;
             stop.store(true, Relaxed);
             let _ = sampler.await;
-            let wss_cpu = per_op(ticks, wss.count);
+            let wss_cpu = cpu_per_op(ticks, wss.count);
             let rss_per_conn_kib =
                 peak.load(Relaxed).saturating_sub(before) as f64 / s.tls_conns.max(1) as f64;
 
             let k = s.handshakers;
             let (full, t) =
                 tls_load::handshakes(addr, k, (secs, usize::MAX), &full_client, cpu).await;
-            let full_cpu = per_op(t, full.latency.count);
+            let full_cpu = cpu_per_op(t, full.latency.count);
 
             let mine = &resuming[..k];
             tls_load::handshakes(addr, k, (secs * 4, 1), mine, || ()).await;
             let (resumed, t) = tls_load::handshakes(addr, k, (secs, usize::MAX), mine, cpu).await;
-            let resumed_cpu = per_op(t, resumed.latency.count);
+            let resumed_cpu = cpu_per_op(t, resumed.latency.count);
 
             let many = &resuming[..s.returning_clients];
             let pass = s.returning_clients.div_ceil(k);
             tls_load::handshakes(addr, k, (secs * 6, pass), many, || ()).await;
             let (returning, t) = tls_load::handshakes(addr, k, (secs, usize::MAX), many, cpu).await;
-            let returning_cpu = per_op(t, returning.latency.count);
+            let returning_cpu = cpu_per_op(t, returning.latency.count);
             drop(proc);
             eprintln!(
                 "limpet-bench: TLS round {} {}: wss {:.0}/s, full {:.0}/s, resumed {:.0}/s ({} of {})",

@@ -14,7 +14,9 @@ mod tables;
 
 use super::procs::{cpu_ticks, need_binaries, scratch_dir, ticks_per_sec};
 use super::report::ChartGroup;
-use super::stack::{limpet_stack, shed_counters, socketio_stack, Stack, SHEDDING_ON};
+use super::stack::{
+    limpet_stack, shed_counters, shed_since, shed_total, socketio_stack, Stack, SHEDDING_ON,
+};
 use crate::load::Latency;
 use crate::rooms::{Shape, Step, Workers};
 use std::fmt::Write as _;
@@ -93,9 +95,7 @@ impl Row {
     }
 
     fn shed_total(&self) -> Option<f64> {
-        self.shed
-            .as_ref()
-            .map(|s| s.iter().map(|(_, n)| n.max(0.0)).sum())
+        self.shed.as_ref().map(|s| shed_total(s))
     }
 }
 
@@ -315,17 +315,8 @@ async fn measure(
         let shed = if stack.nodes.is_empty() {
             None
         } else {
-            let after = shed_counters(&stack.nodes).await;
-            Some(
-                after
-                    .into_iter()
-                    .map(|(path, n)| {
-                        let was = shed_before.iter().find(|(p, _)| *p == path);
-                        (path, n - was.map_or(0.0, |(_, n)| *n))
-                    })
-                    .filter(|(_, n)| *n > 0.0)
-                    .collect(),
-            )
+            let grown = shed_since(&stack.nodes, &shed_before).await;
+            Some(grown.into_iter().filter(|(_, n)| *n > 0.0).collect())
         };
         let row = Row {
             rate,

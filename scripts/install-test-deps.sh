@@ -7,6 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The test build takes about 1.3 GB under target/, plus node_modules and
+# temporary files while the tests run. Say so plainly rather than let the linker die
+# halfway with "No space left on device".
+avail_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ -n "$avail_kb" ] && [ "$avail_kb" -lt 3000000 ]; then
+    echo "install-test-deps: warning: only $((avail_kb / 1024)) MiB free here; the test build needs about 2 GiB" >&2
+fi
+
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)

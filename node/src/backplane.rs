@@ -34,6 +34,14 @@ pub enum Inbound {
     Reconnected,
 }
 
+/// What a backplane hands the node to read: its inbound messages, and the
+/// runtime to handle them on (the one that reads the broker connection),
+/// or `None` for a thread of their own.
+pub struct InboundQueue {
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<Inbound>,
+    pub runtime: Option<tokio::runtime::Handle>,
+}
+
 /// What the node needs from a backplane. Every call returns at once:
 /// commands run later, in the order they were queued (a subscribe before a
 /// publish on the same channel takes effect first).

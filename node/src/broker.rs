@@ -116,6 +116,9 @@ struct Shared {
 pub struct Broker {
     tx: mpsc::UnboundedSender<Cmd>,
     shared: Arc<Shared>,
+    /// The link thread's runtime, where the node handles what arrives
+    /// (see [`Broker::link_runtime`]); `None` if that thread did not start.
+    link: Option<tokio::runtime::Handle>,
 }
 
 impl Broker {
@@ -152,13 +155,18 @@ impl Broker {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build();
-        match runtime {
+        let link = match runtime {
             Ok(rt) => {
+                let handle = rt.handle().clone();
                 let spawned = std::thread::Builder::new()
                     .name("limpet-broker-link".into())
                     .spawn(move || rt.block_on(task));
-                if let Err(e) = spawned {
-                    tracing::error!("cannot start the broker link thread: {e}");
+                match spawned {
+                    Ok(_) => Some(handle),
+                    Err(e) => {
+                        tracing::error!("cannot start the broker link thread: {e}");
+                        None
+                    }
                 }
             }
             Err(e) => {
@@ -166,9 +174,19 @@ impl Broker {
                     "no runtime of its own for the broker link ({e}); sharing the node's"
                 );
                 tokio::spawn(task);
+                None
             }
-        }
-        Broker { tx, shared }
+        };
+        Broker { tx, shared, link }
+    }
+
+    /// The runtime of the thread that reads the broker connection. The
+    /// node handles inbound messages there, so a message read from the
+    /// broker is handled without waking another thread: a thread of its
+    /// own for the handler cost a cross-thread wake-up (a futex call and a
+    /// context switch) per message at low rates.
+    pub fn link_runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.link.clone()
     }
 }
 

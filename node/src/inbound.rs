@@ -10,7 +10,7 @@
 //! enforced by the backplane). Past a bound the envelope is ignored and
 //! counted in `limpet_node_backplane_rejected_total{reason}`.
 
-use crate::backplane::{node_channel, room_channel, Inbound, NODES_CHANNEL};
+use crate::backplane::{node_channel, room_channel, Inbound, InboundQueue, NODES_CHANNEL};
 use crate::envelope::Envelope;
 use crate::membership::{Bound, State};
 use crate::node::Node;
@@ -22,7 +22,6 @@ use parking_lot::MutexGuard;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc;
 
 impl Node {
     fn refuse_remote(&self, bound: Bound, room: &str, node: &str) {
@@ -82,17 +81,25 @@ impl Node {
         }
     }
 
-    /// Handles everything that arrives from the broker, on a thread of
-    /// its own. These messages are work already accepted somewhere in the
-    /// cluster; as one task among thousands of client tasks, the handler
-    /// got a thousandth of the node's turns under load and its queue aged
-    /// while clients kept being read. As a thread it gets its share from
-    /// the OS scheduler however many clients there are. (Handling is
+    /// Handles everything that arrives from the broker, away from the
+    /// client tasks: on the runtime that reads the broker connection when
+    /// the backplane has one, else on a thread of its own. These messages
+    /// are work already accepted somewhere in the cluster; as one task
+    /// among thousands of client tasks, the handler got a thousandth of
+    /// the node's turns under load and its queue aged while clients kept
+    /// being read. On a thread apart from the clients' it gets its share
+    /// from the OS scheduler however many clients there are. (Handling is
     /// synchronous: it only takes locks and queues frames.)
-    pub fn run_inbound(
-        self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<Inbound>,
-    ) -> std::io::Result<()> {
+    pub fn run_inbound(self: Arc<Self>, queue: InboundQueue) -> std::io::Result<()> {
+        let InboundQueue { mut rx, runtime } = queue;
+        if let Some(runtime) = runtime {
+            runtime.spawn(async move {
+                while let Some(msg) = rx.recv().await {
+                    self.on_inbound(msg);
+                }
+            });
+            return Ok(());
+        }
         std::thread::Builder::new()
             .name("limpet-inbound".into())
             .spawn(move || {

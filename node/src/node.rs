@@ -11,7 +11,7 @@
 
 use crate::addresses::Addresses;
 use crate::auth::Verifier;
-use crate::backplane::{node_channel, Backplane, Inbound, NODES_CHANNEL};
+use crate::backplane::{node_channel, Backplane, InboundQueue, NODES_CHANNEL};
 use crate::broker::{Broker, Settings};
 use crate::envelope::Envelope;
 use crate::history::History;
@@ -52,7 +52,7 @@ pub struct Node {
 impl Node {
     /// Creates the node and its backplane over the broker; returns the
     /// stream of backplane messages for [`Node::run_inbound`].
-    pub fn new(config: NodeConfig) -> (Arc<Node>, mpsc::UnboundedReceiver<Inbound>) {
+    pub fn new(config: NodeConfig) -> (Arc<Node>, InboundQueue) {
         let metrics = Arc::new(Metrics::new());
         let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
         let broker = Broker::spawn(
@@ -72,7 +72,11 @@ impl Node {
             inbound_tx,
             metrics.backplane.clone(),
         );
-        (Node::build(config, metrics, Arc::new(broker)), inbound_rx)
+        let queue = InboundQueue {
+            rx: inbound_rx,
+            runtime: broker.link_runtime(),
+        };
+        (Node::build(config, metrics, Arc::new(broker)), queue)
     }
 
     /// A node on any backplane; nothing is spawned.

@@ -127,6 +127,9 @@ enum Cmd {
         /// 0 is the all-idle step) instead of doubling until saturation.
         #[arg(long, value_delimiter = ',')]
         rates: Vec<f64>,
+        /// Only limpet's stack, no socket.io (to compare two limpet builds).
+        #[arg(long)]
+        limpet_only: bool,
         #[arg(long, default_value = "bench/results/whole-stack.md")]
         out: PathBuf,
         /// Folder with the release binaries of limpet.
@@ -210,9 +213,10 @@ fn main() -> anyhow::Result<()> {
                 quick,
                 clients,
                 rates,
+                limpet_only,
                 out,
                 bin,
-            } => scenarios::stack(quick, clients, &rates, &out, &bin).await,
+            } => scenarios::stack(quick, clients, &rates, limpet_only, &out, &bin).await,
             Cmd::RoomWorker {
                 proto,
                 target,

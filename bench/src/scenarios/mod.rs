@@ -44,10 +44,11 @@ pub async fn stack(
     quick: bool,
     clients: Option<usize>,
     rates: &[f64],
+    limpet_only: bool,
     out: &Path,
     bin: &Path,
 ) -> anyhow::Result<()> {
-    whole_stack::standalone(quick, clients, rates, out, bin).await
+    whole_stack::standalone(quick, clients, rates, limpet_only, out, bin).await
 }
 
 pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
@@ -69,7 +70,7 @@ pub async fn run(quick: bool, out: &Path, bin: &Path) -> anyhow::Result<()> {
     md.push_str(&http_md);
     let (broker_md, broker_charts) = broker::run(&dir, bin, &s).await?;
     md.push_str(&broker_md);
-    let (stack_md, stack_charts) = whole_stack::run(quick, None, &[], &dir, bin, &me).await;
+    let (stack_md, stack_charts) = whole_stack::run(quick, None, &[], false, &dir, bin, &me).await;
     md.push_str(&stack_md);
     let (tls_md, tls_charts) = tls_edge::run(&backends, &dir, bin, &s).await?;
     md.push_str(&tls_md);

@@ -139,6 +139,7 @@ pub(crate) async fn standalone(
     quick: bool,
     clients: Option<usize>,
     rates: &[f64],
+    limpet_only: bool,
     out: &Path,
     bin: &Path,
 ) -> anyhow::Result<()> {
@@ -155,7 +156,11 @@ pub(crate) async fn standalone(
         ),
         1,
     );
-    md.push_str(&run(quick, clients, rates, &dir, bin, &me).await.0);
+    md.push_str(
+        &run(quick, clients, rates, limpet_only, &dir, bin, &me)
+            .await
+            .0,
+    );
     super::report::write(out, &md)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -168,6 +173,7 @@ pub(crate) async fn run(
     quick: bool,
     clients: Option<usize>,
     rates: &[f64],
+    limpet_only: bool,
     dir: &Path,
     bin: &Path,
     me: &Path,
@@ -191,7 +197,7 @@ pub(crate) async fn run(
         plan.clients, plan.secs, plan.idle_secs, plan.workers, plan.settle_secs
     );
     let mut runs = Vec::new();
-    for which in 0..2 {
+    for which in 0..if limpet_only { 1 } else { 2 } {
         let stack = if which == 0 {
             limpet_stack(dir, bin, "limpet (proxy + 3 nodes + broker)", SHEDDING_ON).await
         } else {
@@ -333,7 +339,14 @@ async fn measure(
             dead: stack.dead(),
         };
         let _ = writeln!(md, "{}", table_row(run.name, &row));
-        eprintln!("limpet-bench: scenario 5 {}", table_row(run.name, &row));
+        let by_process = match row.cpu_us {
+            Some(_) => tables::parts(&row.cpu_us_by_name, " µs per delivery"),
+            None => String::new(),
+        };
+        eprintln!(
+            "limpet-bench: scenario 5 {} {by_process}",
+            table_row(run.name, &row)
+        );
         let stop = row.saturated() || !row.dead.is_empty();
         run.rows.push(row);
         if stop {

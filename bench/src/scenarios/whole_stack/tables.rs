@@ -77,7 +77,7 @@ fn rss_rows(
 }
 
 /// `name a, name b` with one decimal.
-fn parts(of: &[(String, f64)], unit: &str) -> String {
+pub(super) fn parts(of: &[(String, f64)], unit: &str) -> String {
     of.iter()
         .map(|(name, v)| format!("{name} {v:.1}{unit}"))
         .collect::<Vec<_>>()

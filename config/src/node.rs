@@ -41,6 +41,15 @@ pub struct NodeConfig {
     /// It bounds how long cross-node delivery stays down after the broker
     /// is back; default 1 s.
     pub broker_backoff_max: Duration,
+    /// Run the broker connections, and the handling of what arrives on
+    /// them, on a thread of their own instead of as tasks among the
+    /// client tasks. Off (the default) costs less: a message then crosses
+    /// no thread inside the node, and the bench measured 18-22 % less node
+    /// CPU per delivery, with a p99 no worse past saturation (97 against
+    /// 154 ms at 128 msgs/s per active client, 2,000 clients). On gives the
+    /// broker traffic its own share of CPU from the OS scheduler, for a
+    /// node whose runtime threads are kept busy by something else.
+    pub broker_link_thread: bool,
     /// Browser `Origin`s allowed to connect; empty allows any.
     pub allowed_origins: Vec<String>,
     /// Bearer token required by `POST /api/publish`; unset: no token needed
@@ -276,6 +285,7 @@ impl Default for NodeConfig {
             broker_connect_timeout: Duration::secs(2),
             broker_response_timeout: Duration::secs(5),
             broker_backoff_max: Duration::secs(1),
+            broker_link_thread: false,
             allowed_origins: Vec::new(),
             api_token: None,
             cluster_secret: None,
@@ -522,6 +532,10 @@ mod tests {
         assert_eq!(cfg.limits.max_queue_delay.get().as_millis(), 0);
         assert_eq!(cfg.broker_response_timeout.get().as_secs(), 5);
         assert_eq!(cfg.broker_backoff_max.get().as_secs(), 1);
+        assert!(!cfg.broker_link_thread);
+        let on: NodeConfig =
+            parse_str("broker_link_thread = true", Path::new("node.toml")).unwrap();
+        assert!(on.broker_link_thread);
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         for name in [
             "node.toml",

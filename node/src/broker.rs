@@ -90,6 +90,8 @@ pub struct Settings {
     /// The longest wait between the starts of two reconnect attempts
     /// (`broker_backoff_max`).
     pub backoff_max: Duration,
+    /// `broker_link_thread`: the link on a thread of its own.
+    pub link_thread: bool,
     pub seal: Seal,
     pub inbound_queue_bytes: usize,
     pub publish_queue_bytes: usize,
@@ -147,11 +149,15 @@ impl Broker {
             inbound,
             shared.clone(),
         );
-        // The broker connections (and the Redis client's own tasks) run on
-        // a thread of their own: publishes and pushes are work already
-        // accepted, and as a few tasks among thousands of client tasks
-        // they got too few turns under load, so their queues aged while
-        // clients kept being read.
+        if !settings.link_thread {
+            tokio::spawn(task);
+            let link = tokio::runtime::Handle::try_current().ok();
+            return Broker { tx, shared, link };
+        }
+        // `broker_link_thread`: the broker connections (and the Redis
+        // client's own tasks) run on a thread of their own, so that as a
+        // few tasks among many busy ones they still get the OS scheduler's
+        // share of turns.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build();
@@ -180,11 +186,12 @@ impl Broker {
         Broker { tx, shared, link }
     }
 
-    /// The runtime of the thread that reads the broker connection. The
-    /// node handles inbound messages there, so a message read from the
-    /// broker is handled without waking another thread: a thread of its
-    /// own for the handler cost a cross-thread wake-up (a futex call and a
-    /// context switch) per message at low rates.
+    /// The runtime that reads the broker connection: the node's own, or
+    /// the link thread's with `broker_link_thread`. The node handles
+    /// inbound messages there, so a message read from the broker is
+    /// handled without waking another thread: a thread of its own for the
+    /// handler cost a cross-thread wake-up (a futex call and a context
+    /// switch) per message.
     pub fn link_runtime(&self) -> Option<tokio::runtime::Handle> {
         self.link.clone()
     }

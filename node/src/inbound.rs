@@ -81,15 +81,10 @@ impl Node {
         }
     }
 
-    /// Handles everything that arrives from the broker, away from the
-    /// client tasks: on the runtime that reads the broker connection when
-    /// the backplane has one, else on a thread of its own. These messages
-    /// are work already accepted somewhere in the cluster; as one task
-    /// among thousands of client tasks, the handler got a thousandth of
-    /// the node's turns under load and its queue aged while clients kept
-    /// being read. On a thread apart from the clients' it gets its share
-    /// from the OS scheduler however many clients there are. (Handling is
-    /// synchronous: it only takes locks and queues frames.)
+    /// Handles everything that arrives from the broker, on the runtime
+    /// that reads the broker connection (the node's own, or the link
+    /// thread's with `broker_link_thread`), else on a thread of its own.
+    /// (Handling is synchronous: it only takes locks and queues frames.)
     pub fn run_inbound(self: Arc<Self>, queue: InboundQueue) -> std::io::Result<()> {
         let InboundQueue { mut rx, runtime } = queue;
         if let Some(runtime) = runtime {

@@ -64,6 +64,7 @@ impl Node {
                     response: config.broker_response_timeout.get(),
                 },
                 backoff_max: config.broker_backoff_max.get(),
+                link_thread: config.broker_link_thread,
                 seal: Seal::new(config.cluster_secret.as_deref()),
                 inbound_queue_bytes: config.limits.inbound_queue_bytes.bytes() as usize,
                 publish_queue_bytes: config.limits.publish_queue_bytes.bytes() as usize,

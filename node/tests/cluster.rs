@@ -20,11 +20,23 @@ async fn events_until(c: &mut Client, marker: &str) -> Vec<Value> {
     }
 }
 
+/// The names of a process's threads.
+fn thread_names(node: &NodeProcess) -> Vec<String> {
+    let dir = format!("/proc/{}/task", node.proc.child.id());
+    let tasks = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+/// Three nodes; the third runs its broker link on a thread of its own
+/// (`broker_link_thread`), so every cross-node test covers both ways.
 async fn three_nodes(broker: &Broker) -> (NodeProcess, NodeProcess, NodeProcess) {
     let nodes = (
         NodeProcess::start("na", broker, ""),
         NodeProcess::start("nb", broker, ""),
-        NodeProcess::start("nc", broker, ""),
+        NodeProcess::start("nc", broker, "broker_link_thread = true"),
     );
     for n in [&nodes.0, &nodes.1, &nodes.2] {
         n.wait_ready().await;
@@ -36,6 +48,14 @@ async fn three_nodes(broker: &Broker) -> (NodeProcess, NodeProcess, NodeProcess)
 async fn room_delivery_exactly_once(kind: Kind) {
     let broker = Broker::start(kind).await;
     let (na, nb, nc) = three_nodes(&broker).await;
+    // The link thread's name is cut to 15 bytes by the kernel.
+    let link_thread = |n: &NodeProcess| {
+        thread_names(n)
+            .iter()
+            .any(|t| t.starts_with("limpet-broker"))
+    };
+    assert!(!link_thread(&na), "{:?}", thread_names(&na));
+    assert!(link_thread(&nc), "{:?}", thread_names(&nc));
     let mut a1 = Client::connect(&na).await;
     let mut a2 = Client::connect(&na).await;
     let mut b1 = Client::connect(&nb).await;

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod bufpool;
 pub mod client_body;
 pub mod connection;
+pub mod cores;
 pub mod error;
 pub mod forward;
 pub mod handover;

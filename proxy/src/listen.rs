@@ -1,5 +1,5 @@
-//! Client listeners: accept, the connection limits, then each connection
-//! through its handshakes (`handshake`) to HTTP/1.1 (`connection`), or to
+//! Client listeners: accept, the connection limits, then each connection,
+//! on one of the connection threads ([`crate::cores`]), through its handshakes (`handshake`) to HTTP/1.1 (`connection`), or to
 //! HTTP/2 (`http2`) when a TLS client chose `h2` by ALPN.
 //!
 //! A connection over a limit is answered at once with a short error and
@@ -12,6 +12,7 @@
 //! one (`handover`) instead of binding them.
 
 use crate::connection::{serve_http, serve_redirect};
+use crate::cores::Cores;
 use crate::error::ForwardError;
 use crate::handover::{self, Inherited, Kind, Socket};
 use crate::handshake;
@@ -71,7 +72,7 @@ impl Listeners {
 
     /// Serves until `shutdown` turns true, then lets connections finish
     /// their requests (tunnels run on until `Proxy::close_tunnels`).
-    pub async fn run(self, proxy: Arc<Proxy>, shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, proxy: Arc<Proxy>, cores: Cores, shutdown: watch::Receiver<bool>) {
         let mut tasks = JoinSet::new();
         // `bind` cannot name a listener: several may bind port 0. They are
         // bound in config order, the order of `Proxy::listen`.
@@ -90,7 +91,13 @@ impl Listeners {
                 tls: proxy.tls.get(index).cloned().flatten(),
                 listener: index,
             };
-            tasks.spawn(accept_loop(proxy.clone(), listener, mode, shutdown.clone()));
+            tasks.spawn(accept_loop(
+                proxy.clone(),
+                listener,
+                mode,
+                cores.clone(),
+                shutdown.clone(),
+            ));
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -109,6 +116,7 @@ async fn accept_loop(
     proxy: Arc<Proxy>,
     listener: TcpListener,
     mode: Mode,
+    cores: Cores,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
@@ -137,14 +145,22 @@ async fn accept_loop(
             tokio::spawn(refuse(tcp, ForwardError::TooManyConnections));
             continue;
         };
-        conns.spawn(serve_connection(
-            proxy.clone(),
-            tcp,
-            peer,
-            mode.clone(),
-            slot,
-            shutdown.clone(),
-        ));
+        // The socket moves to its connection thread's own event loop.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot hand the connection to a thread: {e}");
+                continue;
+            }
+        };
+        let (proxy, mode, shutdown) = (proxy.clone(), mode.clone(), shutdown.clone());
+        let serve = async move {
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => serve_connection(proxy, tcp, peer, mode, slot, shutdown).await,
+                Err(e) => tracing::warn!(%peer, "cannot register the connection: {e}"),
+            }
+        };
+        conns.spawn_on(serve, cores.pick());
     }
     // Stop accepting; connections finish their requests.
     drop(listener);

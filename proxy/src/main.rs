@@ -5,7 +5,7 @@ use anyhow::Context;
 use limpet_config::ProxyConfig;
 use limpet_proxy::handover::{self, Inherited, Kind, Socket};
 use limpet_proxy::upgrade::{self, Upgrader};
-use limpet_proxy::{admin, listen, live, notify};
+use limpet_proxy::{admin, cores, listen, live, notify};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -95,7 +95,9 @@ async fn serve(config: ProxyConfig, path: Option<PathBuf>, up: Upgrade) -> anyho
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut sigusr2 = signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?;
     tokio::spawn(proxy.clone().watch_certificates(stop_rx.clone()));
-    let serving = tokio::spawn(listeners.run(proxy.clone(), stop_rx));
+    let cores = cores::Cores::start(cores::Cores::threads_wanted())
+        .context("starting the connection threads")?;
+    let serving = tokio::spawn(listeners.run(proxy.clone(), cores, stop_rx));
     // The sockets already listen; the accept loops are spawned. Under
     // systemd, a new process of an upgrade becomes the main process
     // before the old one is told to drain, and so before it exits.
@@ -145,6 +147,10 @@ async fn serve(config: ProxyConfig, path: Option<PathBuf>, up: Upgrade) -> anyho
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             _ = sigterm.recv() => { tracing::warn!("second signal: exiting now"); return Ok(()) }
             _ = sigint.recv() => { tracing::warn!("second signal: exiting now"); return Ok(()) }
+            // Said, not silently dropped: an operator's reload or upgrade
+            // sent to a draining process does nothing.
+            _ = sighup.recv() => tracing::warn!("SIGHUP while draining: ignored, this process is shutting down"),
+            _ = sigusr2.recv() => tracing::warn!("SIGUSR2 while draining: ignored, this process is shutting down"),
         }
     }
     tracing::info!(

@@ -299,6 +299,16 @@ async fn sigterm_waits_for_tunnels_until_the_deadline() {
     .await;
     // ...but the open tunnel keeps working until the deadline.
     assert_eq!(echo(&mut tunnel, "still").await, "b1:still");
+    // A reload or an upgrade asked of a draining process is refused in
+    // the log, not dropped without a word.
+    proxy.signal("HUP");
+    proxy.signal("USR2");
+    eventually("both refusals logged", || async {
+        let log = proxy.log_text();
+        log.contains("SIGHUP while draining: ignored")
+            && log.contains("SIGUSR2 while draining: ignored")
+    })
+    .await;
     let code = tokio::task::spawn_blocking(move || proxy.proc.wait_exit())
         .await
         .unwrap();

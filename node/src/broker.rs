@@ -149,10 +149,13 @@ impl Broker {
             inbound,
             shared.clone(),
         );
+        // Outside a runtime (none to share), the link gets a thread.
         if !settings.link_thread {
-            tokio::spawn(task);
-            let link = tokio::runtime::Handle::try_current().ok();
-            return Broker { tx, shared, link };
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(task);
+                let link = Some(runtime);
+                return Broker { tx, shared, link };
+            }
         }
         // `broker_link_thread`: the broker connections (and the Redis
         // client's own tasks) run on a thread of their own, so that as a

@@ -153,18 +153,18 @@ impl Envelope {
 /// tagged enum by first buffering the whole object into its own generic
 /// tree (to find the tag), then reading the variant from that: an
 /// allocation per field, on every message a node receives. Reading the
-/// fields straight, borrowed where they need no unescaping, and checking
-/// per kind which must be there, keeps the same rules for half the work.
+/// fields straight and checking per kind which must be there keeps the
+/// rules for what the encoder writes. Two differences, harmless between
+/// nodes of this version: a field of another kind is type-checked rather
+/// than ignored, and `"b": null` or `"u": null` reads as absent.
 #[derive(Deserialize)]
 struct Header<'a> {
+    /// The kind; borrowed, as it is only compared.
     #[serde(borrow)]
     k: Cow<'a, str>,
-    #[serde(borrow)]
-    o: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    r: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    s: Option<Cow<'a, str>>,
+    o: Option<String>,
+    r: Option<String>,
+    s: Option<String>,
     b: Option<bool>,
     m: Option<Vec<String>>,
     q: Option<u64>,
@@ -173,51 +173,49 @@ struct Header<'a> {
 
 impl Header<'_> {
     /// The envelope of kind `k`, or `None` when a field that kind needs
-    /// is missing or the kind is unknown (fields of other kinds are
-    /// ignored, as serde ignores unknown fields).
+    /// is missing or the kind is unknown.
     fn into_envelope(self) -> Option<Envelope> {
-        let own = |f: Option<Cow<'_, str>>| f.map(Cow::into_owned);
-        let origin = own(self.o)?;
+        let origin = self.o?;
         Some(match &*self.k {
             "emit" => Envelope::Emit {
                 origin,
-                room: own(self.r)?,
+                room: self.r?,
                 binary: self.b.unwrap_or(false),
             },
             "direct" => Envelope::Direct {
                 origin,
-                socket: own(self.s)?,
+                socket: self.s?,
                 binary: self.b.unwrap_or(false),
             },
             "join" => Envelope::Join {
                 origin,
-                room: own(self.r)?,
-                socket: own(self.s)?,
+                room: self.r?,
+                socket: self.s?,
             },
             "leave" => Envelope::Leave {
                 origin,
-                room: own(self.r)?,
-                socket: own(self.s)?,
+                room: self.r?,
+                socket: self.s?,
             },
             "sync" => Envelope::Sync {
                 origin,
-                room: own(self.r)?,
+                room: self.r?,
             },
             "members" => Envelope::Members {
                 origin,
-                room: own(self.r)?,
+                room: self.r?,
                 members: self.m?,
             },
             "hb" => Envelope::Heartbeat { origin },
             "bye" => Envelope::Bye { origin },
             "who" => Envelope::Who {
                 origin,
-                room: own(self.r)?,
+                room: self.r?,
                 query: self.q?,
             },
             "found" => Envelope::Found {
                 origin,
-                room: own(self.r)?,
+                room: self.r?,
                 query: self.q?,
                 members: self.m?,
                 users: self.u.unwrap_or_default(),

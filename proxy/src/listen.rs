@@ -123,7 +123,14 @@ async fn accept_loop(
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.changed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        tracing::error!("a connection task panicked: {e}");
+                    }
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// Most idle connections kept per backend.
+/// Most idle connections kept per backend and connection thread.
 const MAX_IDLE: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,15 +48,18 @@ pub enum SendError {
     MarkedDown,
 }
 
-/// Idle keep-alive connections to one backend.
+/// Idle keep-alive connections to one backend, a list per connection
+/// thread ([`crate::cores`]): a connection's task runs on the thread that
+/// opened it, and a request on another thread would wake it across threads.
 #[derive(Default)]
 pub struct IdleConns {
-    list: Mutex<Vec<(SendRequest<Body>, Instant)>>,
+    lists: Mutex<Vec<Vec<(SendRequest<Body>, Instant)>>>,
 }
 
 impl IdleConns {
     fn checkout(&self, max_idle: Duration) -> Option<SendRequest<Body>> {
-        let mut list = self.list.lock();
+        let mut lists = self.lists.lock();
+        let list = lists.get_mut(crate::cores::current())?;
         while let Some((sender, since)) = list.pop() {
             if !sender.is_closed() && sender.is_ready() && since.elapsed() < max_idle {
                 return Some(sender);
@@ -70,7 +73,12 @@ impl IdleConns {
         if sender.is_closed() {
             return;
         }
-        let mut list = self.list.lock();
+        let mut lists = self.lists.lock();
+        let thread = crate::cores::current();
+        if lists.len() <= thread {
+            lists.resize_with(thread + 1, Vec::new);
+        }
+        let list = &mut lists[thread];
         if list.len() >= MAX_IDLE {
             list.remove(0);
         }
@@ -81,11 +89,12 @@ impl IdleConns {
     /// connection to a host that vanished looks open and ready, and a
     /// request on it would wait for `timeouts.response`).
     pub fn clear(&self) -> usize {
-        std::mem::take(&mut *self.list.lock()).len()
+        let lists = std::mem::take(&mut *self.lists.lock());
+        lists.iter().map(Vec::len).sum()
     }
 
     pub fn len(&self) -> usize {
-        self.list.lock().len()
+        self.lists.lock().iter().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {

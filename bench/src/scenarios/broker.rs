@@ -271,10 +271,9 @@ fn start_limpet(dir: &Path, bin: &Path, name: &str, addr: SocketAddr) -> anyhow:
     )?;
     Proc::spawn(
         "limpet-broker",
-        Command::new(bin.join("limpet-broker"))
+        super::procs::limpet(bin, "limpet-broker")
             .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "warn"),
+            .arg(config),
     )
 }
 

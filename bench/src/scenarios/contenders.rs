@@ -129,10 +129,9 @@ pub(crate) fn start_proxy_tls(
             std::fs::write(&path, cfg)?;
             Proc::spawn(
                 "limpet-proxy",
-                Command::new(bin.join("limpet-proxy"))
+                super::procs::limpet(bin, "limpet-proxy")
                     .arg("--config")
-                    .arg(&path)
-                    .env("RUST_LOG", "warn"),
+                    .arg(&path),
             )?
         }
         Kind::Nginx => {

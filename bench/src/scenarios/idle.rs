@@ -15,7 +15,6 @@ use crate::load;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 /// The scenario-2 table: a row per proxy contender, then limpet-node.
@@ -73,17 +72,16 @@ async fn node(md: &mut String, dir: &Path, bin: &Path, idle_conns: usize) -> any
     std::fs::write(dir.join("n.toml"), format!("id = \"bench\"\nbind = \"{node_addr}\"\nbroker = [\"redis://{broker_addr}/\"]\n[limits]\nmax_connections = 100000\n{BENCH_NODE_ADDRESS_LIMITS}"))?;
     let _broker = Proc::spawn(
         "limpet-broker",
-        Command::new(bin.join("limpet-broker"))
+        super::procs::limpet(bin, "limpet-broker")
             .arg("--config")
             .arg(dir.join("b.toml")),
     )?;
     wait_port(broker_addr).await;
     let node = Proc::spawn(
         "limpet-node",
-        Command::new(bin.join("limpet-node"))
+        super::procs::limpet(bin, "limpet-node")
             .arg("--config")
-            .arg(dir.join("n.toml"))
-            .env("RUST_LOG", "warn"),
+            .arg(dir.join("n.toml")),
     )?;
     wait_port(node_addr).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -12,6 +12,17 @@ use std::time::Duration;
 
 /// Every bench client connects from 127.0.0.1, so the node's per-address
 /// limits (meant for one hostile host) would refuse most of the load.
+/// A limpet binary of `bin` with the environment its systemd unit gives
+/// it (but warnings only in the log): glibc maps 8 KiB buffers and more
+/// on their own, instead of leaving holes in the heap that idle
+/// connections pin (README, Deployment).
+pub(crate) fn limpet(bin: &Path, name: &str) -> Command {
+    let mut cmd = Command::new(bin.join(name));
+    cmd.env("RUST_LOG", "warn")
+        .env("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=8192");
+    cmd
+}
+
 pub(crate) const BENCH_NODE_ADDRESS_LIMITS: &str =
     "max_connections_per_address = 100000\naddress_rate_per_second = 1000000\naddress_rate_burst = 1000000\n";
 

@@ -101,10 +101,9 @@ pub(crate) async fn limpet_stack(
     )?;
     let mut procs = vec![Proc::spawn(
         "limpet-broker",
-        Command::new(bin.join("limpet-broker"))
+        super::procs::limpet(bin, "limpet-broker")
             .arg("--config")
             .arg(dir.join("s5-broker.toml"))
-            .env("RUST_LOG", "warn")
             .env("TOKIO_WORKER_THREADS", STACK_THREADS),
     )?];
     wait_port(broker).await;
@@ -116,10 +115,9 @@ pub(crate) async fn limpet_stack(
         std::fs::write(&path, format!("id = \"n{i}\"\nbind = \"{addr}\"\nbroker = [\"redis://{broker}/\"]\n[limits]\nmax_connections = 100000\nrate_per_second = 1000\nrate_burst = 1000\n{BENCH_NODE_ADDRESS_LIMITS}{node_limits}"))?;
         procs.push(Proc::spawn(
             "limpet-node",
-            Command::new(bin.join("limpet-node"))
+            super::procs::limpet(bin, "limpet-node")
                 .arg("--config")
                 .arg(&path)
-                .env("RUST_LOG", "warn")
                 .env("TOKIO_WORKER_THREADS", STACK_THREADS),
         )?);
         wait_port(addr).await;
@@ -134,10 +132,9 @@ pub(crate) async fn limpet_stack(
     std::fs::write(&path, format!("[[listen]]\nbind = \"{entry}\"\n[admin]\nenabled = false\n[limits]\nmax_connections = 100000\n[[pool]]\nname = \"nodes\"\naffinity = \"none\"\n{backends}[[route]]\npool = \"nodes\"\n"))?;
     procs.push(Proc::spawn(
         "limpet-proxy",
-        Command::new(bin.join("limpet-proxy"))
+        super::procs::limpet(bin, "limpet-proxy")
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", "warn")
             .env("TOKIO_WORKER_THREADS", STACK_THREADS),
     )?);
     anyhow::ensure!(wait_port(entry).await, "limpet-proxy did not start");

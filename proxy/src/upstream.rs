@@ -53,8 +53,11 @@ pub enum SendError {
 /// opened it, and a request on another thread would wake it across threads.
 #[derive(Default)]
 pub struct IdleConns {
-    lists: Mutex<Vec<Vec<(SendRequest<Body>, Instant)>>>,
+    lists: Mutex<Vec<IdleList>>,
 }
+
+/// One thread's idle connections, each with when it was checked in.
+type IdleList = Vec<(SendRequest<Body>, Instant)>;
 
 impl IdleConns {
     fn checkout(&self, max_idle: Duration) -> Option<SendRequest<Body>> {

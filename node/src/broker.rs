@@ -118,8 +118,9 @@ struct Shared {
 pub struct Broker {
     tx: mpsc::UnboundedSender<Cmd>,
     shared: Arc<Shared>,
-    /// The link thread's runtime, where the node handles what arrives
-    /// (see [`Broker::link_runtime`]); `None` if that thread did not start.
+    /// The runtime that reads the broker connection, where the node
+    /// handles what arrives (see [`Broker::link_runtime`]); `None` if no
+    /// runtime could be named (the link thread did not start).
     link: Option<tokio::runtime::Handle>,
 }
 

@@ -1,6 +1,7 @@
 //! Client listeners: accept, the connection limits, then each connection,
-//! on one of the connection threads ([`crate::cores`]), through its handshakes (`handshake`) to HTTP/1.1 (`connection`), or to
-//! HTTP/2 (`http2`) when a TLS client chose `h2` by ALPN.
+//! on one of the connection threads ([`crate::cores`]), through its
+//! handshakes (`handshake`) to HTTP/1.1 (`connection`), or to HTTP/2
+//! (`http2`) when a TLS client chose `h2` by ALPN.
 //!
 //! A connection over a limit is answered at once with a short error and
 //! closed, instead of being accepted and left to stall: 503 past

@@ -40,6 +40,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// Bytes read and not yet written, in a buffer held only until they are.
 enum Chunk {
@@ -69,12 +70,27 @@ impl InFlight {
             bufpool::give(buf);
         }
     }
+
+    /// Writes what is left to `dst`; `Ready(Ok)` once all of it is.
+    fn poll_write(&mut self, cx: &mut Context<'_>, dst: &mut TcpStream) -> Poll<io::Result<()>> {
+        while self.start < self.end {
+            let n = ready!(Pin::new(&mut *dst).poll_write(cx, self.bytes()))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.start += n;
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// One direction: reads `src`, writes `dst`.
 #[derive(Default)]
 struct Half {
-    in_flight: Option<InFlight>,
+    /// Boxed: only a direction whose destination is slow (or that starts
+    /// with leftover bytes) has one, and an idle tunnel is smaller
+    /// without its room.
+    in_flight: Option<Box<InFlight>>,
     /// `src` sent FIN.
     eof: bool,
     /// `dst`'s write half is shut down: this direction is over.
@@ -86,10 +102,12 @@ impl Half {
     /// Leftover bytes count as tunnel bytes, as if the relay had read them.
     fn with_leftover(leftover: Bytes) -> Half {
         let bytes = leftover.len() as u64;
-        let in_flight = (!leftover.is_empty()).then(|| InFlight {
-            start: 0,
-            end: leftover.len(),
-            chunk: Chunk::Leftover(leftover),
+        let in_flight = (!leftover.is_empty()).then(|| {
+            Box::new(InFlight {
+                start: 0,
+                end: leftover.len(),
+                chunk: Chunk::Leftover(leftover),
+            })
         });
         Half {
             in_flight,
@@ -108,13 +126,7 @@ impl Half {
     ) -> Poll<io::Result<()>> {
         loop {
             if let Some(flight) = &mut self.in_flight {
-                while flight.start < flight.end {
-                    let n = ready!(Pin::new(&mut *dst).poll_write(cx, flight.bytes()))?;
-                    if n == 0 {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                    }
-                    flight.start += n;
-                }
+                ready!(flight.poll_write(cx, dst))?;
                 if let Some(flight) = self.in_flight.take() {
                     flight.release();
                 }
@@ -150,11 +162,24 @@ impl Half {
                 continue;
             }
             self.bytes += n as u64;
-            self.in_flight = Some(InFlight {
+            // Written straight away; kept (boxed) only if `dst` will not
+            // take all of it now.
+            let mut flight = InFlight {
                 chunk: Chunk::Pooled(buf),
                 start: 0,
                 end: n,
-            });
+            };
+            match flight.poll_write(cx, dst) {
+                Poll::Ready(Ok(())) => flight.release(),
+                Poll::Ready(Err(e)) => {
+                    flight.release();
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => {
+                    self.in_flight = Some(Box::new(flight));
+                    return Poll::Pending;
+                }
+            }
         }
     }
 }
@@ -197,66 +222,110 @@ impl Relay {
         self.down.bytes
     }
 
+    /// Bytes moved so far in both directions (what [`IdleTimer`] watches).
+    pub fn moved(&self) -> u64 {
+        self.up.bytes + self.down.bytes
+    }
+
+    /// Moves what can be moved now in both directions; `Ready` once the
+    /// tunnel has ended (both directions done, or an error).
+    pub fn poll_copy(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let Relay {
+            client,
+            upstream,
+            up,
+            down,
+        } = self;
+        let up_state = up.poll(cx, client, upstream);
+        let down_state = down.poll(cx, upstream, client);
+        match (up_state, down_state) {
+            (Poll::Ready(Err(e)), _) => Poll::Ready(End::Error {
+                copying: "client_to_backend",
+                kind: e.kind(),
+            }),
+            (_, Poll::Ready(Err(e))) => Poll::Ready(End::Error {
+                copying: "backend_to_client",
+                kind: e.kind(),
+            }),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(End::Closed),
+            _ => Poll::Pending,
+        }
+    }
+
     /// Copies until the tunnel ends; `idle` zero means no idle timeout.
     /// Cancel-safe in the sense the drain deadline needs: dropping the
-    /// future leaves the counts as they were.
+    /// future leaves the counts as they were. (The proxy's own tunnel task
+    /// polls [`Relay::poll_copy`] and an [`IdleTimer`] itself.)
     pub async fn run(&mut self, idle: Duration) -> End {
-        // The idle timer ticks every `idle / CHECKS` and the relay notes at
-        // each tick whether bytes moved since the last one, so no clock is
-        // read while bytes move. Silence is summed from tick deadlines;
-        // the tunnel closes after between `idle` and `idle + idle/CHECKS`
-        // without a byte, never sooner.
-        const CHECKS: u32 = 8;
-        // At least 1 ms, so that a tiny `idle` cannot make a zero tick.
-        let tick = (idle / CHECKS).max(Duration::from_millis(1));
-        let timer = (!idle.is_zero()).then(|| tokio::time::sleep(tick));
+        let timer = IdleTimer::new(idle, self.moved());
         tokio::pin!(timer);
-        let mut seen = self.up.bytes + self.down.bytes;
-        let mut quiet = Duration::ZERO;
         poll_fn(|cx| {
-            let Relay {
-                client,
-                upstream,
-                up,
-                down,
-            } = &mut *self;
-            let up_state = up.poll(cx, client, upstream);
-            let down_state = down.poll(cx, upstream, client);
-            match (up_state, down_state) {
-                (Poll::Ready(Err(e)), _) => {
-                    return Poll::Ready(End::Error {
-                        copying: "client_to_backend",
-                        kind: e.kind(),
-                    })
-                }
-                (_, Poll::Ready(Err(e))) => {
-                    return Poll::Ready(End::Error {
-                        copying: "backend_to_client",
-                        kind: e.kind(),
-                    })
-                }
-                (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
-                _ => {}
+            if let Poll::Ready(end) = self.poll_copy(cx) {
+                return Poll::Ready(end);
             }
-            if let Some(mut timer) = timer.as_mut().as_pin_mut() {
-                while timer.as_mut().poll(cx).is_ready() {
-                    let moved = up.bytes + down.bytes;
-                    if moved != seen {
-                        seen = moved;
-                        quiet = Duration::ZERO;
-                    } else {
-                        quiet += tick;
-                        if quiet >= idle {
-                            return Poll::Ready(End::IdleTimeout);
-                        }
-                    }
-                    let next = timer.deadline() + tick;
-                    timer.as_mut().reset(next);
-                }
-            }
-            Poll::Pending
+            timer.as_mut().poll_silent(cx, self.moved())
         })
         .await
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The idle timeout of one tunnel. It ticks every `idle / CHECKS` and
+    /// notes at each tick whether bytes moved since the last one, so no
+    /// clock is read while bytes move. Silence is counted in ticks; the
+    /// tunnel closes after between `idle` and `idle + idle/CHECKS`
+    /// without a byte, never sooner.
+    pub struct IdleTimer {
+        #[pin]
+        timer: Option<Sleep>,
+        tick: Duration,
+        seen: u64,
+        // Ticks in a row without a byte moved.
+        quiet: u32,
+        // Quiet ticks that make `idle`.
+        limit: u32,
+    }
+}
+
+impl IdleTimer {
+    const CHECKS: u32 = 8;
+
+    /// A timer for `idle` of silence (zero: never), given the byte count
+    /// now.
+    pub fn new(idle: Duration, moved: u64) -> IdleTimer {
+        // At least 1 ms, so that a tiny `idle` cannot make a zero tick.
+        let tick = (idle / Self::CHECKS).max(Duration::from_millis(1));
+        let limit = idle.as_nanos().div_ceil(tick.as_nanos());
+        IdleTimer {
+            timer: (!idle.is_zero()).then(|| tokio::time::sleep(tick)),
+            tick,
+            seen: moved,
+            quiet: 0,
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// `Ready(End::IdleTimeout)` once `moved` (the byte count now) has
+    /// not changed for `idle`.
+    pub fn poll_silent(self: Pin<&mut Self>, cx: &mut Context<'_>, moved: u64) -> Poll<End> {
+        let this = self.project();
+        let Some(mut timer) = this.timer.as_pin_mut() else {
+            return Poll::Pending;
+        };
+        while timer.as_mut().poll(cx).is_ready() {
+            if moved != *this.seen {
+                *this.seen = moved;
+                *this.quiet = 0;
+            } else {
+                *this.quiet += 1;
+                if *this.quiet >= *this.limit {
+                    return Poll::Ready(End::IdleTimeout);
+                }
+            }
+            let next = timer.deadline() + *this.tick;
+            timer.as_mut().reset(next);
+        }
+        Poll::Pending
     }
 }
 

@@ -15,7 +15,8 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::watch;
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 
 /// Why a pool cannot be built from its config.
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +89,11 @@ pub struct Backend {
     /// Bumped each time health checks mark the backend down with
     /// `on_marked_down = "shutdown-tunnels"`; every open tunnel to it, and
     /// every request waiting for its answer, watches this and lets go
-    /// (see [`Backend::shutdown_sessions`]).
-    marked_down: watch::Sender<u64>,
+    /// (see [`Backend::shutdown_sessions`]). A `Notify` rather than a
+    /// `watch` channel: each waiter is one node in its list, no receiver
+    /// and `changed()` future per tunnel (an idle tunnel's task size is
+    /// what it costs).
+    marked_down: Arc<Notify>,
 }
 
 impl Backend {
@@ -107,27 +111,22 @@ impl Backend {
             state: AtomicU8::new(AdminState::Ready as u8),
             passive: Mutex::new(Passive::default()),
             idle: IdleConns::default(),
-            marked_down: watch::channel(0).0,
+            marked_down: Arc::new(Notify::new()),
         }
     }
 
     /// Tells every tunnel open to this backend to close now, and every
     /// request waiting for its answer to give up on it.
     pub fn shutdown_sessions(&self) {
-        self.marked_down.send_modify(|n| *n = n.wrapping_add(1));
+        self.marked_down.notify_waiters();
     }
 
     /// Resolves at the next [`Backend::shutdown_sessions`] (only those
     /// after this call: a tunnel opened later is not closed by an earlier
-    /// one).
-    pub fn sessions_shut_down(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.marked_down.subscribe();
-        async move {
-            // Err: the backend is gone, and with it any later signal.
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+    /// one: a `Notified` counts the `notify_waiters` calls made after it
+    /// was created, polled or not).
+    pub fn sessions_shut_down(&self) -> OwnedNotified {
+        self.marked_down.clone().notified_owned()
     }
 
     /// Healthy by active and passive checks.

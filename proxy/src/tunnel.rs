@@ -343,9 +343,9 @@ pin_project_lite::pin_project! {
     /// A plain TCP tunnel's whole life, as the future its task runs: the
     /// relay, its idle timer and the cut, each held once. An idle tunnel
     /// is mostly this task (640 bytes with tokio's header) and two socket
-    /// registrations (256 bytes each), so it is written out by hand: an `async fn` with a
-    /// `select!` kept its arguments twice and the cut's futures twice
-    /// (1.5 KiB).
+    /// registrations (256 bytes each), so it is written out by hand: an
+    /// `async fn` with a `select!` kept its arguments twice and the cut's
+    /// futures twice (1.5 KiB).
     struct TcpTunnel {
         // Taken when the tunnel ends: the sockets close before the log line.
         relay: Option<Relay>,

@@ -106,14 +106,21 @@ fn end_reason(code: u16) -> &'static str {
 /// and `early` what the client sent right after its upgrade request;
 /// `admission` is its place in its address's limits, given back when this
 /// returns; `identity` is who its token names, if it has one.
-pub async fn serve<S>(
+///
+/// The client is registered and welcomed here, before the returned future
+/// runs. An idle client costs mostly this future's task, so its state is
+/// built first and moved into the future once: an `async fn` would keep
+/// its arguments beside what is built from them, for the client's whole
+/// life.
+pub fn serve<S>(
     node: Arc<Node>,
     io: S,
     early: Vec<u8>,
     client: String,
     admission: Admission,
     identity: Option<Identity>,
-) where
+) -> impl Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let id = node.next_socket_id();
@@ -148,161 +155,163 @@ pub async fn serve<S>(
     // comes first, moved when a refresh moves the expiry.
     let mut next_ping = tokio::time::Instant::now() + ping_every;
     let mut awaiting_pong = false;
-    let timer = tokio::time::sleep_until(next_ping);
-    tokio::pin!(timer);
-    let (end, failed) = loop {
-        let due = session.expires.map_or(next_ping, |e| e.min(next_ping));
-        if timer.deadline() != due {
-            timer.as_mut().reset(due);
-        }
-        let event = tokio::select! {
-            _ = &mut timer => {
-                let now = tokio::time::Instant::now();
-                if session.expires.is_some_and(|e| e <= now) {
-                    node.metrics.closes.with_label_values(&["token_expired"]).inc();
-                    outbox.close(close::TOKEN_EXPIRED);
-                    break ("token expired", false);
-                }
-                if now >= next_ping {
-                    if awaiting_pong {
-                        node.metrics.closes.with_label_values(&["heartbeat"]).inc();
-                        outbox.close(close::HEARTBEAT);
-                        break ("missed pong", false);
+    async move {
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
+        let (end, failed) = loop {
+            let due = session.expires.map_or(next_ping, |e| e.min(next_ping));
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
+            let event = tokio::select! {
+                _ = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if session.expires.is_some_and(|e| e <= now) {
+                        node.metrics.closes.with_label_values(&["token_expired"]).inc();
+                        outbox.close(close::TOKEN_EXPIRED);
+                        break ("token expired", false);
                     }
-                    awaiting_pong = true;
-                    next_ping = now + ping_every;
-                    node.reply_control(&id, OpCode::Ping, Bytes::new());
-                }
-                continue;
-            }
-            event = std::future::poll_fn(|cx| {
-                if outbox.close_code().is_some() {
-                    return Poll::Ready(None);
-                }
-                wire.poll_io(cx, &outbox, node.max_age, &node.metrics).map(Some)
-            }) => event,
-        };
-        let msg = match event {
-            None => break ("closed by the server", false),
-            Some(Ok(msg)) => msg,
-            Some(Err(WireError::Eof)) => break ("client closed", false),
-            Some(Err(WireError::Io(e))) => {
-                // The peer is gone: no close frame can reach it.
-                tracing::debug!(socket = %id, "socket error: {e}");
-                break ("connection error", true);
-            }
-            Some(Err(WireError::Ws(e))) => {
-                tracing::debug!(socket = %id, "websocket error: {e}");
-                if let WsError::TooBig(_) = e {
-                    outbox.close(close::MESSAGE_TOO_BIG);
-                    break ("message too big", false);
-                }
-                node.metrics
-                    .closes
-                    .with_label_values(&["protocol_error"])
-                    .inc();
-                outbox.close(e.close_code());
-                break ("protocol error", false);
-            }
-        };
-        let too_large = || {
-            Some((
-                None,
-                Failure::new(
-                    Code::MessageTooLarge,
-                    format!("messages are at most {max_bytes} bytes"),
-                ),
-            ))
-        };
-        let failure = match msg {
-            Event::Pong => {
-                awaiting_pong = false;
-                None
-            }
-            Event::Ping(payload) => {
-                node.reply_control(&id, OpCode::Pong, payload.into());
-                None
-            }
-            Event::Close(code) => {
-                // Echo the client's code, as RFC 6455 asks, but for codes
-                // in the application range (the node's own 4001-4004 say
-                // something else): those get a plain 1000.
-                outbox.close(code.filter(|c| *c < 4000).unwrap_or(1000));
-                break ("client closed", false);
-            }
-            Event::TooLarge { .. } => {
-                node.metrics.messages_in.inc();
-                too_large()
-            }
-            Event::Text(text) => {
-                node.metrics.messages_in.inc();
-                if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
-                    Some((crate::peek::id(&text), f))
-                } else {
-                    // Boxed: a request's future (a rejoin, a presence
-                    // query) is large and lives only while it runs, so an
-                    // idle client's task does not carry its size. While
-                    // it waits (on the broker, on other nodes) the
-                    // client's queue keeps being written.
-                    let mut request = Box::pin(handle_text(&node, &id, &text, &mut session));
-                    std::future::poll_fn(|cx| {
-                        if let Poll::Ready(outcome) = request.as_mut().poll(cx) {
-                            return Poll::Ready(outcome);
+                    if now >= next_ping {
+                        if awaiting_pong {
+                            node.metrics.closes.with_label_values(&["heartbeat"]).inc();
+                            outbox.close(close::HEARTBEAT);
+                            break ("missed pong", false);
                         }
-                        outbox.register(cx.waker());
-                        // A write error shows again at the next read.
-                        let _ = wire.poll_write(cx, &outbox, node.max_age, &node.metrics);
-                        Poll::Pending
-                    })
-                    .await
+                        awaiting_pong = true;
+                        next_ping = now + ping_every;
+                        node.reply_control(&id, OpCode::Ping, Bytes::new());
+                    }
+                    continue;
                 }
-            }
-            Event::Binary(bytes) => {
-                node.metrics.messages_in.inc();
-                if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
-                    Some((crate::peek::binary_id(&bytes), f))
-                } else {
-                    handle_binary(&node, &id, &bytes, &session)
+                event = std::future::poll_fn(|cx| {
+                    if outbox.close_code().is_some() {
+                        return Poll::Ready(None);
+                    }
+                    wire.poll_io(cx, &outbox, node.max_age, &node.metrics).map(Some)
+                }) => event,
+            };
+            let msg = match event {
+                None => break ("closed by the server", false),
+                Some(Ok(msg)) => msg,
+                Some(Err(WireError::Eof)) => break ("client closed", false),
+                Some(Err(WireError::Io(e))) => {
+                    // The peer is gone: no close frame can reach it.
+                    tracing::debug!(socket = %id, "socket error: {e}");
+                    break ("connection error", true);
+                }
+                Some(Err(WireError::Ws(e))) => {
+                    tracing::debug!(socket = %id, "websocket error: {e}");
+                    if let WsError::TooBig(_) = e {
+                        outbox.close(close::MESSAGE_TOO_BIG);
+                        break ("message too big", false);
+                    }
+                    node.metrics
+                        .closes
+                        .with_label_values(&["protocol_error"])
+                        .inc();
+                    outbox.close(e.close_code());
+                    break ("protocol error", false);
+                }
+            };
+            let too_large = || {
+                Some((
+                    None,
+                    Failure::new(
+                        Code::MessageTooLarge,
+                        format!("messages are at most {max_bytes} bytes"),
+                    ),
+                ))
+            };
+            let failure = match msg {
+                Event::Pong => {
+                    awaiting_pong = false;
+                    None
+                }
+                Event::Ping(payload) => {
+                    node.reply_control(&id, OpCode::Pong, payload.into());
+                    None
+                }
+                Event::Close(code) => {
+                    // Echo the client's code, as RFC 6455 asks, but for codes
+                    // in the application range (the node's own 4001-4004 say
+                    // something else): those get a plain 1000.
+                    outbox.close(code.filter(|c| *c < 4000).unwrap_or(1000));
+                    break ("client closed", false);
+                }
+                Event::TooLarge { .. } => {
+                    node.metrics.messages_in.inc();
+                    too_large()
+                }
+                Event::Text(text) => {
+                    node.metrics.messages_in.inc();
+                    if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
+                        Some((crate::peek::id(&text), f))
+                    } else {
+                        // Boxed: a request's future (a rejoin, a presence
+                        // query) is large and lives only while it runs, so an
+                        // idle client's task does not carry its size. While
+                        // it waits (on the broker, on other nodes) the
+                        // client's queue keeps being written.
+                        let mut request = Box::pin(handle_text(&node, &id, &text, &mut session));
+                        std::future::poll_fn(|cx| {
+                            if let Poll::Ready(outcome) = request.as_mut().poll(cx) {
+                                return Poll::Ready(outcome);
+                            }
+                            outbox.register(cx.waker());
+                            // A write error shows again at the next read.
+                            let _ = wire.poll_write(cx, &outbox, node.max_age, &node.metrics);
+                            Poll::Pending
+                        })
+                        .await
+                    }
+                }
+                Event::Binary(bytes) => {
+                    node.metrics.messages_in.inc();
+                    if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
+                        Some((crate::peek::binary_id(&bytes), f))
+                    } else {
+                        handle_binary(&node, &id, &bytes, &session)
+                    }
+                }
+            };
+            if let Some((ack_id, failure)) = failure {
+                if failure.code == Code::Overloaded {
+                    // Shed because the node is behind, not because of
+                    // anything the client did: no error budget spent,
+                    // and a reply only to a sender that asked for an ack.
+                    if ack_id.is_some() {
+                        node.reply(&id, protocol::error(ack_id.as_ref(), &failure));
+                    }
+                    continue;
+                }
+                node.metrics
+                    .errors
+                    .with_label_values(&[failure.code.as_str()])
+                    .inc();
+                node.reply(&id, protocol::error(ack_id.as_ref(), &failure));
+                if !budget.spend() {
+                    node.metrics
+                        .closes
+                        .with_label_values(&["misbehaving"])
+                        .inc();
+                    outbox.close(close::MISBEHAVING);
+                    break ("too many errors", false);
                 }
             }
         };
-        if let Some((ack_id, failure)) = failure {
-            if failure.code == Code::Overloaded {
-                // Shed because the node is behind, not because of
-                // anything the client did: no error budget spent,
-                // and a reply only to a sender that asked for an ack.
-                if ack_id.is_some() {
-                    node.reply(&id, protocol::error(ack_id.as_ref(), &failure));
-                }
-                continue;
-            }
+        if outbox.close_code() == Some(close::SLOW_CONSUMER) {
             node.metrics
-                .errors
-                .with_label_values(&[failure.code.as_str()])
+                .closes
+                .with_label_values(&["slow_consumer"])
                 .inc();
-            node.reply(&id, protocol::error(ack_id.as_ref(), &failure));
-            if !budget.spend() {
-                node.metrics
-                    .closes
-                    .with_label_values(&["misbehaving"])
-                    .inc();
-                outbox.close(close::MISBEHAVING);
-                break ("too many errors", false);
-            }
         }
-    };
-    if outbox.close_code() == Some(close::SLOW_CONSUMER) {
-        node.metrics
-            .closes
-            .with_label_values(&["slow_consumer"])
-            .inc();
+        node.remove_socket(&id);
+        outbox.close(close::GOING_AWAY);
+        // Boxed: the closing steps' timers and writes live only while the
+        // client is closing, not in every idle client's task.
+        Box::pin(finish(&node, &mut wire, &outbox, failed)).await;
+        tracing::info!(node = %node.id, socket = %id, %client, %user, seconds = started.elapsed().as_secs(), reason = end, "client disconnected");
     }
-    node.remove_socket(&id);
-    outbox.close(close::GOING_AWAY);
-    // Boxed: the closing steps' timers and writes live only while the
-    // client is closing, not in every idle client's task.
-    Box::pin(finish(&node, &mut wire, &outbox, failed)).await;
-    tracing::info!(node = %node.id, socket = %id, %client, %user, seconds = started.elapsed().as_secs(), reason = end, "client disconnected");
 }
 
 /// Sends what is owed to a closing client, then the close frame.

@@ -294,11 +294,22 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
                     let early = parts.read_buf.to_vec();
                     drop(parts.read_buf);
                     let io = parts.io.into_inner();
-                    connection::serve(node2, io, early, client, admission, identity).await;
+                    // A task of its own: this one's state (the upgrade,
+                    // its arguments) is not carried for the client's life.
+                    tokio::spawn(connection::serve(
+                        node2, io, early, client, admission, identity,
+                    ));
                 }
                 Err(upgraded) => {
                     let io = TokioIo::new(upgraded);
-                    connection::serve(node2, io, Vec::new(), client, admission, identity).await;
+                    tokio::spawn(connection::serve(
+                        node2,
+                        io,
+                        Vec::new(),
+                        client,
+                        admission,
+                        identity,
+                    ));
                 }
             },
             Err(e) => tracing::debug!("upgrade failed: {e}"),

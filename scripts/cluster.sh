@@ -75,8 +75,6 @@ for port in 6379 9121 9001 9002 9003 8080 8443 9180; do
 done
 
 log=${RUST_LOG:-info}
-# As the systemd units set it: big buffers mapped on their own (README, Deployment).
-export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.mmap_threshold=8192}
 start broker env RUST_LOG="$log" "$bin/limpet-broker" --config "$dir/broker.toml"
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.05; done
 for n in a b c; do

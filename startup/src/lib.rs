@@ -1,11 +1,13 @@
 //! The start-up the three Limpet binaries share: `--config`, `--check`
 //! (like `nginx -t`), `--version`, the config's clear error, `RUST_LOG`
-//! logging and the tokio runtime.
+//! logging, the tokio runtime and the heap trim ([`trim`]).
 //!
 //! It is its own crate rather than a module of `limpet-config` so that the
 //! config crate (which the fuzz targets build) keeps no clap, tokio or
 //! tracing dependency. Each binary keeps only what is its own: its name,
 //! the help line for `--config`, the extra checks of `--check`, and `serve`.
+
+pub mod trim;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use limpet_config::Validate;
@@ -80,6 +82,14 @@ impl Program {
             return ExitCode::SUCCESS;
         }
         init_logging();
+        match trim::period(std::env::var(trim::ENV).ok().as_deref()) {
+            Ok(period) => {
+                if let Err(e) = trim::spawn(period) {
+                    return self.fail(&format!("cannot start the heap trim thread: {e}"));
+                }
+            }
+            Err(e) => return self.fail(&e),
+        }
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

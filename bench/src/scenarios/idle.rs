@@ -8,6 +8,7 @@
 //! allocator's high-water mark of the handshakes in flight (up to 256 at
 //! once); "marginal" is the growth over the second batch only, when that
 //! mark has been reached, so it is what one more idle tunnel costs.
+//! RSS is read [`SETTLE`] after each batch.
 
 use super::contenders::{start_proxy, Kind};
 use super::procs::{free_addr, wait_port, Proc, BENCH_NODE_ADDRESS_LIMITS};
@@ -16,6 +17,11 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+
+/// How long RSS is left to settle after a batch of connections, for every
+/// contender alike: longer than limpet's heap trim period (5 s), so what is
+/// read is what idle connections hold, not the handshakes' leftovers.
+const SETTLE: Duration = Duration::from_secs(6);
 
 /// The scenario-2 table: a row per proxy contender, then limpet-node.
 pub(crate) async fn run(
@@ -38,10 +44,10 @@ pub(crate) async fn run(
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = proc.rss_kib();
         let (mut held, failed) = load::idle(addr, "/idle", idle_conns / 4).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(SETTLE).await;
         let middle = proc.rss_kib();
         let (rest, rest_failed) = load::idle(addr, "/idle", idle_conns - idle_conns / 4).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(SETTLE).await;
         let after = proc.rss_kib();
         let _ = writeln!(
             md,
@@ -87,7 +93,7 @@ async fn node(md: &mut String, dir: &Path, bin: &Path, idle_conns: usize) -> any
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = node.rss_kib();
     let (held, failed) = load::idle(node_addr, "/ws", idle_conns).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(SETTLE).await;
     let after = node.rss_kib();
     let _ = writeln!(
         md,

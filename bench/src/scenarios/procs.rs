@@ -10,19 +10,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Every bench client connects from 127.0.0.1, so the node's per-address
-/// limits (meant for one hostile host) would refuse most of the load.
-/// A limpet binary of `bin` with the environment its systemd unit gives
-/// it (but warnings only in the log): glibc maps 8 KiB buffers and more
-/// on their own, instead of leaving holes in the heap that idle
-/// connections pin (README, Deployment).
+/// A limpet binary of `bin` with warnings only in its log.
+/// `LIMPET_BENCH_GLIBC_TUNABLES` gives it that `GLIBC_TUNABLES`, to
+/// measure an allocator setting against the default.
 pub(crate) fn limpet(bin: &Path, name: &str) -> Command {
     let mut cmd = Command::new(bin.join(name));
-    cmd.env("RUST_LOG", "warn")
-        .env("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=8192");
+    cmd.env("RUST_LOG", "warn");
+    if let Ok(tunables) = std::env::var("LIMPET_BENCH_GLIBC_TUNABLES") {
+        cmd.env("GLIBC_TUNABLES", tunables);
+    }
     cmd
 }
 
+/// Every bench client connects from 127.0.0.1, so the node's per-address
+/// limits (meant for one hostile host) would refuse most of the load.
 pub(crate) const BENCH_NODE_ADDRESS_LIMITS: &str =
     "max_connections_per_address = 100000\naddress_rate_per_second = 1000000\naddress_rate_burst = 1000000\n";
 

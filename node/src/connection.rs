@@ -104,8 +104,8 @@ fn end_reason(code: u16) -> &'static str {
 
 /// Serves one client until it leaves. `io` is the upgraded connection
 /// and `early` what the client sent right after its upgrade request;
-/// `admission` is its place in its address's limits, given back when this
-/// returns; `identity` is who its token names, if it has one.
+/// `admission` is its place in its address's limits, given back when the
+/// returned future ends (or is dropped); `identity` is who its token names, if it has one.
 ///
 /// The client is registered and welcomed here, before the returned future
 /// runs. An idle client costs mostly this future's task, so its state is

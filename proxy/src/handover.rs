@@ -19,8 +19,7 @@
 //!
 //! `rustix` gives `sendmsg`/`recvmsg` with SCM_RIGHTS and `SO_PEERCRED`
 //! behind a safe API (received descriptors arrive as `OwnedFd`); the
-//! workspace denies `unsafe` (one call in `limpet_startup::trim` aside),
-//! and std has neither.
+//! workspace forbids `unsafe`, and std has neither.
 
 use rustix::net::{
     recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,

@@ -46,6 +46,7 @@ pub mod relay;
 pub mod reload;
 pub mod router;
 pub mod select;
+pub mod signal;
 pub mod tcp_relay;
 pub mod tls;
 pub mod tunnel;

@@ -14,18 +14,15 @@ use crate::limits::Connections;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::select::{Pool, PoolError};
+use crate::signal::Signal;
 use crate::tls;
 use arc_swap::ArcSwap;
 use limpet_config::{ListenConfig, ProxyConfig};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::sync::futures::OwnedNotified;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 /// Why the proxy, or a new routing generation, cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +91,9 @@ pub struct Proxy {
     pub connections: Arc<Connections>,
     /// Open tunnels across all generations.
     pub tunnels: AtomicUsize,
-    /// Reached at the shutdown drain deadline: tunnels close.
-    pub close_tunnels: Latch,
+    /// Fired at the shutdown drain deadline: tunnels close, those opened
+    /// after it too.
+    pub close_tunnels: Signal,
     /// TLS state per listener (same order as `listen`).
     pub tls: Vec<Option<Arc<tls::ServerTls>>>,
     /// `http2.enabled` as started: TLS listeners offer `h2` by ALPN.
@@ -137,7 +135,7 @@ impl Proxy {
             config_path,
             listen,
             tunnels: AtomicUsize::new(0),
-            close_tunnels: Latch::default(),
+            close_tunnels: Signal::default(),
             tls,
             http2,
         }))
@@ -157,79 +155,5 @@ impl Proxy {
 
     pub fn open_connections(&self) -> usize {
         self.connections.open()
-    }
-}
-
-/// A signal that is set once and stays set, which any number of tasks
-/// wait on: every open tunnel waits on the drain deadline's. A flag and a
-/// `Notify` rather than a `watch` channel, so that a waiting tunnel holds
-/// one waiter node (about 70 bytes) instead of a receiver and the future
-/// of `wait_for` (144 bytes), for its whole life.
-#[derive(Default)]
-pub struct Latch {
-    set: AtomicBool,
-    notify: Arc<Notify>,
-}
-
-impl Latch {
-    pub fn set(&self) {
-        self.set.store(true, SeqCst);
-        self.notify.notify_waiters();
-    }
-
-    /// Resolves once the latch is set, at once if it already is.
-    pub fn wait(&self) -> LatchWait {
-        // Created before the flag is read: a `set` after the read still
-        // reaches it (a `Notified` counts `notify_waiters` calls made
-        // after its creation, polled or not).
-        let notified = self.notify.clone().notified_owned();
-        LatchWait {
-            already: self.set.load(SeqCst),
-            notified,
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// See [`Latch::wait`]; a named future (not an async block, which
-    /// would hold the waiter twice).
-    pub struct LatchWait {
-        already: bool,
-        #[pin]
-        notified: OwnedNotified,
-    }
-}
-
-impl Future for LatchWait {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        if *this.already {
-            return Poll::Ready(());
-        }
-        this.notified.poll(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Latch;
-    use std::time::Duration;
-
-    #[tokio::test]
-    async fn a_latch_reaches_waiters_from_before_and_after_it_is_set() {
-        let latch = Latch::default();
-        let before = latch.wait();
-        tokio::pin!(before);
-        let early = tokio::time::timeout(Duration::from_millis(50), &mut before).await;
-        assert!(early.is_err(), "resolved before being set");
-        latch.set();
-        tokio::time::timeout(Duration::from_secs(5), before)
-            .await
-            .expect("a waiter from before is woken");
-        tokio::time::timeout(Duration::from_secs(5), latch.wait())
-            .await
-            .expect("a waiter from after resolves at once");
     }
 }

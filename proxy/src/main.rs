@@ -157,7 +157,7 @@ async fn serve(config: ProxyConfig, path: Option<PathBuf>, up: Upgrade) -> anyho
         tunnels = proxy.tunnels.load(Relaxed),
         "drain deadline reached: closing the remaining tunnels"
     );
-    proxy.close_tunnels.set();
+    proxy.close_tunnels.fire();
     let wait = tokio::time::Instant::now() + Duration::from_secs(2);
     while proxy.tunnels.load(Relaxed) > 0 && tokio::time::Instant::now() < wait {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -82,13 +82,13 @@ impl Program {
             return ExitCode::SUCCESS;
         }
         init_logging();
-        match trim::period(std::env::var(trim::ENV).ok().as_deref()) {
-            Ok(period) => {
-                if let Err(e) = trim::spawn(period) {
-                    return self.fail(&format!("cannot start the heap trim thread: {e}"));
-                }
-            }
-            Err(e) => return self.fail(&e),
+        // Memory, not correctness: a bad value or no thread is a warning.
+        let period = trim::period(std::env::var(trim::ENV).ok().as_deref()).unwrap_or_else(|e| {
+            tracing::warn!("{e}; trimming every {:?}", trim::EVERY);
+            Some(trim::EVERY)
+        });
+        if let Err(e) = trim::spawn(period) {
+            tracing::warn!("no heap trim thread: {e}");
         }
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -17,7 +17,8 @@
 //!
 //! A trim holds each arena's lock while it walks it, so it runs on its own
 //! thread rather than on a runtime's, and only every [`EVERY`] (or
-//! `LIMPET_MALLOC_TRIM_SECS`; 0 turns it off).
+//! `LIMPET_MALLOC_TRIM_SECS`; 0 turns it off; a value that is not a
+//! number is logged and the default kept).
 //!
 //! The one `unsafe` block of the workspace is here: `malloc_trim` is a
 //! glibc function with no safe binding in std or rustix.
@@ -31,7 +32,7 @@ pub const EVERY: Duration = Duration::from_secs(5);
 pub const ENV: &str = "LIMPET_MALLOC_TRIM_SECS";
 
 /// The period `LIMPET_MALLOC_TRIM_SECS` asks for, [`EVERY`] without it;
-/// `None` for 0. A value that is not a number is an error, said once.
+/// `None` for 0; an error for a value that is not a number.
 pub fn period(value: Option<&str>) -> Result<Option<Duration>, String> {
     match value.map(str::trim) {
         None | Some("") => Ok(Some(EVERY)),

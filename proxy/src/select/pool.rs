@@ -9,14 +9,13 @@
 
 use super::cookie::Sealer;
 use super::socketio::SidTable;
+use crate::signal::Signal;
 use crate::upstream::IdleConns;
 use limpet_config::{BackendConfig, PoolConfig};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::futures::OwnedNotified;
-use tokio::sync::Notify;
 
 /// Why a pool cannot be built from its config.
 #[derive(Debug, thiserror::Error)]
@@ -86,14 +85,11 @@ pub struct Backend {
     state: AtomicU8,
     passive: Mutex<Passive>,
     pub idle: IdleConns,
-    /// Bumped each time health checks mark the backend down with
+    /// Fired each time health checks mark the backend down with
     /// `on_marked_down = "shutdown-tunnels"`; every open tunnel to it, and
     /// every request waiting for its answer, watches this and lets go
-    /// (see [`Backend::shutdown_sessions`]). A `Notify` rather than a
-    /// `watch` channel: each waiter is one node in its list, no receiver
-    /// and `changed()` future per tunnel (an idle tunnel's task size is
-    /// what it costs).
-    marked_down: Arc<Notify>,
+    /// (see [`Backend::shutdown_sessions`]).
+    marked_down: Signal,
 }
 
 impl Backend {
@@ -111,22 +107,27 @@ impl Backend {
             state: AtomicU8::new(AdminState::Ready as u8),
             passive: Mutex::new(Passive::default()),
             idle: IdleConns::default(),
-            marked_down: Arc::new(Notify::new()),
+            marked_down: Signal::default(),
         }
     }
 
     /// Tells every tunnel open to this backend to close now, and every
     /// request waiting for its answer to give up on it.
     pub fn shutdown_sessions(&self) {
-        self.marked_down.notify_waiters();
+        self.marked_down.fire();
     }
 
     /// Resolves at the next [`Backend::shutdown_sessions`] (only those
     /// after this call: a tunnel opened later is not closed by an earlier
-    /// one: a `Notified` counts the `notify_waiters` calls made after it
-    /// was created, polled or not).
-    pub fn sessions_shut_down(&self) -> OwnedNotified {
-        self.marked_down.clone().notified_owned()
+    /// one).
+    pub fn sessions_shut_down(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.marked_down.wait(self.marked_down.next())
+    }
+
+    /// What [`Backend::sessions_shut_down`] waits on, for a tunnel that
+    /// holds its own [`crate::signal::Waiter`].
+    pub fn marked_down(&self) -> &Signal {
+        &self.marked_down
     }
 
     /// Healthy by active and passive checks.

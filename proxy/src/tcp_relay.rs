@@ -274,7 +274,8 @@ pin_project_lite::pin_project! {
     /// notes at each tick whether bytes moved since the last one, so no
     /// clock is read while bytes move. Silence is counted in ticks; the
     /// tunnel closes after between `idle` and `idle + idle/CHECKS`
-    /// without a byte, never sooner.
+    /// without a byte, never sooner (for `idle` of 8 ms or more: a tick
+    /// is at least 1 ms).
     pub struct IdleTimer {
         #[pin]
         timer: Option<Sleep>,
@@ -316,11 +317,16 @@ impl IdleTimer {
             if moved != *this.seen {
                 *this.seen = moved;
                 *this.quiet = 0;
-            } else {
-                *this.quiet += 1;
-                if *this.quiet >= *this.limit {
-                    return Poll::Ready(End::IdleTimeout);
-                }
+                // Counted from now: ticks this task missed (a stalled
+                // thread) fell before the bytes that just moved, and are
+                // not silence after them.
+                let next = tokio::time::Instant::now() + *this.tick;
+                timer.as_mut().reset(next);
+                continue;
+            }
+            *this.quiet += 1;
+            if *this.quiet >= *this.limit {
+                return Poll::Ready(End::IdleTimeout);
             }
             let next = timer.deadline() + *this.tick;
             timer.as_mut().reset(next);
@@ -470,6 +476,39 @@ mod tests {
         assert!(
             after <= Duration::from_millis(13_750),
             "closed late: {after:?}"
+        );
+    }
+
+    /// One poll of `timer` with `moved` bytes so far.
+    async fn poll_once(mut timer: Pin<&mut IdleTimer>, moved: u64) -> Poll<End> {
+        std::future::poll_fn(|cx| Poll::Ready(timer.as_mut().poll_silent(cx, moved))).await
+    }
+
+    /// A thread stalled past `tunnel_idle` (a paused VM, a starved
+    /// runtime) wakes to every tick it missed at once: those fell before
+    /// the bytes that moved when it woke, so they must not count as
+    /// silence after them.
+    #[tokio::test(start_paused = true)]
+    async fn ticks_missed_while_stalled_are_not_silence_after_bytes() {
+        let idle = Duration::from_secs(30);
+        let timer = IdleTimer::new(idle, 0);
+        tokio::pin!(timer);
+        assert!(poll_once(timer.as_mut(), 0).await.is_pending());
+        tokio::time::advance(Duration::from_secs(100)).await;
+        // Bytes moved as the task woke: the tunnel is not idle.
+        assert!(
+            poll_once(timer.as_mut(), 1).await.is_pending(),
+            "closed right after bytes moved"
+        );
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(
+            poll_once(timer.as_mut(), 1).await.is_pending(),
+            "closed before tunnel_idle"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            poll_once(timer.as_mut(), 1).await,
+            Poll::Ready(End::IdleTimeout)
         );
     }
 

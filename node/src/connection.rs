@@ -45,9 +45,10 @@ impl ErrorBudget {
     }
 }
 
-/// Who the client is, and until when.
+/// Who the client is, and until when. The identity is boxed: most
+/// clients have none, and every client's task carries a `Session`.
 struct Session {
-    identity: Option<Identity>,
+    identity: Option<Box<Identity>>,
     /// When the token expires; the socket is closed then (4004) unless a
     /// `refresh` moved it.
     expires: Option<tokio::time::Instant>,
@@ -58,7 +59,10 @@ impl Session {
         let expires = identity
             .as_ref()
             .map(|i| tokio::time::Instant::now() + i.expires_in());
-        Session { identity, expires }
+        Session {
+            identity: identity.map(Box::new),
+            expires,
+        }
     }
 
     fn user(&self) -> Option<&str> {
@@ -105,7 +109,8 @@ fn end_reason(code: u16) -> &'static str {
 /// Serves one client until it leaves. `io` is the upgraded connection
 /// and `early` what the client sent right after its upgrade request;
 /// `admission` is its place in its address's limits, given back when the
-/// returned future ends (or is dropped); `identity` is who its token names, if it has one.
+/// returned future ends (or is dropped); `identity` is who its token
+/// names, if it has one.
 ///
 /// The client is registered and welcomed here, before the returned future
 /// runs. An idle client costs mostly this future's task, so its state is
@@ -190,89 +195,106 @@ where
                     wire.poll_io(cx, &outbox, node.max_age, &node.metrics).map(Some)
                 }) => event,
             };
-            let msg = match event {
-                None => break ("closed by the server", false),
-                Some(Ok(msg)) => msg,
-                Some(Err(WireError::Eof)) => break ("client closed", false),
-                Some(Err(WireError::Io(e))) => {
-                    // The peer is gone: no close frame can reach it.
-                    tracing::debug!(socket = %id, "socket error: {e}");
-                    break ("connection error", true);
-                }
-                Some(Err(WireError::Ws(e))) => {
-                    tracing::debug!(socket = %id, "websocket error: {e}");
-                    if let WsError::TooBig(_) = e {
-                        outbox.close(close::MESSAGE_TOO_BIG);
-                        break ("message too big", false);
+            // A text request that must wait (on the broker, on other
+            // nodes) is awaited after the block below, where the message it
+            // came from ends: what the client's task holds across that
+            // wait is the boxed request, not the message and its parts.
+            let mut request = None;
+            let failure = {
+                let event = event;
+                let msg = match event {
+                    None => break ("closed by the server", false),
+                    Some(Ok(msg)) => msg,
+                    Some(Err(WireError::Eof)) => break ("client closed", false),
+                    Some(Err(WireError::Io(e))) => {
+                        // The peer is gone: no close frame can reach it.
+                        tracing::debug!(socket = %id, "socket error: {e}");
+                        break ("connection error", true);
                     }
-                    node.metrics
-                        .closes
-                        .with_label_values(&["protocol_error"])
-                        .inc();
-                    outbox.close(e.close_code());
-                    break ("protocol error", false);
+                    Some(Err(WireError::Ws(e))) => {
+                        tracing::debug!(socket = %id, "websocket error: {e}");
+                        if let WsError::TooBig(_) = e {
+                            outbox.close(close::MESSAGE_TOO_BIG);
+                            break ("message too big", false);
+                        }
+                        node.metrics
+                            .closes
+                            .with_label_values(&["protocol_error"])
+                            .inc();
+                        outbox.close(e.close_code());
+                        break ("protocol error", false);
+                    }
+                };
+                let too_large = || {
+                    Some((
+                        None,
+                        Failure::new(
+                            Code::MessageTooLarge,
+                            format!("messages are at most {max_bytes} bytes"),
+                        ),
+                    ))
+                };
+                match msg {
+                    Event::Pong => {
+                        awaiting_pong = false;
+                        None
+                    }
+                    Event::Ping(payload) => {
+                        node.reply_control(&id, OpCode::Pong, payload.into());
+                        None
+                    }
+                    Event::Close(code) => {
+                        // Echo the client's code, as RFC 6455 asks, but for codes
+                        // in the application range (the node's own 4001-4004 say
+                        // something else): those get a plain 1000.
+                        outbox.close(code.filter(|c| *c < 4000).unwrap_or(1000));
+                        break ("client closed", false);
+                    }
+                    Event::TooLarge { .. } => {
+                        node.metrics.messages_in.inc();
+                        too_large()
+                    }
+                    Event::Text(text) => {
+                        node.metrics.messages_in.inc();
+                        if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
+                            Some((crate::peek::id(&text), f))
+                        } else {
+                            // Boxed: a request's future (a rejoin, a presence
+                            // query) is large and lives only while it runs, so an
+                            // idle client's task does not carry its size.
+                            let (node, id, session) = (&node, &id, &mut session);
+                            request = Some(Box::pin(async move {
+                                handle_text(node, id, &text, session).await
+                            }));
+                            None
+                        }
+                    }
+                    Event::Binary(bytes) => {
+                        node.metrics.messages_in.inc();
+                        if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
+                            Some((crate::peek::binary_id(&bytes), f))
+                        } else {
+                            handle_binary(&node, &id, &bytes, &session)
+                        }
+                    }
                 }
             };
-            let too_large = || {
-                Some((
-                    None,
-                    Failure::new(
-                        Code::MessageTooLarge,
-                        format!("messages are at most {max_bytes} bytes"),
-                    ),
-                ))
-            };
-            let failure = match msg {
-                Event::Pong => {
-                    awaiting_pong = false;
-                    None
+            let failure = match request.take() {
+                // While it waits, the client's queue keeps being written.
+                Some(mut request) => {
+                    drop(failure);
+                    std::future::poll_fn(|cx| {
+                        if let Poll::Ready(outcome) = request.as_mut().poll(cx) {
+                            return Poll::Ready(outcome);
+                        }
+                        outbox.register(cx.waker());
+                        // A write error shows again at the next read.
+                        let _ = wire.poll_write(cx, &outbox, node.max_age, &node.metrics);
+                        Poll::Pending
+                    })
+                    .await
                 }
-                Event::Ping(payload) => {
-                    node.reply_control(&id, OpCode::Pong, payload.into());
-                    None
-                }
-                Event::Close(code) => {
-                    // Echo the client's code, as RFC 6455 asks, but for codes
-                    // in the application range (the node's own 4001-4004 say
-                    // something else): those get a plain 1000.
-                    outbox.close(code.filter(|c| *c < 4000).unwrap_or(1000));
-                    break ("client closed", false);
-                }
-                Event::TooLarge { .. } => {
-                    node.metrics.messages_in.inc();
-                    too_large()
-                }
-                Event::Text(text) => {
-                    node.metrics.messages_in.inc();
-                    if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
-                        Some((crate::peek::id(&text), f))
-                    } else {
-                        // Boxed: a request's future (a rejoin, a presence
-                        // query) is large and lives only while it runs, so an
-                        // idle client's task does not carry its size. While
-                        // it waits (on the broker, on other nodes) the
-                        // client's queue keeps being written.
-                        let mut request = Box::pin(handle_text(&node, &id, &text, &mut session));
-                        std::future::poll_fn(|cx| {
-                            if let Poll::Ready(outcome) = request.as_mut().poll(cx) {
-                                return Poll::Ready(outcome);
-                            }
-                            outbox.register(cx.waker());
-                            // A write error shows again at the next read.
-                            let _ = wire.poll_write(cx, &outbox, node.max_age, &node.metrics);
-                            Poll::Pending
-                        })
-                        .await
-                    }
-                }
-                Event::Binary(bytes) => {
-                    node.metrics.messages_in.inc();
-                    if let Some(f) = rate_limited(&node, &mut bucket, &admission) {
-                        Some((crate::peek::binary_id(&bytes), f))
-                    } else {
-                        handle_binary(&node, &id, &bytes, &session)
-                    }
-                }
+                None => failure,
             };
             if let Some((ack_id, failure)) = failure {
                 if failure.code == Code::Overloaded {

@@ -201,7 +201,6 @@ where
             // wait is the boxed request, not the message and its parts.
             let mut request = None;
             let failure = {
-                let event = event;
                 let msg = match event {
                     None => break ("closed by the server", false),
                     Some(Ok(msg)) => msg,

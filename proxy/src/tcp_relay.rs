@@ -33,7 +33,7 @@
 use crate::bufpool;
 use crate::tunnel::End;
 use bytes::Bytes;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -253,13 +253,14 @@ impl Relay {
     }
 
     /// Copies until the tunnel ends; `idle` zero means no idle timeout.
-    /// Cancel-safe in the sense the drain deadline needs: dropping the
-    /// future leaves the counts as they were. (The proxy's own tunnel task
-    /// polls [`Relay::poll_copy`] and an [`IdleTimer`] itself.)
+    /// Dropping the future leaves the counts as they were. The tests drive
+    /// a relay this way; the proxy's tunnel task (`tunnel::TcpTunnel`)
+    /// polls [`Relay::poll_copy`] and an [`IdleTimer`] beside its cut.
+    #[cfg(test)]
     pub async fn run(&mut self, idle: Duration) -> End {
         let timer = IdleTimer::new(idle, self.moved());
         tokio::pin!(timer);
-        poll_fn(|cx| {
+        std::future::poll_fn(|cx| {
             if let Poll::Ready(end) = self.poll_copy(cx) {
                 return Poll::Ready(end);
             }

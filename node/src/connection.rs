@@ -281,6 +281,8 @@ where
             let failure = match request.take() {
                 // While it waits, the client's queue keeps being written.
                 Some(mut request) => {
+                    // Dropped, not left to the end of the scope, so the
+                    // placeholder is not kept across the wait.
                     drop(failure);
                     std::future::poll_fn(|cx| {
                         if let Poll::Ready(outcome) = request.as_mut().poll(cx) {

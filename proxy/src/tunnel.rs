@@ -352,9 +352,8 @@ pin_project_lite::pin_project! {
     /// `async fn` with a `select!` kept its arguments twice and the cut's
     /// futures twice (1.5 KiB).
     struct TcpTunnel {
-        // Taken when the tunnel ends: the sockets close before the log line.
-        relay: Option<Relay>,
-        open: Option<Open>,
+        // Taken when the tunnel ends; the sockets close before the log line.
+        live: Option<(Relay, Open)>,
         #[pin]
         idle: IdleTimer,
         #[pin]
@@ -366,8 +365,7 @@ fn relay_tcp(open: Open, relay: Relay, idle: Duration) -> TcpTunnel {
     TcpTunnel {
         idle: IdleTimer::new(idle, relay.moved()),
         cut: open.cut(),
-        relay: Some(relay),
-        open: Some(open),
+        live: Some((relay, open)),
     }
 }
 
@@ -376,7 +374,7 @@ impl Future for TcpTunnel {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
-        let (Some(relay), Some(open)) = (this.relay.as_mut(), this.open.as_ref()) else {
+        let Some((relay, open)) = this.live.as_mut() else {
             return Poll::Ready(());
         };
         let end = if let Poll::Ready(end) = relay.poll_copy(cx) {
@@ -393,8 +391,8 @@ impl Future for TcpTunnel {
             to_upstream: relay.to_upstream(),
             to_client: relay.to_client(),
         };
-        *this.relay = None;
-        if let Some(open) = this.open.take() {
+        if let Some((relay, open)) = this.live.take() {
+            drop(relay);
             open.close(out);
         }
         Poll::Ready(())

@@ -51,8 +51,10 @@ pub async fn serve_http<IO>(
             if crate::headers::is_upgrade(req.headers()) {
                 req.extensions_mut().insert(slot.clone());
             }
+            // Routed now: what hyper stores per request is the wait alone.
+            let answer = forward::handle(proxy, req, client, scheme);
             async move {
-                let mut resp = forward::handle(proxy, req, client, scheme).await;
+                let mut resp = answer.await;
                 if let Some(v) = hsts {
                     resp.headers_mut()
                         .insert(hyper::header::STRICT_TRANSPORT_SECURITY, v);

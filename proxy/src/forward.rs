@@ -25,6 +25,7 @@ use crate::select::socketio::Learner;
 use crate::select::{self, ActiveGuard, Backend, Choice, Pool, Wish};
 use crate::tunnel;
 use crate::upstream::{self, Body, Conn, SendError};
+use futures_util::future::Either;
 use http::header::{HeaderMap, HeaderName, HeaderValue, HOST, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -36,17 +37,45 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Serves one client request.
-pub async fn handle(
+/// Serves one client request. A plain function that routes and rewrites
+/// the request before returning what waits for the backend: a future
+/// holds its arguments beside its body's state, and this one is stored
+/// and moved once per request, so it carries only what the wait needs.
+pub fn handle(
     proxy: Arc<Proxy>,
     req: Request<Incoming>,
     peer: SocketAddr,
     scheme: &'static str,
-) -> Response<Body> {
-    if let Some(problem) = headers::host_problem(req.version(), req.headers()) {
-        return fail(&proxy, ["", ""], ForwardError::BadHost(problem));
+) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
+    match prepare(&proxy, req, peer, scheme) {
+        Ok(Routed { routing, pool, out }) => Either::Left(forward(proxy, routing, pool, out)),
+        Err(refused) => Either::Right(std::future::ready(*refused)),
     }
-    // This request keeps the routing generation it started with.
+}
+
+/// A request routed and made ready for the backends.
+struct Routed {
+    /// The routing generation the request keeps to its end.
+    routing: Arc<Routing>,
+    pool: Arc<Pool>,
+    out: Outgoing,
+}
+
+/// Routes a request and makes it ready for the backends, or the answer
+/// that refuses it.
+fn prepare(
+    proxy: &Arc<Proxy>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    scheme: &'static str,
+) -> Result<Routed, Box<Response<Body>>> {
+    if let Some(problem) = headers::host_problem(req.version(), req.headers()) {
+        return Err(Box::new(fail(
+            proxy,
+            ["", ""],
+            ForwardError::BadHost(problem),
+        )));
+    }
     let routing = proxy.routing();
     let host = req
         .headers()
@@ -55,18 +84,22 @@ pub async fn handle(
         .or(req.uri().host())
         .map(host_only);
     let Some(route) = routing.router.route(host, req.uri().path()) else {
-        return fail(&proxy, ["", ""], ForwardError::NoRoute);
+        return Err(Box::new(fail(proxy, ["", ""], ForwardError::NoRoute)));
     };
     if req.extensions().get::<Bridge>().is_some()
         && !route.upgrades.iter().any(|p| p == "websocket")
     {
         // A 2xx to a CONNECT opens a tunnel: it must not come from a
         // backend that was sent a plain GET.
-        return fail(&proxy, ["", ""], ForwardError::ConnectRefused);
+        return Err(Box::new(fail(
+            proxy,
+            ["", ""],
+            ForwardError::ConnectRefused,
+        )));
     }
     let pool = routing.pools[route.pool].clone();
-    let outgoing = Outgoing::new(&proxy, &routing, &pool, route, req, peer, scheme);
-    forward(&proxy, &routing.config, &pool, outgoing).await
+    let out = Outgoing::new(proxy, &routing, &pool, route, req, peer, scheme);
+    Ok(Routed { routing, pool, out })
 }
 
 /// Answers a request the proxy refuses before routing it, counted as
@@ -229,11 +262,12 @@ enum Next {
 
 /// Tries backends until one answers or none is left.
 async fn forward(
-    proxy: &Arc<Proxy>,
-    cfg: &ProxyConfig,
-    pool: &Arc<Pool>,
+    proxy: Arc<Proxy>,
+    routing: Arc<Routing>,
+    pool: Arc<Pool>,
     mut out: Outgoing,
 ) -> Response<Body> {
+    let (proxy, cfg, pool) = (&proxy, &routing.config, &pool);
     let mut tried: Vec<usize> = Vec::new();
     // A request hyper handed back unwritten, for the next attempt.
     let mut unsent: Option<Request<Body>> = None;

@@ -218,36 +218,46 @@ async fn serve_connection(
         // two seconds) for a client that does not close, and one address
         // must not fill `max_connections` with its own refusals.
         drop(slot);
-        refuse(tcp, ForwardError::TooManyFromAddress).await;
+        // Boxed, as the TLS branch below: a future holds room for its
+        // largest branch, and this one (a 4 KiB drain buffer) is rare.
+        Box::pin(refuse(tcp, ForwardError::TooManyFromAddress)).await;
         return;
     }
     let listen = &proxy.listen[mode.listener];
     let slot = SharedSlot(Arc::new(slot));
     match (&mode.tls, &listen.tls) {
+        // Boxed: TLS state (handshake, rustls streams, HTTP/2) is several
+        // KiB, and inline it would make every plain connection's task
+        // that large too.
         (Some(server), Some(tls_cfg)) => {
-            let timeout = tls_cfg.handshake_timeout.get();
-            let Some(stream) = handshake::tls(server, timeout, &proxy.metrics, tcp, client).await
-            else {
-                return;
-            };
-            let hsts = tls_cfg
-                .hsts_max_age
-                .map(|d| format!("max-age={}", d.get().as_secs()));
-            if stream.get_ref().1.alpn_protocol() == Some(http2::ALPN_H2) {
-                let hsts = hsts.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok());
-                http2::serve_h2(&proxy, TokioIo::new(stream), client, hsts, shutdown, slot).await;
-                return;
-            }
-            serve_http(
-                &proxy,
-                TokioIo::new(stream),
-                client,
-                "https",
-                hsts,
-                shutdown,
-                slot,
-            )
-            .await;
+            Box::pin(async {
+                let timeout = tls_cfg.handshake_timeout.get();
+                let Some(stream) =
+                    handshake::tls(server, timeout, &proxy.metrics, tcp, client).await
+                else {
+                    return;
+                };
+                let hsts = tls_cfg
+                    .hsts_max_age
+                    .map(|d| format!("max-age={}", d.get().as_secs()));
+                if stream.get_ref().1.alpn_protocol() == Some(http2::ALPN_H2) {
+                    let hsts = hsts.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok());
+                    http2::serve_h2(&proxy, TokioIo::new(stream), client, hsts, shutdown, slot)
+                        .await;
+                    return;
+                }
+                serve_http(
+                    &proxy,
+                    TokioIo::new(stream),
+                    client,
+                    "https",
+                    hsts,
+                    shutdown,
+                    slot,
+                )
+                .await;
+            })
+            .await
         }
         _ if listen.redirect_https => {
             serve_redirect(&proxy, TokioIo::new(tcp), listen.https_port).await;
@@ -265,5 +275,37 @@ async fn serve_connection(
             )
             .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plain connection's task holds `serve_connection`'s future for the
+    /// connection's whole life (keep-alive, long polling). TLS and the
+    /// drain of a refused client are boxed, so it holds neither: 1,600
+    /// bytes, against 6,096 when both were inline.
+    #[tokio::test]
+    async fn a_plain_connection_task_holds_no_tls_state() {
+        let config: ProxyConfig = limpet_config::parse_str(
+            "[[listen]]\nbind = \"127.0.0.1:0\"\n[[pool]]\nname = \"p\"\n[[pool.backend]]\nid = \"b\"\naddress = \"127.0.0.1:9\"\n[[route]]\npool = \"p\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let proxy = Proxy::new(config, None).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tcp, _held) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let slot = proxy.connections.admit(1).unwrap();
+        let (_stop, shutdown) = watch::channel(false);
+        let mode = Mode {
+            proxy_protocol: false,
+            tls: None,
+            listener: 0,
+        };
+        let serve = serve_connection(proxy.clone(), tcp.unwrap(), addr, mode, slot, shutdown);
+        let size = std::mem::size_of_val(&serve);
+        assert!(size <= 2048, "serve_connection's future is {size} bytes");
     }
 }

@@ -228,7 +228,10 @@ pub async fn obtain(
             });
         }
     }
-    let sender = connect(target).await?;
+    // Boxed: a connect (TLS included) is a large future, and holding room
+    // for it inline would make every pooled request's future that large,
+    // copied whole each time it moves.
+    let sender = Box::pin(connect(target)).await?;
     Ok(Conn {
         sender,
         pooled: false,

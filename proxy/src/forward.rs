@@ -48,7 +48,12 @@ pub fn handle(
     scheme: &'static str,
 ) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
     match prepare(&proxy, req, peer, scheme) {
-        Ok(Routed { routing, pool, out }) => Either::Left(forward(proxy, routing, pool, out)),
+        // Boxed: hyper keeps a box the size of this future for each
+        // connection's whole life, idle keep-alive included; a request
+        // in flight needs the room, an idle connection does not.
+        Ok(Routed { routing, pool, out }) => {
+            Either::Left(Box::pin(forward(proxy, routing, pool, out)))
+        }
         Err(refused) => Either::Right(std::future::ready(*refused)),
     }
 }

@@ -5,22 +5,29 @@
 //! hyper enforces the head limits here (`header_read` timeout,
 //! `max_header_bytes`); a shutdown lets the request in flight finish and
 //! then closes the connection. A connection accepted just before the
-//! shutdown gets its first request served too (see `serve_http`).
+//! shutdown gets its first request served too (see `drive`). An idle
+//! plain connection is parked without hyper's buffers (see `park`).
 
 use crate::error::plain;
 use crate::forward;
 use crate::limits::SharedSlot;
 use crate::live::Proxy;
+use crate::park::{Activity, Parkable, Quiet, PARK_AFTER};
 use crate::router::host_only;
+use crate::upstream::Body;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioTimer;
+use hyper::service::{service_fn, HttpService};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// Serves HTTP/1.1 (with upgrades) on one client connection.
+/// Serves HTTP/1.1 (with upgrades) on one TLS client connection.
 pub async fn serve_http<IO>(
     proxy: &Arc<Proxy>,
     io: IO,
@@ -36,67 +43,240 @@ pub async fn serve_http<IO>(
     let cfg = &routing.config;
     let hsts = hsts.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok());
     let (started_tx, mut started) = watch::channel(false);
-    let service = {
-        let proxy = proxy.clone();
-        service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            // Only the first request changes it: a send that changes
-            // nothing would still wake (and lock) the watch's waiter
-            // lists on every keep-alive request.
-            started_tx.send_if_modified(|started| !std::mem::replace(started, true));
-            let proxy = proxy.clone();
-            let hsts = hsts.clone();
-            // An upgrade takes the slot into its tunnel (see SharedSlot).
-            // Only a request asking to upgrade can become one, and an
-            // extension costs a map allocated per request.
-            if crate::headers::is_upgrade(req.headers()) {
-                req.extensions_mut().insert(slot.clone());
-            }
-            // Routed now: what hyper stores per request is the wait alone.
-            let answer = forward::handle(proxy, req, client, scheme);
-            async move {
-                let mut resp = answer.await;
-                if let Some(v) = hsts {
-                    resp.headers_mut()
-                        .insert(hyper::header::STRICT_TRANSPORT_SECURITY, v);
-                }
-                Ok::<_, Infallible>(resp)
-            }
-        })
-    };
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.timeouts.header_read.get())
-        .max_buf_size(cfg.limits.max_header_bytes.bytes() as usize)
-        .keep_alive(true)
-        .serve_connection(io, service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%client, "client connection ended: {e}");
-            }
-        }
-        _ = shutdown.changed() => {
-            // hyper closes a connection with no request in flight at
-            // once, a fresh one too: its client, which did nothing wrong,
-            // would see its first request fail (during a binary upgrade,
-            // a connection the old process accepted last). Give it the
-            // head-read time to send one.
-            let first = tokio::time::timeout(
-                cfg.timeouts.header_read.get(),
-                started.wait_for(|s| *s),
+    let service = service(proxy, client, scheme, hsts, slot, started_tx, None);
+    let mut conn = builder(cfg).serve_connection(io, service).with_upgrades();
+    let header_read = cfg.timeouts.header_read.get();
+    drive(
+        &mut conn,
+        client,
+        &mut shutdown,
+        &mut started,
+        header_read,
+        None,
+    )
+    .await;
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one plain client connection, parked
+/// without hyper's buffers whenever it is idle (see `park`).
+pub fn serve_plain(
+    proxy: &Arc<Proxy>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+    slot: SharedSlot,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    // A plain function returning its future, so that the future holds
+    // each piece once (an `async fn` keeps its arguments beside them):
+    // what it holds is what a parked connection costs.
+    let proxy = proxy.clone();
+    let activity = Arc::new(Activity::default());
+    let (started_tx, mut started) = watch::channel(false);
+    let mut service = service(
+        &proxy,
+        client,
+        "http",
+        None,
+        slot,
+        started_tx,
+        Some(activity.clone()),
+    );
+    let mut io = TokioIo::new(Parkable::new(tcp, activity.clone()));
+    async move {
+        loop {
+            let routing = proxy.routing();
+            let header_read = routing.config.timeouts.header_read.get();
+            // Boxed, the connection and its driving both: while parked
+            // the task then holds neither.
+            let mut conn = Box::new(
+                builder(&routing.config)
+                    .serve_connection(io, service)
+                    .with_upgrades(),
             );
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = first => {}
+            drop(routing);
+            let driven = Box::pin(drive(
+                &mut conn,
+                client,
+                &mut shutdown,
+                &mut started,
+                header_read,
+                Some(&activity),
+            ))
+            .await;
+            if driven == Driven::Ended {
+                return;
             }
-            // Finish the request in flight (an upgrade hands off to its
-            // tunnel, which follows the drain deadline), then close.
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            // Idle: hyper's part ends at once, the socket stays open.
+            activity.set_parking(true);
+            Pin::new(&mut *conn).graceful_shutdown();
+            let stopped = (&mut *conn).await;
+            activity.set_parking(false);
+            let Some((parkable, back)) = stopped.ok().and_then(|()| take_back(*conn)) else {
+                return;
+            };
+            service = back;
+            if !parkable.has_unread() {
+                // Idle for `PARK_AFTER` at least already; hyper would have
+                // closed it `header_read` after it fell idle.
+                let wait = header_read.saturating_sub(PARK_AFTER);
+                let counted = Counted::new(&proxy.metrics.parked_connections);
+                let woke = tokio::select! {
+                    r = tokio::time::timeout(wait, parkable.tcp().readable()) => matches!(r, Ok(Ok(()))),
+                    _ = shutdown.changed() => false,
+                };
+                drop(counted);
+                if !woke {
+                    return;
+                }
+            }
+            io = TokioIo::new(parkable);
         }
     }
+}
+
+/// One more on a gauge for as long as it lives (a task dropped while
+/// parked still gives its count back).
+struct Counted<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Counted<'a> {
+        gauge.inc();
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The socket and the service back from a hyper connection that ended
+/// without shutting the socket down, with what hyper had read and not
+/// used put back into the socket's reads.
+fn take_back<S>(conn: http1::UpgradeableConnection<TokioIo<Parkable>, S>) -> Option<(Parkable, S)>
+where
+    S: HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let parts = conn.into_parts()?;
+    let mut parkable = parts.io.into_inner();
+    parkable.unread(parts.read_buf);
+    Some((parkable, parts.service))
+}
+
+/// The requests of one client connection, each to `forward`. With
+/// `activity`, each request is counted in flight until its response is
+/// handed to hyper.
+fn service(
+    proxy: &Arc<Proxy>,
+    client: SocketAddr,
+    scheme: &'static str,
+    hsts: Option<hyper::header::HeaderValue>,
+    slot: SharedSlot,
+    started_tx: watch::Sender<bool>,
+    activity: Option<Arc<Activity>>,
+) -> impl HttpService<Incoming, ResBody = Body, Error = Infallible, Future: Send> + Send + Unpin {
+    let proxy = proxy.clone();
+    service_fn(move |mut req: hyper::Request<Incoming>| {
+        // Only the first request changes it: a send that changes
+        // nothing would still wake (and lock) the watch's waiter
+        // lists on every keep-alive request.
+        started_tx.send_if_modified(|started| !std::mem::replace(started, true));
+        let in_flight = activity.as_ref().map(Activity::start);
+        let proxy = proxy.clone();
+        let hsts = hsts.clone();
+        // An upgrade takes the slot into its tunnel (see SharedSlot).
+        // Only a request asking to upgrade can become one, and an
+        // extension costs a map allocated per request.
+        if crate::headers::is_upgrade(req.headers()) {
+            req.extensions_mut().insert(slot.clone());
+        }
+        // Routed now: what hyper stores per request is the wait alone.
+        let answer = forward::handle(proxy, req, client, scheme);
+        async move {
+            let mut resp = answer.await;
+            if let Some(v) = hsts {
+                resp.headers_mut()
+                    .insert(hyper::header::STRICT_TRANSPORT_SECURITY, v);
+            }
+            // The request counts as in flight until hyper has its response;
+            // the body's writes count as activity (see `Parkable`).
+            drop(in_flight);
+            Ok::<_, Infallible>(resp)
+        }
+    })
+}
+
+fn builder(cfg: &limpet_config::ProxyConfig) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(cfg.timeouts.header_read.get())
+        .max_buf_size(cfg.limits.max_header_bytes.bytes() as usize)
+        .keep_alive(true);
+    b
+}
+
+/// How [`drive`] left a connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Driven {
+    /// Closed, upgraded, or drained.
+    Ended,
+    /// Quiet for a [`PARK_AFTER`] period with nothing in flight.
+    Idle,
+}
+
+/// Runs a hyper connection until it ends, the proxy shuts down, or (with
+/// `activity`) it has been idle long enough to park.
+async fn drive<I, S>(
+    conn: &mut http1::UpgradeableConnection<I, S>,
+    client: SocketAddr,
+    shutdown: &mut watch::Receiver<bool>,
+    started: &mut watch::Receiver<bool>,
+    header_read: Duration,
+    activity: Option<&Activity>,
+) -> Driven
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    http1::UpgradeableConnection<I, S>: Unpin,
+{
+    let mut look = tokio::time::interval_at(tokio::time::Instant::now() + PARK_AFTER, PARK_AFTER);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut quiet = activity.map(Quiet::new);
+    loop {
+        tokio::select! {
+            r = &mut *conn => {
+                if let Err(e) = r {
+                    tracing::debug!(%client, "client connection ended: {e}");
+                }
+                return Driven::Ended;
+            }
+            _ = look.tick(), if activity.is_some() => {
+                if let (Some(q), Some(a)) = (quiet.as_mut(), activity) {
+                    if q.check(a) {
+                        return Driven::Idle;
+                    }
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    // hyper closes a connection with no request in flight at once, a
+    // fresh one too: its client, which did nothing wrong, would see its
+    // first request fail (during a binary upgrade, a connection the old
+    // process accepted last). Give it the head-read time to send one.
+    let first = tokio::time::timeout(header_read, started.wait_for(|s| *s));
+    tokio::select! {
+        _ = &mut *conn => return Driven::Ended,
+        _ = first => {}
+    }
+    // Finish the request in flight (an upgrade hands off to its tunnel,
+    // which follows the drain deadline), then close.
+    Pin::new(&mut *conn).graceful_shutdown();
+    let _ = (&mut *conn).await;
+    Driven::Ended
 }
 
 /// Answers every request with a 301 to the same host and path over https.

@@ -41,6 +41,7 @@ pub mod listen;
 pub mod live;
 pub mod metrics;
 pub mod notify;
+pub mod park;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod reload;

@@ -16,6 +16,7 @@ pub struct Metrics {
     registry: Registry,
     pub connections: IntCounter,
     pub open_connections: IntGauge,
+    pub parked_connections: IntGauge,
     pub requests: IntCounterVec,
     pub upgrades: IntCounterVec,
     pub tunnel_bytes: IntCounterVec,
@@ -94,6 +95,14 @@ impl Metrics {
                 IntGauge::new(
                     "limpet_proxy_client_connections",
                     "Client connections open now",
+                )
+                .expect("valid"),
+            ),
+            parked_connections: reg(
+                &r,
+                IntGauge::new(
+                    "limpet_proxy_parked_connections",
+                    "Idle keep-alive client connections waiting without HTTP buffers",
                 )
                 .expect("valid"),
             ),

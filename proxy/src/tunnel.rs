@@ -17,6 +17,7 @@
 
 use crate::limits::SharedSlot;
 use crate::live::Proxy;
+use crate::park::Parkable;
 use crate::select::{ActiveGuard, Backend, Pool};
 use crate::signal::Waiter;
 use crate::tcp_relay::{IdleTimer, Relay};
@@ -416,6 +417,19 @@ async fn relay_generic(open: Open, client: Box<dyn Io>, upstream: Box<dyn Io>, i
 /// had read past the upgrade head; the connection back when it is not
 /// plain TCP (TLS).
 fn raw(io: Upgraded) -> Result<(TcpStream, Bytes), Upgraded> {
+    let io = match io.downcast::<TokioIo<Parkable>>() {
+        Ok(parts) => {
+            // What hyper read came first, then what it had not yet taken.
+            let (tcp, unread) = parts.io.into_inner().into_parts();
+            let leftover = if unread.is_empty() {
+                parts.read_buf
+            } else {
+                [parts.read_buf, unread].concat().into()
+            };
+            return Ok((tcp, leftover));
+        }
+        Err(io) => io,
+    };
     io.downcast::<TokioIo<TcpStream>>()
         .map(|parts| (parts.io.into_inner(), parts.read_buf))
 }

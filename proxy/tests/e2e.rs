@@ -554,3 +554,97 @@ async fn a_frame_sent_with_the_upgrade_request_is_delivered_first() {
     })
     .await;
 }
+
+/// One keep-alive GET on `tcp`; the reply's head and body as text.
+async fn keep_alive_get(tcp: &mut tokio::net::TcpStream, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    tcp.write_all(req.as_bytes())
+        .await
+        .expect("send the request");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = tcp.read(&mut buf).await.expect("read the reply");
+            assert!(n > 0, "closed before the reply ended: {raw:?}");
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .expect("a Content-Length");
+                if raw.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("the reply in time")
+}
+
+/// An idle keep-alive connection gives hyper's buffers back (it is
+/// parked: `limpet_proxy_parked_connections`), and the same socket then
+/// carries a plain request and, parked again, a WebSocket upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_parked_and_serves_again() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let b1 = TestBackend::start("b1").await;
+    let proxy = ProxyProcess::start(&config(&[&b1], "", ""));
+    let parked = || async { proxy.metric("limpet_proxy_parked_connections").await };
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let first = keep_alive_get(&mut tcp, "/first").await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    eventually("the idle connection is parked", || async {
+        parked().await == 1.0
+    })
+    .await;
+
+    let second = keep_alive_get(&mut tcp, "/second").await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(
+        !second.to_ascii_lowercase().contains("connection: close"),
+        "{second}"
+    );
+    assert_eq!(parked().await, 0.0, "served, so no longer parked");
+    eventually("parked again", || async { parked().await == 1.0 }).await;
+
+    let req = format!("ws://{}/chat", proxy.addr)
+        .into_client_request()
+        .unwrap();
+    let (mut ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::client_async(req, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("an upgrade on the parked connection");
+    assert_eq!(echo(&mut ws, "hi").await, "b1:hi");
+    assert_eq!(parked().await, 0.0);
+}
+
+/// A parked connection still ends `timeouts.header_read` after it fell
+/// idle, as hyper ends an idle keep-alive connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_ends_at_the_idle_limit() {
+    use tokio::io::AsyncReadExt;
+    let b1 = TestBackend::start("b1").await;
+    let proxy = ProxyProcess::start(&config(&[&b1], "[timeouts]\nheader_read = \"2s\"", ""));
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let reply = keep_alive_get(&mut tcp, "/").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut rest))
+        .await
+        .expect("closed by the proxy in time")
+        .expect("a clean close");
+    assert!(rest.is_empty(), "{rest:?}");
+    eventually("nothing parked", || async {
+        proxy.metric("limpet_proxy_parked_connections").await == 0.0
+    })
+    .await;
+}

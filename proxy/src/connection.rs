@@ -12,9 +12,10 @@ use crate::error::plain;
 use crate::forward;
 use crate::limits::SharedSlot;
 use crate::live::Proxy;
-use crate::park::{Activity, Parkable, Quiet, PARK_AFTER};
+use crate::park::{Activity, Parkable, Quiet, BUSY_LOOK, PARK_AFTER};
 use crate::router::host_only;
 use crate::upstream::Body;
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::{service_fn, HttpService};
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Serves HTTP/1.1 (with upgrades) on one TLS client connection.
 pub async fn serve_http<IO>(
@@ -82,6 +84,9 @@ pub fn serve_plain(
         Some(activity.clone()),
     );
     let mut io = TokioIo::new(Parkable::new(tcp, activity.clone()));
+    // Until a woken connection starts a request: when it fell idle plus
+    // `header_read`, as hyper bounds an idle connection.
+    let mut deadline: Option<Instant> = None;
     async move {
         loop {
             let routing = proxy.routing();
@@ -100,28 +105,38 @@ pub fn serve_plain(
                 &mut shutdown,
                 &mut started,
                 header_read,
-                Some(&activity),
+                Some((&activity, deadline)),
             ))
             .await;
             if driven == Driven::Ended {
                 return;
             }
-            // Idle: hyper's part ends at once, the socket stays open.
+            // Idle for `PARK_AFTER` at least: hyper's part ends at once,
+            // the socket stays open.
+            let idle_until = Instant::now() + header_read.saturating_sub(PARK_AFTER);
             activity.set_parking(true);
             Pin::new(&mut *conn).graceful_shutdown();
-            let stopped = (&mut *conn).await;
+            let stopped = match (&mut *conn).now_or_never() {
+                Some(stopped) => stopped,
+                None => {
+                    // Busy after all: keep-alive is off now, so let it
+                    // finish and close for real.
+                    activity.set_parking(false);
+                    let _ = (&mut *conn).await;
+                    return;
+                }
+            };
             activity.set_parking(false);
             let Some((parkable, back)) = stopped.ok().and_then(|()| take_back(*conn)) else {
                 return;
             };
             service = back;
             if !parkable.has_unread() {
-                // Idle for `PARK_AFTER` at least already; hyper would have
-                // closed it `header_read` after it fell idle.
-                let wait = header_read.saturating_sub(PARK_AFTER);
                 let counted = Counted::new(&proxy.metrics.parked_connections);
                 let woke = tokio::select! {
-                    r = tokio::time::timeout(wait, parkable.tcp().readable()) => matches!(r, Ok(Ok(()))),
+                    // Bytes that came with a shutdown are served first.
+                    biased;
+                    r = tokio::time::timeout_at(idle_until, parkable.tcp().readable()) => matches!(r, Ok(Ok(()))),
                     _ = shutdown.changed() => false,
                 };
                 drop(counted);
@@ -129,6 +144,7 @@ pub fn serve_plain(
                     return;
                 }
             }
+            deadline = Some(idle_until);
             io = TokioIo::new(parkable);
         }
     }
@@ -217,6 +233,14 @@ fn builder(cfg: &limpet_config::ProxyConfig) -> http1::Builder {
     b
 }
 
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How [`drive`] left a connection.
 #[derive(Debug, PartialEq, Eq)]
 enum Driven {
@@ -227,14 +251,15 @@ enum Driven {
 }
 
 /// Runs a hyper connection until it ends, the proxy shuts down, or (with
-/// `activity`) it has been idle long enough to park.
+/// `park`) it has answered a request and been idle long enough to park,
+/// or reached the deadline before starting one.
 async fn drive<I, S>(
     conn: &mut http1::UpgradeableConnection<I, S>,
     client: SocketAddr,
     shutdown: &mut watch::Receiver<bool>,
     started: &mut watch::Receiver<bool>,
     header_read: Duration,
-    activity: Option<&Activity>,
+    park: Option<(&Activity, Option<Instant>)>,
 ) -> Driven
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -242,7 +267,10 @@ where
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     http1::UpgradeableConnection<I, S>: Unpin,
 {
-    let mut look = tokio::time::interval_at(tokio::time::Instant::now() + PARK_AFTER, PARK_AFTER);
+    let activity = park.map(|(a, _)| a);
+    let requests_before = activity.map_or(0, Activity::requests);
+    let mut until = park.and_then(|(_, d)| d);
+    let mut look = tokio::time::interval_at(Instant::now() + PARK_AFTER, PARK_AFTER);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut quiet = activity.map(Quiet::new);
     loop {
@@ -255,10 +283,22 @@ where
             }
             _ = look.tick(), if activity.is_some() => {
                 if let (Some(q), Some(a)) = (quiet.as_mut(), activity) {
-                    if q.check(a) {
+                    let answered = a.requests() > requests_before;
+                    if q.check(a) && answered {
                         return Driven::Idle;
                     }
+                    if a.busy() {
+                        look.reset_after(BUSY_LOOK);
+                    }
                 }
+            }
+            _ = sleep_until_or_never(until), if until.is_some() => {
+                if activity.is_some_and(|a| a.requests() == requests_before) {
+                    // Woken from parking, and still no request by the time
+                    // hyper would have closed it.
+                    return Driven::Ended;
+                }
+                until = None;
             }
             _ = shutdown.changed() => break,
         }

@@ -18,8 +18,15 @@
 //! connection is stopped for parking: hyper then finishes it first, as
 //! the head is already out, and the connection parks after it.
 //!
+//! Only a hyper connection that has answered a request is parked: hyper
+//! counts a fresh one as busy, and stopping it would turn its first
+//! answer into `Connection: close`. If the stop does not end hyper's part
+//! at once (it was busy after all), the connection is let finish and
+//! closes, as it would without keep-alive.
+//!
 //! A parked connection still ends `timeouts.header_read` after it fell
-//! idle, as hyper ends an idle one. TLS connections are not parked: rustls
+//! idle, as hyper ends an idle one: the deadline carries over to the
+//! hyper connection that wakes, until it starts a request. TLS connections are not parked: rustls
 //! may hold decrypted bytes the socket's readiness would not announce.
 
 use bytes::{Buf, Bytes};
@@ -36,6 +43,10 @@ use tokio::net::TcpStream;
 /// is looked at once per period, so between one and two periods).
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// How often a connection with a request in flight (a long poll) is
+/// looked at: it cannot park meanwhile, and a look is a wake-up.
+pub const BUSY_LOOK: Duration = Duration::from_secs(8);
+
 /// What the connection's serving loop knows of its hyper connection's
 /// work: requests in flight, and a count of events (reads, requests
 /// started and finished) that tells whether anything happened since it
@@ -43,6 +54,8 @@ pub const PARK_AFTER: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct Activity {
     in_flight: AtomicUsize,
+    /// Requests started on the connection, all hyper connections counted.
+    requests: AtomicU64,
     events: AtomicU64,
     /// Set while hyper is being stopped for parking: the socket must
     /// outlive hyper's shutdown.
@@ -53,8 +66,17 @@ impl Activity {
     /// A request has started; it ends when the returned guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
+        self.requests.fetch_add(1, Relaxed);
         self.events.fetch_add(1, Relaxed);
         InFlight(self.clone())
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Relaxed) > 0
     }
 
     fn touch(&self) {

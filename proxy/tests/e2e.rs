@@ -627,24 +627,57 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_again() {
     assert_eq!(parked().await, 0.0);
 }
 
+/// A connection that has not yet sent a request is not parked: hyper
+/// counts it busy, and stopping it would turn its first answer into
+/// `Connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_parked_only_after_a_request() {
+    let b1 = TestBackend::start("b1").await;
+    let proxy = ProxyProcess::start(&config(&[&b1], "", ""));
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        proxy.metric("limpet_proxy_parked_connections").await,
+        0.0,
+        "parked before its first request"
+    );
+    let reply = keep_alive_get(&mut tcp, "/late").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        !reply.to_ascii_lowercase().contains("connection: close"),
+        "{reply}"
+    );
+}
+
 /// A parked connection still ends `timeouts.header_read` after it fell
-/// idle, as hyper ends an idle keep-alive connection.
+/// idle, as hyper ends an idle keep-alive connection, even when it wakes
+/// with part of a request head (a new hyper connection must not start a
+/// new head-read time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_ends_at_the_idle_limit() {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b1 = TestBackend::start("b1").await;
-    let proxy = ProxyProcess::start(&config(&[&b1], "[timeouts]\nheader_read = \"2s\"", ""));
+    let proxy = ProxyProcess::start(&config(&[&b1], "[timeouts]\nheader_read = \"4s\"", ""));
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let reply = keep_alive_get(&mut tcp, "/").await;
+    let answered = std::time::Instant::now();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    let mut rest = Vec::new();
-    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut rest))
-        .await
-        .expect("closed by the proxy in time")
-        .expect("a clean close");
-    assert!(rest.is_empty(), "{rest:?}");
-    eventually("nothing parked", || async {
-        proxy.metric("limpet_proxy_parked_connections").await == 0.0
+    eventually("the idle connection is parked", || async {
+        proxy.metric("limpet_proxy_parked_connections").await == 1.0
     })
     .await;
+    // Just before the limit: part of a head wakes it.
+    tokio::time::sleep(Duration::from_millis(3_500).saturating_sub(answered.elapsed())).await;
+    tcp.write_all(b"GET /never-finished HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut rest))
+        .await
+        .expect("closed by the proxy");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    // 4 s after it fell idle (plus up to a second of slack in the bound
+    // and this box's scheduling); a new head-read time would make it 7.5.
+    let took = answered.elapsed();
+    assert!(took < Duration::from_millis(6_500), "closed after {took:?}");
 }

@@ -12,7 +12,7 @@ use crate::error::plain;
 use crate::forward;
 use crate::limits::SharedSlot;
 use crate::live::Proxy;
-use crate::park::{Activity, Parkable, Quiet, BUSY_LOOK, PARK_AFTER};
+use crate::park::{Activity, Parkable, Quiet, Tracked, BUSY_LOOK, PARK_AFTER};
 use crate::router::host_only;
 use crate::upstream::Body;
 use futures_util::FutureExt;
@@ -45,14 +45,14 @@ pub async fn serve_http<IO>(
     let cfg = &routing.config;
     let hsts = hsts.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok());
     let (started_tx, mut started) = watch::channel(false);
-    let service = service(proxy, client, scheme, hsts, slot, started_tx, None);
+    let service = service(proxy, client, scheme, hsts, slot, Some(started_tx), None);
     let mut conn = builder(cfg).serve_connection(io, service).with_upgrades();
     let header_read = cfg.timeouts.header_read.get();
     drive(
         &mut conn,
         client,
         &mut shutdown,
-        &mut started,
+        Some(&mut started),
         header_read,
         None,
     )
@@ -73,14 +73,13 @@ pub fn serve_plain(
     // what it holds is what a parked connection costs.
     let proxy = proxy.clone();
     let activity = Arc::new(Activity::default());
-    let (started_tx, mut started) = watch::channel(false);
     let mut service = service(
         &proxy,
         client,
         "http",
         None,
         slot,
-        started_tx,
+        None,
         Some(activity.clone()),
     );
     let mut io = TokioIo::new(Parkable::new(tcp, activity.clone()));
@@ -103,7 +102,7 @@ pub fn serve_plain(
                 &mut conn,
                 client,
                 &mut shutdown,
-                &mut started,
+                None,
                 header_read,
                 Some((&activity, deadline)),
             ))
@@ -111,9 +110,12 @@ pub fn serve_plain(
             if driven == Driven::Ended {
                 return;
             }
-            // Idle for `PARK_AFTER` at least: hyper's part ends at once,
-            // the socket stays open.
-            let idle_until = Instant::now() + header_read.saturating_sub(PARK_AFTER);
+            // Quiet for `PARK_AFTER` at least: hyper's part ends at once,
+            // the socket stays open, until hyper would have closed it.
+            let idle_until = activity.idle_since() + header_read;
+            if idle_until <= Instant::now() {
+                return;
+            }
             activity.set_parking(true);
             Pin::new(&mut *conn).graceful_shutdown();
             let stopped = match (&mut *conn).now_or_never() {
@@ -172,7 +174,7 @@ impl Drop for Counted<'_> {
 /// used put back into the socket's reads.
 fn take_back<S>(conn: http1::UpgradeableConnection<TokioIo<Parkable>, S>) -> Option<(Parkable, S)>
 where
-    S: HttpService<Incoming, ResBody = Body>,
+    S: HttpService<Incoming, ResBody = Tracked<Body>>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let parts = conn.into_parts()?;
@@ -182,23 +184,27 @@ where
 }
 
 /// The requests of one client connection, each to `forward`. With
-/// `activity`, each request is counted in flight until its response is
-/// handed to hyper.
+/// `activity`, each request is counted in flight until hyper drops its
+/// response body; with `started_tx`, the first request is told (for the
+/// grace a shutdown gives a connection that has sent none yet).
 fn service(
     proxy: &Arc<Proxy>,
     client: SocketAddr,
     scheme: &'static str,
     hsts: Option<hyper::header::HeaderValue>,
     slot: SharedSlot,
-    started_tx: watch::Sender<bool>,
+    started_tx: Option<watch::Sender<bool>>,
     activity: Option<Arc<Activity>>,
-) -> impl HttpService<Incoming, ResBody = Body, Error = Infallible, Future: Send> + Send + Unpin {
+) -> impl HttpService<Incoming, ResBody = Tracked<Body>, Error = Infallible, Future: Send> + Send + Unpin
+{
     let proxy = proxy.clone();
     service_fn(move |mut req: hyper::Request<Incoming>| {
         // Only the first request changes it: a send that changes
         // nothing would still wake (and lock) the watch's waiter
         // lists on every keep-alive request.
-        started_tx.send_if_modified(|started| !std::mem::replace(started, true));
+        if let Some(tx) = &started_tx {
+            tx.send_if_modified(|started| !std::mem::replace(started, true));
+        }
         let in_flight = activity.as_ref().map(Activity::start);
         let proxy = proxy.clone();
         let hsts = hsts.clone();
@@ -216,10 +222,7 @@ fn service(
                 resp.headers_mut()
                     .insert(hyper::header::STRICT_TRANSPORT_SECURITY, v);
             }
-            // The request counts as in flight until hyper has its response;
-            // the body's writes count as activity (see `Parkable`).
-            drop(in_flight);
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
         }
     })
 }
@@ -231,6 +234,35 @@ fn builder(cfg: &limpet_config::ProxyConfig) -> http1::Builder {
         .max_buf_size(cfg.limits.max_header_bytes.bytes() as usize)
         .keep_alive(true);
     b
+}
+
+/// Resolves when the connection has started a request: told by
+/// `started`, or (parking) counted by `activity` past `before`.
+async fn first_request(
+    started: Option<&mut watch::Receiver<bool>>,
+    activity: Option<&Activity>,
+    before: u64,
+) {
+    match (started, activity) {
+        (Some(started), _) => {
+            let _ = started.wait_for(|s| *s).await;
+        }
+        // Only during a shutdown, bounded by the caller: a short poll.
+        (None, Some(a)) => {
+            while a.requests() == before {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+/// Resolves when `activity`'s last request in flight has ended.
+async fn became_idle(activity: Option<&Activity>) {
+    match activity {
+        Some(a) => a.became_idle().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleeps until `at`, or forever without one.
@@ -257,13 +289,13 @@ async fn drive<I, S>(
     conn: &mut http1::UpgradeableConnection<I, S>,
     client: SocketAddr,
     shutdown: &mut watch::Receiver<bool>,
-    started: &mut watch::Receiver<bool>,
+    started: Option<&mut watch::Receiver<bool>>,
     header_read: Duration,
     park: Option<(&Activity, Option<Instant>)>,
 ) -> Driven
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: HttpService<Incoming, ResBody = Body>,
+    S: HttpService<Incoming, ResBody = Tracked<Body>>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     http1::UpgradeableConnection<I, S>: Unpin,
 {
@@ -273,6 +305,7 @@ where
     let mut look = tokio::time::interval_at(Instant::now() + PARK_AFTER, PARK_AFTER);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut quiet = activity.map(Quiet::new);
+    let mut waiting_idle = false;
     loop {
         tokio::select! {
             r = &mut *conn => {
@@ -289,8 +322,14 @@ where
                     }
                     if a.busy() {
                         look.reset_after(BUSY_LOOK);
+                        waiting_idle = true;
                     }
                 }
+            }
+            _ = became_idle(activity), if waiting_idle => {
+                // Back to a look a period from now.
+                look.reset();
+                waiting_idle = false;
             }
             _ = sleep_until_or_never(until), if until.is_some() => {
                 if activity.is_some_and(|a| a.requests() == requests_before) {
@@ -307,7 +346,10 @@ where
     // fresh one too: its client, which did nothing wrong, would see its
     // first request fail (during a binary upgrade, a connection the old
     // process accepted last). Give it the head-read time to send one.
-    let first = tokio::time::timeout(header_read, started.wait_for(|s| *s));
+    let first = tokio::time::timeout(
+        header_read,
+        first_request(started, activity, requests_before),
+    );
     tokio::select! {
         _ = &mut *conn => return Driven::Ended,
         _ = first => {}

@@ -12,21 +12,18 @@
 //! holding no buffer (`TcpStream::readable`), and a new hyper connection
 //! serves them; bytes hyper had read but not parsed go first.
 //!
-//! A request counts as in flight until its response is handed to hyper;
-//! its body's writes count as activity. A body that goes quiet for that
-//! long (a stream with nothing to send) may still be in flight when the
-//! connection is stopped for parking: hyper then finishes it first, as
-//! the head is already out, and the connection parks after it.
+//! A request counts as in flight until hyper drops its response body
+//! (after the last frame); a write the client does not take keeps the
+//! connection from looking quiet too. Only a hyper connection that has
+//! answered a request is parked: one that has read part of a first head
+//! is busy to hyper, and stopping it would turn its answer into
+//! `Connection: close`. If the stop does not end hyper's part at once
+//! (busy after all: an upload still coming in after an early answer),
+//! the connection is let finish and closes, as without keep-alive.
 //!
-//! Only a hyper connection that has answered a request is parked: hyper
-//! counts a fresh one as busy, and stopping it would turn its first
-//! answer into `Connection: close`. If the stop does not end hyper's part
-//! at once (it was busy after all), the connection is let finish and
-//! closes, as it would without keep-alive.
-//!
-//! A parked connection still ends `timeouts.header_read` after it fell
-//! idle, as hyper ends an idle one: the deadline carries over to the
-//! hyper connection that wakes, until it starts a request. TLS connections are not parked: rustls
+//! A parked connection still ends `timeouts.header_read` after its last
+//! request ended, as hyper ends an idle one: the deadline carries over to
+//! the hyper connection that wakes, until it starts a request. TLS connections are not parked: rustls
 //! may hold decrypted bytes the socket's readiness would not announce.
 
 use bytes::{Buf, Bytes};
@@ -38,6 +35,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// How long a connection stays quiet, at least, before it is parked (it
 /// is looked at once per period, so between one and two periods).
@@ -48,22 +47,46 @@ pub const PARK_AFTER: Duration = Duration::from_secs(1);
 pub const BUSY_LOOK: Duration = Duration::from_secs(8);
 
 /// What the connection's serving loop knows of its hyper connection's
-/// work: requests in flight, and a count of events (reads, requests
-/// started and finished) that tells whether anything happened since it
-/// last looked.
-#[derive(Default)]
+/// work: requests in flight (until hyper drops the response body), a
+/// write that waits for the client, and a count of events (reads,
+/// writes, requests started and finished) that tells whether anything
+/// happened since it last looked.
 pub struct Activity {
     in_flight: AtomicUsize,
     /// Requests started on the connection, all hyper connections counted.
     requests: AtomicU64,
     events: AtomicU64,
+    /// A write returned `Pending`: the client is not reading.
+    write_blocked: AtomicBool,
     /// Set while hyper is being stopped for parking: the socket must
     /// outlive hyper's shutdown.
     parking: AtomicBool,
+    /// When the last request in flight ended, in ms after `base`.
+    done_ms: AtomicU64,
+    base: Instant,
+    /// Told when the last request in flight ends (for a serving loop
+    /// that looks less often while one is in flight).
+    idle: Notify,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            write_blocked: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
+            done_ms: AtomicU64::new(0),
+            base: Instant::now(),
+            idle: Notify::new(),
+        }
+    }
 }
 
 impl Activity {
-    /// A request has started; it ends when the returned guard is dropped.
+    /// A request has started; it ends when the returned guard is dropped
+    /// (it rides in the response body, see [`Tracked`]).
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
         self.requests.fetch_add(1, Relaxed);
@@ -77,6 +100,17 @@ impl Activity {
 
     pub fn busy(&self) -> bool {
         self.in_flight.load(Relaxed) > 0
+    }
+
+    /// When the last request ended (the connection's start before any).
+    pub fn idle_since(&self) -> Instant {
+        self.base + Duration::from_millis(self.done_ms.load(Relaxed))
+    }
+
+    /// Resolves once the last request in flight has ended (at once if
+    /// one ended since the previous call).
+    pub async fn became_idle(&self) {
+        self.idle.notified().await
     }
 
     fn touch(&self) {
@@ -93,8 +127,49 @@ pub struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Relaxed);
-        self.0.touch();
+        let a = &self.0;
+        if a.in_flight.fetch_sub(1, Relaxed) == 1 {
+            let ms = u64::try_from(a.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+            a.done_ms.store(ms, Relaxed);
+            a.idle.notify_one();
+        }
+        a.touch();
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until hyper
+/// drops it, after the last frame.
+pub struct Tracked<B> {
+    body: B,
+    _in_flight: Option<InFlight>,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(body: B, in_flight: Option<InFlight>) -> Tracked<B> {
+        Tracked {
+            body,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -111,11 +186,13 @@ impl Quiet {
         }
     }
 
-    /// Whether nothing happened since the last call and no request is in
-    /// flight.
+    /// Whether nothing happened since the last call, no request is in
+    /// flight and no write waits for the client.
     pub fn check(&mut self, activity: &Activity) -> bool {
         let now = activity.events.load(Relaxed);
-        let quiet = now == self.seen && activity.in_flight.load(Relaxed) == 0;
+        let quiet = now == self.seen
+            && activity.in_flight.load(Relaxed) == 0
+            && !activity.write_blocked.load(Relaxed);
         self.seen = now;
         quiet
     }
@@ -200,7 +277,11 @@ impl AsyncWrite for Parkable {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.activity.touch();
-        Pin::new(&mut this.tcp).poll_write(cx, buf)
+        let polled = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.activity
+            .write_blocked
+            .store(polled.is_pending(), Relaxed);
+        polled
     }
 
     fn poll_write_vectored(
@@ -210,7 +291,11 @@ impl AsyncWrite for Parkable {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.activity.touch();
-        Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.activity
+            .write_blocked
+            .store(polled.is_pending(), Relaxed);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

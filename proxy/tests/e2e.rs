@@ -557,11 +557,18 @@ async fn a_frame_sent_with_the_upgrade_request_is_delivered_first() {
 
 /// One keep-alive GET on `tcp`; the reply's head and body as text.
 async fn keep_alive_get(tcp: &mut tokio::net::TcpStream, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let req = format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    use tokio::io::AsyncWriteExt;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n");
     tcp.write_all(req.as_bytes())
         .await
         .expect("send the request");
+    keep_alive_get_rest(tcp).await
+}
+
+/// Ends a request head begun on `tcp` and reads its keep-alive reply.
+async fn keep_alive_get_rest(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(b"\r\n").await.expect("end the request head");
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];
     let read = async {
@@ -627,37 +634,45 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_again() {
     assert_eq!(parked().await, 0.0);
 }
 
-/// A connection that has not yet sent a request is not parked: hyper
-/// counts it busy, and stopping it would turn its first answer into
-/// `Connection: close`.
+/// Part of a request head, a pause long enough to park, then the rest:
+/// on a connection's first request (hyper counts it busy, so it is not
+/// parked) and on a later one (parked with the partial head put back).
+/// Either way the answer comes, keep-alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_is_parked_only_after_a_request() {
+async fn a_head_paused_midway_is_answered_keep_alive() {
+    use tokio::io::AsyncWriteExt;
     let b1 = TestBackend::start("b1").await;
     let proxy = ProxyProcess::start(&config(&[&b1], "", ""));
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        proxy.metric("limpet_proxy_parked_connections").await,
-        0.0,
-        "parked before its first request"
-    );
-    let reply = keep_alive_get(&mut tcp, "/late").await;
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert!(
-        !reply.to_ascii_lowercase().contains("connection: close"),
-        "{reply}"
-    );
+    for (i, path) in ["/first", "/second"].into_iter().enumerate() {
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\n").as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            proxy.metric("limpet_proxy_parked_connections").await,
+            0.0,
+            "request {i}: waits parked with a head begun"
+        );
+        tcp.write_all(b"Host: test.local\r\n").await.unwrap();
+        let reply = keep_alive_get_rest(&mut tcp).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "request {i}: {reply}");
+        assert!(
+            !reply.to_ascii_lowercase().contains("connection: close"),
+            "request {i}: {reply}"
+        );
+    }
 }
 
-/// A parked connection still ends `timeouts.header_read` after it fell
-/// idle, as hyper ends an idle keep-alive connection, even when it wakes
-/// with part of a request head (a new hyper connection must not start a
-/// new head-read time).
+/// A parked connection still ends `timeouts.header_read` after its last
+/// request ended, as hyper ends an idle keep-alive connection, even when
+/// it wakes with part of a request head (a new hyper connection must not
+/// start a new head-read time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_ends_at_the_idle_limit() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b1 = TestBackend::start("b1").await;
-    let proxy = ProxyProcess::start(&config(&[&b1], "[timeouts]\nheader_read = \"4s\"", ""));
+    let proxy = ProxyProcess::start(&config(&[&b1], "[timeouts]\nheader_read = \"6s\"", ""));
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let reply = keep_alive_get(&mut tcp, "/").await;
     let answered = std::time::Instant::now();
@@ -667,7 +682,7 @@ async fn a_parked_connection_ends_at_the_idle_limit() {
     })
     .await;
     // Just before the limit: part of a head wakes it.
-    tokio::time::sleep(Duration::from_millis(3_500).saturating_sub(answered.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(5_500).saturating_sub(answered.elapsed())).await;
     tcp.write_all(b"GET /never-finished HTTP/1.1\r\n")
         .await
         .unwrap();
@@ -676,8 +691,39 @@ async fn a_parked_connection_ends_at_the_idle_limit() {
         .await
         .expect("closed by the proxy");
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
-    // 4 s after it fell idle (plus up to a second of slack in the bound
-    // and this box's scheduling); a new head-read time would make it 7.5.
+    // 6 s after the answer (plus this box's scheduling); a new head-read
+    // time would make it 11.5.
     let took = answered.elapsed();
-    assert!(took < Duration::from_millis(6_500), "closed after {took:?}");
+    assert!(
+        took > Duration::from_millis(5_800) && took < Duration::from_millis(8_500),
+        "closed after {took:?}"
+    );
+}
+
+/// A request in flight across a look (a long poll; `/slow` answers after
+/// 3 s) does not push the idle limit back: the connection is parked soon
+/// after the answer and ends `header_read` (10 s) after it, not after a
+/// later look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_request_keeps_the_idle_limit_from_its_answer() {
+    use tokio::io::AsyncReadExt;
+    let b1 = TestBackend::start("b1").await;
+    let proxy = ProxyProcess::start(&config(&[&b1], "", ""));
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let reply = keep_alive_get(&mut tcp, "/slow").await;
+    let answered = std::time::Instant::now();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    eventually("the idle connection is parked", || async {
+        proxy.metric("limpet_proxy_parked_connections").await == 1.0
+    })
+    .await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut rest))
+        .await
+        .expect("closed by the proxy");
+    let took = answered.elapsed();
+    assert!(
+        took > Duration::from_millis(9_800) && took < Duration::from_millis(13_000),
+        "closed after {took:?}"
+    );
 }

@@ -112,7 +112,11 @@ pub fn serve_plain(
             }
             // Quiet for `PARK_AFTER` at least: hyper's part ends at once,
             // the socket stays open, until hyper would have closed it.
-            let idle_until = activity.idle_since() + header_read;
+            // From the last request's end, or two looks ago if later: an
+            // upload that went on after its answer kept hyper busy.
+            let now = Instant::now();
+            let quiet_since = now.checked_sub(2 * PARK_AFTER).unwrap_or(now);
+            let idle_until = activity.idle_since().max(quiet_since) + header_read;
             if idle_until <= Instant::now() {
                 return;
             }

@@ -42,6 +42,7 @@ pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod park;
+pub mod prefixed;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod reload;

@@ -26,7 +26,8 @@
 //! the hyper connection that wakes, until it starts a request. TLS connections are not parked: rustls
 //! may hold decrypted bytes the socket's readiness would not announce.
 
-use bytes::{Buf, Bytes};
+use crate::prefixed::Prefixed;
+use bytes::Bytes;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -199,50 +200,47 @@ impl Quiet {
 }
 
 /// A plain client socket as hyper serves it: it counts reads and writes
-/// for [`Activity`] (a response body still going out keeps the connection
-/// from looking idle), reads back first what a parked hyper connection
-/// had read but not parsed, and does not shut the socket down while
+/// for [`Activity`] (a write that returns `Pending` marks the client as
+/// not reading), reads back first what a parked hyper connection had read
+/// but not parsed ([`Prefixed`]), and does not shut the socket down while
 /// parking.
 pub struct Parkable {
-    tcp: TcpStream,
-    unread: Bytes,
+    io: Prefixed<TcpStream>,
     activity: Arc<Activity>,
 }
 
 impl Parkable {
     pub fn new(tcp: TcpStream, activity: Arc<Activity>) -> Parkable {
         Parkable {
-            tcp,
-            unread: Bytes::new(),
+            io: Prefixed::new(tcp, Bytes::new()),
             activity,
         }
     }
 
-    /// Puts back bytes read from this socket and not yet used: they are
-    /// read again before the socket's own.
+    /// Puts back bytes read from this socket and not yet used.
     pub fn unread(&mut self, bytes: Bytes) {
-        if bytes.is_empty() {
-            return;
-        }
-        self.unread = if self.unread.is_empty() {
-            bytes
-        } else {
-            [bytes, std::mem::take(&mut self.unread)].concat().into()
-        };
+        self.io.unread(bytes);
     }
 
     /// Whether bytes wait to be read back.
     pub fn has_unread(&self) -> bool {
-        !self.unread.is_empty()
+        self.io.has_leftover()
     }
 
     pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
+        self.io.get_ref()
     }
 
     /// The socket, and what is to be read before its own bytes.
     pub fn into_parts(self) -> (TcpStream, Bytes) {
-        (self.tcp, self.unread)
+        self.io.into_parts()
+    }
+
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        self.activity.touch();
+        self.activity
+            .write_blocked
+            .store(polled.is_pending(), Relaxed);
     }
 }
 
@@ -253,15 +251,8 @@ impl AsyncRead for Parkable {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.unread.is_empty() {
-            let n = this.unread.len().min(buf.remaining());
-            buf.put_slice(&this.unread[..n]);
-            this.unread.advance(n);
-            this.activity.touch();
-            return Poll::Ready(Ok(()));
-        }
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if buf.filled().len() > before {
             this.activity.touch();
         }
@@ -276,11 +267,8 @@ impl AsyncWrite for Parkable {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.activity.touch();
-        let polled = Pin::new(&mut this.tcp).poll_write(cx, buf);
-        this.activity
-            .write_blocked
-            .store(polled.is_pending(), Relaxed);
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(&polled);
         polled
     }
 
@@ -290,20 +278,17 @@ impl AsyncWrite for Parkable {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.activity.touch();
-        let polled = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
-        this.activity
-            .write_blocked
-            .store(polled.is_pending(), Relaxed);
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(&polled);
         polled
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -311,7 +296,7 @@ impl AsyncWrite for Parkable {
         if this.activity.parking.load(Relaxed) {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 

@@ -18,6 +18,7 @@
 use crate::limits::SharedSlot;
 use crate::live::Proxy;
 use crate::park::Parkable;
+use crate::prefixed::Prefixed;
 use crate::select::{ActiveGuard, Backend, Pool};
 use crate::signal::Waiter;
 use crate::tcp_relay::{IdleTimer, Relay};
@@ -440,49 +441,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 fn generic(side: Result<(TcpStream, Bytes), Upgraded>) -> Box<dyn Io> {
     match side {
-        Ok((inner, leftover)) => Box::new(Prefixed { inner, leftover }),
+        Ok((inner, leftover)) => Box::new(Prefixed::new(inner, leftover)),
         Err(upgraded) => Box::new(TokioIo::new(upgraded)),
-    }
-}
-
-/// A socket whose first bytes were already read by the HTTP layer: they
-/// are read again from here first.
-struct Prefixed<S> {
-    inner: S,
-    leftover: Bytes,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if !self.leftover.is_empty() {
-            let n = self.leftover.len().min(buf.remaining());
-            let head = self.leftover.split_to(n);
-            buf.put_slice(&head);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -664,36 +664,54 @@ async fn a_head_paused_midway_is_answered_keep_alive() {
     }
 }
 
-/// A parked connection still ends `timeouts.header_read` after its last
-/// request ended, as hyper ends an idle keep-alive connection, even when
-/// it wakes with part of a request head (a new hyper connection must not
-/// start a new head-read time).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_parked_connection_ends_at_the_idle_limit() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let b1 = TestBackend::start("b1").await;
-    let proxy = ProxyProcess::start(&config(&[&b1], "[timeouts]\nheader_read = \"6s\"", ""));
-    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let reply = keep_alive_get(&mut tcp, "/").await;
+/// One keep-alive GET of `path` answered 200, then the connection left
+/// until it is parked; when the answer came.
+async fn answered_then_parked(
+    proxy: &ProxyProcess,
+    tcp: &mut tokio::net::TcpStream,
+    path: &str,
+) -> std::time::Instant {
+    let reply = keep_alive_get(tcp, path).await;
     let answered = std::time::Instant::now();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     eventually("the idle connection is parked", || async {
         proxy.metric("limpet_proxy_parked_connections").await == 1.0
     })
     .await;
-    // Just before the limit: part of a head wakes it.
-    tokio::time::sleep(Duration::from_millis(5_500).saturating_sub(answered.elapsed())).await;
-    tcp.write_all(b"GET /never-finished HTTP/1.1\r\n")
-        .await
-        .unwrap();
+    answered
+}
+
+/// Waits until the proxy closes `tcp`, having sent nothing more; how long
+/// after `since` that was.
+async fn closed_after(tcp: &mut tokio::net::TcpStream, since: std::time::Instant) -> Duration {
+    use tokio::io::AsyncReadExt;
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut rest))
         .await
         .expect("closed by the proxy");
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    since.elapsed()
+}
+
+/// A parked connection still ends `timeouts.header_read` after its last
+/// request ended, as hyper ends an idle keep-alive connection, even when
+/// it wakes with part of a request head (a new hyper connection must not
+/// start a new head-read time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_ends_at_the_idle_limit() {
+    use tokio::io::AsyncWriteExt;
+    let b1 = TestBackend::start("b1").await;
+    let proxy = ProxyProcess::start(&config(&[&b1], "[timeouts]\nheader_read = \"6s\"", ""));
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let answered = answered_then_parked(&proxy, &mut tcp, "/").await;
+    // Just before the limit: part of a head wakes it.
+    tokio::time::sleep(Duration::from_millis(5_500).saturating_sub(answered.elapsed())).await;
+    tcp.write_all(b"GET /never-finished HTTP/1.1\r\n")
+        .await
+        .unwrap();
     // 6 s after the answer (plus this box's scheduling); a new head-read
     // time would make it 11.5.
-    let took = answered.elapsed();
+    let took = closed_after(&mut tcp, answered).await;
     assert!(
         took > Duration::from_millis(5_800) && took < Duration::from_millis(8_500),
         "closed after {took:?}"
@@ -706,22 +724,11 @@ async fn a_parked_connection_ends_at_the_idle_limit() {
 /// later look.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_request_keeps_the_idle_limit_from_its_answer() {
-    use tokio::io::AsyncReadExt;
     let b1 = TestBackend::start("b1").await;
     let proxy = ProxyProcess::start(&config(&[&b1], "", ""));
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let reply = keep_alive_get(&mut tcp, "/slow").await;
-    let answered = std::time::Instant::now();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    eventually("the idle connection is parked", || async {
-        proxy.metric("limpet_proxy_parked_connections").await == 1.0
-    })
-    .await;
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut rest))
-        .await
-        .expect("closed by the proxy");
-    let took = answered.elapsed();
+    let answered = answered_then_parked(&proxy, &mut tcp, "/slow").await;
+    let took = closed_after(&mut tcp, answered).await;
     assert!(
         took > Duration::from_millis(9_800) && took < Duration::from_millis(13_000),
         "closed after {took:?}"

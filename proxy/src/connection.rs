@@ -12,6 +12,7 @@ use crate::error::plain;
 use crate::forward;
 use crate::limits::SharedSlot;
 use crate::live::Proxy;
+use crate::metrics::GaugeHeld;
 use crate::park::{Activity, Parkable, Quiet, Tracked, BUSY_LOOK, PARK_AFTER};
 use crate::router::host_only;
 use crate::upstream::Body;
@@ -138,7 +139,7 @@ pub fn serve_plain(
             };
             service = back;
             if !parkable.has_unread() {
-                let counted = Counted::new(&proxy.metrics.parked_connections);
+                let counted = GaugeHeld::new(&proxy.metrics.parked_connections);
                 let woke = tokio::select! {
                     // Bytes that came with a shutdown are served first.
                     biased;
@@ -153,23 +154,6 @@ pub fn serve_plain(
             deadline = Some(idle_until);
             io = TokioIo::new(parkable);
         }
-    }
-}
-
-/// One more on a gauge for as long as it lives (a task dropped while
-/// parked still gives its count back).
-struct Counted<'a>(&'a prometheus::IntGauge);
-
-impl<'a> Counted<'a> {
-    fn new(gauge: &'a prometheus::IntGauge) -> Counted<'a> {
-        gauge.inc();
-        Counted(gauge)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

@@ -27,6 +27,7 @@ use crate::error::ForwardError;
 use crate::forward;
 use crate::limits::SharedSlot;
 use crate::live::Proxy;
+use crate::metrics::GaugeHeld;
 use base64::Engine;
 use http::header::{
     HeaderMap, HeaderValue, CONNECTION, COOKIE, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
@@ -142,7 +143,7 @@ pub async fn serve_h2<IO>(
     let limits = &routing.config.http2;
     let metrics = &proxy.metrics;
     metrics.http2_connections.inc();
-    let _open = OpenGauge::new(metrics.http2_open_connections.clone());
+    let _open = GaugeHeld::new(&metrics.http2_open_connections);
     let busy = Busy {
         streams: Arc::new(AtomicUsize::new(0)),
         slot: slot.clone(),
@@ -292,22 +293,6 @@ impl StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
-    }
-}
-
-/// Holds `limpet_proxy_http2_client_connections` up by one while alive.
-struct OpenGauge(prometheus::IntGauge);
-
-impl OpenGauge {
-    fn new(gauge: prometheus::IntGauge) -> OpenGauge {
-        gauge.inc();
-        OpenGauge(gauge)
-    }
-}
-
-impl Drop for OpenGauge {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

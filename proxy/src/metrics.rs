@@ -12,6 +12,23 @@ use prometheus::{
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+/// Holds a gauge up by one while alive, so that a count is given back
+/// however its owner ends (a task dropped included).
+pub struct GaugeHeld(IntGauge);
+
+impl GaugeHeld {
+    pub fn new(gauge: &IntGauge) -> GaugeHeld {
+        gauge.inc();
+        GaugeHeld(gauge.clone())
+    }
+}
+
+impl Drop for GaugeHeld {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub connections: IntCounter,

@@ -23,8 +23,9 @@
 //!
 //! A parked connection still ends `timeouts.header_read` after its last
 //! request ended, as hyper ends an idle one: the deadline carries over to
-//! the hyper connection that wakes, until it starts a request. TLS connections are not parked: rustls
-//! may hold decrypted bytes the socket's readiness would not announce.
+//! the hyper connection that wakes, until it starts a request. TLS
+//! connections are not parked: rustls may hold decrypted bytes the
+//! socket's readiness would not announce.
 
 use crate::prefixed::Prefixed;
 use bytes::Bytes;

@@ -3,7 +3,8 @@
 //! A request flows down this list, and each module uses only those below
 //! it (no import loops):
 //!
-//! * [`listen`] accepts clients and applies the connection [`limits`];
+//! * [`listen`] accepts clients ([`accept`]) and applies the connection
+//!   [`limits`];
 //!   [`handshake`] reads the PROXY header ([`proxy_protocol`]) and does
 //!   the TLS handshake ([`tls`]); [`connection`] serves HTTP/1.1 on it,
 //!   [`http2`] HTTP/2 when a TLS client chose it.
@@ -24,6 +25,7 @@
 //!   [`notify`] tells systemd when a process serves and which one is the
 //!   service's main process.
 
+pub mod accept;
 pub mod admin;
 pub mod bufpool;
 pub mod client_body;

@@ -12,6 +12,7 @@
 //! started by a binary upgrade takes its listening sockets from the old
 //! one (`handover`) instead of binding them.
 
+use crate::accept::Acceptor;
 use crate::connection::{serve_http, serve_plain, serve_redirect};
 use crate::cores::Cores;
 use crate::error::ForwardError;
@@ -32,6 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 
 pub struct Listeners {
     listeners: Vec<(TcpListener, ListenConfig)>,
@@ -120,19 +122,20 @@ async fn accept_loop(
     cores: Cores,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut conns = JoinSet::new();
+    let acceptor = match Acceptor::new(listener) {
+        Ok(acceptor) => acceptor,
+        Err(e) => {
+            tracing::error!("cannot accept on a listener: {e}");
+            return;
+        }
+    };
+    // Counts the connection tasks for the shutdown's wait, without waking
+    // this loop each time one ends (a `JoinSet` would, on another thread).
+    let conns = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.changed() => break,
-            Some(done) = conns.join_next(), if !conns.is_empty() => {
-                if let Err(e) = done {
-                    if e.is_panic() {
-                        tracing::error!("a connection task panicked: {e}");
-                    }
-                }
-                continue;
-            }
-            accepted = listener.accept() => match accepted {
+            accepted = acceptor.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     tracing::error!("accept failed: {e}");
@@ -141,7 +144,6 @@ async fn accept_loop(
                 }
             },
         };
-        let _ = tcp.set_nodelay(true);
         proxy.metrics.connections.inc();
         let max = proxy.routing().config.limits.max_connections;
         let Some(slot) = proxy.connections.admit(max) else {
@@ -150,17 +152,13 @@ async fn accept_loop(
                 .limit_rejections
                 .with_label_values(&["max_connections"])
                 .inc();
-            tokio::spawn(refuse(tcp, ForwardError::TooManyConnections));
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => drop(tokio::spawn(refuse(tcp, ForwardError::TooManyConnections))),
+                Err(e) => tracing::warn!(%peer, "cannot register a refused connection: {e}"),
+            }
             continue;
         };
-        // The socket moves to its connection thread's own event loop.
-        let tcp = match tcp.into_std() {
-            Ok(tcp) => tcp,
-            Err(e) => {
-                tracing::warn!(%peer, "cannot hand the connection to a thread: {e}");
-                continue;
-            }
-        };
+        // The socket is registered by its connection thread's event loop.
         let (proxy, mode, shutdown) = (proxy.clone(), mode.clone(), shutdown.clone());
         let serve = async move {
             match TcpStream::from_std(tcp) {
@@ -168,11 +166,12 @@ async fn accept_loop(
                 Err(e) => tracing::warn!(%peer, "cannot register the connection: {e}"),
             }
         };
-        conns.spawn_on(serve, cores.pick());
+        drop(conns.spawn_on(serve, cores.pick()));
     }
     // Stop accepting; connections finish their requests.
-    drop(listener);
-    while conns.join_next().await.is_some() {}
+    drop(acceptor);
+    conns.close();
+    conns.wait().await;
 }
 
 /// Answers with a short error and closes, instead of accepting and stalling.

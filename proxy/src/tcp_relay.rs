@@ -118,11 +118,14 @@ impl Half {
 
     /// Moves bytes until `src` has nothing more to read for now, `dst`
     /// will take no more, or this direction is over (`Ready(Ok)`).
+    /// `other_done`: the other direction is over, so the relay ends with
+    /// this one.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut TcpStream,
         dst: &mut TcpStream,
+        other_done: bool,
     ) -> Poll<io::Result<()>> {
         loop {
             if let Some(flight) = &mut self.in_flight {
@@ -135,7 +138,12 @@ impl Half {
                 return Poll::Ready(Ok(()));
             }
             if self.eof {
-                ready!(Pin::new(&mut *dst).poll_shutdown(cx))?;
+                // The last direction to end skips the shutdown: the relay
+                // ends and closing `dst` sends the same FIN, after what was
+                // written (nothing is left unread on it, so no reset).
+                if !other_done {
+                    ready!(Pin::new(&mut *dst).poll_shutdown(cx))?;
+                }
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -236,8 +244,8 @@ impl Relay {
             up,
             down,
         } = self;
-        let up_state = up.poll(cx, client, upstream);
-        let down_state = down.poll(cx, upstream, client);
+        let up_state = up.poll(cx, client, upstream, down.done);
+        let down_state = down.poll(cx, upstream, client, up.done);
         match (up_state, down_state) {
             (Poll::Ready(Err(e)), _) => Poll::Ready(End::Error {
                 copying: "client_to_backend",

@@ -29,8 +29,8 @@ pub(crate) struct ProxyRuns {
     http: Vec<(Kind, Wrk)>,
     /// CPU µs per echoed message at saturation (user, sys), median run.
     cpu: Vec<(Kind, (f64, f64))>,
-    /// Syscalls per echoed message (`strace -c -f`, a short run of its own).
-    syscalls: Vec<(Kind, f64)>,
+    /// Syscalls (`strace -c -f`, short runs of their own).
+    syscalls: Vec<(Kind, Syscalls)>,
     /// RSS growth per connection once every echo client is connected,
     /// KiB, median run.
     busy_rss: Vec<(Kind, f64)>,
@@ -122,7 +122,7 @@ pub(crate) async fn measure(
             http.push((kind, run));
         }
         if !pids.is_empty() && have("strace") {
-            if let Some(n) = syscalls_per_message(&pids, &targets, s.many_conns).await {
+            if let Some(n) = count_syscalls(&pids, &targets, s.many_conns).await {
                 syscalls.push((kind, n));
             }
         }
@@ -169,7 +169,7 @@ pub(crate) fn overhead(runs: &ProxyRuns, many_conns: usize) -> (String, Vec<Char
     if !runs.cpu.is_empty() {
         let _ = writeln!(
             md,
-            "\n### CPU and syscalls per echoed message, {many_conns} connections\n\nAn echoed message is one round trip: the proxy forwards it to the backend and the echo back. CPU: the contender's processes only (nginx: master and workers), from `/proc/<pid>/stat`, median of the runs, from all clients connected to all done. Syscalls: `strace -c -f` on the same processes over a {STRACE_SECS} s run of its own (strace slows them, so it is not timed), per message. RSS: the contender's growth once every echo client is connected, per connection.\n\n| contender | user µs | sys µs | user + sys µs | ratio | syscalls | RSS per busy connection |\n|---|---|---|---|---|---|---|"
+            "\n### CPU and syscalls per echoed message, {many_conns} connections\n\nAn echoed message is one round trip: the proxy forwards it to the backend and the echo back. CPU: the contender's processes only (nginx: master and workers), from `/proc/<pid>/stat`, median of the runs, from all clients connected to all done. Syscalls: `strace -c -f` on the same processes (strace slows them, so these runs are not timed), over two runs of their own: the {many_conns} connections opened and closed with no message, then opened, echoing for {STRACE_SECS} s and closed; per connection is the first run's count over the connections, per message the second's count less the first's, over its messages. RSS: the contender's growth once every echo client is connected, per connection.\n\n| contender | user µs | sys µs | user + sys µs | ratio | syscalls per message | syscalls per connection (open and close) | RSS per busy connection |\n|---|---|---|---|---|---|---|---|"
         );
         let base = runs
             .cpu
@@ -177,11 +177,15 @@ pub(crate) fn overhead(runs: &ProxyRuns, many_conns: usize) -> (String, Vec<Char
             .find(|(k, _)| k.name() == "nginx")
             .map_or(0.0, |(_, (u, s))| u + s);
         for (k, (user, sys)) in &runs.cpu {
-            let calls = runs
-                .syscalls
-                .iter()
-                .find(|(c, _)| c == k)
-                .map_or("–".to_string(), |(_, n)| format!("{n:.2}"));
+            let (per_msg, per_conn) = runs.syscalls.iter().find(|(c, _)| c == k).map_or(
+                ("–".to_string(), "–".to_string()),
+                |(_, n)| {
+                    (
+                        format!("{:.2}", n.per_message),
+                        format!("{:.1}", n.per_connection),
+                    )
+                },
+            );
             let busy = runs
                 .busy_rss
                 .iter()
@@ -189,7 +193,7 @@ pub(crate) fn overhead(runs: &ProxyRuns, many_conns: usize) -> (String, Vec<Char
                 .map_or("–".to_string(), |(_, kib)| format!("{kib:.1} KiB"));
             let _ = writeln!(
                 md,
-                "| {} | {:.2} | {:.2} | {:.2} | {} | {calls} | {busy} |",
+                "| {} | {:.2} | {:.2} | {:.2} | {} | {per_msg} | {per_conn} | {busy} |",
                 k.name(),
                 user,
                 sys,
@@ -301,10 +305,42 @@ fn wrk(target: SocketAddr, secs: u64) -> Wrk {
 /// Seconds of echo load `strace` watches.
 const STRACE_SECS: u64 = 3;
 
-/// Syscalls per echoed message (a round trip: the proxy forwards it to
-/// the backend and the echo back): `strace -c -f` attached to `pids` over
-/// a short echo run, its total divided by the round trips.
-async fn syscalls_per_message(pids: &[u32], targets: &[SocketAddr], conns: usize) -> Option<f64> {
+/// Syscalls a contender makes, from [`count_syscalls`].
+pub(crate) struct Syscalls {
+    /// Per echoed message (a round trip: the proxy forwards it to the
+    /// backend and the echo back), the connections' opening and closing
+    /// left out.
+    per_message: f64,
+    /// Per connection opened (WebSocket handshake, backend connect) and
+    /// closed.
+    per_connection: f64,
+}
+
+/// Counts the contender's syscalls (`strace -c -f` attached to `pids`) in
+/// two runs of `conns` connections: opened and closed without a message,
+/// then with [`STRACE_SECS`] of echo in between. The first gives the cost
+/// of a connection; the difference, the cost of the messages. Counting
+/// both in one run would charge a connection's setup to however many
+/// messages it carried while strace slowed it.
+async fn count_syscalls(pids: &[u32], targets: &[SocketAddr], conns: usize) -> Option<Syscalls> {
+    let (opening, none) = strace_calls(pids, targets, conns, Duration::ZERO).await?;
+    let (all, echoed) =
+        strace_calls(pids, targets, conns, Duration::from_secs(STRACE_SECS)).await?;
+    (echoed > none && conns > 0).then(|| Syscalls {
+        per_message: (all - opening) / (echoed - none) as f64,
+        per_connection: opening / conns as f64,
+    })
+}
+
+/// `strace -c -f` attached to `pids` over one echo run of `conns`
+/// connections echoing for `secs`: the syscalls counted and the round
+/// trips echoed.
+async fn strace_calls(
+    pids: &[u32],
+    targets: &[SocketAddr],
+    conns: usize,
+    secs: Duration,
+) -> Option<(f64, u64)> {
     let out = std::env::temp_dir().join(format!("limpet-bench-strace-{}", std::process::id()));
     let mut cmd = Command::new("strace");
     cmd.args(["-c", "-f", "-o"]).arg(&out);
@@ -318,7 +354,9 @@ async fn syscalls_per_message(pids: &[u32], targets: &[SocketAddr], conns: usize
         .ok()?;
     // strace attaches asynchronously; give it a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let run = load::echo(targets, conns, 100, Duration::from_secs(STRACE_SECS)).await;
+    let run = load::echo(targets, conns, 100, secs).await;
+    // The clients are gone; let the contender finish closing its side.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // SIGINT makes strace detach and write its summary.
     let _ = Command::new("kill")
         .args(["-INT", &strace.id().to_string()])
@@ -333,5 +371,5 @@ async fn syscalls_per_message(pids: &[u32], targets: &[SocketAddr], conns: usize
         .nth(3)?
         .parse()
         .ok()?;
-    (run.count > 0).then(|| calls / run.count as f64)
+    (run.errors == 0).then_some((calls, run.count))
 }

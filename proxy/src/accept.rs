@@ -20,6 +20,7 @@
 use rustix::net::{acceptfrom_with, sockopt, SocketFlags};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -47,19 +48,35 @@ impl Acceptor {
 
     /// The next connection: a non-blocking socket, registered with no
     /// event loop yet, and its peer's address.
+    /// A connection its client gave up on before it was accepted, or a
+    /// signal during the call, is no error of the listener: the next one
+    /// is taken at once.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         loop {
             let mut ready = self.listener.readable().await?;
             // `try_io` clears the readiness on EAGAIN, so the next wait
             // goes to epoll.
-            if let Ok(accepted) = ready.try_io(|l| accept_one(l.get_ref())) {
-                return accepted;
+            match ready.try_io(|l| accept_one(l.get_ref())) {
+                Ok(Err(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                    ) => {}
+                Ok(accepted) => return accepted,
+                Err(_would_block) => {}
             }
         }
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.get_ref().local_addr()
+    }
+}
+
+impl AsFd for Acceptor {
+    /// The listening socket, for a binary upgrade to copy and hand over.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.listener.get_ref().as_fd()
     }
 }
 

@@ -28,7 +28,7 @@ use rustix::net::{
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
 
@@ -87,18 +87,20 @@ pub struct Socket {
 }
 
 impl Socket {
-    /// A copy of `listener`'s descriptor, kept to hand over later (the
-    /// listener itself moves into its accept loop).
+    /// A copy of a listener's descriptor `fd`, listening on `local`, kept
+    /// to hand over later (the listener itself moves into its accept
+    /// loop).
     pub fn of(
         kind: Kind,
         configured: SocketAddr,
-        listener: &tokio::net::TcpListener,
+        local: SocketAddr,
+        fd: BorrowedFd<'_>,
     ) -> io::Result<Socket> {
         Ok(Socket {
             kind,
             configured,
-            local: listener.local_addr()?,
-            fd: listener.as_fd().try_clone_to_owned()?,
+            local,
+            fd: fd.try_clone_to_owned()?,
         })
     }
 }
@@ -295,9 +297,21 @@ mod tests {
         let (a, b, admin) = (listener().await, listener().await, listener().await);
         let zero: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let sent = vec![
-            Socket::of(Kind::Listen, zero, &a).unwrap(),
-            Socket::of(Kind::Listen, b.local_addr().unwrap(), &b).unwrap(),
-            Socket::of(Kind::Admin, "127.0.0.1:0".parse().unwrap(), &admin).unwrap(),
+            Socket::of(Kind::Listen, zero, a.local_addr().unwrap(), a.as_fd()).unwrap(),
+            Socket::of(
+                Kind::Listen,
+                b.local_addr().unwrap(),
+                b.local_addr().unwrap(),
+                b.as_fd(),
+            )
+            .unwrap(),
+            Socket::of(
+                Kind::Admin,
+                "127.0.0.1:0".parse().unwrap(),
+                admin.local_addr().unwrap(),
+                admin.as_fd(),
+            )
+            .unwrap(),
         ];
         let (mut old, new) = UnixStream::pair().unwrap();
         send(&mut old, &sent).await.unwrap();

@@ -7,6 +7,7 @@ use limpet_proxy::handover::{self, Inherited, Kind, Socket};
 use limpet_proxy::upgrade::{self, Upgrader};
 use limpet_proxy::{admin, cores, listen, live, notify};
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -75,8 +76,8 @@ async fn serve(config: ProxyConfig, path: Option<PathBuf>, up: Upgrade) -> anyho
         .context("copying the listening sockets")?;
     let admin_cfg = proxy.routing().config.admin.clone();
     if let Some(l) = &admin_listener {
-        sockets
-            .push(Socket::of(Kind::Admin, admin_cfg.bind, l).context("copying the admin socket")?);
+        let copy = Socket::of(Kind::Admin, admin_cfg.bind, l.local_addr()?, l.as_fd());
+        sockets.push(copy.context("copying the admin socket")?);
     }
     let upgrader = Arc::new(Upgrader::new(up.exe, up.args, sockets));
     let mut handed_over = upgrader.handed_over();

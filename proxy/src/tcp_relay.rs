@@ -93,7 +93,8 @@ struct Half {
     in_flight: Option<Box<InFlight>>,
     /// `src` sent FIN.
     eof: bool,
-    /// `dst`'s write half is shut down: this direction is over.
+    /// This direction is over: `dst`'s write half is shut down, or, for
+    /// the direction that ends last, `dst` closes with the relay.
     done: bool,
     bytes: u64,
 }

@@ -130,4 +130,14 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // tokio catches a task's panic and keeps it for a `JoinHandle` that
+    // nobody may read (the proxy's connection tasks are detached): log it
+    // as an error, where every other line goes. The default hook's message
+    // follows, with a backtrace when `RUST_BACKTRACE` asks for one.
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), "panic: {info}");
+        default(info);
+    }));
 }

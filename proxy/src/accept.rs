@@ -48,6 +48,7 @@ impl Acceptor {
 
     /// The next connection: a non-blocking socket, registered with no
     /// event loop yet, and its peer's address.
+    ///
     /// A connection its client gave up on before it was accepted, or a
     /// signal during the call, is no error of the listener: the next one
     /// is taken at once.

@@ -10,11 +10,13 @@
 
 use crate::error::plain;
 use crate::forward;
+use crate::head_timer::HeadTimer;
 use crate::limits::SharedSlot;
 use crate::live::Proxy;
 use crate::metrics::GaugeHeld;
 use crate::park::{Activity, Parkable, Quiet, Tracked, BUSY_LOOK, PARK_AFTER};
 use crate::router::host_only;
+use crate::signal::Rarely;
 use crate::upstream::Body;
 use futures_util::FutureExt;
 use hyper::body::Incoming;
@@ -47,7 +49,9 @@ pub async fn serve_http<IO>(
     let hsts = hsts.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok());
     let (started_tx, mut started) = watch::channel(false);
     let service = service(proxy, client, scheme, hsts, slot, Some(started_tx), None);
-    let mut conn = builder(cfg).serve_connection(io, service).with_upgrades();
+    let mut conn = builder(cfg, false)
+        .serve_connection(io, service)
+        .with_upgrades();
     let header_read = cfg.timeouts.header_read.get();
     drive(
         &mut conn,
@@ -94,7 +98,7 @@ pub fn serve_plain(
             // Boxed, the connection and its driving both: while parked
             // the task then holds neither.
             let mut conn = Box::new(
-                builder(&routing.config)
+                builder(&routing.config, true)
                     .serve_connection(io, service)
                     .with_upgrades(),
             );
@@ -215,10 +219,18 @@ fn service(
     })
 }
 
-fn builder(cfg: &limpet_config::ProxyConfig) -> http1::Builder {
+/// hyper's server settings. A plain connection's header-read deadline
+/// needs no timer of its own: `drive` wakes it often enough (see
+/// `head_timer`).
+fn builder(cfg: &limpet_config::ProxyConfig, plain: bool) -> http1::Builder {
     let mut b = http1::Builder::new();
-    b.timer(TokioTimer::new())
-        .header_read_timeout(cfg.timeouts.header_read.get())
+    if plain {
+        b.timer(HeadTimer);
+    } else {
+        b.timer(TokioTimer::new());
+    }
+    b.header_read_timeout(cfg.timeouts.header_read.get())
+        .writev(false)
         .max_buf_size(cfg.limits.max_header_bytes.bytes() as usize)
         .keep_alive(true);
     b
@@ -294,6 +306,11 @@ where
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut quiet = activity.map(Quiet::new);
     let mut waiting_idle = false;
+    // Every connection waits on the one shutdown channel: polled as is,
+    // each wake of each connection would take its lock.
+    let probe = shutdown.clone();
+    let stop = Rarely::new(shutdown.changed(), || probe.has_changed().unwrap_or(true));
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             r = &mut *conn => {
@@ -327,7 +344,7 @@ where
                 }
                 until = None;
             }
-            _ = shutdown.changed() => break,
+            _ = &mut stop => break,
         }
     }
     // hyper closes a connection with no request in flight at once, a
@@ -343,10 +360,15 @@ where
         _ = first => {}
     }
     // Finish the request in flight (an upgrade hands off to its tunnel,
-    // which follows the drain deadline), then close.
+    // which follows the drain deadline), then close. The look goes on
+    // for hyper's header-read deadline (see `head_timer`).
     Pin::new(&mut *conn).graceful_shutdown();
-    let _ = (&mut *conn).await;
-    Driven::Ended
+    loop {
+        tokio::select! {
+            _ = &mut *conn => return Driven::Ended,
+            _ = look.tick(), if activity.is_some() => {}
+        }
+    }
 }
 
 /// Answers every request with a 301 to the same host and path over https.

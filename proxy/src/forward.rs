@@ -18,7 +18,7 @@ use crate::headers::{self, client_ip};
 use crate::http2::Bridge;
 use crate::limits::SharedSlot;
 use crate::live::{Proxy, Routing};
-use crate::metrics::class;
+use crate::metrics::{class, class_index};
 use crate::relay;
 use crate::router::{host_only, Route};
 use crate::select::socketio::Learner;
@@ -26,7 +26,7 @@ use crate::select::{self, ActiveGuard, Backend, Choice, Pool, Wish};
 use crate::tunnel;
 use crate::upstream::{self, Body, Conn, SendError};
 use futures_util::future::Either;
-use http::header::{HeaderMap, HeaderName, HeaderValue, HOST, SET_COOKIE};
+use http::header::{HeaderMap, HeaderValue, HOST, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -181,7 +181,7 @@ impl Outgoing {
         let trusted = &cfg.trusted_proxies;
         let peer_ip = headers::canonical(peer.ip());
         let peer_trusted = trusted.iter().any(|c| c.contains(peer_ip));
-        let xff = HeaderName::from_static("x-forwarded-for");
+        let xff = headers::X_FORWARDED_FOR;
         let client = client_ip(
             peer,
             req.headers()
@@ -460,13 +460,17 @@ fn respond(
     let client = out.client;
     let labels = [pool.name(), backend.id.as_str()];
     let metrics = &proxy.metrics;
-    metrics
-        .affinity
-        .with_label_values(&[pool.name(), choice.outcome.label()])
+    pool.affinity[choice.outcome as usize]
+        .get_or_init(|| {
+            metrics
+                .affinity
+                .with_label_values(&[pool.name(), choice.outcome.label()])
+        })
         .inc();
-    metrics
+    let series = &backend.series;
+    series
         .response_seconds
-        .with_label_values(&labels)
+        .get_or_init(|| metrics.response_seconds.with_label_values(&labels))
         .observe(started.elapsed().as_secs_f64());
     let status = resp.status();
     if !status.is_server_error() {
@@ -474,9 +478,13 @@ fn respond(
     } else if pool.config.passive.fail_on_5xx {
         backend.record_failure(&pool.config, Instant::now());
     }
-    metrics
-        .requests
-        .with_label_values(&[labels[0], labels[1], class(status.as_u16())])
+    let code = status.as_u16();
+    series.requests[class_index(code)]
+        .get_or_init(|| {
+            metrics
+                .requests
+                .with_label_values(&[labels[0], labels[1], class(code)])
+        })
         .inc();
     backend
         .requests
@@ -513,8 +521,7 @@ fn respond(
     }
     if pool.config.backend_header {
         if let Ok(v) = HeaderValue::from_str(&backend.id) {
-            resp.headers_mut()
-                .insert(HeaderName::from_static("x-limpet-backend"), v);
+            resp.headers_mut().insert(headers::X_LIMPET_BACKEND, v);
         }
     }
     match client_upgrade {

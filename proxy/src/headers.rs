@@ -50,6 +50,15 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     UPGRADE,
 ];
 
+// Names made at compile time: `from_static` outside a constant parses
+// and checks its string on every call, that is on every request.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_LIMPET_BACKEND: HeaderName = HeaderName::from_static("x-limpet-backend");
+
 /// True when the request asks to switch protocols (WebSocket and friends).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE)
@@ -137,8 +146,10 @@ pub fn add_forwarded(
     proto: &str,
     peer_trusted: bool,
 ) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let fwd = HeaderName::from_static("forwarded");
+    let (xff, fwd) = (X_FORWARDED_FOR, FORWARDED);
+    // Room for the five added at once: a map sized for the client's few
+    // headers would otherwise grow (and rehash) two or three times.
+    headers.reserve(5);
     let proto = if proto == "https" { "https" } else { "http" };
     let mut buf: Vec<u8> = Vec::with_capacity(128);
     // Appended whatever the peer, as nginx's $proxy_add_x_forwarded_for
@@ -205,17 +216,17 @@ pub fn add_forwarded(
         headers.insert(xff, v);
     }
     if let Some(v) = value(real_ip) {
-        headers.insert(HeaderName::from_static("x-real-ip"), v);
+        headers.insert(X_REAL_IP, v);
     }
     headers.remove(&fwd);
     if let Some(v) = value(element) {
         headers.insert(fwd, v);
     }
-    let xfp = HeaderName::from_static("x-forwarded-proto");
+    let xfp = X_FORWARDED_PROTO;
     if !(peer_trusted && headers.contains_key(&xfp)) {
         headers.insert(xfp, HeaderValue::from_static(proto));
     }
-    let xfh = HeaderName::from_static("x-forwarded-host");
+    let xfh = X_FORWARDED_HOST;
     if !(peer_trusted && headers.contains_key(&xfh)) {
         // An HTTP/1.0 request may have no Host to put in its place; the
         // untrusted claim goes all the same.

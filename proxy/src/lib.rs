@@ -6,8 +6,9 @@
 //! * [`listen`] accepts clients ([`accept`]) and applies the connection
 //!   [`limits`];
 //!   [`handshake`] reads the PROXY header ([`proxy_protocol`]) and does
-//!   the TLS handshake ([`tls`]); [`connection`] serves HTTP/1.1 on it,
-//!   [`http2`] HTTP/2 when a TLS client chose it.
+//!   the TLS handshake ([`tls`]); [`connection`] serves HTTP/1.1 on it
+//!   (a plain one parked while idle, [`park`], with the head deadline of
+//!   [`head_timer`]), [`http2`] HTTP/2 when a TLS client chose it.
 //! * [`forward`] is the request path: [`router`] finds the pool,
 //!   [`headers`] rewrites forwarding headers and finds the client address,
 //!   [`select`] picks the backend (sticky cookies, rendezvous hashing,
@@ -35,6 +36,7 @@ pub mod error;
 pub mod forward;
 pub mod handover;
 pub mod handshake;
+pub mod head_timer;
 pub mod headers;
 pub mod health;
 pub mod http2;

@@ -383,11 +383,16 @@ impl Metrics {
 
 /// "2xx", "5xx", ...
 pub fn class(status: u16) -> &'static str {
+    ["1xx", "2xx", "3xx", "4xx", "5xx"][class_index(status)]
+}
+
+/// Where [`class`] is in a backend's `Series::requests`.
+pub fn class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }

@@ -190,6 +190,7 @@ where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (sender, conn) = http1::Builder::new()
+        .writev(false)
         .handshake(io)
         .await
         .map_err(|e| ConnectError::Handshake(address.to_string(), e))?;

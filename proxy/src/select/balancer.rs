@@ -150,4 +150,16 @@ mod tests {
         assert!(!b.is_available(now));
         assert!(b.is_available(now + std::time::Duration::from_secs(11)));
     }
+
+    #[test]
+    fn a_success_does_not_end_a_take_out_early() {
+        let p = pool(Balancer::RoundRobin, &[1]);
+        let b = &p.backends[0];
+        let now = Instant::now();
+        assert!(b.record_failure(&p.config, now));
+        // A request that was in flight before the take-out answers well.
+        b.record_success();
+        assert!(!b.is_available(now), "still out for fail_timeout");
+        assert!(b.is_available(now + std::time::Duration::from_secs(11)));
+    }
 }

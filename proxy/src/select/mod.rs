@@ -57,6 +57,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How many there are (`Sid` is the last).
+    pub const COUNT: usize = Outcome::Sid as usize + 1;
+
     /// Label of `limpet_proxy_affinity_total`.
     pub fn label(self) -> &'static str {
         match self {

@@ -14,7 +14,7 @@ use crate::upstream::IdleConns;
 use limpet_config::{BackendConfig, PoolConfig};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// Why a pool cannot be built from its config.
@@ -65,6 +65,17 @@ impl AdminState {
     }
 }
 
+/// A backend's series of the metrics every answered request counts,
+/// looked up on first use: `with_label_values` hashes its labels and
+/// takes a lock on each call. Its labels (pool name, backend id) stay the
+/// same for the backend's life, reloads included.
+#[derive(Default)]
+pub struct Series {
+    pub response_seconds: OnceLock<prometheus::Histogram>,
+    /// By status class, `1xx` to `5xx`.
+    pub requests: [OnceLock<prometheus::IntCounter>; 5],
+}
+
 pub struct Backend {
     pub id: String,
     pub address: String,
@@ -84,7 +95,14 @@ pub struct Backend {
     healthy: AtomicBool,
     state: AtomicU8,
     passive: Mutex<Passive>,
+    /// No failure counted and not taken out: every request reads the
+    /// passive state and most record a success, and a lock on a line both
+    /// connection threads write costs more than the rest of the choice.
+    /// Cleared under the lock before any failure is recorded.
+    passive_clean: AtomicBool,
     pub idle: IdleConns,
+    /// Its series of the per-request metrics (see [`Series`]).
+    pub series: Series,
     /// Fired each time health checks mark the backend down with
     /// `on_marked_down = "shutdown-tunnels"`; every open tunnel to it, and
     /// every request waiting for its answer, watches this and lets go
@@ -106,6 +124,8 @@ impl Backend {
             healthy: AtomicBool::new(true),
             state: AtomicU8::new(AdminState::Ready as u8),
             passive: Mutex::new(Passive::default()),
+            passive_clean: AtomicBool::new(true),
+            series: Series::default(),
             idle: IdleConns::default(),
             marked_down: Signal::default(),
         }
@@ -132,7 +152,9 @@ impl Backend {
 
     /// Healthy by active and passive checks.
     pub fn is_available(&self, now: Instant) -> bool {
-        self.healthy.load(Relaxed) && self.passive.lock().down_until.is_none_or(|t| now >= t)
+        self.healthy.load(Relaxed)
+            && (self.passive_clean.load(Relaxed)
+                || self.passive.lock().down_until.is_none_or(|t| now >= t))
     }
 
     pub fn admin_state(&self) -> AdminState {
@@ -179,7 +201,9 @@ impl Backend {
         let was = self.healthy.swap(up, Relaxed);
         if up && !was {
             // A backend that passes its checks again starts with a clean slate.
-            *self.passive.lock() = Passive::default();
+            let mut p = self.passive.lock();
+            *p = Passive::default();
+            self.passive_clean.store(true, Relaxed);
         }
         was != up
     }
@@ -198,6 +222,7 @@ impl Backend {
         }
         let window = cfg.passive.fail_timeout.get();
         let mut p = self.passive.lock();
+        self.passive_clean.store(false, Relaxed);
         if p.window_start
             .is_none_or(|s| now.duration_since(s) > window)
         {
@@ -215,10 +240,17 @@ impl Backend {
     }
 
     pub fn record_success(&self) {
+        if self.passive_clean.load(Relaxed) {
+            return;
+        }
         let mut p = self.passive.lock();
         if p.fails > 0 {
             p.fails = 0;
             p.window_start = None;
+        }
+        if p.down_until.is_none_or(|t| Instant::now() >= t) {
+            p.down_until = None;
+            self.passive_clean.store(true, Relaxed);
         }
     }
 }
@@ -271,6 +303,9 @@ pub struct Pool {
     pub(crate) next: AtomicUsize,
     /// Smooth weighted round-robin current weights, one per backend.
     pub(crate) current_weights: Mutex<Vec<i64>>,
+    /// Its series of `limpet_proxy_affinity_total`, by [`super::Outcome`],
+    /// looked up on first use (as [`Series`]).
+    pub affinity: [OnceLock<prometheus::IntCounter>; super::Outcome::COUNT],
 }
 
 impl Pool {
@@ -334,6 +369,7 @@ impl Pool {
             upstream_tls,
             next: AtomicUsize::new(0),
             current_weights: Mutex::new(vec![0; n]),
+            affinity: Default::default(),
         })
     }
 

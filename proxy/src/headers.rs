@@ -198,7 +198,8 @@ pub fn add_forwarded(
     }
     buf.extend_from_slice(b";proto=");
     buf.extend_from_slice(proto.as_bytes());
-    if let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok()) {
+    let host = headers.get(HOST).cloned();
+    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
         buf.extend_from_slice(b";host=\"");
         for &b in host.as_bytes() {
             if matches!(b, b'"' | b'\\') {
@@ -211,17 +212,9 @@ pub fn add_forwarded(
     let element = element_at..buf.len();
     let buf = Bytes::from(buf);
     let value = |range| HeaderValue::from_maybe_shared(buf.slice(range)).ok();
-    headers.remove(&xff);
-    if let Some(v) = value(chain) {
-        headers.insert(xff, v);
-    }
-    if let Some(v) = value(real_ip) {
-        headers.insert(X_REAL_IP, v);
-    }
-    headers.remove(&fwd);
-    if let Some(v) = value(element) {
-        headers.insert(fwd, v);
-    }
+    replace(headers, xff, value(chain));
+    replace(headers, X_REAL_IP, value(real_ip));
+    replace(headers, fwd, value(element));
     let xfp = X_FORWARDED_PROTO;
     if !(peer_trusted && headers.contains_key(&xfp)) {
         headers.insert(xfp, HeaderValue::from_static(proto));
@@ -230,9 +223,20 @@ pub fn add_forwarded(
     if !(peer_trusted && headers.contains_key(&xfh)) {
         // An HTTP/1.0 request may have no Host to put in its place; the
         // untrusted claim goes all the same.
-        headers.remove(&xfh);
-        if let Some(host) = headers.get(HOST).cloned() {
-            headers.insert(xfh, host);
+        replace(headers, xfh, host);
+    }
+}
+
+/// Sets `name` to `value` alone, or removes it without one. `insert`
+/// drops every earlier value of its name itself: a `remove` first would
+/// look the name up twice.
+fn replace(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
+    match value {
+        Some(v) => {
+            headers.insert(name, v);
+        }
+        None => {
+            headers.remove(name);
         }
     }
 }
@@ -445,6 +449,24 @@ mod tests {
         assert_eq!(h.get("x-forwarded-for").unwrap(), "6.6.6.6, 10.0.0.2");
         assert_eq!(h.get("x-real-ip").unwrap(), "10.0.0.2");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        // Repeated headers become one each, the client's own claims gone.
+        let mut h = map(&[
+            ("host", "example.com"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
+        h.append("x-real-ip", HeaderValue::from_static("7.7.7.7"));
+        h.append(
+            "x-forwarded-host",
+            HeaderValue::from_static("evil2.example"),
+        );
+        add_forwarded(&mut h, peer, peer, "http", false);
+        let all = |name: &str| -> Vec<_> { h.get_all(name).iter().cloned().collect() };
+        assert_eq!(all("x-forwarded-for"), ["1.1.1.1, 2.2.2.2, 10.0.0.2"]);
+        assert_eq!(all("x-real-ip"), ["10.0.0.2"]);
+        assert_eq!(all("x-forwarded-host"), ["example.com"]);
     }
 
     /// Found by the fuzz target `proxy_head`: an HTTP/1.0 request (no

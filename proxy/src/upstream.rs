@@ -23,6 +23,18 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// Most idle connections kept per backend and connection thread.
 const MAX_IDLE: usize = 128;
 
+/// hyper's read and write buffer bound on a backend connection. Requests
+/// go out with one `send`, their body copied behind the head, not a
+/// `writev` of the pieces: a shorter path through the kernel (sys time per
+/// plain request -3.5 % with the client side, `connection::builder`).
+/// hyper keeps that buffer at its largest size while the connection is
+/// pooled, so it is bounded here: an upload leaves at most this plus one
+/// chunk of the client's body (itself bounded by `max_header_bytes`) on a
+/// pooled connection, against hyper's default of about 400 KiB. It also
+/// caps one read of a response body, and a response head (nginx's
+/// `proxy_buffer_size` is 4 or 8 KiB).
+const UPSTREAM_BUF: usize = 64 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("connect to {0} timed out")]
@@ -191,6 +203,7 @@ where
 {
     let (sender, conn) = http1::Builder::new()
         .writev(false)
+        .max_buf_size(UPSTREAM_BUF)
         .handshake(io)
         .await
         .map_err(|e| ConnectError::Handshake(address.to_string(), e))?;

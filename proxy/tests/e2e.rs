@@ -363,6 +363,36 @@ async fn forwarded_headers_with_and_without_a_trusted_peer() {
     );
 }
 
+/// Bodies far larger than the buffers hyper is given (a plain answer is
+/// copied behind its head; a backend connection's buffers are bounded,
+/// see `upstream::UPSTREAM_BUF`) pass whole both ways, and the backend
+/// connections that carried them serve the next requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_pass_whole_both_ways() {
+    let b1 = TestBackend::start("b1").await;
+    let proxy = ProxyProcess::start(&config(&[&b1], "", ""));
+    let upload = "u".repeat(3 * 1024 * 1024 + 7);
+    for _ in 0..2 {
+        let reply = request(proxy.addr, "POST", "/upload", &[], &upload).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(
+            reply.body.contains(&format!("bytes={}\n", upload.len())),
+            "{}",
+            reply.body
+        );
+        let reply = http(proxy.addr, "GET", "/big", &[]).await;
+        assert_eq!(reply.status, 200);
+        let big = big_body();
+        assert!(
+            reply.body == big,
+            "{} bytes back of {}",
+            reply.body.len(),
+            big.len()
+        );
+    }
+    assert_eq!(http(proxy.addr, "GET", "/", &[]).await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_oversized_headers_and_no_backend() {
     let b1 = TestBackend::start("b1").await;

@@ -57,8 +57,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// How many there are (`Sid` is the last).
-    pub const COUNT: usize = Outcome::Sid as usize + 1;
+    /// How many there are: [`Outcome::index`] is below it.
+    pub const COUNT: usize = 7;
+
+    /// Its place in a per-outcome array (`Pool::affinity`). A match, so
+    /// that a new outcome must be given one here, next to [`Outcome::COUNT`].
+    pub const fn index(self) -> usize {
+        match self {
+            Outcome::Hit => 0,
+            Outcome::New => 1,
+            Outcome::Invalid => 2,
+            Outcome::Down => 3,
+            Outcome::Hashed => 4,
+            Outcome::Balanced => 5,
+            Outcome::Sid => 6,
+        }
+    }
 
     /// Label of `limpet_proxy_affinity_total`.
     pub fn label(self) -> &'static str {

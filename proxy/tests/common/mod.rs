@@ -127,6 +127,12 @@ impl Drop for TestBackend {
     }
 }
 
+/// What a test backend answers to `/big`: 3.25 MB of numbered lines, so
+/// a piece lost, doubled or moved shows.
+pub fn big_body() -> String {
+    (0..250_000).map(|i| format!("line {i:07}\n")).collect()
+}
+
 /// `/upload`: reads the whole request body before answering, as most real
 /// backends do, so a slow upload keeps the proxy waiting for the answer.
 async fn upload_respond(
@@ -170,6 +176,9 @@ fn backend_respond(
         };
     }
     requests.fetch_add(1, Relaxed);
+    if req.uri().path() == "/big" {
+        return text(StatusCode::OK, big_body());
+    }
     if let Some(key) = req.headers().get("sec-websocket-key").cloned() {
         if req.uri().path() == "/refuse-upgrade" {
             return text(StatusCode::FORBIDDEN, format!("{id} refuses\n"));

@@ -181,11 +181,10 @@ impl Outgoing {
         let trusted = &cfg.trusted_proxies;
         let peer_ip = headers::canonical(peer.ip());
         let peer_trusted = trusted.iter().any(|c| c.contains(peer_ip));
-        let xff = headers::X_FORWARDED_FOR;
         let client = client_ip(
             peer,
             req.headers()
-                .get_all(&xff)
+                .get_all(headers::X_FORWARDED_FOR)
                 .iter()
                 .filter_map(|v| v.to_str().ok()),
             trusted,

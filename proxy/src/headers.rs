@@ -146,7 +146,6 @@ pub fn add_forwarded(
     proto: &str,
     peer_trusted: bool,
 ) {
-    let (xff, fwd) = (X_FORWARDED_FOR, FORWARDED);
     // Room for the five added at once: a map sized for the client's few
     // headers would otherwise grow (and rehash) two or three times.
     headers.reserve(5);
@@ -155,7 +154,7 @@ pub fn add_forwarded(
     // Appended whatever the peer, as nginx's $proxy_add_x_forwarded_for
     // does; X-Real-IP carries the address we actually believe.
     for (i, prior) in headers
-        .get_all(&xff)
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .enumerate()
@@ -183,7 +182,11 @@ pub fn add_forwarded(
     // proxy is extended, anyone else's claim is replaced by what we saw.
     let element_at = buf.len();
     if peer_trusted {
-        for prior in headers.get_all(&fwd).iter().filter_map(|v| v.to_str().ok()) {
+        for prior in headers
+            .get_all(FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
             buf.extend_from_slice(prior.as_bytes());
             buf.extend_from_slice(b", ");
         }
@@ -212,18 +215,16 @@ pub fn add_forwarded(
     let element = element_at..buf.len();
     let buf = Bytes::from(buf);
     let value = |range| HeaderValue::from_maybe_shared(buf.slice(range)).ok();
-    replace(headers, xff, value(chain));
+    replace(headers, X_FORWARDED_FOR, value(chain));
     replace(headers, X_REAL_IP, value(real_ip));
-    replace(headers, fwd, value(element));
-    let xfp = X_FORWARDED_PROTO;
-    if !(peer_trusted && headers.contains_key(&xfp)) {
-        headers.insert(xfp, HeaderValue::from_static(proto));
+    replace(headers, FORWARDED, value(element));
+    if !(peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    let xfh = X_FORWARDED_HOST;
-    if !(peer_trusted && headers.contains_key(&xfh)) {
+    if !(peer_trusted && headers.contains_key(X_FORWARDED_HOST)) {
         // An HTTP/1.0 request may have no Host to put in its place; the
         // untrusted claim goes all the same.
-        replace(headers, xfh, host);
+        replace(headers, X_FORWARDED_HOST, host);
     }
 }
 

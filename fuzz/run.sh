@@ -13,7 +13,7 @@ if ! "$CARGO" fuzz --version >/dev/null 2>&1; then
 fi
 
 # Largest input per target: a request head, a PROXY header, a cookie value,
-# a WebSocket message, client WebSocket frames, a config file.
+# a WebSocket message, client WebSocket frames, broker replies, a config file.
 max_len() {
     case "$1" in
         broker_resp) echo 4096 ;;
@@ -22,6 +22,7 @@ max_len() {
         proxy_cookie) echo 512 ;;
         node_protocol) echo 4096 ;;
         node_ws) echo 4096 ;;
+        node_resp) echo 4096 ;;
         config_toml) echo 65536 ;;
         *) echo 4096 ;;
     esac

@@ -51,7 +51,7 @@
 use crate::backoff::Backoff;
 use crate::backplane::{Backplane, Inbound};
 pub use crate::link::Deadlines;
-use crate::link::{open, refused, Incoming};
+use crate::link::{open, refused, refused_by_server, Incoming, LinkError};
 use crate::metrics::Counters;
 use crate::seal::Seal;
 use crate::shards::{Done, Shards};
@@ -78,6 +78,18 @@ pub(crate) struct Publish {
     since: Instant,
     /// A room or direct message: shed first, and when it is too old.
     volatile: bool,
+}
+
+#[cfg(test)]
+impl Publish {
+    pub(crate) fn new(channel: String, payload: Bytes) -> Publish {
+        Publish {
+            channel,
+            payload,
+            since: Instant::now(),
+            volatile: true,
+        }
+    }
 }
 
 /// How the backplane connects and what it accepts.
@@ -141,10 +153,14 @@ impl Broker {
             max_age: settings.max_age,
             counters,
         });
+        // The longest message the link reads: one it could not queue
+        // anyway (at least 1 MiB, for a deliberately small budget).
+        let max_message = settings.inbound_queue_bytes.max(1 << 20);
         let task = run(
             settings.urls,
             settings.cluster,
             settings.deadlines,
+            max_message,
             settings.backoff_max,
             rx,
             inbound,
@@ -328,10 +344,12 @@ impl Drop for Reader {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     urls: Vec<String>,
     cluster: bool,
     deadlines: Deadlines,
+    max_message: usize,
     backoff_max: Duration,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     inbound: mpsc::UnboundedSender<Inbound>,
@@ -348,7 +366,7 @@ async fn run(
     loop {
         let attempt = tokio::time::Instant::now();
         let link = tokio::select! {
-            r = open(&urls, cluster, deadlines) => r,
+            r = open(&urls, cluster, deadlines, max_message) => r,
             // Keep the wish list current while connecting.
             cmd = rx.recv() => {
                 match cmd {
@@ -450,7 +468,7 @@ async fn run(
                             counters.published.inc_by(sent.ok);
                             if let Some(e) = sent.error {
                                 crate::shards::note_member_failed(&counters, sent.failed, &e);
-                                if !refused(&e) && shards.silent_for(deadlines.response) {
+                                if !refused_by_server(&e) && shards.silent_for(deadlines.response) {
                                     tracing::warn!(broker = %target, "broker command failed: {e}; no cluster member answered for {:?}", deadlines.response);
                                     break;
                                 }
@@ -593,7 +611,7 @@ fn next_batch(
 
 /// Counts a SUBSCRIBE the broker refused; logs the first and every 100th,
 /// since a node over a broker's channel cap meets one per room joined.
-fn note_refused(counters: &Counters, channel: &str, e: &redis::RedisError) {
+fn note_refused(counters: &Counters, channel: &str, e: &LinkError) {
     if counters.subscribe_refused.get().is_multiple_of(100) {
         tracing::warn!(%channel, "broker refused a subscribe: {e}; rooms on this channel stay local to this node");
     }

@@ -176,7 +176,7 @@ impl Link {
         let mut c = self.get().await?;
         let r = c.query(pipe).await;
         if let Err(e) = &r {
-            if !crate::link::refused(e) {
+            if !crate::link::refused_by_server(e) {
                 self.broken().await;
             }
         }

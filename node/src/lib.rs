@@ -13,7 +13,8 @@
 //! queries; [`peers`] the peer table and open queries; [`envelope`]
 //! cross-node envelopes; [`seal`] their HMAC seal; [`backplane`] the
 //! backplane trait and channel names; [`broker`] the backplane over a
-//! Redis-protocol broker; [`shed`] the byte budgets and age limit that keep
+//! Redis-protocol broker; [`link`] its connections; [`resp`] the Redis
+//! protocol as the standalone link reads it; [`shed`] the byte budgets and age limit that keep
 //! the message path's queues short under load; [`redact`] broker URLs as
 //! logs show them (no password); [`metrics`]; [`auth`] JSON Web Tokens
 //! and what they allow; [`history`] room history in the broker and
@@ -40,6 +41,7 @@ pub mod presence;
 pub mod protocol;
 pub mod recovery;
 pub mod redact;
+pub mod resp;
 pub mod rooms;
 pub mod seal;
 pub mod shards;

@@ -11,12 +11,48 @@
 //! member missing, a member's disconnection does not end [`Incoming`], and
 //! publishes run detached ([`Link::publish_detached`]) so that one waiting
 //! for a cut member does not hold up the rooms on the others.
+//!
+//! A single broker (limpet-broker, or one Redis server) is one RESP3
+//! connection of our own, not the Redis client's: publishes, subscribes
+//! and the messages pushed back share it, its reader parses them in place
+//! ([`crate::resp`]) and hands answers to the sending side in the order
+//! the commands went out. The Redis client put a task and a channel of its
+//! own on both sides of the socket (two connections, four tasks); RESP3
+//! (Redis 6 and later, and limpet-broker) lets one connection carry
+//! commands while it is subscribed. Answers are only taken while a command
+//! waits for one: a broker that sends an answer nobody asked for, or bytes
+//! that are not RESP, or a bulk string over `limits.inbound_queue_bytes`
+//! (it could not be queued anyway), loses the connection, which is then
+//! reconnected as after any other failure.
 
 use crate::broker::Publish;
-use bytes::Bytes;
-use futures_util::StreamExt;
+use crate::resp::{self, Answer, Frame};
+use bytes::{Buf, Bytes, BytesMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
+
+/// Why a command or an opening attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LinkError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// An error reply: the broker refused the command, the connection is fine.
+    #[error("{0}")]
+    Refused(String),
+    /// The connection cannot be used (a refused handshake, bytes that are
+    /// not the protocol, a URL this link cannot serve).
+    #[error("{0}")]
+    Broken(String),
+    /// From the Redis client (a cluster, or a URL it could not parse).
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+type LinkResult<T> = Result<T, LinkError>;
 
 /// An open connection set, standalone or cluster: the side that sends
 /// commands, each bounded by the response deadline. What the broker
@@ -27,10 +63,7 @@ pub(crate) struct Link {
 }
 
 enum Conns {
-    Standalone {
-        publisher: redis::aio::MultiplexedConnection,
-        sink: redis::aio::PubSubSink,
-    },
+    Standalone(Sender),
     Cluster {
         conn: redis::cluster_async::ClusterConnection,
     },
@@ -38,7 +71,7 @@ enum Conns {
 
 /// The messages the broker pushes on an open connection set.
 pub(crate) enum Incoming {
-    Standalone(redis::aio::PubSubStream),
+    Standalone(Reader),
     Cluster(mpsc::UnboundedReceiver<redis::PushInfo>),
 }
 
@@ -62,14 +95,14 @@ pub struct Deadlines {
 
 /// `fut`, or a timeout error (an I/O error, so the link is treated as
 /// broken, not as refused) after `limit`.
-async fn bounded<T>(
+async fn bounded<T, E: From<std::io::Error>>(
     what: &str,
     limit: Duration,
-    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> redis::RedisResult<T> {
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
-        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+        Err(_) => Err(E::from(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("{what}: no answer from the broker within {limit:?}"),
         ))),
@@ -83,11 +116,12 @@ pub(crate) async fn open(
     urls: &[String],
     cluster: bool,
     deadlines: Deadlines,
-) -> redis::RedisResult<(Link, Incoming)> {
+    max_bulk: usize,
+) -> LinkResult<(Link, Incoming)> {
     let (conns, incoming) = bounded(
         "connect",
         open_limit(cluster, deadlines.connect),
-        open_unbounded(urls, cluster, deadlines),
+        open_unbounded(urls, cluster, deadlines, max_bulk),
     )
     .await?;
     let link = Link {
@@ -113,7 +147,8 @@ async fn open_unbounded(
     urls: &[String],
     cluster: bool,
     deadlines: Deadlines,
-) -> redis::RedisResult<(Conns, Incoming)> {
+    max_bulk: usize,
+) -> LinkResult<(Conns, Incoming)> {
     let Deadlines {
         connect: connect_timeout,
         response: response_timeout,
@@ -129,60 +164,252 @@ async fn open_unbounded(
         let conn = client.get_async_connection().await?;
         return Ok((Conns::Cluster { conn }, Incoming::Cluster(pushes)));
     }
-    // Without TCP_NODELAY (the Redis client's default is off) a pipeline's
-    // last segment can wait for a delayed ACK, tens of milliseconds per
-    // batch, which caps what the node can publish.
-    let info = redis::IntoConnectionInfo::into_connection_info(urls[0].as_str())?
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    let client = redis::Client::open(info)?;
-    let publisher = client
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(response_timeout))
-                .set_connection_timeout(Some(connect_timeout)),
-        )
-        .await?;
-    let (sink, stream) = client.get_async_pubsub().await?.split();
-    Ok((
-        Conns::Standalone { publisher, sink },
-        Incoming::Standalone(stream),
-    ))
+    let (sender, reader) = open_standalone(&urls[0], max_bulk).await?;
+    Ok((Conns::Standalone(sender), Incoming::Standalone(reader)))
+}
+
+/// The sending side of a single broker's connection: commands are
+/// written here, and their answers come back from the [`Reader`] in the
+/// order they were sent.
+struct Sender {
+    write: OwnedWriteHalf,
+    /// Commands being encoded; kept between calls.
+    out: Vec<u8>,
+    answers: mpsc::UnboundedReceiver<Answer>,
+    /// Answers owed: raised before commands are written, lowered by the
+    /// reader for each answer it passes on. An answer while none is owed
+    /// is a protocol error, so the channel above holds at most this many.
+    owed: Arc<AtomicUsize>,
+}
+
+/// The reading side of a single broker's connection.
+pub(crate) struct Reader {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    answers: mpsc::UnboundedSender<Answer>,
+    owed: Arc<AtomicUsize>,
+    max_bulk: usize,
+}
+
+/// What one read asks the kernel for; the buffer is one per node.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Connects, then says HELLO 3 (with AUTH when the URL has a password).
+async fn open_standalone(url: &str, max_bulk: usize) -> LinkResult<(Sender, Reader)> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+    let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+        return Err(LinkError::Broken(
+            "only redis:// over plain TCP is supported for the broker link".into(),
+        ));
+    };
+    let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+    // Without TCP_NODELAY a pipeline's last segment can wait for a delayed
+    // ACK, tens of milliseconds per batch, which caps what the node can
+    // publish.
+    stream.set_nodelay(true)?;
+    let (read, write) = stream.into_split();
+    let (tx, answers) = mpsc::unbounded_channel();
+    let owed = Arc::new(AtomicUsize::new(0));
+    let mut sender = Sender {
+        write,
+        out: Vec::new(),
+        answers,
+        owed: owed.clone(),
+    };
+    let mut reader = Reader {
+        read,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        answers: tx,
+        owed,
+        max_bulk,
+    };
+    let settings = info.redis_settings();
+    let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
+    if let Some(password) = settings.password() {
+        let user = settings.username().unwrap_or("default");
+        hello.extend([&b"AUTH"[..], user.as_bytes(), password.as_bytes()]);
+    }
+    resp::command(&mut sender.out, &hello);
+    sender.write.write_all(&sender.out).await?;
+    sender.out.clear();
+    // The reader is not running yet: HELLO's answer is read here, before
+    // anything is owed.
+    let answer = match reader.next_frame().await {
+        Some(Arrived::Answer(a)) => a,
+        _ => {
+            return Err(LinkError::Broken(
+                "the broker closed the connection or sent no answer to HELLO".into(),
+            ))
+        }
+    };
+    match answer {
+        Answer::Ok => Ok((sender, reader)),
+        Answer::Error(e) => Err(LinkError::Broken(format!(
+            "the broker refused HELLO 3 (it takes Redis 6 or later, and the password if the broker has one): {e}"
+        ))),
+    }
+}
+
+/// One thing read from a single broker's connection.
+enum Arrived {
+    Message(String, Bytes),
+    Answer(Answer),
+}
+
+impl Sender {
+    /// Writes the commands encoded in `out`, `n` of them, owing as many
+    /// answers.
+    async fn send(&mut self, n: usize) -> LinkResult<()> {
+        self.owed.fetch_add(n, Ordering::AcqRel);
+        let r = self.write.write_all(&self.out).await;
+        self.out.clear();
+        Ok(r?)
+    }
+
+    /// Sends the `n` commands encoded in `out` and waits for their answers;
+    /// the first error reply, if any, once all are in.
+    async fn call(&mut self, n: usize) -> LinkResult<()> {
+        self.send(n).await?;
+        let mut refused = None;
+        for _ in 0..n {
+            match self.answers.recv().await {
+                Some(Answer::Ok) => {}
+                Some(Answer::Error(e)) => {
+                    refused.get_or_insert(e);
+                }
+                None => {
+                    return Err(LinkError::Io(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the broker connection closed",
+                    )))
+                }
+            }
+        }
+        refused.map_or(Ok(()), |e| Err(LinkError::Refused(e)))
+    }
+}
+
+impl Reader {
+    /// The next message or answer; `None` once the connection is gone or
+    /// has sent something it may not.
+    async fn next_frame(&mut self) -> Option<Arrived> {
+        loop {
+            match resp::parse(&self.buf, self.max_bulk) {
+                Ok(Some((frame, used))) => {
+                    let item = match frame {
+                        Frame::Message { channel, payload } => {
+                            match std::str::from_utf8(channel) {
+                                Ok(c) => Some(Arrived::Message(
+                                    c.to_string(),
+                                    Bytes::copy_from_slice(payload),
+                                )),
+                                // Not a channel this node subscribes to.
+                                Err(_) => None,
+                            }
+                        }
+                        Frame::Answer(a) => Some(Arrived::Answer(a)),
+                        Frame::Ignored => None,
+                    };
+                    self.buf.advance(used);
+                    if let Some(item) = item {
+                        return Some(item);
+                    }
+                }
+                Ok(None) => {
+                    // Any frame the node takes is two strings within the
+                    // limit and a few lines: more than that still
+                    // incomplete is an aggregate without end.
+                    if self.buf.len() > 2 * (self.max_bulk + resp::MAX_LINE) {
+                        tracing::warn!(
+                            buffered = self.buf.len(),
+                            "the broker sent a frame larger than any message the node takes; reconnecting"
+                        );
+                        return None;
+                    }
+                    if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+                        // A large message came and went: do not keep its room.
+                        self.buf = BytesMut::with_capacity(READ_CHUNK);
+                    }
+                    self.buf.reserve(READ_CHUNK);
+                    match self.read.read_buf(&mut self.buf).await {
+                        Ok(0) => return None,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!("broker connection read failed: {e}");
+                            return None;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("the broker sent something that is not the Redis protocol ({e}); reconnecting");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The next published message. Answers are passed to the sending side
+    /// on the way.
+    async fn next(&mut self) -> Option<(String, Bytes)> {
+        loop {
+            match self.next_frame().await? {
+                Arrived::Message(channel, payload) => return Some((channel, payload)),
+                Arrived::Answer(answer) => {
+                    let owed = self
+                        .owed
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                    if owed.is_err() {
+                        tracing::warn!("the broker sent an answer to no command; reconnecting");
+                        return None;
+                    }
+                    // The sending side may have given up (a timeout).
+                    let _ = self.answers.send(answer);
+                }
+            }
+        }
+    }
 }
 
 impl Link {
-    pub(crate) async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+    pub(crate) async fn subscribe(&mut self, channel: &str) -> LinkResult<()> {
         let limit = self.response;
         match &mut self.conns {
-            Conns::Standalone { sink, .. } => {
-                bounded("SUBSCRIBE", limit, sink.subscribe(channel)).await
-            }
-            Conns::Cluster { conn } => bounded("SSUBSCRIBE", limit, conn.ssubscribe(channel)).await,
-        }
-    }
-
-    pub(crate) async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
-        let limit = self.response;
-        match &mut self.conns {
-            Conns::Standalone { sink, .. } => {
-                bounded("UNSUBSCRIBE", limit, sink.unsubscribe(channel)).await
+            Conns::Standalone(sender) => {
+                resp::command(&mut sender.out, &[b"SUBSCRIBE", channel.as_bytes()]);
+                bounded("SUBSCRIBE", limit, sender.call(1)).await
             }
             Conns::Cluster { conn } => {
-                bounded("SUNSUBSCRIBE", limit, conn.sunsubscribe(channel)).await
+                Ok(bounded("SSUBSCRIBE", limit, conn.ssubscribe(channel)).await?)
             }
         }
     }
 
-    pub(crate) async fn publish(&mut self, batch: &[Publish]) -> redis::RedisResult<()> {
+    pub(crate) async fn unsubscribe(&mut self, channel: &str) -> LinkResult<()> {
+        let limit = self.response;
         match &mut self.conns {
-            Conns::Standalone { publisher, .. } => {
-                let mut pipe = redis::pipe();
+            Conns::Standalone(sender) => {
+                resp::command(&mut sender.out, &[b"UNSUBSCRIBE", channel.as_bytes()]);
+                bounded("UNSUBSCRIBE", limit, sender.call(1)).await
+            }
+            Conns::Cluster { conn } => {
+                Ok(bounded("SUNSUBSCRIBE", limit, conn.sunsubscribe(channel)).await?)
+            }
+        }
+    }
+
+    /// One pipeline on a single broker, bounded by the response deadline
+    /// as a whole; one command per publish on a cluster.
+    pub(crate) async fn publish(&mut self, batch: &[Publish]) -> LinkResult<()> {
+        let limit = self.response;
+        match &mut self.conns {
+            Conns::Standalone(sender) => {
                 for p in batch {
-                    pipe.cmd("PUBLISH")
-                        .arg(&p.channel)
-                        .arg(&p.payload[..])
-                        .ignore();
+                    resp::command(
+                        &mut sender.out,
+                        &[b"PUBLISH", p.channel.as_bytes(), &p.payload[..]],
+                    );
                 }
-                pipe.query_async(publisher).await
+                bounded("PUBLISH", limit, sender.call(batch.len())).await
             }
             Conns::Cluster { conn } => {
                 // Shard channels live on different nodes: one command each.
@@ -272,13 +499,7 @@ impl Incoming {
     /// The next message, or `None` when the connection is gone.
     pub(crate) async fn next(&mut self) -> Option<(String, Bytes)> {
         match self {
-            Incoming::Standalone(stream) => {
-                let msg = stream.next().await?;
-                Some((
-                    msg.get_channel_name().to_string(),
-                    Bytes::copy_from_slice(msg.get_payload_bytes()),
-                ))
-            }
+            Incoming::Standalone(reader) => reader.next().await,
             Incoming::Cluster(pushes) => loop {
                 let push = pushes.recv().await?;
                 match push.kind {
@@ -307,9 +528,23 @@ impl Incoming {
 /// the connection. A refusal leaves the connection usable, so it is
 /// counted and logged, not treated as a broken link: reconnecting would
 /// only be refused again, in a loop.
-pub(crate) fn refused(e: &redis::RedisError) -> bool {
+pub(crate) fn refused(e: &LinkError) -> bool {
+    match e {
+        LinkError::Refused(_) => true,
+        LinkError::Redis(e) => refused_by_server(e),
+        LinkError::Io(_) | LinkError::Broken(_) => false,
+    }
+}
+
+/// [`refused`], for the Redis client's errors (a cluster's detached
+/// publishes).
+pub(crate) fn refused_by_server(e: &redis::RedisError) -> bool {
     matches!(
         e.kind(),
         redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
     )
 }
+
+#[cfg(test)]
+#[path = "link_tests.rs"]
+mod tests;

@@ -50,7 +50,7 @@ pub enum Answer {
 }
 
 /// Bytes that are not the Redis protocol, or over a limit.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RespError {
     #[error("unexpected byte {0:#04x} where a RESP type was expected")]
     Type(u8),
@@ -236,8 +236,13 @@ impl<'a> Parser<'a> {
                 limit: self.max_bulk,
             });
         }
-        let end = start + len as usize;
-        if self.buf.len() < end + 2 {
+        // Checked: the limit is the operator's and may be near usize::MAX.
+        let too_long = RespError::TooLong {
+            len,
+            limit: self.max_bulk,
+        };
+        let end = start.checked_add(len as usize).ok_or(too_long.clone())?;
+        if self.buf.len() < end.checked_add(2).ok_or(too_long)? {
             return Ok(None);
         }
         if &self.buf[end..end + 2] != b"\r\n" {
@@ -372,6 +377,13 @@ mod tests {
         assert_eq!(one(b"?x\r\n"), Err(RespError::Type(b'?')));
         assert_eq!(one(b"$2\r\nabXY"), Err(RespError::Terminator));
         assert_eq!(one(b"*x\r\n"), Err(RespError::Number));
+        // A limit near the top of usize does not wrap.
+        let huge = format!("${}\r\n", u64::MAX);
+        assert!(matches!(
+            parse(huge.as_bytes(), usize::MAX),
+            Err(RespError::Number | RespError::TooLong { .. })
+        ));
+
         let many = format!("*{}\r\n{}", MAX_VALUES + 1, ":1\r\n".repeat(MAX_VALUES + 1));
         assert_eq!(one(many.as_bytes()), Err(RespError::TooMany));
         let under = format!("*{}\r\n{}", MAX_VALUES - 1, ":1\r\n".repeat(MAX_VALUES - 1));

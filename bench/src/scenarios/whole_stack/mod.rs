@@ -46,7 +46,7 @@ const FULL: Plan<'static> = Plan {
     idle_secs: 30.0,
     settle_secs: 10,
     drain: Duration::from_secs(2),
-    rates: &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+    rates: &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
 };
 
 const QUICK: Plan<'static> = Plan {
@@ -88,10 +88,16 @@ struct Row {
 }
 
 impl Row {
-    /// Same rule as `limpet-bench overload`: under 90 % delivered, or a
-    /// p99 past half a second.
+    /// Under 99 % delivered, or a p99 past half a second. Stricter than
+    /// `limpet-bench overload`'s 90 %: a stack that sheds keeps its p99
+    /// bounded past saturation, and with 90 % a step that lost 9 % of
+    /// what it owed counted as kept up (limpet at 128 msgs/s per active
+    /// client, 23:06 run), which put "half saturation" where the nodes
+    /// were already shedding.
     fn saturated(&self) -> bool {
-        !self.dead.is_empty() || self.lat.per_sec < 0.9 * self.expected || self.lat.p99_us > 500_000
+        !self.dead.is_empty()
+            || self.lat.per_sec < 0.99 * self.expected
+            || self.lat.p99_us > 500_000
     }
 
     fn shed_total(&self) -> Option<f64> {
@@ -191,7 +197,7 @@ pub(crate) async fn run(
     let _ = writeln!(
         md,
         "\n## 5. Whole stack: {} clients in rooms of {ROOM} over 3 nodes\n\n\
-         limpet's nodes shed room messages older than their share of a 250 ms budget (`max_queue_delay = \"100ms\"`, as for signalling; the drops column shows what it cost), and each limpet process runs one runtime thread. One client in {ACTIVE_EVERY} sends its room bursts of {BURST} messages at the given average rate; the others only answer the 25 s heartbeats. Each message is owed to the 3 others in its room. {} s per step: first all idle for {} s (what the connected clients alone cost, heartbeats included), then the rate doubled until the stack delivers under 90 % or its p99 passes 500 ms. Delivered/s counts what arrived during the step and the drain after it. CPU cores are CPU time over wall time; the stack and the load generator share this machine's cores, so a stack may saturate because the machine does. The clients run in {} worker processes; CPU and RSS are the stack's processes only. RSS per client is the growth from before the first client to the median of {} samples a second apart with every client connected; clients lost counts connections that ended since they joined.\n\n\
+         limpet's nodes shed room messages older than their share of a 250 ms budget (`max_queue_delay = \"100ms\"`, as for signalling; the drops column shows what it cost), and each limpet process runs one runtime thread. One client in {ACTIVE_EVERY} sends its room bursts of {BURST} messages at the given average rate; the others only answer the 25 s heartbeats. Each message is owed to the 3 others in its room. {} s per step: first all idle for {} s (what the connected clients alone cost, heartbeats included), then the rate doubled until the stack delivers under 99 % or its p99 passes 500 ms. Delivered/s counts what arrived during the step and the drain after it. CPU cores are CPU time over wall time; the stack and the load generator share this machine's cores, so a stack may saturate because the machine does. The clients run in {} worker processes; CPU and RSS are the stack's processes only. RSS per client is the growth from before the first client to the median of {} samples a second apart with every client connected; clients lost counts connections that ended since they joined.\n\n\
          | stack | msgs/s per active client | owed deliveries/s | delivered/s | missing | p50 ms | p99 ms | stack CPU µs per delivery | stack CPU, cores | load generator CPU, cores | drops counted by the nodes | clients lost so far | stack RSS | status |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         plan.clients, plan.secs, plan.idle_secs, plan.workers, plan.settle_secs

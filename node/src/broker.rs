@@ -51,7 +51,7 @@
 use crate::backoff::Backoff;
 use crate::backplane::{Backplane, Inbound};
 pub use crate::link::Deadlines;
-use crate::link::{open, refused, refused_by_server, Incoming, LinkError};
+use crate::link::{open, refused, refused_by_server, Incoming, LinkError, ReadLimits};
 use crate::metrics::Counters;
 use crate::seal::Seal;
 use crate::shards::{Done, Shards};
@@ -153,14 +153,21 @@ impl Broker {
             max_age: settings.max_age,
             counters,
         });
-        // The longest message the link reads: one it could not queue
-        // anyway (at least 1 MiB, for a deliberately small budget).
-        let max_message = settings.inbound_queue_bytes.max(1 << 20);
+        // The longest message the link reads: longer ones could not be
+        // queued anyway, and are dropped unread and counted as such (at
+        // least 1 MiB, for a deliberately small budget).
+        let read_limits = ReadLimits {
+            max_message: settings.inbound_queue_bytes.max(1 << 20),
+            oversized: shared
+                .counters
+                .rejected
+                .with_label_values(&["inbound_full"]),
+        };
         let task = run(
             settings.urls,
             settings.cluster,
             settings.deadlines,
-            max_message,
+            read_limits,
             settings.backoff_max,
             rx,
             inbound,
@@ -349,7 +356,7 @@ async fn run(
     urls: Vec<String>,
     cluster: bool,
     deadlines: Deadlines,
-    max_message: usize,
+    read_limits: ReadLimits,
     backoff_max: Duration,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     inbound: mpsc::UnboundedSender<Inbound>,
@@ -366,7 +373,7 @@ async fn run(
     loop {
         let attempt = tokio::time::Instant::now();
         let link = tokio::select! {
-            r = open(&urls, cluster, deadlines, max_message) => r,
+            r = open(&urls, cluster, deadlines, read_limits.clone()) => r,
             // Keep the wish list current while connecting.
             cmd = rx.recv() => {
                 match cmd {
@@ -427,8 +434,9 @@ async fn run(
         if !healthy {
             // The same back-off as a failed connect: without it a broker
             // that accepts connections but fails them is retried in a
-            // tight loop.
+            // tight loop. The connection is closed now, not after it.
             drop(reader);
+            drop(link);
             if !backoff
                 .sleep(attempt, &mut rx, |cmd| {
                     apply_offline(cmd, &mut desired, &shared)

@@ -21,9 +21,14 @@
 //! (Redis 6 and later, and limpet-broker) lets one connection carry
 //! commands while it is subscribed. Answers are only taken while a command
 //! waits for one: a broker that sends an answer nobody asked for, or bytes
-//! that are not RESP, or a bulk string over `limits.inbound_queue_bytes`
-//! (it could not be queued anyway), loses the connection, which is then
-//! reconnected as after any other failure.
+//! that are not RESP or over [`crate::resp`]'s bounds, loses the
+//! connection, which is then reconnected as after any other failure. A
+//! published message over `limits.inbound_queue_bytes` (it could not be
+//! queued anyway) is dropped unread and counted, and the connection kept.
+//! Answers share the socket with the messages pushed to the node, so a
+//! command's answer waits behind what the broker sent before it; the
+//! reader only checks and queues (or sheds) each message, so that wait
+//! is short beside `broker_response_timeout`.
 
 use crate::broker::Publish;
 use crate::resp::{self, Answer, Frame};
@@ -109,6 +114,14 @@ async fn bounded<T, E: From<std::io::Error>>(
     }
 }
 
+/// What the single-broker reader takes: the longest message it reads
+/// (longer ones are dropped unread), and the counter of those dropped.
+#[derive(Clone)]
+pub(crate) struct ReadLimits {
+    pub(crate) max_message: usize,
+    pub(crate) oversized: prometheus::IntCounter,
+}
+
 /// Opens the connection set; the whole attempt (every TCP connect and
 /// handshake) is bounded by the connect deadline (three of them on a
 /// cluster, see [`open_limit`]).
@@ -116,12 +129,12 @@ pub(crate) async fn open(
     urls: &[String],
     cluster: bool,
     deadlines: Deadlines,
-    max_bulk: usize,
+    limits: ReadLimits,
 ) -> LinkResult<(Link, Incoming)> {
     let (conns, incoming) = bounded(
         "connect",
         open_limit(cluster, deadlines.connect),
-        open_unbounded(urls, cluster, deadlines, max_bulk),
+        open_unbounded(urls, cluster, deadlines, limits),
     )
     .await?;
     let link = Link {
@@ -147,7 +160,7 @@ async fn open_unbounded(
     urls: &[String],
     cluster: bool,
     deadlines: Deadlines,
-    max_bulk: usize,
+    limits: ReadLimits,
 ) -> LinkResult<(Conns, Incoming)> {
     let Deadlines {
         connect: connect_timeout,
@@ -164,7 +177,7 @@ async fn open_unbounded(
         let conn = client.get_async_connection().await?;
         return Ok((Conns::Cluster { conn }, Incoming::Cluster(pushes)));
     }
-    let (sender, reader) = open_standalone(&urls[0], max_bulk).await?;
+    let (sender, reader) = open_standalone(&urls[0], limits).await?;
     Ok((Conns::Standalone(sender), Incoming::Standalone(reader)))
 }
 
@@ -189,13 +202,16 @@ pub(crate) struct Reader {
     answers: mpsc::UnboundedSender<Answer>,
     owed: Arc<AtomicUsize>,
     max_bulk: usize,
+    /// Bytes of an oversized message still to drop.
+    skip: u64,
+    oversized: prometheus::IntCounter,
 }
 
 /// What one read asks the kernel for; the buffer is one per node.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Connects, then says HELLO 3 (with AUTH when the URL has a password).
-async fn open_standalone(url: &str, max_bulk: usize) -> LinkResult<(Sender, Reader)> {
+async fn open_standalone(url: &str, limits: ReadLimits) -> LinkResult<(Sender, Reader)> {
     let info = redis::IntoConnectionInfo::into_connection_info(url)?;
     let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
         return Err(LinkError::Broken(
@@ -221,7 +237,9 @@ async fn open_standalone(url: &str, max_bulk: usize) -> LinkResult<(Sender, Read
         buf: BytesMut::with_capacity(READ_CHUNK),
         answers: tx,
         owed,
-        max_bulk,
+        max_bulk: limits.max_message,
+        skip: 0,
+        oversized: limits.oversized,
     };
     let settings = info.redis_settings();
     let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
@@ -234,20 +252,8 @@ async fn open_standalone(url: &str, max_bulk: usize) -> LinkResult<(Sender, Read
     sender.out.clear();
     // The reader is not running yet: HELLO's answer is read here, before
     // anything is owed.
-    let answer = match reader.next_frame().await {
-        Some(Arrived::Answer(a)) => a,
-        _ => {
-            return Err(LinkError::Broken(
-                "the broker closed the connection or sent no answer to HELLO".into(),
-            ))
-        }
-    };
-    match answer {
-        Answer::Ok => Ok((sender, reader)),
-        Answer::Error(e) => Err(LinkError::Broken(format!(
-            "the broker refused HELLO 3 (it takes Redis 6 or later, and the password if the broker has one): {e}"
-        ))),
-    }
+    reader.hello().await?;
+    Ok((sender, reader))
 }
 
 /// One thing read from a single broker's connection.
@@ -263,6 +269,10 @@ impl Sender {
         self.owed.fetch_add(n, Ordering::AcqRel);
         let r = self.write.write_all(&self.out).await;
         self.out.clear();
+        if self.out.capacity() > 512 * 1024 {
+            // A pipeline with a large message: its room is not kept.
+            self.out = Vec::new();
+        }
         Ok(r?)
     }
 
@@ -294,6 +304,22 @@ impl Reader {
     /// has sent something it may not.
     async fn next_frame(&mut self) -> Option<Arrived> {
         loop {
+            if self.skip > 0 {
+                // The rest of an oversized message, dropped as it comes.
+                let n = self
+                    .buf
+                    .len()
+                    .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                self.buf.advance(n);
+                self.skip -= n as u64;
+                if self.skip > 0 {
+                    self.buf.clear();
+                    if !self.fill().await {
+                        return None;
+                    }
+                    continue;
+                }
+            }
             match resp::parse(&self.buf, self.max_bulk) {
                 Ok(Some((frame, used))) => {
                     let item = match frame {
@@ -307,10 +333,22 @@ impl Reader {
                                 Err(_) => None,
                             }
                         }
+                        Frame::Oversized { skip } => {
+                            self.skip = skip;
+                            self.note_oversized(skip);
+                            None
+                        }
                         Frame::Answer(a) => Some(Arrived::Answer(a)),
                         Frame::Ignored => None,
                     };
                     self.buf.advance(used);
+                    if used > 4 * READ_CHUNK && self.buf.len() < READ_CHUNK {
+                        // A large message came and went: its room is not
+                        // kept (`reserve` would take it back whole).
+                        let rest = BytesMut::from(&self.buf[..]);
+                        self.buf = BytesMut::with_capacity(READ_CHUNK);
+                        self.buf.extend_from_slice(&rest);
+                    }
                     if let Some(item) = item {
                         return Some(item);
                     }
@@ -326,24 +364,72 @@ impl Reader {
                         );
                         return None;
                     }
-                    if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
-                        // A large message came and went: do not keep its room.
-                        self.buf = BytesMut::with_capacity(READ_CHUNK);
-                    }
-                    self.buf.reserve(READ_CHUNK);
-                    match self.read.read_buf(&mut self.buf).await {
-                        Ok(0) => return None,
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::debug!("broker connection read failed: {e}");
-                            return None;
-                        }
+                    if !self.fill().await {
+                        return None;
                     }
                 }
                 Err(e) => {
                     tracing::warn!("the broker sent something that is not the Redis protocol ({e}); reconnecting");
                     return None;
                 }
+            }
+        }
+    }
+
+    /// Reads more into the buffer; false once the connection is gone.
+    async fn fill(&mut self) -> bool {
+        self.buf.reserve(READ_CHUNK);
+        match self.read.read_buf(&mut self.buf).await {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!("broker connection read failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// A published message over `limits.inbound_queue_bytes` is dropped
+    /// unread and counted as a full inbound queue would count it (it
+    /// could not have been queued); logged the first time and every
+    /// 1,000th.
+    fn note_oversized(&self, skip: u64) {
+        if self.oversized.get().is_multiple_of(1000) {
+            tracing::warn!(
+                bytes = skip.saturating_sub(2),
+                limit = self.max_bulk,
+                "dropping a broker message larger than limits.inbound_queue_bytes"
+            );
+        }
+        self.oversized.inc();
+    }
+
+    /// The first frame, HELLO's answer: RESP3's map, or why not.
+    async fn hello(&mut self) -> LinkResult<()> {
+        loop {
+            match resp::parse(&self.buf, self.max_bulk) {
+                Ok(Some((Frame::Answer(Answer::Error(e)), _))) => {
+                    return Err(LinkError::Broken(format!(
+                        "the broker refused HELLO 3: {e} (the link needs RESP3: Redis 6 or later, or limpet-broker; and the password if the broker has one)"
+                    )))
+                }
+                Ok(Some((Frame::Answer(Answer::Ok), used))) if self.buf.first() == Some(&b'%') => {
+                    self.buf.advance(used);
+                    return Ok(());
+                }
+                Ok(Some(_)) => {
+                    return Err(LinkError::Broken(
+                        "the broker answered HELLO 3 without switching to RESP3".into(),
+                    ))
+                }
+                Ok(None) => {
+                    if !self.fill().await {
+                        return Err(LinkError::Broken(
+                            "the broker closed the connection before answering HELLO".into(),
+                        ));
+                    }
+                }
+                Err(e) => return Err(LinkError::Broken(format!("HELLO's answer: {e}"))),
             }
         }
     }

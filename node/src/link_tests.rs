@@ -55,6 +55,13 @@ where
     url
 }
 
+fn limits(max_message: usize) -> ReadLimits {
+    ReadLimits {
+        max_message,
+        oversized: prometheus::IntCounter::new("oversized", "test").unwrap(),
+    }
+}
+
 fn publish(channel: &str, payload: &'static [u8]) -> Publish {
     Publish::new(channel.into(), Bytes::from_static(payload))
 }
@@ -99,7 +106,9 @@ async fn one_connection_carries_commands_answers_and_messages() {
         let _ = command(&mut conn).await;
     })
     .await;
-    let (mut link, mut incoming) = open(&[url], false, DEADLINES, 1 << 20).await.unwrap();
+    let (mut link, mut incoming) = open(&[url], false, DEADLINES, limits(1 << 20))
+        .await
+        .unwrap();
     // The reader keeps reading (answers reach the link through it).
     let (tx, mut got) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -130,7 +139,7 @@ async fn reader_ends_on(bytes: impl AsRef<[u8]> + Send + 'static) -> bool {
         let _ = command(&mut conn).await;
     })
     .await;
-    let (_link, mut incoming) = open(&[url], false, DEADLINES, 1024).await.unwrap();
+    let (_link, mut incoming) = open(&[url], false, DEADLINES, limits(1024)).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), incoming.next())
         .await
         .expect("the reader decides within 10 s")
@@ -141,8 +150,10 @@ async fn reader_ends_on(bytes: impl AsRef<[u8]> + Send + 'static) -> bool {
 async fn a_broker_that_breaks_the_protocol_loses_the_connection() {
     // An answer while no command waits for one.
     assert!(reader_ends_on(b":1\r\n").await);
-    // A message longer than the node could queue, refused on its length.
-    assert!(reader_ends_on(b">3\r\n$7\r\nmessage\r\n$1\r\na\r\n$4096\r\n").await);
+    // A message's channel longer than any the node subscribes to.
+    assert!(reader_ends_on(b">3\r\n$7\r\nmessage\r\n$4096\r\n").await);
+    // Empty attribute maps, without end.
+    assert!(reader_ends_on(b"|0\r\n".repeat(10_000)).await);
     // An aggregate that never ends, in small pieces.
     let mut endless = b">100000000\r\n".to_vec();
     endless.extend(b":1\r\n".repeat(100_000));
@@ -174,7 +185,7 @@ async fn a_refused_hello_fails_the_attempt() {
             .unwrap();
         let _ = command(&mut conn).await;
     });
-    let err = match open(&[url], false, DEADLINES, 1024).await {
+    let err = match open(&[url], false, DEADLINES, limits(1024)).await {
         Ok(_) => panic!("a broker without RESP3 is refused"),
         Err(e) => e,
     };
@@ -183,4 +194,59 @@ async fn a_refused_hello_fails_the_attempt() {
         "a failed handshake is not a refusal to retry on the link"
     );
     assert!(err.to_string().contains("HELLO 3"), "{err}");
+}
+
+/// A message over the limit is dropped unread and counted, in however
+/// many reads it comes; the connection goes on and the next message
+/// arrives. Before, any string over the limit ended the connection.
+#[tokio::test]
+async fn a_message_over_the_limit_is_dropped_and_the_link_kept() {
+    let url = broker(|mut conn| async move {
+        let w = conn.get_mut();
+        let mut big = b">3\r\n$7\r\nmessage\r\n$1\r\na\r\n$5000\r\n".to_vec();
+        big.extend([b'x'; 5000]);
+        big.extend(b"\r\n");
+        for piece in big.chunks(700) {
+            w.write_all(piece).await.unwrap();
+            w.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        w.write_all(&message("a", "after")).await.unwrap();
+        let _ = command(&mut conn).await;
+    })
+    .await;
+    let limits = limits(1024);
+    let counted = limits.oversized.clone();
+    let (_link, mut incoming) = open(&[url], false, DEADLINES, limits).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), incoming.next())
+        .await
+        .expect("the next message within 10 s");
+    assert_eq!(next, Some(("a".to_string(), Bytes::from_static(b"after"))));
+    assert_eq!(counted.get(), 1);
+}
+
+/// A server that takes HELLO 3 but answers as RESP2 (an array, not a
+/// map) would send messages the reader takes for answers: refused.
+#[tokio::test]
+async fn a_hello_answered_without_resp3_fails_the_attempt() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (conn, _) = listener.accept().await.unwrap();
+        let mut conn = BufReader::new(conn);
+        assert_eq!(command(&mut conn).await, ["HELLO", "3"]);
+        conn.get_mut()
+            .write_all(b"*2\r\n$5\r\nproto\r\n:2\r\n")
+            .await
+            .unwrap();
+        let _ = command(&mut conn).await;
+    });
+    let err = match open(&[url], false, DEADLINES, limits(1024)).await {
+        Ok(_) => panic!("a RESP2 answer to HELLO 3 is refused"),
+        Err(e) => e,
+    };
+    assert!(
+        err.to_string().contains("without switching to RESP3"),
+        "{err}"
+    );
 }

@@ -13,8 +13,9 @@
 //! queries; [`peers`] the peer table and open queries; [`envelope`]
 //! cross-node envelopes; [`seal`] their HMAC seal; [`backplane`] the
 //! backplane trait and channel names; [`broker`] the backplane over a
-//! Redis-protocol broker; [`link`] its connections; [`resp`] the Redis
-//! protocol as the standalone link reads it; [`shed`] the byte budgets and age limit that keep
+//! Redis-protocol broker; [`link`] its connections; [`single`] the one
+//! connection to a single broker; [`resp`] the Redis protocol as that
+//! connection reads it; [`shed`] the byte budgets and age limit that keep
 //! the message path's queues short under load; [`redact`] broker URLs as
 //! logs show them (no password); [`metrics`]; [`auth`] JSON Web Tokens
 //! and what they allow; [`history`] room history in the broker and
@@ -46,6 +47,7 @@ pub mod rooms;
 pub mod seal;
 pub mod shards;
 pub mod shed;
+pub mod single;
 pub mod sockets;
 pub mod wire;
 pub mod ws;

@@ -171,24 +171,26 @@ async fn a_broker_that_breaks_the_protocol_loses_the_connection() {
     assert!(reader_ends_on(b"HTTP/1.1 200 OK\r\n\r\n").await);
 }
 
-#[tokio::test]
-async fn a_refused_hello_fails_the_attempt() {
+/// Why opening fails when the scripted broker answers HELLO with `answer`.
+async fn hello_answered_with(answer: &'static [u8]) -> LinkError {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("redis://{}/", listener.local_addr().unwrap());
     tokio::spawn(async move {
         let (conn, _) = listener.accept().await.unwrap();
         let mut conn = BufReader::new(conn);
         assert_eq!(command(&mut conn).await, ["HELLO", "3"]);
-        conn.get_mut()
-            .write_all(b"-ERR unknown command 'HELLO'\r\n")
-            .await
-            .unwrap();
+        conn.get_mut().write_all(answer).await.unwrap();
         let _ = command(&mut conn).await;
     });
-    let err = match open(&[url], false, DEADLINES, limits(1024)).await {
-        Ok(_) => panic!("a broker without RESP3 is refused"),
+    match open(&[url], false, DEADLINES, limits(1024)).await {
+        Ok(_) => panic!("opening succeeded on HELLO answered with {answer:?}"),
         Err(e) => e,
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_refused_hello_fails_the_attempt() {
+    let err = hello_answered_with(b"-ERR unknown command 'HELLO'\r\n").await;
     assert!(
         !refused(&err),
         "a failed handshake is not a refusal to retry on the link"
@@ -229,22 +231,7 @@ async fn a_message_over_the_limit_is_dropped_and_the_link_kept() {
 /// map) would send messages the reader takes for answers: refused.
 #[tokio::test]
 async fn a_hello_answered_without_resp3_fails_the_attempt() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("redis://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let (conn, _) = listener.accept().await.unwrap();
-        let mut conn = BufReader::new(conn);
-        assert_eq!(command(&mut conn).await, ["HELLO", "3"]);
-        conn.get_mut()
-            .write_all(b"*2\r\n$5\r\nproto\r\n:2\r\n")
-            .await
-            .unwrap();
-        let _ = command(&mut conn).await;
-    });
-    let err = match open(&[url], false, DEADLINES, limits(1024)).await {
-        Ok(_) => panic!("a RESP2 answer to HELLO 3 is refused"),
-        Err(e) => e,
-    };
+    let err = hello_answered_with(b"*2\r\n$5\r\nproto\r\n:2\r\n").await;
     assert!(
         err.to_string().contains("without switching to RESP3"),
         "{err}"

@@ -92,7 +92,7 @@ impl Row {
     /// `limpet-bench overload`'s 90 %: a stack that sheds keeps its p99
     /// bounded past saturation, and with 90 % a step that lost 9 % of
     /// what it owed counted as kept up (limpet at 128 msgs/s per active
-    /// client, 23:06 run), which put "half saturation" where the nodes
+    /// client in the 22:54 run), which put "half saturation" where the nodes
     /// were already shedding.
     fn saturated(&self) -> bool {
         !self.dead.is_empty()

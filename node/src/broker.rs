@@ -51,7 +51,7 @@
 use crate::backoff::Backoff;
 use crate::backplane::{Backplane, Inbound};
 pub use crate::link::Deadlines;
-use crate::link::{open, refused, refused_by_server, Incoming, LinkError, ReadLimits};
+use crate::link::{open, refused, refused_by_server, Incoming, LinkError, Pushed};
 use crate::metrics::Counters;
 use crate::seal::Seal;
 use crate::shards::{Done, Shards};
@@ -156,18 +156,12 @@ impl Broker {
         // The longest message the link reads: longer ones could not be
         // queued anyway, and are dropped unread and counted as such (at
         // least 1 MiB, for a deliberately small budget).
-        let read_limits = ReadLimits {
-            max_message: settings.inbound_queue_bytes.max(1 << 20),
-            oversized: shared
-                .counters
-                .rejected
-                .with_label_values(&["inbound_full"]),
-        };
+        let max_message = settings.inbound_queue_bytes.max(1 << 20);
         let task = run(
             settings.urls,
             settings.cluster,
             settings.deadlines,
-            read_limits,
+            max_message,
             settings.backoff_max,
             rx,
             inbound,
@@ -280,6 +274,22 @@ impl Backplane for Broker {
 }
 
 impl Shared {
+    /// A message of `bytes` from the broker that the inbound queue could
+    /// not take (full, or the message larger than the whole queue, which
+    /// the link drops unread): counted as shed.
+    fn inbound_full(&self, channel: &str, bytes: u64) {
+        let counter = self.counters.rejected.with_label_values(&["inbound_full"]);
+        if counter.get().is_multiple_of(1000) {
+            tracing::warn!(%channel, bytes, queued = self.budget.queued(), "dropping a broker message: inbound queue full");
+        }
+        counter.inc();
+        shed::count(
+            &self.counters.shed,
+            shed::Path::BrokerToNode,
+            shed::Reason::QueueFull,
+        );
+    }
+
     /// A publish of `len` bytes has left the queue.
     fn sent(&self, len: usize) {
         self.outbox.release(len);
@@ -303,16 +313,7 @@ impl Shared {
         };
         let len = envelope.len();
         if !self.budget.take(len, 1) {
-            let counter = self.counters.rejected.with_label_values(&["inbound_full"]);
-            if counter.get().is_multiple_of(1000) {
-                tracing::warn!(%channel, queued = self.budget.queued(), "dropping a broker message: inbound queue full");
-            }
-            counter.inc();
-            shed::count(
-                &self.counters.shed,
-                shed::Path::BrokerToNode,
-                shed::Reason::QueueFull,
-            );
+            self.inbound_full(&channel, len as u64);
             return;
         }
         self.counters.inbound_bytes.add(len as i64);
@@ -337,8 +338,14 @@ async fn drain(
     inbound: mpsc::UnboundedSender<Inbound>,
     shared: Arc<Shared>,
 ) {
-    while let Some((channel, payload)) = incoming.next().await {
-        shared.receive(&inbound, channel, payload);
+    while let Some(pushed) = incoming.next().await {
+        match pushed {
+            Pushed::Message(channel, payload) => shared.receive(&inbound, channel, payload),
+            Pushed::TooLarge { channel, bytes } => {
+                shared.counters.received.inc();
+                shared.inbound_full(&channel, bytes);
+            }
+        }
     }
 }
 
@@ -356,7 +363,7 @@ async fn run(
     urls: Vec<String>,
     cluster: bool,
     deadlines: Deadlines,
-    read_limits: ReadLimits,
+    max_message: usize,
     backoff_max: Duration,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     inbound: mpsc::UnboundedSender<Inbound>,
@@ -373,7 +380,7 @@ async fn run(
     loop {
         let attempt = tokio::time::Instant::now();
         let link = tokio::select! {
-            r = open(&urls, cluster, deadlines, read_limits.clone()) => r,
+            r = open(&urls, cluster, deadlines, max_message) => r,
             // Keep the wish list current while connecting.
             cmd = rx.recv() => {
                 match cmd {

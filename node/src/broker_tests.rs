@@ -25,6 +25,12 @@ fn the_inbound_queue_is_bounded_in_bytes() {
     }
     let rejected = |why: &str| s.counters.rejected.with_label_values(&[why]).get();
     assert_eq!(rejected("inbound_full"), 2);
+    let shed = s
+        .counters
+        .shed
+        .with_label_values(&["broker_to_node", "queue_full"])
+        .get();
+    assert_eq!(shed, 2);
     assert_eq!(s.counters.inbound_bytes.get(), 60);
     assert!(matches!(rx.try_recv(), Ok(Inbound::Message { .. })));
     assert!(rx.try_recv().is_err());

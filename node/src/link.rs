@@ -17,7 +17,7 @@
 
 use crate::broker::Publish;
 use crate::single::{open_standalone, LinkResult, Reader, Sender};
-pub(crate) use crate::single::{LinkError, ReadLimits};
+pub(crate) use crate::single::{LinkError, Pushed};
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -84,12 +84,12 @@ pub(crate) async fn open(
     urls: &[String],
     cluster: bool,
     deadlines: Deadlines,
-    limits: ReadLimits,
+    max_message: usize,
 ) -> LinkResult<(Link, Incoming)> {
     let (conns, incoming) = bounded(
         "connect",
         open_limit(cluster, deadlines.connect),
-        open_unbounded(urls, cluster, deadlines, limits),
+        open_unbounded(urls, cluster, deadlines, max_message),
     )
     .await?;
     let link = Link {
@@ -115,7 +115,7 @@ async fn open_unbounded(
     urls: &[String],
     cluster: bool,
     deadlines: Deadlines,
-    limits: ReadLimits,
+    max_message: usize,
 ) -> LinkResult<(Conns, Incoming)> {
     let Deadlines {
         connect: connect_timeout,
@@ -132,7 +132,7 @@ async fn open_unbounded(
         let conn = client.get_async_connection().await?;
         return Ok((Conns::Cluster { conn }, Incoming::Cluster(pushes)));
     }
-    let (sender, reader) = open_standalone(&urls[0], limits).await?;
+    let (sender, reader) = open_standalone(&urls[0], max_message).await?;
     Ok((Conns::Standalone(sender), Incoming::Standalone(reader)))
 }
 
@@ -260,7 +260,7 @@ impl Link {
 
 impl Incoming {
     /// The next message, or `None` when the connection is gone.
-    pub(crate) async fn next(&mut self) -> Option<(String, Bytes)> {
+    pub(crate) async fn next(&mut self) -> Option<Pushed> {
         match self {
             Incoming::Standalone(reader) => reader.next().await,
             Incoming::Cluster(pushes) => loop {
@@ -274,7 +274,7 @@ impl Incoming {
                     }
                     redis::PushKind::SMessage | redis::PushKind::Message => {
                         let msg = redis::Msg::from_push_info(push)?;
-                        return Some((
+                        return Some(Pushed::Message(
                             msg.get_channel_name().to_string(),
                             Bytes::copy_from_slice(msg.get_payload_bytes()),
                         ));

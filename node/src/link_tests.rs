@@ -55,13 +55,6 @@ where
     url
 }
 
-fn limits(max_message: usize) -> ReadLimits {
-    ReadLimits {
-        max_message,
-        oversized: prometheus::IntCounter::new("oversized", "test").unwrap(),
-    }
-}
-
 fn publish(channel: &str, payload: &'static [u8]) -> Publish {
     Publish::new(channel.into(), Bytes::from_static(payload))
 }
@@ -106,9 +99,7 @@ async fn one_connection_carries_commands_answers_and_messages() {
         let _ = command(&mut conn).await;
     })
     .await;
-    let (mut link, mut incoming) = open(&[url], false, DEADLINES, limits(1 << 20))
-        .await
-        .unwrap();
+    let (mut link, mut incoming) = open(&[url], false, DEADLINES, 1 << 20).await.unwrap();
     // The reader keeps reading (answers reach the link through it).
     let (tx, mut got) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -125,8 +116,11 @@ async fn one_connection_carries_commands_answers_and_messages() {
     assert!(err.to_string().contains("too many channels"));
     link.unsubscribe("a").await.unwrap();
     for expected in ["first", "second"] {
-        let (channel, payload) = got.recv().await.unwrap();
-        assert_eq!((channel.as_str(), &payload[..]), ("a", expected.as_bytes()));
+        let message = got.recv().await.unwrap();
+        assert_eq!(
+            message,
+            Pushed::Message("a".into(), Bytes::from(expected.as_bytes()))
+        );
     }
 }
 
@@ -139,7 +133,7 @@ async fn reader_ends_on(bytes: impl AsRef<[u8]> + Send + 'static) -> bool {
         let _ = command(&mut conn).await;
     })
     .await;
-    let (_link, mut incoming) = open(&[url], false, DEADLINES, limits(1024)).await.unwrap();
+    let (_link, mut incoming) = open(&[url], false, DEADLINES, 1024).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), incoming.next())
         .await
         .expect("the reader decides within 10 s")
@@ -182,7 +176,7 @@ async fn hello_answered_with(answer: &'static [u8]) -> LinkError {
         conn.get_mut().write_all(answer).await.unwrap();
         let _ = command(&mut conn).await;
     });
-    match open(&[url], false, DEADLINES, limits(1024)).await {
+    match open(&[url], false, DEADLINES, 1024).await {
         Ok(_) => panic!("opening succeeded on HELLO answered with {answer:?}"),
         Err(e) => e,
     }
@@ -198,9 +192,10 @@ async fn a_refused_hello_fails_the_attempt() {
     assert!(err.to_string().contains("HELLO 3"), "{err}");
 }
 
-/// A message over the limit is dropped unread and counted, in however
-/// many reads it comes; the connection goes on and the next message
-/// arrives. Before, any string over the limit ended the connection.
+/// A message over the limit is dropped unread, in however many reads it
+/// comes, and reported with its channel and size (for the node to count);
+/// the connection goes on and the next message arrives. Before, any
+/// string over the limit ended the connection.
 #[tokio::test]
 async fn a_message_over_the_limit_is_dropped_and_the_link_kept() {
     let url = broker(|mut conn| async move {
@@ -217,14 +212,19 @@ async fn a_message_over_the_limit_is_dropped_and_the_link_kept() {
         let _ = command(&mut conn).await;
     })
     .await;
-    let limits = limits(1024);
-    let counted = limits.oversized.clone();
-    let (_link, mut incoming) = open(&[url], false, DEADLINES, limits).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(10), incoming.next())
-        .await
-        .expect("the next message within 10 s");
-    assert_eq!(next, Some(("a".to_string(), Bytes::from_static(b"after"))));
-    assert_eq!(counted.get(), 1);
+    let (_link, mut incoming) = open(&[url], false, DEADLINES, 1024).await.unwrap();
+    for expected in [
+        Pushed::TooLarge {
+            channel: "a".into(),
+            bytes: 5000,
+        },
+        Pushed::Message("a".into(), Bytes::from_static(b"after")),
+    ] {
+        let next = tokio::time::timeout(Duration::from_secs(10), incoming.next())
+            .await
+            .expect("the next message within 10 s");
+        assert_eq!(next, Some(expected));
+    }
 }
 
 /// A server that takes HELLO 3 but answers as RESP2 (an array, not a

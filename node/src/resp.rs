@@ -41,7 +41,7 @@ pub enum Frame<'a> {
     /// A published message whose payload is over the limit: the frame's
     /// bytes so far are taken, and the next `skip` bytes (the payload and
     /// its CRLF) are to be dropped unread.
-    Oversized { skip: u64 },
+    Oversized { channel: &'a [u8], skip: u64 },
     /// The answer to the oldest command still unanswered.
     Answer(Answer),
     /// A push that answers nothing and carries no message (a pattern
@@ -172,13 +172,21 @@ impl<'a> Parser<'a> {
         let (n, mut at) = more!(self.count(pos + 1));
         let mut first = [&[][..]; 3];
         for i in 0..n {
-            // A message's payload, its last element, may be skipped.
-            if i == 2 && n == 3 && first[0] == b"message" {
-                if let Some(skip) = self.oversized(at)? {
-                    return Ok(Some(skip));
+            let payload = i == 2 && n == 3 && first[0] == b"message";
+            let (element, end) = if payload && self.buf.get(at) == Some(&b'$') {
+                // A message's payload, its last element: one over the
+                // limit is skipped, not an error.
+                self.counted()?;
+                let (len, start) = more!(self.number(at + 1));
+                if u64::try_from(len).is_ok_and(|len| len > self.max_bulk as u64) {
+                    let skip = (len as u64).saturating_add(2);
+                    let channel = first[1];
+                    return Ok(Some((Frame::Oversized { channel, skip }, start)));
                 }
-            }
-            let (element, end) = more!(self.element(at));
+                more!(self.bulk_body(len, start))
+            } else {
+                more!(self.element(at))
+            };
             if let (Some(slot), Some(text)) = (first.get_mut(i as usize), element) {
                 *slot = text;
             }
@@ -194,25 +202,6 @@ impl<'a> Parser<'a> {
             _ => Frame::Ignored,
         };
         Ok(Some((frame, at)))
-    }
-
-    /// At `pos`, a bulk string over the limit: the frame to skip it.
-    fn oversized(&self, pos: usize) -> Result<Option<(Frame<'a>, usize)>, RespError> {
-        if self.buf.get(pos) != Some(&b'$') {
-            return Ok(None);
-        }
-        let Some((len, start)) = self.number(pos + 1)? else {
-            return Ok(None);
-        };
-        match u64::try_from(len) {
-            Ok(len) if len > self.max_bulk as u64 => Ok(Some((
-                Frame::Oversized {
-                    skip: len.saturating_add(2),
-                },
-                start,
-            ))),
-            _ => Ok(None),
-        }
     }
 
     /// One element of a push: its bytes if it is a string, and its end.
@@ -264,23 +253,27 @@ impl<'a> Parser<'a> {
     /// RESP2's null bulk) and its end.
     fn bulk(&self, pos: usize) -> StrStep<'a> {
         let (len, start) = more!(self.number(pos + 1));
+        self.bulk_body(len, start)
+    }
+
+    /// A bulk string's bytes from `start`, `len` declared on its length
+    /// line.
+    fn bulk_body(&self, len: i64, start: usize) -> StrStep<'a> {
         if len < 0 {
             return Ok(Some((None, start)));
         }
         let len = len as u64;
-        if len > self.max_bulk as u64 {
-            return Err(RespError::TooLong {
-                len,
-                limit: self.max_bulk,
-            });
-        }
-        // Checked, so that no declared length wraps the end on any target.
-        let too_long = RespError::TooLong {
+        let too_long = || RespError::TooLong {
             len,
             limit: self.max_bulk,
         };
-        let end = start.checked_add(len as usize).ok_or(too_long.clone())?;
-        if self.buf.len() < end.checked_add(2).ok_or(too_long)? {
+        // Checked, so that no declared length wraps the end on any target.
+        let end = (len <= self.max_bulk as u64)
+            .then(|| start.checked_add(len as usize))
+            .flatten()
+            .filter(|end| end.checked_add(2).is_some())
+            .ok_or_else(too_long)?;
+        if self.buf.len() < end + 2 {
             return Ok(None);
         }
         if &self.buf[end..end + 2] != b"\r\n" {
@@ -409,7 +402,13 @@ mod tests {
         // channel over the limit is an error.
         assert_eq!(
             one(b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$99999999\r\n"),
-            Ok(Some((Frame::Oversized { skip: 100_000_001 }, 36)))
+            Ok(Some((
+                Frame::Oversized {
+                    channel: b"ch",
+                    skip: 100_000_001
+                },
+                36
+            )))
         );
         assert_eq!(
             one(b">3\r\n$7\r\nmessage\r\n$9999\r\n"),

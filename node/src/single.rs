@@ -49,12 +49,15 @@ pub(crate) enum LinkError {
 
 pub(crate) type LinkResult<T> = Result<T, LinkError>;
 
-/// What the single-broker reader takes: the longest message it reads
-/// (longer ones are dropped unread), and the counter of those dropped.
-#[derive(Clone)]
-pub(crate) struct ReadLimits {
-    pub(crate) max_message: usize,
-    pub(crate) oversized: prometheus::IntCounter,
+/// What the broker pushed to the node.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// A message on a channel the node subscribes to.
+    Message(String, Bytes),
+    /// A message longer than the reader takes, dropped unread: its
+    /// channel and size, for the node to count as it counts any message
+    /// it could not queue.
+    TooLarge { channel: String, bytes: u64 },
 }
 
 /// The sending side of a single broker's connection: commands are
@@ -77,17 +80,17 @@ pub(crate) struct Reader {
     buf: BytesMut,
     answers: mpsc::UnboundedSender<Answer>,
     owed: Arc<AtomicUsize>,
+    /// The longest message read; longer ones are dropped unread.
     max_bulk: usize,
     /// Bytes of an oversized message still to drop.
     skip: u64,
-    oversized: prometheus::IntCounter,
 }
 
 /// What one read asks the kernel for; the buffer is one per node.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Connects, then says HELLO 3 (with AUTH when the URL has a password).
-pub(crate) async fn open_standalone(url: &str, limits: ReadLimits) -> LinkResult<(Sender, Reader)> {
+pub(crate) async fn open_standalone(url: &str, max_message: usize) -> LinkResult<(Sender, Reader)> {
     let info = redis::IntoConnectionInfo::into_connection_info(url)?;
     let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
         return Err(LinkError::Broken(
@@ -113,9 +116,8 @@ pub(crate) async fn open_standalone(url: &str, limits: ReadLimits) -> LinkResult
         buf: BytesMut::with_capacity(READ_CHUNK),
         answers: tx,
         owed,
-        max_bulk: limits.max_message,
+        max_bulk: max_message,
         skip: 0,
-        oversized: limits.oversized,
     };
     let settings = info.redis_settings();
     let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
@@ -130,12 +132,6 @@ pub(crate) async fn open_standalone(url: &str, limits: ReadLimits) -> LinkResult
     // anything is owed.
     reader.hello().await?;
     Ok((sender, reader))
-}
-
-/// One thing read from a single broker's connection.
-enum Arrived {
-    Message(String, Bytes),
-    Answer(Answer),
 }
 
 impl Sender {
@@ -181,9 +177,10 @@ impl Sender {
 }
 
 impl Reader {
-    /// The next message or answer; `None` once the connection is gone or
-    /// has sent something it may not.
-    async fn next_frame(&mut self) -> Option<Arrived> {
+    /// The next message the broker pushed; answers are passed to the
+    /// sending side on the way. `None` once the connection is gone or has
+    /// sent something it may not.
+    pub(crate) async fn next(&mut self) -> Option<Pushed> {
         loop {
             if self.skip > 0 {
                 // The rest of an oversized message, dropped as it comes.
@@ -194,45 +191,36 @@ impl Reader {
                 self.buf.advance(n);
                 self.skip -= n as u64;
                 if self.skip > 0 {
-                    self.buf.clear();
                     if !self.fill().await {
                         return None;
                     }
                     continue;
                 }
             }
-            match resp::parse(&self.buf, self.max_bulk) {
+            let (pushed, used) = match resp::parse(&self.buf, self.max_bulk) {
                 Ok(Some((frame, used))) => {
-                    let item = match frame {
+                    let pushed = match frame {
                         Frame::Message { channel, payload } => {
-                            match std::str::from_utf8(channel) {
-                                Ok(c) => Some(Arrived::Message(
-                                    c.to_string(),
-                                    Bytes::copy_from_slice(payload),
-                                )),
-                                // Not a channel this node subscribes to.
-                                Err(_) => None,
-                            }
+                            std::str::from_utf8(channel).ok().map(|c| {
+                                Pushed::Message(c.to_string(), Bytes::copy_from_slice(payload))
+                            })
                         }
-                        Frame::Oversized { skip } => {
+                        Frame::Oversized { channel, skip } => {
                             self.skip = skip;
-                            self.note_oversized(skip);
+                            Some(Pushed::TooLarge {
+                                channel: String::from_utf8_lossy(channel).into_owned(),
+                                bytes: skip.saturating_sub(2),
+                            })
+                        }
+                        Frame::Answer(answer) => {
+                            if !self.answered(answer) {
+                                return None;
+                            }
                             None
                         }
-                        Frame::Answer(a) => Some(Arrived::Answer(a)),
                         Frame::Ignored => None,
                     };
-                    self.buf.advance(used);
-                    if used > 4 * READ_CHUNK && self.buf.len() < READ_CHUNK {
-                        // A large message came and went: its room is not
-                        // kept (`reserve` would take it back whole).
-                        let rest = BytesMut::from(&self.buf[..]);
-                        self.buf = BytesMut::with_capacity(READ_CHUNK);
-                        self.buf.extend_from_slice(&rest);
-                    }
-                    if let Some(item) = item {
-                        return Some(item);
-                    }
+                    (pushed, used)
                 }
                 Ok(None) => {
                     // Any frame the node takes is two strings within the
@@ -248,13 +236,40 @@ impl Reader {
                     if !self.fill().await {
                         return None;
                     }
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!("the broker sent something that is not the Redis protocol ({e}); reconnecting");
                     return None;
                 }
+            };
+            self.buf.advance(used);
+            if used > 4 * READ_CHUNK && self.buf.len() < READ_CHUNK {
+                // A large message came and went: its room is not kept
+                // (`reserve` would take it back whole).
+                let mut fresh = BytesMut::with_capacity(READ_CHUNK);
+                fresh.extend_from_slice(&self.buf);
+                self.buf = fresh;
+            }
+            if pushed.is_some() {
+                return pushed;
             }
         }
+    }
+
+    /// Passes an answer to the sending side; false if no command was owed
+    /// one (a protocol error).
+    fn answered(&self, answer: Answer) -> bool {
+        let owed = self
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if owed.is_err() {
+            tracing::warn!("the broker sent an answer to no command; reconnecting");
+            return false;
+        }
+        // The sending side may have given up (a timeout).
+        let _ = self.answers.send(answer);
+        true
     }
 
     /// Reads more into the buffer; false once the connection is gone.
@@ -268,21 +283,6 @@ impl Reader {
                 false
             }
         }
-    }
-
-    /// A published message over `limits.inbound_queue_bytes` is dropped
-    /// unread and counted as a full inbound queue would count it (it
-    /// could not have been queued); logged the first time and every
-    /// 1,000th.
-    fn note_oversized(&self, skip: u64) {
-        if self.oversized.get().is_multiple_of(1000) {
-            tracing::warn!(
-                bytes = skip.saturating_sub(2),
-                limit = self.max_bulk,
-                "dropping a broker message larger than limits.inbound_queue_bytes"
-            );
-        }
-        self.oversized.inc();
     }
 
     /// The first frame, HELLO's answer: RESP3's map, or why not.
@@ -311,27 +311,6 @@ impl Reader {
                     }
                 }
                 Err(e) => return Err(LinkError::Broken(format!("HELLO's answer: {e}"))),
-            }
-        }
-    }
-
-    /// The next published message. Answers are passed to the sending side
-    /// on the way.
-    pub(crate) async fn next(&mut self) -> Option<(String, Bytes)> {
-        loop {
-            match self.next_frame().await? {
-                Arrived::Message(channel, payload) => return Some((channel, payload)),
-                Arrived::Answer(answer) => {
-                    let owed = self
-                        .owed
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-                    if owed.is_err() {
-                        tracing::warn!("the broker sent an answer to no command; reconnecting");
-                        return None;
-                    }
-                    // The sending side may have given up (a timeout).
-                    let _ = self.answers.send(answer);
-                }
             }
         }
     }
